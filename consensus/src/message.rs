@@ -1,0 +1,82 @@
+//! A message: a verified header plus its body, and its wire framing (header bytes then body).
+
+use crate::header::{Header, HeaderError, HEADER_SIZE};
+
+/// Largest body a message may carry; frames above this are rejected before allocation.
+pub const BODY_SIZE_MAX: usize = 1 << 20;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub header: Header,
+    pub body: Vec<u8>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    Short,
+    Header(HeaderError),
+    SizeMismatch { header: u32, frame: usize },
+    BodyTooLarge(usize),
+    BodyChecksum,
+}
+
+impl Message {
+    /// Builds a message and seals its checksums.
+    pub fn new(mut header: Header, body: Vec<u8>) -> Message {
+        assert!(body.len() <= BODY_SIZE_MAX);
+        header.set_checksums(&body);
+        Message { header, body }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        assert!(self.header.valid_checksum_body(&self.body));
+        let mut bytes = Vec::with_capacity(HEADER_SIZE + self.body.len());
+        bytes.extend_from_slice(&self.header.encode());
+        bytes.extend_from_slice(&self.body);
+        bytes
+    }
+
+    /// Decodes one whole frame and verifies both checksums.
+    pub fn decode(frame: &[u8]) -> Result<Message, DecodeError> {
+        if frame.len() < HEADER_SIZE {
+            return Err(DecodeError::Short);
+        }
+        let header_bytes: &[u8; HEADER_SIZE] = frame[..HEADER_SIZE].try_into().expect("sized");
+        let header = Header::decode(header_bytes).map_err(DecodeError::Header)?;
+        if header.size as usize != frame.len() {
+            return Err(DecodeError::SizeMismatch {
+                header: header.size,
+                frame: frame.len(),
+            });
+        }
+        let body = &frame[HEADER_SIZE..];
+        if body.len() > BODY_SIZE_MAX {
+            return Err(DecodeError::BodyTooLarge(body.len()));
+        }
+        if !header.valid_checksum_body(body) {
+            return Err(DecodeError::BodyChecksum);
+        }
+        Ok(Message {
+            header,
+            body: body.to_vec(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::header::Command;
+
+    #[test]
+    fn frame_round_trip_and_corruption() {
+        let message = Message::new(Header::new(Command::Request, 1, 2), b"payload".to_vec());
+        let frame = message.encode();
+        assert_eq!(Message::decode(&frame), Ok(message));
+        let mut corrupt = frame.clone();
+        *corrupt.last_mut().unwrap() ^= 0x10;
+        assert_eq!(Message::decode(&corrupt), Err(DecodeError::BodyChecksum));
+        assert_eq!(Message::decode(&frame[..frame.len() - 1]).unwrap_err(), DecodeError::SizeMismatch { header: 263, frame: 262 });
+        assert_eq!(Message::decode(&frame[..10]), Err(DecodeError::Short));
+    }
+}

@@ -1,0 +1,1640 @@
+//! One replica of one VSR group, sans-IO: `on_message`, `on_tick` and `on_io_complete` take
+//! inputs and return `Action`s (send, write prepare, write header, read prepare, persist view
+//! state). The state machine is applied synchronously through the `StateMachine` trait.
+//!
+//! Durability rules enforced here:
+//! * `PrepareOk(op)` leaves only after the prepare and its redundant header are durable.
+//! * No replica message of view `v` leaves before `v` is durable (`view_durable`), except the
+//!   StartViewChange vote, which carries no state.
+//! * A new primary persists `log_view = view` and the canonical suffix before StartView.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::bugs::{Bug, Bugs};
+use crate::durable::{DurableState, VIEW_HEADERS_MAX};
+use crate::header::{operation, Command, Header};
+use crate::journal::{Journal, SlotState};
+use crate::message::Message;
+use crate::prng::Prng;
+use crate::quorums::{Quorums, REPLICAS_MAX};
+use crate::sessions::{Classification, ClientSessions};
+use crate::timeout::Timeout;
+use crate::view_change::{choose_log, ChoiceParams, Dvc, DvcEntry, LogChoice};
+
+/// The deterministic application the log drives.
+pub trait StateMachine {
+    /// Executes one committed operation and returns the reply body.
+    fn apply(&mut self, op: u64, timestamp: u64, operation: u8, body: &[u8]) -> Vec<u8>;
+}
+
+#[derive(Clone, Debug)]
+pub struct Timeouts {
+    pub prepare: u64,
+    pub commit_message: u64,
+    pub normal_heartbeat: u64,
+    pub start_view_change_window: u64,
+    pub view_change_message: u64,
+    pub view_change_status: u64,
+    pub repair: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            prepare: 25,
+            commit_message: 10,
+            normal_heartbeat: 50,
+            start_view_change_window: 500,
+            view_change_message: 20,
+            view_change_status: 200,
+            repair: 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub cluster: u128,
+    pub group: u64,
+    pub replica_count: u8,
+    pub replica: u8,
+    /// `primary(view) = (view + placement_offset) % replica_count`.
+    pub placement_offset: u8,
+    pub pipeline_max: usize,
+    pub request_queue_max: usize,
+    pub clients_max: usize,
+    /// Highest op the log may hold.
+    pub ops_max: u64,
+    pub timeouts: Timeouts,
+    pub bugs: Bugs,
+}
+
+impl Config {
+    pub fn validate(&self) {
+        assert!(self.replica_count >= 1 && self.replica_count <= REPLICAS_MAX);
+        assert!(self.replica < self.replica_count);
+        assert!(self.pipeline_max >= 1 && self.pipeline_max + 2 <= VIEW_HEADERS_MAX);
+        assert!(self.clients_max >= 1);
+        assert!(self.ops_max >= 1);
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Peer {
+    Replica(u8),
+    Client(u128),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct IoId(pub u64);
+
+#[derive(Clone, Debug)]
+pub enum Action {
+    Send { to: Peer, message: Message },
+    /// Write the whole prepare into the prepare slot of `message.header.op`.
+    WritePrepare { io: IoId, message: Message },
+    /// Write the redundant header slot of `header.op`.
+    WriteHeader { io: IoId, header: Header },
+    /// Read the prepare slot of `op` back.
+    ReadPrepare { io: IoId, op: u64 },
+    /// Write the durable view state (the superblock).
+    PersistState { io: IoId, state: DurableState },
+}
+
+#[derive(Clone, Debug)]
+pub enum Completion {
+    Written,
+    /// The prepare read back and verified by the host, or `None` if unreadable or corrupt.
+    Read(Option<Message>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Normal,
+    ViewChange,
+}
+
+#[derive(Clone, Debug)]
+enum PendingIo {
+    WritePrepare { op: u64, checksum: u128 },
+    WriteHeader { op: u64, checksum: u128 },
+    Read { op: u64, purpose: ReadPurpose },
+    Persist { view: u32, log_view: u32 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadPurpose {
+    Commit,
+    Serve(u8),
+}
+
+#[derive(Clone, Debug)]
+struct PipelineEntry {
+    op: u64,
+    checksum: u128,
+    ok_from: u8,
+}
+
+const REPAIR_BUDGET: usize = 8;
+const HEADERS_PER_MESSAGE_MAX: u64 = 64;
+const READS_COMMIT_MAX: usize = 8;
+const READS_SERVE_MAX: usize = 4;
+
+pub struct Replica<S: StateMachine> {
+    config: Config,
+    quorums: Quorums,
+    state_machine: S,
+    prng: Prng,
+
+    status: Status,
+    view: u32,
+    log_view: u32,
+    view_durable: u32,
+    log_view_durable: u32,
+    commit_min: u64,
+    commit_max: u64,
+    journal: Journal,
+    /// Prepare bodies held in memory, by op (bounded; the pipeline's are pinned).
+    cache: BTreeMap<u64, Message>,
+    cache_max: usize,
+    pipeline: VecDeque<PipelineEntry>,
+    request_queue: VecDeque<Message>,
+    sessions: ClientSessions,
+    prepare_timestamp: u64,
+    realtime: u64,
+
+    /// StartViewChange votes: for `view + 1` while normal, for `view` during a view change.
+    svc_votes: u8,
+    dvcs: BTreeMap<u8, Dvc>,
+    /// New primary: the canonical log is chosen and installed; repairing before StartView.
+    log_chosen: bool,
+    /// Backup that jumped to a newer view and waits for its StartView.
+    awaiting_start_view: bool,
+    /// The canonical suffix as of `log_view` (persisted with the view state).
+    view_headers: Vec<Header>,
+    repair_sources: BTreeMap<u64, u8>,
+
+    io_next: u64,
+    ios: BTreeMap<IoId, PendingIo>,
+    persist_in_flight: bool,
+    persist_wanted: bool,
+    reads_commit: usize,
+    reads_serve: usize,
+
+    prepare_timeout: Timeout,
+    commit_message_timeout: Timeout,
+    normal_heartbeat_timeout: Timeout,
+    svc_window_timeout: Timeout,
+    view_change_message_timeout: Timeout,
+    view_change_status_timeout: Timeout,
+    repair_timeout: Timeout,
+
+    actions: Vec<Action>,
+    /// Headers of ops committed (applied) since the host last drained them.
+    committed: Vec<Header>,
+}
+
+impl<S: StateMachine> Replica<S> {
+    /// Opens a replica from its durable state and recovered journal (a fresh replica passes
+    /// `DurableState::initial()` and an empty journal).
+    pub fn open(config: Config, state_machine: S, durable: DurableState, journal: Journal, seed: u64) -> Replica<S> {
+        config.validate();
+        assert_eq!(journal.ops_max(), config.ops_max);
+        let timeouts = config.timeouts.clone();
+        let quorums = Quorums::new(config.replica_count);
+        let sessions = ClientSessions::new(config.clients_max);
+        let cache_max = config.pipeline_max * 4 + 32;
+        let mut replica = Replica {
+            quorums,
+            state_machine,
+            prng: Prng::from_seed(seed ^ u64::from(config.replica).wrapping_mul(0x9e37_79b9)),
+            status: Status::Normal,
+            view: durable.view,
+            log_view: durable.log_view,
+            view_durable: durable.view,
+            log_view_durable: durable.log_view,
+            commit_min: 0,
+            commit_max: durable.commit_max.min(journal.head()),
+            journal,
+            cache: BTreeMap::new(),
+            cache_max,
+            pipeline: VecDeque::new(),
+            request_queue: VecDeque::new(),
+            sessions,
+            prepare_timestamp: 0,
+            realtime: 0,
+            svc_votes: 0,
+            dvcs: BTreeMap::new(),
+            log_chosen: false,
+            awaiting_start_view: false,
+            view_headers: durable.view_headers.clone(),
+            repair_sources: BTreeMap::new(),
+            io_next: 1,
+            ios: BTreeMap::new(),
+            persist_in_flight: false,
+            persist_wanted: false,
+            reads_commit: 0,
+            reads_serve: 0,
+            prepare_timeout: Timeout::new("prepare", timeouts.prepare),
+            commit_message_timeout: Timeout::new("commit_message", timeouts.commit_message),
+            normal_heartbeat_timeout: Timeout::new("normal_heartbeat", timeouts.normal_heartbeat),
+            svc_window_timeout: Timeout::new("svc_window", timeouts.start_view_change_window),
+            view_change_message_timeout: Timeout::new("view_change_message", timeouts.view_change_message),
+            view_change_status_timeout: Timeout::new("view_change_status", timeouts.view_change_status),
+            repair_timeout: Timeout::new("repair", timeouts.repair),
+            actions: Vec::new(),
+            committed: Vec::new(),
+            config,
+        };
+        replica.prepare_timestamp = replica.journal.header(replica.journal.head()).map(|h| h.timestamp).unwrap_or(0);
+        replica.repair_timeout.start();
+        if replica.primary_index(replica.view) == replica.config.replica {
+            if replica.view == 0 && replica.journal.head() == 0 && replica.log_view == 0 {
+                // A freshly formatted cluster starts normal in view 0.
+                replica.become_primary_normal_empty();
+            } else {
+                // A restarted primary lost its pipeline: hand over to a new view.
+                replica.transition_to_view_change(replica.view + 1);
+            }
+        } else if replica.log_view == replica.view {
+            replica.status = Status::Normal;
+            replica.normal_heartbeat_timeout.start_with_jitter(&mut replica.prng);
+            replica.svc_window_timeout.start();
+            // Catch up on the head quickly.
+            replica.awaiting_start_view = replica.view > 0 || replica.journal.head() > 0;
+            if replica.awaiting_start_view {
+                replica.send_request_start_view();
+            }
+        } else {
+            replica.status = Status::ViewChange;
+            replica.svc_votes = replica.bit(replica.config.replica);
+            replica.view_change_message_timeout.start();
+            replica.view_change_status_timeout.start_with_jitter(&mut replica.prng);
+        }
+        replica
+    }
+
+    // ----- accessors used by hosts and checkers -----
+
+    pub fn replica(&self) -> u8 {
+        self.config.replica
+    }
+    pub fn status(&self) -> Status {
+        self.status
+    }
+    pub fn view(&self) -> u32 {
+        self.view
+    }
+    pub fn log_view(&self) -> u32 {
+        self.log_view
+    }
+    pub fn commit_min(&self) -> u64 {
+        self.commit_min
+    }
+    pub fn commit_max(&self) -> u64 {
+        self.commit_max
+    }
+    pub fn head(&self) -> u64 {
+        self.journal.head()
+    }
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+    pub fn state_machine(&self) -> &S {
+        &self.state_machine
+    }
+    pub fn sessions(&self) -> &ClientSessions {
+        &self.sessions
+    }
+    pub fn is_primary(&self) -> bool {
+        self.primary_index(self.view) == self.config.replica
+    }
+    pub fn primary_index(&self, view: u32) -> u8 {
+        ((u64::from(view) + u64::from(self.config.placement_offset)) % u64::from(self.config.replica_count)) as u8
+    }
+    /// True when the replica has I/O or view-state writes outstanding.
+    pub fn io_pending(&self) -> bool {
+        !self.ios.is_empty()
+    }
+    /// The ops applied since the last call, in order.
+    pub fn take_committed(&mut self) -> Vec<Header> {
+        std::mem::take(&mut self.committed)
+    }
+
+    // ----- inputs -----
+
+    pub fn on_tick(&mut self, realtime: u64) -> Vec<Action> {
+        self.realtime = realtime;
+        for timeout in [
+            &mut self.prepare_timeout,
+            &mut self.commit_message_timeout,
+            &mut self.normal_heartbeat_timeout,
+            &mut self.svc_window_timeout,
+            &mut self.view_change_message_timeout,
+            &mut self.view_change_status_timeout,
+            &mut self.repair_timeout,
+        ] {
+            timeout.tick();
+        }
+        if self.prepare_timeout.fired() {
+            self.on_prepare_timeout();
+        }
+        if self.commit_message_timeout.fired() {
+            self.commit_message_timeout.start();
+            self.send_commit_heartbeat();
+        }
+        if self.normal_heartbeat_timeout.fired() {
+            self.on_normal_heartbeat_timeout();
+        }
+        if self.svc_window_timeout.fired() {
+            self.svc_window_timeout.start();
+            if self.status == Status::Normal {
+                self.svc_votes = 0;
+            }
+        }
+        if self.view_change_message_timeout.fired() {
+            self.view_change_message_timeout.start();
+            self.send_view_change_messages();
+        }
+        if self.view_change_status_timeout.fired() {
+            let next = self.view + 1;
+            self.transition_to_view_change(next);
+        }
+        if self.repair_timeout.fired() {
+            self.repair_timeout.start();
+            self.repair();
+        }
+        std::mem::take(&mut self.actions)
+    }
+
+    pub fn on_message(&mut self, message: Message) -> Vec<Action> {
+        let header = &message.header;
+        if header.cluster != self.config.cluster || header.group != self.config.group {
+            return Vec::new();
+        }
+        if header.command != Command::Request && header.replica >= self.config.replica_count {
+            return Vec::new();
+        }
+        match header.command {
+            Command::Request => self.on_request(message),
+            Command::Prepare => self.on_prepare(message),
+            Command::PrepareOk => self.on_prepare_ok(&message.header),
+            Command::Commit => self.on_commit(&message.header),
+            Command::StartViewChange => self.on_start_view_change(&message.header),
+            Command::DoViewChange => self.on_do_view_change(message),
+            Command::StartView => self.on_start_view(message),
+            Command::RequestStartView => self.on_request_start_view(&message.header),
+            Command::RequestHeaders => self.on_request_headers(&message.header),
+            Command::Headers => self.on_headers(message),
+            Command::RequestPrepare => self.on_request_prepare(&message.header),
+            Command::Reply | Command::Eviction | Command::Reserved => {}
+        }
+        std::mem::take(&mut self.actions)
+    }
+
+    pub fn on_io_complete(&mut self, io: IoId, completion: Completion) -> Vec<Action> {
+        let pending = self.ios.remove(&io).expect("completion for an unknown io");
+        match (pending, completion) {
+            (PendingIo::WritePrepare { op, checksum }, Completion::Written) => self.on_prepare_written(op, checksum),
+            (PendingIo::WriteHeader { op, checksum }, Completion::Written) => self.on_header_written(op, checksum),
+            (PendingIo::Read { op, purpose }, Completion::Read(result)) => self.on_prepare_read(op, purpose, result),
+            (PendingIo::Persist { view, log_view }, Completion::Written) => self.on_persisted(view, log_view),
+            (pending, completion) => panic!("completion {completion:?} does not match {pending:?}"),
+        }
+        std::mem::take(&mut self.actions)
+    }
+
+    // ----- helpers -----
+
+    fn bit(&self, replica: u8) -> u8 {
+        assert!(replica < self.config.replica_count);
+        1 << replica
+    }
+
+    fn io(&mut self, pending: PendingIo) -> IoId {
+        let io = IoId(self.io_next);
+        self.io_next += 1;
+        self.ios.insert(io, pending);
+        io
+    }
+
+    fn header(&self, command: Command) -> Header {
+        let mut header = Header::new(command, self.config.cluster, self.config.group);
+        header.view = self.view;
+        header.replica = self.config.replica;
+        header
+    }
+
+    /// Sends to a replica, holding back anything of a view that is not yet durable.
+    fn send_replica(&mut self, to: u8, message: Message) {
+        assert_ne!(to, self.config.replica);
+        if message.header.command != Command::StartViewChange && self.view_durable < self.view {
+            return;
+        }
+        self.actions.push(Action::Send {
+            to: Peer::Replica(to),
+            message,
+        });
+    }
+
+    fn broadcast(&mut self, message: Message) {
+        for replica in 0..self.config.replica_count {
+            if replica != self.config.replica {
+                self.send_replica(replica, message.clone());
+            }
+        }
+    }
+
+    fn others(&self) -> impl Iterator<Item = u8> + '_ {
+        (0..self.config.replica_count).filter(move |r| *r != self.config.replica)
+    }
+
+    fn random_other(&mut self) -> Option<u8> {
+        if self.config.replica_count == 1 {
+            return None;
+        }
+        let pick = self.prng.below(u64::from(self.config.replica_count) - 1) as u8;
+        Some(if pick >= self.config.replica { pick + 1 } else { pick })
+    }
+
+    fn cache_insert(&mut self, message: Message) {
+        let op = message.header.op;
+        self.cache.insert(op, message);
+        while self.cache.len() > self.cache_max {
+            let pinned_from = self.commit_min.min(self.pipeline.front().map(|e| e.op).unwrap_or(u64::MAX));
+            let evict = self.cache.keys().next().copied().filter(|o| *o <= pinned_from && *o != op);
+            match evict {
+                Some(evict) => {
+                    self.cache.remove(&evict);
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn cached(&self, op: u64) -> Option<&Message> {
+        let checksum = self.journal.header(op)?.checksum;
+        self.cache.get(&op).filter(|m| m.header.checksum == checksum)
+    }
+
+    // ----- durable view state -----
+
+    fn persist(&mut self) {
+        if self.persist_in_flight {
+            self.persist_wanted = true;
+            return;
+        }
+        self.persist_in_flight = true;
+        let state = DurableState {
+            view: self.view,
+            log_view: self.log_view,
+            commit_max: self.commit_max,
+            view_headers: self.view_headers.clone(),
+        };
+        let io = self.io(PendingIo::Persist {
+            view: self.view,
+            log_view: self.log_view,
+        });
+        self.actions.push(Action::PersistState { io, state });
+    }
+
+    fn on_persisted(&mut self, view: u32, log_view: u32) {
+        assert!(self.persist_in_flight);
+        self.persist_in_flight = false;
+        assert!(view >= self.view_durable && log_view >= self.log_view_durable);
+        self.view_durable = view;
+        self.log_view_durable = log_view;
+        if self.persist_wanted {
+            self.persist_wanted = false;
+            self.persist();
+        }
+        if self.view_durable < self.view {
+            return;
+        }
+        match self.status {
+            Status::ViewChange => {
+                if self.is_primary() && self.log_chosen {
+                    self.try_become_normal_primary();
+                } else {
+                    self.send_view_change_messages();
+                    if self.is_primary() {
+                        self.try_choose_log();
+                    }
+                }
+            }
+            Status::Normal => {
+                if !self.is_primary() && self.log_view_durable == self.view {
+                    self.send_prepare_oks_for_uncommitted();
+                }
+            }
+        }
+    }
+
+    // ----- normal operation: primary -----
+
+    fn become_primary_normal_empty(&mut self) {
+        self.status = Status::Normal;
+        self.start_primary_timers();
+    }
+
+    fn start_primary_timers(&mut self) {
+        self.normal_heartbeat_timeout.stop();
+        self.view_change_message_timeout.stop();
+        self.view_change_status_timeout.stop();
+        self.commit_message_timeout.start();
+        if !self.pipeline.is_empty() {
+            self.prepare_timeout.start();
+        }
+    }
+
+    fn on_request(&mut self, request: Message) {
+        if request.header.client == 0 {
+            return;
+        }
+        if self.status != Status::Normal || !self.is_primary() || self.view_durable < self.view {
+            return;
+        }
+        // Sessions must reflect every committed op before classifying a request.
+        if self.commit_min < self.commit_max {
+            return;
+        }
+        let in_flight = self
+            .pipeline
+            .iter()
+            .filter_map(|entry| self.cache.get(&entry.op))
+            .chain(self.request_queue.iter())
+            .any(|m| m.header.client == request.header.client);
+        if in_flight {
+            return;
+        }
+        if request.header.operation == operation::REGISTER {
+            if request.header.request != 0 || !request.body.is_empty() {
+                return;
+            }
+        } else {
+            if request.header.operation < operation::APPLICATION_MIN {
+                return;
+            }
+            match self.sessions.classify(&request.header) {
+                Classification::New => {}
+                Classification::Resend(reply) => {
+                    self.actions.push(Action::Send {
+                        to: Peer::Client(request.header.client),
+                        message: *reply,
+                    });
+                    return;
+                }
+                Classification::Evict(reason) => {
+                    let mut header = self.header(Command::Eviction);
+                    header.client = request.header.client;
+                    header.request = reason as u32;
+                    header.session = request.header.session;
+                    self.actions.push(Action::Send {
+                        to: Peer::Client(request.header.client),
+                        message: Message::new(header, Vec::new()),
+                    });
+                    return;
+                }
+                Classification::Drop => return,
+            }
+        }
+        if self.pipeline.len() < self.config.pipeline_max {
+            self.prepare(request);
+        } else if self.request_queue.len() < self.config.request_queue_max {
+            self.request_queue.push_back(request);
+        }
+    }
+
+    fn prepare(&mut self, request: Message) {
+        assert!(self.status == Status::Normal && self.is_primary());
+        assert!(self.pipeline.len() < self.config.pipeline_max);
+        let head = self.journal.head();
+        let op = head + 1;
+        if op > self.config.ops_max {
+            return; // The log is full: the request is dropped and the client retries.
+        }
+        let parent = self.journal.header(head).expect("primary knows its head").checksum;
+        self.prepare_timestamp = self.prepare_timestamp.saturating_add(1).max(self.realtime);
+        let mut header = self.header(Command::Prepare);
+        header.parent = parent;
+        header.client = request.header.client;
+        header.session = request.header.session;
+        header.request = request.header.request;
+        header.operation = request.header.operation;
+        header.context = request.header.checksum;
+        header.op = op;
+        header.commit = self.commit_max;
+        header.timestamp = self.prepare_timestamp;
+        let message = Message::new(header, request.body);
+        let checksum = message.header.checksum;
+        self.journal.set_header(message.header);
+        self.cache_insert(message.clone());
+        self.pipeline.push_back(PipelineEntry { op, checksum, ok_from: 0 });
+        self.write_prepare(op);
+        self.broadcast(message);
+        if !self.prepare_timeout.running {
+            self.prepare_timeout.start();
+        }
+        // A one-replica group commits on its own durable write; nothing else to wait for.
+    }
+
+    fn on_prepare_ok(&mut self, header: &Header) {
+        if self.status != Status::Normal || !self.is_primary() {
+            return;
+        }
+        let old_view_bug = self.config.bugs.has(Bug::CountOldViewPrepareOks);
+        if header.view != self.view && !(old_view_bug && header.view < self.view) {
+            return;
+        }
+        let from = self.bit(header.replica);
+        let matched_by_op_only = old_view_bug && header.view < self.view;
+        if let Some(entry) = self
+            .pipeline
+            .iter_mut()
+            .find(|e| e.op == header.op && (matched_by_op_only || e.checksum == header.context))
+        {
+            entry.ok_from |= from;
+        }
+        self.commit_pipeline();
+    }
+
+    fn commit_pipeline(&mut self) {
+        let quorum = if self.config.bugs.has(Bug::CommitWithoutQuorum) {
+            1
+        } else {
+            self.quorums.replication
+        };
+        while let Some(front) = self.pipeline.front() {
+            if front.ok_from.count_ones() < u32::from(quorum) || front.op != self.commit_max + 1 {
+                break;
+            }
+            let op = front.op;
+            self.commit_max = op;
+            self.commit_journal();
+            if self.commit_min < op {
+                break; // Still applying older ops; the entry stays until it is applied.
+            }
+            self.pipeline.pop_front();
+        }
+        while self.commit_min == self.commit_max && self.pipeline.len() < self.config.pipeline_max {
+            let Some(request) = self.request_queue.pop_front() else {
+                break;
+            };
+            self.prepare(request);
+        }
+        if self.pipeline.is_empty() {
+            self.prepare_timeout.stop();
+        }
+    }
+
+    fn on_prepare_timeout(&mut self) {
+        if self.status != Status::Normal || !self.is_primary() || self.pipeline.is_empty() {
+            self.prepare_timeout.stop();
+            return;
+        }
+        self.prepare_timeout.backoff(&mut self.prng);
+        let entries: Vec<PipelineEntry> = self.pipeline.iter().cloned().collect();
+        for entry in entries {
+            let Some(message) = self.cache.get(&entry.op).cloned() else {
+                continue;
+            };
+            let missing: Vec<u8> = self.others().filter(|r| entry.ok_from & (1 << r) == 0).collect();
+            for replica in missing {
+                self.send_replica(replica, message.clone());
+            }
+        }
+    }
+
+    fn send_commit_heartbeat(&mut self) {
+        if self.status != Status::Normal || !self.is_primary() {
+            self.commit_message_timeout.stop();
+            return;
+        }
+        let mut header = self.header(Command::Commit);
+        header.commit = self.commit_max;
+        header.op = self.journal.head();
+        header.context = self.journal.header(self.commit_max).map(|h| h.checksum).unwrap_or(0);
+        self.broadcast(Message::new(header, Vec::new()));
+    }
+
+    // ----- normal operation: backup -----
+
+    fn on_prepare(&mut self, message: Message) {
+        let header = message.header;
+        if header.op == 0 || header.op > self.config.ops_max {
+            return;
+        }
+        let from_primary_of_view = header.replica == self.primary_index(header.view);
+        if header.view > self.view && from_primary_of_view {
+            self.jump_to_view(header.view);
+            return;
+        }
+        if header.view == self.view && from_primary_of_view && !self.is_primary() {
+            match self.status {
+                Status::Normal => {
+                    self.normal_heartbeat_timeout.reset_if_running();
+                    self.accept_prepare_from_primary(message);
+                }
+                Status::ViewChange => {
+                    // The view started without us hearing StartView.
+                    if !self.awaiting_start_view {
+                        self.awaiting_start_view = true;
+                        self.send_request_start_view();
+                    }
+                }
+            }
+            return;
+        }
+        self.accept_repaired_prepare(message);
+    }
+
+    /// A prepare of the current view from its primary is canonical.
+    fn accept_prepare_from_primary(&mut self, message: Message) {
+        let header = message.header;
+        assert_eq!(header.view, self.view);
+        self.commit_max = self.commit_max.max(header.commit);
+        let op = header.op;
+        if op <= self.commit_min {
+            return;
+        }
+        if op < self.journal.head() {
+            if let Some(next) = self.journal.header(op + 1) {
+                if next.parent != header.checksum {
+                    // Entries above are not of this log.
+                    self.journal.truncate_after(op);
+                }
+            }
+        }
+        if op > 1 && op - 1 <= self.journal.head() {
+            if let Some(previous) = self.journal.header(op - 1) {
+                if previous.checksum != header.parent {
+                    self.journal.forget_header(op - 1);
+                }
+            }
+        }
+        self.journal.set_header(header);
+        self.cache_insert(message);
+        match self.journal.entry(op).state {
+            SlotState::Clean => self.send_prepare_ok(op),
+            SlotState::Missing => self.write_prepare(op),
+            SlotState::Writing => {}
+        }
+        self.commit_journal();
+    }
+
+    /// A prepare sent in answer to a repair request: accepted only if we expect its checksum.
+    fn accept_repaired_prepare(&mut self, message: Message) {
+        let header = message.header;
+        let op = header.op;
+        if op > self.journal.head() || op == 0 {
+            return;
+        }
+        let expected = self.expected_checksum(op);
+        if expected != Some(header.checksum) {
+            return;
+        }
+        self.journal.set_header(header);
+        self.cache_insert(message);
+        if self.journal.entry(op).state == SlotState::Missing || self.journal.entry(op).faulty {
+            let entry = self.journal.entry_mut(op);
+            if entry.state == SlotState::Clean {
+                entry.state = SlotState::Missing;
+            }
+            if entry.state == SlotState::Missing {
+                self.write_prepare(op);
+            }
+        }
+        self.commit_journal();
+        if self.log_chosen {
+            self.try_become_normal_primary();
+        }
+    }
+
+    /// The checksum the op must have: from the chain above it, or its own known header.
+    fn expected_checksum(&self, op: u64) -> Option<u128> {
+        if op < self.journal.head() {
+            if let Some(next) = self.journal.header(op + 1) {
+                return Some(next.parent);
+            }
+        }
+        self.journal.header(op).map(|h| h.checksum)
+    }
+
+    fn on_commit(&mut self, header: &Header) {
+        if header.replica != self.primary_index(header.view) || header.replica == self.config.replica {
+            return;
+        }
+        if header.view > self.view {
+            self.jump_to_view(header.view);
+            return;
+        }
+        if header.view < self.view || self.status != Status::Normal {
+            return;
+        }
+        self.normal_heartbeat_timeout.reset_if_running();
+        self.commit_max = self.commit_max.max(header.commit);
+        if header.commit <= self.journal.head() && header.commit > self.commit_min {
+            if let Some(known) = self.journal.header(header.commit) {
+                if known.checksum != header.context {
+                    self.journal.forget_header(header.commit);
+                }
+            }
+        }
+        if header.op > self.journal.head() || self.commit_max > self.journal.head() {
+            let op_max = header.op.max(self.commit_max);
+            self.send_request_headers(self.primary_index(self.view), self.journal.head() + 1, op_max);
+        }
+        self.commit_journal();
+    }
+
+    fn send_prepare_ok(&mut self, op: u64) {
+        if self.status != Status::Normal || self.is_primary() || self.log_view != self.view {
+            return;
+        }
+        let Some(prepare) = self.journal.header(op).copied() else {
+            return;
+        };
+        let mut header = self.header(Command::PrepareOk);
+        header.op = op;
+        header.context = prepare.checksum;
+        header.parent = prepare.parent;
+        header.commit = self.commit_min;
+        header.timestamp = prepare.timestamp;
+        let primary = self.primary_index(self.view);
+        self.send_replica(primary, Message::new(header, Vec::new()));
+    }
+
+    fn send_prepare_oks_for_uncommitted(&mut self) {
+        let head = self.journal.head();
+        let from = self.commit_max.saturating_add(1).max(head.saturating_sub(self.config.pipeline_max as u64) + 1);
+        for op in from..=head {
+            if self.journal.entry(op).present() {
+                self.send_prepare_ok(op);
+            }
+        }
+    }
+
+    fn on_normal_heartbeat_timeout(&mut self) {
+        if self.status != Status::Normal || self.is_primary() {
+            self.normal_heartbeat_timeout.stop();
+            return;
+        }
+        self.normal_heartbeat_timeout.backoff(&mut self.prng);
+        // Vote for the next view; change only on a view-change quorum of votes.
+        self.svc_votes |= self.bit(self.config.replica);
+        let mut header = self.header(Command::StartViewChange);
+        header.view = self.view + 1;
+        self.broadcast(Message::new(header, Vec::new()));
+        self.check_svc_quorum_normal();
+    }
+
+    fn check_svc_quorum_normal(&mut self) {
+        let own = self.bit(self.config.replica);
+        if self.status == Status::Normal && self.svc_votes & own != 0 && self.svc_votes.count_ones() >= u32::from(self.quorums.view_change) {
+            let next = self.view + 1;
+            self.transition_to_view_change(next);
+        }
+    }
+
+    // ----- writes and reads -----
+
+    fn write_prepare(&mut self, op: u64) {
+        let entry = self.journal.entry(op);
+        if entry.state != SlotState::Missing {
+            return;
+        }
+        let Some(message) = self.cached(op).cloned() else {
+            return;
+        };
+        let checksum = message.header.checksum;
+        self.journal.entry_mut(op).state = SlotState::Writing;
+        let io = self.io(PendingIo::WritePrepare { op, checksum });
+        self.actions.push(Action::WritePrepare { io, message });
+        if self.config.bugs.has(Bug::AckBeforeDurable) {
+            self.on_prepare_durable(op, checksum);
+        }
+    }
+
+    fn on_prepare_written(&mut self, op: u64, checksum: u128) {
+        if op > self.journal.head() {
+            return;
+        }
+        let entry = self.journal.entry(op);
+        if entry.checksum() != Some(checksum) {
+            self.journal.entry_mut(op).state = SlotState::Missing;
+            self.write_prepare(op);
+            return;
+        }
+        let header = entry.header.expect("checked above");
+        let io = self.io(PendingIo::WriteHeader { op, checksum });
+        self.actions.push(Action::WriteHeader { io, header });
+    }
+
+    fn on_header_written(&mut self, op: u64, checksum: u128) {
+        if op > self.journal.head() {
+            return;
+        }
+        let entry = self.journal.entry_mut(op);
+        if entry.checksum() != Some(checksum) {
+            entry.state = SlotState::Missing;
+            self.write_prepare(op);
+            return;
+        }
+        entry.state = SlotState::Clean;
+        entry.faulty = false;
+        if !self.config.bugs.has(Bug::AckBeforeDurable) {
+            self.on_prepare_durable(op, checksum);
+        }
+        if self.log_chosen {
+            self.try_become_normal_primary();
+        }
+    }
+
+    /// The prepare at `op` is durable here: count or send the acknowledgement.
+    fn on_prepare_durable(&mut self, op: u64, checksum: u128) {
+        if self.status != Status::Normal {
+            return;
+        }
+        if self.is_primary() {
+            let own = self.bit(self.config.replica);
+            if let Some(entry) = self.pipeline.iter_mut().find(|e| e.op == op && e.checksum == checksum) {
+                entry.ok_from |= own;
+            }
+            self.commit_pipeline();
+        } else if self.view_durable == self.view {
+            self.send_prepare_ok(op);
+        }
+    }
+
+    fn read_prepare(&mut self, op: u64, purpose: ReadPurpose) {
+        let io = self.io(PendingIo::Read { op, purpose });
+        match purpose {
+            ReadPurpose::Commit => self.reads_commit += 1,
+            ReadPurpose::Serve(_) => self.reads_serve += 1,
+        }
+        self.actions.push(Action::ReadPrepare { io, op });
+    }
+
+    fn reading_for_commit(&self, op: u64) -> bool {
+        self.ios
+            .values()
+            .any(|p| matches!(p, PendingIo::Read { op: o, purpose: ReadPurpose::Commit } if *o == op))
+    }
+
+    fn on_prepare_read(&mut self, op: u64, purpose: ReadPurpose, result: Option<Message>) {
+        match purpose {
+            ReadPurpose::Commit => self.reads_commit -= 1,
+            ReadPurpose::Serve(_) => self.reads_serve -= 1,
+        }
+        let expected = self.journal.entry(op).checksum();
+        match result {
+            Some(message) if Some(message.header.checksum) == expected && message.header.op == op => {
+                match purpose {
+                    ReadPurpose::Commit => {
+                        self.cache_insert(message);
+                        self.commit_journal();
+                        if self.log_chosen {
+                            self.try_become_normal_primary();
+                        }
+                    }
+                    ReadPurpose::Serve(to) => self.send_replica(to, message),
+                }
+            }
+            _ => {
+                // Corrupt or misdirected on disk: this replica lost the prepare. Repair it.
+                if op <= self.journal.head() && self.journal.entry(op).state == SlotState::Clean {
+                    let entry = self.journal.entry_mut(op);
+                    entry.state = SlotState::Missing;
+                    entry.faulty = true;
+                }
+            }
+        }
+    }
+
+    // ----- commit path -----
+
+    fn commit_journal(&mut self) {
+        let head = self.journal.head();
+        let target = self.commit_max.min(head);
+        if self.commit_min >= target {
+            return;
+        }
+        // In a view change the log below the head is not yet known to be canonical.
+        if self.status != Status::Normal && !self.log_chosen {
+            return;
+        }
+        let floor = self.journal.chain_floor(self.commit_min);
+        if floor > self.commit_min + 1 {
+            return; // A hash-chain break above commit_min: repair headers first.
+        }
+        while self.commit_min < target {
+            let op = self.commit_min + 1;
+            if let Some(message) = self.cached(op).cloned() {
+                self.apply(message);
+                continue;
+            }
+            // Prefetch a few reads from the journal.
+            let mut prefetch = op;
+            while prefetch <= target && self.reads_commit < READS_COMMIT_MAX && prefetch < op + READS_COMMIT_MAX as u64 {
+                if self.journal.entry(prefetch).present() && self.cached(prefetch).is_none() && !self.reading_for_commit(prefetch) {
+                    self.read_prepare(prefetch, ReadPurpose::Commit);
+                }
+                prefetch += 1;
+            }
+            break;
+        }
+        if self.is_primary() && self.status == Status::Normal && !self.pipeline.is_empty() {
+            // Entries committed while older ops were being applied.
+            while let Some(front) = self.pipeline.front() {
+                if front.op <= self.commit_min {
+                    self.pipeline.pop_front();
+                } else {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, message: Message) {
+        let header = message.header;
+        assert_eq!(header.op, self.commit_min + 1);
+        assert_eq!(Some(header.checksum), self.journal.header(header.op).map(|h| h.checksum));
+        let reply_body = match header.operation {
+            operation::REGISTER => {
+                self.sessions.register(header.client, header.op);
+                Some(Vec::new())
+            }
+            operation::ROOT => None,
+            _ => {
+                if self.sessions.should_execute(&header) {
+                    Some(self.state_machine.apply(header.op, header.timestamp, header.operation, &message.body))
+                } else {
+                    None
+                }
+            }
+        };
+        self.commit_min = header.op;
+        self.committed.push(header);
+        if let Some(body) = reply_body {
+            let mut reply = self.header(Command::Reply);
+            reply.client = header.client;
+            reply.session = if header.operation == operation::REGISTER { header.op } else { header.session };
+            reply.request = header.request;
+            reply.op = header.op;
+            reply.commit = header.op;
+            reply.timestamp = header.timestamp;
+            reply.context = header.context;
+            reply.operation = header.operation;
+            let reply = Message::new(reply, body);
+            if header.operation != operation::REGISTER {
+                self.sessions.record_reply(header.client, header.request, header.context, reply.clone());
+            }
+            if self.status == Status::Normal && self.is_primary() {
+                self.actions.push(Action::Send {
+                    to: Peer::Client(header.client),
+                    message: reply,
+                });
+            }
+        }
+    }
+
+    // ----- view change -----
+
+    fn transition_to_view_change(&mut self, view: u32) {
+        assert!(view > self.view);
+        self.view = view;
+        self.status = Status::ViewChange;
+        self.log_chosen = false;
+        self.awaiting_start_view = false;
+        self.dvcs.clear();
+        self.repair_sources.clear();
+        self.svc_votes = self.bit(self.config.replica);
+        self.pipeline.clear();
+        self.request_queue.clear();
+        self.prepare_timeout.stop();
+        self.commit_message_timeout.stop();
+        self.normal_heartbeat_timeout.stop();
+        self.view_change_message_timeout.start();
+        self.view_change_status_timeout.start_with_jitter(&mut self.prng);
+        self.persist();
+        self.send_view_change_messages();
+        if self.quorums.view_change == 1 && self.is_primary() {
+            self.try_choose_log();
+        }
+    }
+
+    /// A backup learns of a newer view it did not take part in: wait for its StartView.
+    fn jump_to_view(&mut self, view: u32) {
+        assert!(view > self.view);
+        self.transition_to_view_change(view);
+        self.svc_votes = 0;
+        self.awaiting_start_view = !self.is_primary();
+        self.send_request_start_view();
+    }
+
+    fn send_view_change_messages(&mut self) {
+        if self.status != Status::ViewChange {
+            self.view_change_message_timeout.stop();
+            return;
+        }
+        if self.awaiting_start_view {
+            self.send_request_start_view();
+            return;
+        }
+        if self.svc_votes & self.bit(self.config.replica) != 0 {
+            let header = self.header(Command::StartViewChange);
+            self.broadcast(Message::new(header, Vec::new()));
+        }
+        if self.svc_votes.count_ones() >= u32::from(self.quorums.view_change) && !self.is_primary() {
+            let dvc = self.build_dvc_message();
+            let primary = self.primary_index(self.view);
+            self.send_replica(primary, dvc);
+        }
+    }
+
+    fn on_start_view_change(&mut self, header: &Header) {
+        if header.replica == self.config.replica {
+            return;
+        }
+        let from = self.bit(header.replica);
+        match self.status {
+            Status::Normal => {
+                if header.view == self.view + 1 {
+                    self.svc_votes |= from;
+                    self.check_svc_quorum_normal();
+                } else if header.view > self.view + 1 {
+                    // Several views moved on without us; our timer will vote when it fires.
+                }
+            }
+            Status::ViewChange => {
+                if header.view > self.view {
+                    self.transition_to_view_change(header.view);
+                }
+                if header.view == self.view && !self.awaiting_start_view {
+                    let before = self.svc_votes.count_ones();
+                    self.svc_votes |= from;
+                    if before < u32::from(self.quorums.view_change) && self.svc_votes.count_ones() >= u32::from(self.quorums.view_change) {
+                        self.send_view_change_messages();
+                        if self.is_primary() {
+                            self.try_choose_log();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn build_dvc(&self) -> Dvc {
+        let head = self.journal.head();
+        let count = head.min(self.config.pipeline_max as u64 + 1);
+        let first = head + 1 - count;
+        let entries = (first..=head)
+            .map(|op| {
+                let entry = self.journal.entry(op);
+                let present = entry.present();
+                DvcEntry {
+                    op,
+                    header: entry.header,
+                    present,
+                    nack: !entry.faulty && !present,
+                }
+            })
+            .collect();
+        Dvc {
+            replica: self.config.replica,
+            log_view: self.log_view,
+            op: head,
+            commit_min: self.commit_min,
+            entries,
+        }
+    }
+
+    fn build_dvc_message(&self) -> Message {
+        let dvc = self.build_dvc();
+        let (body, present, nack) = dvc.encode_body();
+        let mut header = self.header(Command::DoViewChange);
+        header.log_view = self.log_view;
+        header.op = dvc.op;
+        header.commit = dvc.commit_min;
+        header.present_bitset = present;
+        header.nack_bitset = nack;
+        Message::new(header, body)
+    }
+
+    fn on_do_view_change(&mut self, message: Message) {
+        let header = message.header;
+        if header.view < self.view || self.primary_index(header.view) != self.config.replica {
+            return;
+        }
+        if header.view > self.view {
+            self.transition_to_view_change(header.view);
+        }
+        if self.status == Status::Normal {
+            // The sender missed our StartView.
+            self.send_start_view(Some(header.replica));
+            return;
+        }
+        if self.log_chosen {
+            return;
+        }
+        let Some(dvc) = Dvc::decode(&header, &message.body) else {
+            return;
+        };
+        self.dvcs.insert(header.replica, dvc);
+        self.svc_votes |= self.bit(header.replica);
+        self.try_choose_log();
+    }
+
+    fn try_choose_log(&mut self) {
+        if self.status != Status::ViewChange || !self.is_primary() || self.log_chosen || self.view_durable < self.view {
+            return;
+        }
+        let own = self.build_dvc();
+        self.dvcs.insert(self.config.replica, own);
+        if self.dvcs.len() < self.quorums.view_change as usize {
+            return;
+        }
+        let dvcs: Vec<Dvc> = self.dvcs.values().cloned().collect();
+        let nack_quorum = if self.config.bugs.has(Bug::TruncateWithoutNackQuorum) {
+            1
+        } else {
+            self.quorums.nack
+        };
+        let params = ChoiceParams {
+            replica_count: self.config.replica_count,
+            nack_quorum,
+            pipeline_max: self.config.pipeline_max as u64,
+        };
+        match choose_log(&dvcs, &params) {
+            LogChoice::Ready {
+                head,
+                commit_max,
+                headers,
+                sources,
+                timestamp_max,
+            } => self.install_chosen_log(head, commit_max, headers, sources, timestamp_max),
+            LogChoice::Awaiting { .. } | LogChoice::Deadlocked { .. } => {}
+        }
+    }
+
+    fn install_chosen_log(&mut self, head: u64, commit_max: u64, headers: Vec<Header>, sources: BTreeMap<u64, u8>, timestamp_max: u64) {
+        assert!(commit_max <= head);
+        if self.journal.head() > head {
+            self.journal.truncate_after(head);
+        }
+        for header in &headers {
+            if header.op > 0 {
+                self.journal.set_header(*header);
+            }
+        }
+        assert!(self.journal.head() >= head);
+        if self.journal.head() > head {
+            self.journal.truncate_after(head);
+        }
+        self.commit_max = self.commit_max.max(commit_max);
+        self.prepare_timestamp = self.prepare_timestamp.max(timestamp_max);
+        self.log_view = self.view;
+        self.view_headers = headers.iter().rev().take(VIEW_HEADERS_MAX).rev().copied().collect();
+        self.repair_sources = sources;
+        self.log_chosen = true;
+        self.persist();
+        self.repair();
+        self.commit_journal();
+        self.try_become_normal_primary();
+    }
+
+    fn try_become_normal_primary(&mut self) {
+        if !self.log_chosen || self.status != Status::ViewChange || self.log_view_durable < self.view {
+            return;
+        }
+        let head = self.journal.head();
+        // Everything up to the head must be canonical, and the uncommitted ops held here.
+        if self.journal.chain_floor(self.commit_max) > self.commit_max.max(1).min(head) && head > 0 {
+            return;
+        }
+        for op in self.commit_max + 1..=head {
+            if !self.journal.entry(op).present() {
+                return;
+            }
+            if self.cached(op).is_none() {
+                if !self.reading_for_commit(op) && self.reads_commit < READS_COMMIT_MAX {
+                    self.read_prepare(op, ReadPurpose::Commit);
+                }
+                return;
+            }
+        }
+        self.log_chosen = false;
+        self.status = Status::Normal;
+        self.dvcs.clear();
+        self.repair_sources.clear();
+        let own = self.bit(self.config.replica);
+        self.pipeline = (self.commit_max + 1..=head)
+            .map(|op| PipelineEntry {
+                op,
+                checksum: self.journal.header(op).expect("present").checksum,
+                ok_from: own,
+            })
+            .collect();
+        self.start_primary_timers();
+        self.send_start_view(None);
+        self.commit_journal();
+        self.commit_pipeline();
+    }
+
+    fn start_view_message(&self) -> Message {
+        let head = self.journal.head();
+        let floor = self.journal.chain_floor(0);
+        let first = head.saturating_sub(VIEW_HEADERS_MAX as u64 - 1).max(floor).max(1);
+        let mut body = Vec::new();
+        for op in first..=head {
+            body.extend_from_slice(&self.journal.header(op).expect("chained").encode());
+        }
+        let mut header = self.header(Command::StartView);
+        header.op = head;
+        header.commit = self.commit_max;
+        Message::new(header, body)
+    }
+
+    fn send_start_view(&mut self, to: Option<u8>) {
+        assert!(self.status == Status::Normal && self.is_primary());
+        let message = self.start_view_message();
+        match to {
+            Some(replica) => self.send_replica(replica, message),
+            None => self.broadcast(message),
+        }
+    }
+
+    fn on_request_start_view(&mut self, header: &Header) {
+        if header.view == self.view && self.status == Status::Normal && self.is_primary() && header.replica != self.config.replica {
+            self.send_start_view(Some(header.replica));
+        }
+    }
+
+    fn send_request_start_view(&mut self) {
+        if self.is_primary() {
+            return;
+        }
+        let header = self.header(Command::RequestStartView);
+        let primary = self.primary_index(self.view);
+        self.send_replica(primary, Message::new(header, Vec::new()));
+    }
+
+    fn on_start_view(&mut self, message: Message) {
+        let header = message.header;
+        if header.view < self.view || header.replica != self.primary_index(header.view) || header.replica == self.config.replica {
+            return;
+        }
+        let Some(headers) = decode_headers(&message.body, header.op) else {
+            return;
+        };
+        if headers.last().map(|h| h.op) != Some(header.op) && header.op != 0 {
+            return;
+        }
+        let same_view_normal = header.view == self.view && self.status == Status::Normal;
+        if !same_view_normal {
+            if header.view > self.view {
+                self.view = header.view;
+            }
+            if self.journal.head() > header.op {
+                self.journal.truncate_after(header.op);
+            }
+            self.status = Status::Normal;
+            self.log_view = self.view;
+            self.log_chosen = false;
+            self.awaiting_start_view = false;
+            self.svc_votes = 0;
+            self.dvcs.clear();
+            self.pipeline.clear();
+            self.request_queue.clear();
+            self.view_headers = headers.clone();
+            self.view_change_message_timeout.stop();
+            self.view_change_status_timeout.stop();
+            self.prepare_timeout.stop();
+            self.commit_message_timeout.stop();
+            self.normal_heartbeat_timeout.start_with_jitter(&mut self.prng);
+            self.svc_window_timeout.start();
+        } else {
+            self.awaiting_start_view = false;
+            self.normal_heartbeat_timeout.reset_if_running();
+        }
+        for view_header in &headers {
+            if view_header.op < self.journal.head() {
+                if let Some(next) = self.journal.header(view_header.op + 1) {
+                    if next.parent != view_header.checksum && !headers.iter().any(|h| h.op == view_header.op + 1) {
+                        self.journal.truncate_after(view_header.op);
+                    }
+                }
+            }
+            self.journal.set_header(*view_header);
+        }
+        self.commit_max = self.commit_max.max(header.commit).min(self.journal.head().max(self.commit_max));
+        if !same_view_normal {
+            self.persist();
+        } else if self.log_view_durable == self.view {
+            self.send_prepare_oks_for_uncommitted();
+        }
+        self.repair();
+        self.commit_journal();
+    }
+
+    // ----- repair -----
+
+    fn repair(&mut self) {
+        let repairing = match self.status {
+            Status::Normal => true,
+            Status::ViewChange => self.log_chosen,
+        };
+        if !repairing {
+            return;
+        }
+        let head = self.journal.head();
+        let mut budget = REPAIR_BUDGET;
+        let primary = self.primary_index(self.view);
+        let trusted_primary = (!self.is_primary() && self.status == Status::Normal).then_some(primary);
+
+        if let Some(primary) = trusted_primary {
+            if self.commit_max > head {
+                self.send_request_headers(primary, head + 1, self.commit_max);
+                budget -= 1;
+            }
+        }
+        // Header breaks: walk down from the head along the hash chain.
+        let floor = self.journal.chain_floor(0);
+        if floor > 1 && floor <= head + 1 {
+            let broken = floor - 1;
+            if let Some(next) = self.journal.header(floor).copied() {
+                if let Some(target) = trusted_primary.or_else(|| self.random_other()) {
+                    self.send_request_prepare(target, broken, next.parent);
+                    budget = budget.saturating_sub(1);
+                }
+            }
+            let low = broken.saturating_sub(HEADERS_PER_MESSAGE_MAX - 1).max(1);
+            if let Some(target) = trusted_primary.or_else(|| self.random_other()) {
+                self.send_request_headers(target, low, broken);
+                budget = budget.saturating_sub(1);
+            }
+        }
+        // Prepares: oldest first, from the lowest op the chain covers.
+        let mut op = floor.max(1);
+        while op <= head && budget > 0 {
+            let entry = self.journal.entry(op);
+            if !entry.present() && entry.state != SlotState::Writing {
+                if let Some(checksum) = entry.checksum() {
+                    if self.cache.get(&op).is_some_and(|m| m.header.checksum == checksum) {
+                        let entry = self.journal.entry_mut(op);
+                        entry.state = SlotState::Missing;
+                        self.write_prepare(op);
+                    } else {
+                        let target = match self.repair_sources.get(&op) {
+                            Some(holders) => self.pick_from(*holders),
+                            None => trusted_primary.or_else(|| self.random_other()),
+                        };
+                        if let Some(target) = target {
+                            self.send_request_prepare(target, op, checksum);
+                            budget -= 1;
+                        }
+                    }
+                }
+            }
+            op += 1;
+        }
+        self.commit_journal();
+        if self.log_chosen {
+            self.try_become_normal_primary();
+        }
+    }
+
+    fn pick_from(&mut self, holders: u8) -> Option<u8> {
+        let candidates: Vec<u8> = self.others().filter(|r| holders & (1 << r) != 0).collect();
+        if candidates.is_empty() {
+            return self.random_other();
+        }
+        Some(candidates[self.prng.below(candidates.len() as u64) as usize])
+    }
+
+    fn send_request_prepare(&mut self, to: u8, op: u64, checksum: u128) {
+        let mut header = self.header(Command::RequestPrepare);
+        header.op = op;
+        header.context = checksum;
+        self.send_replica(to, Message::new(header, Vec::new()));
+    }
+
+    fn send_request_headers(&mut self, to: u8, op_min: u64, op_max: u64) {
+        if op_min > op_max {
+            return;
+        }
+        let op_min = op_min.max(op_max.saturating_sub(HEADERS_PER_MESSAGE_MAX - 1)).max(1);
+        let mut header = self.header(Command::RequestHeaders);
+        header.commit = op_min;
+        header.op = op_max;
+        self.send_replica(to, Message::new(header, Vec::new()));
+    }
+
+    fn on_request_prepare(&mut self, header: &Header) {
+        if header.replica == self.config.replica || header.op == 0 || header.op > self.journal.head() {
+            return;
+        }
+        let entry = self.journal.entry(header.op);
+        if entry.checksum() != Some(header.context) {
+            return;
+        }
+        if let Some(message) = self.cached(header.op).cloned() {
+            self.send_replica(header.replica, message);
+        } else if entry.present() && self.reads_serve < READS_SERVE_MAX {
+            self.read_prepare(header.op, ReadPurpose::Serve(header.replica));
+        }
+    }
+
+    fn on_request_headers(&mut self, header: &Header) {
+        if header.replica == self.config.replica {
+            return;
+        }
+        let op_max = header.op.min(self.journal.head());
+        let op_min = header.commit.max(1);
+        if op_min > op_max || op_max - op_min >= HEADERS_PER_MESSAGE_MAX {
+            return;
+        }
+        // Only headers hash-chained from our head, so we never spread stale ones.
+        let floor = self.journal.chain_floor(0).max(op_min);
+        if floor > op_max {
+            return;
+        }
+        let mut body = Vec::new();
+        for op in floor..=op_max {
+            body.extend_from_slice(&self.journal.header(op).expect("chained").encode());
+        }
+        let mut reply = self.header(Command::Headers);
+        reply.op = op_max;
+        reply.commit = self.commit_max;
+        reply.log_view = self.log_view;
+        reply.operation = u8::from(self.status == Status::Normal && self.is_primary());
+        self.send_replica(header.replica, Message::new(reply, body));
+    }
+
+    fn on_headers(&mut self, message: Message) {
+        let header = message.header;
+        let Some(headers) = decode_headers(&message.body, header.op) else {
+            return;
+        };
+        // A normal primary of our own view is the canonical log.
+        let trusted = header.operation == 1
+            && header.view == self.view
+            && header.replica == self.primary_index(self.view)
+            && self.status == Status::Normal
+            && !self.is_primary();
+        for candidate in headers.iter().rev() {
+            let op = candidate.op;
+            if op == 0 || op > self.config.ops_max {
+                continue;
+            }
+            if trusted {
+                if op > self.journal.head() {
+                    self.journal.extend_to(op);
+                }
+                if op < self.journal.head() {
+                    if let Some(next) = self.journal.header(op + 1) {
+                        if next.parent != candidate.checksum {
+                            self.journal.forget_header(op + 1);
+                        }
+                    }
+                }
+                self.journal.set_header(*candidate);
+            } else if op < self.journal.head() && self.journal.header(op + 1).is_some_and(|next| next.parent == candidate.checksum) {
+                self.journal.set_header(*candidate);
+            }
+        }
+        if trusted {
+            self.commit_max = self.commit_max.max(header.commit.min(self.journal.head()));
+        }
+        self.commit_journal();
+    }
+}
+
+/// Headers in a StartView/Headers body: ascending, contiguous, each verified, ending at `head`.
+fn decode_headers(body: &[u8], head: u64) -> Option<Vec<Header>> {
+    use crate::header::HEADER_SIZE;
+    if body.len() % HEADER_SIZE != 0 || body.len() / HEADER_SIZE > HEADERS_PER_MESSAGE_MAX as usize {
+        return None;
+    }
+    let mut headers = Vec::with_capacity(body.len() / HEADER_SIZE);
+    for chunk in body.chunks_exact(HEADER_SIZE) {
+        let raw: &[u8; HEADER_SIZE] = chunk.try_into().ok()?;
+        let header = Header::decode(raw).ok()?;
+        if header.command != Command::Prepare {
+            return None;
+        }
+        if let Some(previous) = headers.last() {
+            let previous: &Header = previous;
+            if header.op != previous.op + 1 || header.parent != previous.checksum {
+                return None;
+            }
+        }
+        headers.push(header);
+    }
+    if let Some(last) = headers.last() {
+        if last.op != head {
+            return None;
+        }
+    }
+    Some(headers)
+}

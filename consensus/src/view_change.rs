@@ -1,0 +1,374 @@
+//! DoViewChange contents and the new primary's choice of the canonical log (VSR with
+//! TigerBeetle's refinements): the DVCs with the highest `log_view` are canonical; uncommitted
+//! ops are truncated only when a nack quorum proves no replication quorum can hold them; an op
+//! that is neither provably absent nor held intact somewhere makes the primary wait.
+
+use std::collections::BTreeMap;
+
+use crate::header::{Header, HEADER_SIZE};
+
+/// One op as reported in a DVC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DvcEntry {
+    pub op: u64,
+    /// The sender's header for the op, if it knows one.
+    pub header: Option<Header>,
+    /// The sender durably holds an intact prepare for `header`.
+    pub present: bool,
+    /// The sender never acknowledged any prepare at this op in its log view other than
+    /// (possibly) `header` — it is not faulty there.
+    pub nack: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dvc {
+    pub replica: u8,
+    pub log_view: u32,
+    /// The sender's head op.
+    pub op: u64,
+    pub commit_min: u64,
+    /// Ascending, contiguous, ending at `op`.
+    pub entries: Vec<DvcEntry>,
+}
+
+/// Most entries a DVC carries (bitsets are u128).
+pub const DVC_ENTRIES_MAX: usize = 128;
+
+impl Dvc {
+    pub fn entry(&self, op: u64) -> Option<&DvcEntry> {
+        let first = self.entries.first()?.op;
+        if op < first || op > self.op {
+            return None;
+        }
+        self.entries.get((op - first) as usize)
+    }
+
+    /// Headers of this DVC that are hash-chained down from its head (so cannot be stale).
+    pub fn chained_headers(&self) -> Vec<Header> {
+        let mut chained = Vec::new();
+        let mut expected_parent: Option<u128> = None;
+        for entry in self.entries.iter().rev() {
+            let Some(header) = entry.header else { break };
+            if let Some(parent) = expected_parent {
+                if header.checksum != parent {
+                    break;
+                }
+            } else if header.op != self.op {
+                break;
+            }
+            expected_parent = Some(header.parent);
+            chained.push(header);
+        }
+        chained.reverse();
+        chained
+    }
+
+    /// Body bytes: one 256-byte header per entry (all zero for unknown), ascending by op.
+    pub fn encode_body(&self) -> (Vec<u8>, u128, u128) {
+        assert!(self.entries.len() <= DVC_ENTRIES_MAX);
+        let mut body = Vec::with_capacity(self.entries.len() * HEADER_SIZE);
+        let mut present = 0u128;
+        let mut nack = 0u128;
+        for (index, entry) in self.entries.iter().enumerate() {
+            match entry.header {
+                Some(header) => body.extend_from_slice(&header.encode()),
+                None => body.extend_from_slice(&[0u8; HEADER_SIZE]),
+            }
+            if entry.present {
+                present |= 1 << index;
+            }
+            if entry.nack {
+                nack |= 1 << index;
+            }
+        }
+        (body, present, nack)
+    }
+
+    /// Rebuilds a DVC from a received message; `None` if the body is inconsistent.
+    pub fn decode(message_header: &Header, body: &[u8]) -> Option<Dvc> {
+        if body.len() % HEADER_SIZE != 0 || body.len() / HEADER_SIZE > DVC_ENTRIES_MAX {
+            return None;
+        }
+        let count = (body.len() / HEADER_SIZE) as u64;
+        if count > message_header.op + 1 {
+            return None;
+        }
+        let first = message_header.op + 1 - count;
+        let mut entries = Vec::with_capacity(count as usize);
+        for index in 0..count {
+            let op = first + index;
+            let raw: &[u8; HEADER_SIZE] = body[(index as usize) * HEADER_SIZE..][..HEADER_SIZE].try_into().ok()?;
+            let header = if raw.iter().all(|b| *b == 0) {
+                None
+            } else {
+                let header = Header::decode(raw).ok()?;
+                if header.op != op {
+                    return None;
+                }
+                Some(header)
+            };
+            let present = message_header.present_bitset & (1 << index) != 0;
+            let nack = message_header.nack_bitset & (1 << index) != 0;
+            if (present && header.is_none()) || (present && nack) {
+                return None;
+            }
+            entries.push(DvcEntry { op, header, present, nack });
+        }
+        Some(Dvc {
+            replica: message_header.replica,
+            log_view: message_header.log_view,
+            op: message_header.op,
+            commit_min: message_header.commit,
+            entries,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogChoice {
+    /// The canonical log: `headers` cover `(commit_max, head]` at least, ascending; `sources`
+    /// lists, per uncommitted op, the replicas holding it intact.
+    Ready {
+        head: u64,
+        commit_max: u64,
+        headers: Vec<Header>,
+        sources: BTreeMap<u64, u8>,
+        timestamp_max: u64,
+    },
+    /// An op is neither held intact nor nacked by a quorum: wait for more DVCs.
+    Awaiting { op: u64 },
+    /// Every replica answered and an op still cannot be decided.
+    Deadlocked { op: u64 },
+}
+
+pub struct ChoiceParams {
+    pub replica_count: u8,
+    pub nack_quorum: u8,
+    pub pipeline_max: u64,
+}
+
+/// Chooses the canonical log from a view-change quorum of DVCs.
+pub fn choose_log(dvcs: &[Dvc], params: &ChoiceParams) -> LogChoice {
+    assert!(!dvcs.is_empty());
+    let log_view = dvcs.iter().map(|dvc| dvc.log_view).max().expect("non-empty");
+    let canonical: Vec<&Dvc> = dvcs.iter().filter(|dvc| dvc.log_view == log_view).collect();
+
+    // Canonical headers: chained headers of the canonical DVCs. They must agree.
+    let mut headers: BTreeMap<u64, Header> = BTreeMap::new();
+    for dvc in &canonical {
+        for header in dvc.chained_headers() {
+            if let Some(existing) = headers.insert(header.op, header) {
+                assert_eq!(existing.checksum, header.checksum, "canonical DVCs disagree at op {} (log_view {log_view})", header.op);
+            }
+        }
+    }
+    let head = canonical.iter().map(|dvc| dvc.op).max().expect("non-empty");
+    let head_header = headers.get(&head).copied();
+
+    // Every op at or below this bound is committed somewhere.
+    let mut commit_max = dvcs.iter().map(|dvc| dvc.commit_min).max().expect("non-empty");
+    if let Some(head_header) = head_header {
+        commit_max = commit_max.max(head_header.commit);
+    }
+    commit_max = commit_max.max(head.saturating_sub(params.pipeline_max)).min(head);
+
+    let mut head_new = head;
+    // Truncate from the head down while a nack quorum proves the op never committed.
+    while head_new > commit_max {
+        let op = head_new;
+        let Some(canonical_header) = headers.get(&op) else {
+            break;
+        };
+        let nacks = dvcs.iter().filter(|dvc| nacked(dvc, op, canonical_header)).count() as u8;
+        if nacks >= params.nack_quorum {
+            head_new -= 1;
+        } else {
+            break;
+        }
+    }
+
+    // Every remaining uncommitted op needs its canonical header and at least one intact copy.
+    let mut sources = BTreeMap::new();
+    for op in commit_max + 1..=head_new {
+        let Some(canonical_header) = headers.get(&op) else {
+            return undecided(dvcs, params, op);
+        };
+        let mut holders = 0u8;
+        for dvc in dvcs {
+            if let Some(entry) = dvc.entry(op) {
+                if entry.present && entry.header.map(|h| h.checksum) == Some(canonical_header.checksum) {
+                    holders |= 1 << dvc.replica;
+                }
+            }
+        }
+        if holders == 0 {
+            return undecided(dvcs, params, op);
+        }
+        sources.insert(op, holders);
+    }
+
+    let timestamp_max = headers.values().map(|h| h.timestamp).max().unwrap_or(0);
+    let chosen: Vec<Header> = headers.range(..=head_new).map(|(_, header)| *header).collect();
+    LogChoice::Ready {
+        head: head_new,
+        commit_max,
+        headers: chosen,
+        sources,
+        timestamp_max,
+    }
+}
+
+fn undecided(dvcs: &[Dvc], params: &ChoiceParams, op: u64) -> LogChoice {
+    if dvcs.len() >= params.replica_count as usize {
+        LogChoice::Deadlocked { op }
+    } else {
+        LogChoice::Awaiting { op }
+    }
+}
+
+/// Whether `dvc` proves it never acknowledged `canonical` at its op.
+fn nacked(dvc: &Dvc, op: u64, canonical: &Header) -> bool {
+    if op > dvc.op {
+        // Its log is shorter: it never prepared the op in its log view.
+        return true;
+    }
+    match dvc.entry(op) {
+        None => false,
+        Some(entry) => {
+            if entry.present {
+                // It holds *some* prepare intact: a nack only if it is a different one.
+                entry.header.map(|h| h.checksum) != Some(canonical.checksum)
+            } else {
+                entry.nack
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::header::Command;
+
+    fn chain(ops: u64, view: u32, salt: u8) -> Vec<Header> {
+        let mut headers = vec![Header::root(1, 1)];
+        for op in 1..=ops {
+            let mut header = Header::new(Command::Prepare, 1, 1);
+            header.op = op;
+            header.view = view;
+            header.commit = op.saturating_sub(3);
+            header.parent = headers.last().unwrap().checksum;
+            header.set_checksums(&[salt, op as u8]);
+            headers.push(header);
+        }
+        headers
+    }
+
+    fn dvc(replica: u8, log_view: u32, headers: &[Header], head: u64, commit_min: u64, state: &[(u64, bool, bool)]) -> Dvc {
+        let first = head.saturating_sub(8).max(1);
+        let entries = (first..=head)
+            .map(|op| {
+                let (present, nack) = state.iter().find(|(o, _, _)| *o == op).map(|(_, p, n)| (*p, *n)).unwrap_or((true, false));
+                DvcEntry {
+                    op,
+                    header: if present || !nack { Some(headers[op as usize]) } else { None },
+                    present,
+                    nack,
+                }
+            })
+            .collect();
+        Dvc {
+            replica,
+            log_view,
+            op: head,
+            commit_min,
+            entries,
+        }
+    }
+
+    fn params() -> ChoiceParams {
+        ChoiceParams {
+            replica_count: 3,
+            nack_quorum: 2,
+            pipeline_max: 8,
+        }
+    }
+
+    #[test]
+    fn keeps_ops_held_by_any_quorum_member() {
+        let headers = chain(10, 1, 0);
+        // Replica 0 has up to 10, replica 1 only up to 8 (shorter log: nacks 9 and 10).
+        let dvcs = vec![dvc(0, 1, &headers, 10, 7, &[]), dvc(1, 1, &headers, 8, 7, &[])];
+        match choose_log(&dvcs, &params()) {
+            LogChoice::Ready { head, commit_max, .. } => {
+                // Two nacks? Only replica 1 nacks 9 and 10; replica 0 holds them: keep.
+                assert_eq!(head, 10);
+                assert_eq!(commit_max, 7);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_corrupt_copy_on_old_primary_is_truncated_by_nack_quorum() {
+        let headers = chain(10, 1, 0);
+        // The old primary (replica 0) holds op 10 but its copy is corrupt (faulty: no nack);
+        // replicas 1 and 2 never got op 10 (shorter logs): a nack quorum, so truncate.
+        let old_primary = dvc(0, 1, &headers, 10, 8, &[(10, false, false)]);
+        let one = dvc(1, 1, &headers, 9, 8, &[]);
+        let two = dvc(2, 1, &headers, 9, 8, &[]);
+        match choose_log(&[old_primary.clone(), one.clone()], &params()) {
+            LogChoice::Awaiting { op: 10 } => {}
+            other => panic!("with one nack it must wait: {other:?}"),
+        }
+        match choose_log(&[old_primary, one, two], &params()) {
+            LogChoice::Ready { head, .. } => assert_eq!(head, 9),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn faulty_entries_do_not_count_as_nacks() {
+        let headers = chain(10, 1, 0);
+        // Replica 1 lost op 10 (faulty, no nack), replica 2 is shorter. One nack only.
+        let dvcs = vec![dvc(1, 1, &headers, 10, 8, &[(10, false, false)]), dvc(2, 1, &headers, 9, 8, &[])];
+        assert_eq!(choose_log(&dvcs, &params()), LogChoice::Awaiting { op: 10 });
+    }
+
+    #[test]
+    fn highest_log_view_wins_and_older_different_headers_nack() {
+        let old = chain(10, 1, 0);
+        let mut new = chain(8, 1, 0);
+        // In view 2, ops 9..10 were replaced by different prepares.
+        let tail = chain(10, 2, 9);
+        for op in 9..=10u64 {
+            let mut header = tail[op as usize];
+            header.parent = new.last().unwrap().checksum;
+            header.set_checksums(&[7, op as u8]);
+            new.push(header);
+        }
+        let dvcs = vec![dvc(0, 1, &old, 10, 8, &[]), dvc(1, 2, &new, 10, 8, &[])];
+        match choose_log(&dvcs, &params()) {
+            LogChoice::Ready { head, headers, .. } => {
+                assert_eq!(head, 10);
+                assert_eq!(headers.last().unwrap().checksum, new[10].checksum);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn dvc_body_round_trip() {
+        let headers = chain(5, 1, 0);
+        let original = dvc(2, 1, &headers, 5, 3, &[(4, false, true), (5, false, false)]);
+        let (body, present, nack) = original.encode_body();
+        let mut message_header = Header::new(Command::DoViewChange, 1, 1);
+        message_header.replica = 2;
+        message_header.log_view = 1;
+        message_header.op = 5;
+        message_header.commit = 3;
+        message_header.present_bitset = present;
+        message_header.nack_bitset = nack;
+        assert_eq!(Dvc::decode(&message_header, &body), Some(original));
+    }
+}

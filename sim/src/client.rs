@@ -1,0 +1,161 @@
+//! A simulated client: registers a session, then sends one request at a time with a random
+//! payload, retrying (same request, same bytes) until a reply arrives; re-registers if evicted.
+
+use galgo_consensus::header::operation;
+use galgo_consensus::prng::Prng;
+use galgo_consensus::{Command, Header, Message};
+
+#[derive(Clone, Debug)]
+pub struct Ack {
+    pub client: u128,
+    pub session: u64,
+    pub request: u32,
+    pub op: u64,
+    pub request_checksum: u128,
+}
+
+pub struct Client {
+    pub id: u128,
+    cluster: u128,
+    group: u64,
+    replica_count: u8,
+    placement_offset: u8,
+    body_max: usize,
+    session: u64,
+    request: u32,
+    view: u32,
+    in_flight: Option<Message>,
+    sent_at: u64,
+    attempts: u32,
+    pub evictions: u64,
+    pub replies: u64,
+}
+
+const RETRY_TICKS: u64 = 40;
+
+impl Client {
+    pub fn new(id: u128, cluster: u128, group: u64, replica_count: u8, placement_offset: u8, body_max: usize) -> Client {
+        assert!(id != 0);
+        Client {
+            id,
+            cluster,
+            group,
+            replica_count,
+            placement_offset,
+            body_max,
+            session: 0,
+            request: 0,
+            view: 0,
+            in_flight: None,
+            sent_at: 0,
+            attempts: 0,
+            evictions: 0,
+            replies: 0,
+        }
+    }
+
+    pub fn idle(&self) -> bool {
+        self.in_flight.is_none()
+    }
+
+    pub fn registered(&self) -> bool {
+        self.session != 0
+    }
+
+    fn primary(&self) -> u8 {
+        ((u64::from(self.view) + u64::from(self.placement_offset)) % u64::from(self.replica_count)) as u8
+    }
+
+    /// Starts the next request (or the register) if none is in flight. Returns where to send.
+    pub fn start_request(&mut self, now: u64, prng: &mut Prng) -> Vec<(u8, Message)> {
+        if self.in_flight.is_some() {
+            return Vec::new();
+        }
+        let mut header = Header::new(Command::Request, self.cluster, self.group);
+        header.client = self.id;
+        let body = if self.session == 0 {
+            header.operation = operation::REGISTER;
+            Vec::new()
+        } else {
+            header.operation = operation::APPLICATION_MIN;
+            header.session = self.session;
+            header.request = self.request + 1;
+            let size = if self.body_max == 0 { 0 } else { prng.below(self.body_max as u64 + 1) as usize };
+            (0..size).map(|_| prng.below(256) as u8).collect()
+        };
+        let message = Message::new(header, body);
+        self.in_flight = Some(message.clone());
+        self.sent_at = now;
+        self.attempts = 0;
+        vec![(self.primary(), message)]
+    }
+
+    /// Retries to the presumed primary first, then to every replica.
+    pub fn tick(&mut self, now: u64) -> Vec<(u8, Message)> {
+        let Some(message) = &self.in_flight else {
+            return Vec::new();
+        };
+        if now < self.sent_at + RETRY_TICKS {
+            return Vec::new();
+        }
+        self.sent_at = now;
+        self.attempts += 1;
+        if self.attempts % 2 == 1 {
+            (0..self.replica_count).map(|r| (r, message.clone())).collect()
+        } else {
+            vec![(self.primary(), message.clone())]
+        }
+    }
+
+    /// Handles a reply or eviction. Returns an ack when a request completed.
+    pub fn on_message(&mut self, message: &Message) -> Option<Ack> {
+        let in_flight = self.in_flight.as_ref()?;
+        let header = &message.header;
+        if header.client != self.id {
+            return None;
+        }
+        if header.view > self.view {
+            self.view = header.view;
+        }
+        match header.command {
+            Command::Reply => {
+                if header.context != in_flight.header.checksum || header.request != in_flight.header.request {
+                    return None; // A late reply to an older request.
+                }
+                self.replies += 1;
+                let request_checksum = in_flight.header.checksum;
+                self.in_flight = None;
+                if in_flight_is_register(header) {
+                    assert!(header.session > 0);
+                    self.session = header.session;
+                    self.request = 0;
+                    return None;
+                }
+                self.request = header.request;
+                Some(Ack {
+                    client: self.id,
+                    session: header.session,
+                    request: header.request,
+                    op: header.op,
+                    request_checksum,
+                })
+            }
+            Command::Eviction => {
+                if header.session != in_flight.header.session || self.session == 0 {
+                    return None;
+                }
+                // The in-flight request is indeterminate; start a new session.
+                self.evictions += 1;
+                self.session = 0;
+                self.request = 0;
+                self.in_flight = None;
+                None
+            }
+            _ => None,
+        }
+    }
+}
+
+fn in_flight_is_register(reply: &Header) -> bool {
+    reply.operation == operation::REGISTER
+}

@@ -1,0 +1,225 @@
+//! The simulated network: one bounded queue per (source, target) path, exponential delays (so
+//! packets reorder), loss, replay (duplication), clogging, bit flips, and symmetric or
+//! asymmetric partitions of replicas. Packets are frames of bytes; receivers verify checksums.
+
+use std::collections::BTreeMap;
+
+use galgo_consensus::prng::Prng;
+
+use crate::options::{NetworkOptions, PartitionMode};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Node {
+    Replica(u8),
+    Client(usize),
+}
+
+#[derive(Clone, Debug)]
+struct Packet {
+    ready_at: u64,
+    sequence: u64,
+    frame: Vec<u8>,
+}
+
+#[derive(Default, Clone, Debug)]
+pub struct NetworkStats {
+    pub sent: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub replayed: u64,
+    pub flipped: u64,
+    pub dropped_full: u64,
+    pub partitions: u64,
+}
+
+pub struct Network {
+    options: NetworkOptions,
+    prng: Prng,
+    replica_count: u8,
+    paths: BTreeMap<(Node, Node), Vec<Packet>>,
+    clogged_until: BTreeMap<(Node, Node), u64>,
+    /// `blocked[(a, b)]`: packets from replica a to replica b are cut.
+    blocked: BTreeMap<(u8, u8), bool>,
+    partitioned: bool,
+    stability: u64,
+    sequence: u64,
+    pub faults_enabled: bool,
+    pub stats: NetworkStats,
+}
+
+impl Network {
+    pub fn new(options: NetworkOptions, seed: u64, replica_count: u8) -> Network {
+        Network {
+            options,
+            prng: Prng::from_seed(seed),
+            replica_count,
+            paths: BTreeMap::new(),
+            clogged_until: BTreeMap::new(),
+            blocked: BTreeMap::new(),
+            partitioned: false,
+            stability: 0,
+            sequence: 0,
+            faults_enabled: true,
+            stats: NetworkStats::default(),
+        }
+    }
+
+    fn delay(&mut self) -> u64 {
+        if !self.faults_enabled {
+            return 1;
+        }
+        self.options.delay_min.max(self.prng.exponential(self.options.delay_mean)).max(1)
+    }
+
+    pub fn send(&mut self, now: u64, from: Node, to: Node, frame: Vec<u8>) {
+        self.stats.sent += 1;
+        let ready_at = now + self.delay();
+        self.sequence += 1;
+        let capacity = if self.faults_enabled { self.options.path_capacity } else { 4096 };
+        let sequence = self.sequence;
+        let path = self.paths.entry((from, to)).or_default();
+        if path.len() >= capacity {
+            let victim = self.prng.below(path.len() as u64) as usize;
+            path.swap_remove(victim);
+            self.stats.dropped_full += 1;
+        }
+        let path = self.paths.get_mut(&(from, to)).expect("inserted");
+        path.push(Packet { ready_at, sequence, frame });
+    }
+
+    fn cut(&self, from: Node, to: Node) -> bool {
+        match (from, to) {
+            (Node::Replica(a), Node::Replica(b)) => self.blocked.get(&(a, b)).copied().unwrap_or(false),
+            _ => false,
+        }
+    }
+
+    /// Removes and returns every packet ready at `now`, in a deterministic order.
+    pub fn deliver(&mut self, now: u64) -> Vec<(Node, Node, Vec<u8>)> {
+        let mut ready = Vec::new();
+        let keys: Vec<(Node, Node)> = self.paths.keys().copied().collect();
+        for key in keys {
+            if self.faults_enabled && self.clogged_until.get(&key).is_some_and(|until| *until > now) {
+                continue;
+            }
+            let path = self.paths.get_mut(&key).expect("key exists");
+            let mut index = 0;
+            while index < path.len() {
+                if path[index].ready_at <= now {
+                    let packet = path.swap_remove(index);
+                    ready.push((packet.sequence, key.0, key.1, packet.frame));
+                } else {
+                    index += 1;
+                }
+            }
+        }
+        ready.sort_by_key(|(sequence, _, _, _)| *sequence);
+        let mut delivered = Vec::with_capacity(ready.len());
+        for (_, from, to, mut frame) in ready {
+            if self.faults_enabled {
+                if self.cut(from, to) || self.prng.chance(self.options.loss) {
+                    self.stats.lost += 1;
+                    continue;
+                }
+                if self.prng.chance(self.options.replay) {
+                    self.stats.replayed += 1;
+                    self.send(now, from, to, frame.clone());
+                }
+                if !frame.is_empty() && self.prng.chance(self.options.bit_flip) {
+                    let bit = self.prng.below(frame.len() as u64 * 8);
+                    frame[(bit / 8) as usize] ^= 1 << (bit % 8);
+                    self.stats.flipped += 1;
+                }
+            }
+            self.stats.delivered += 1;
+            delivered.push((from, to, frame));
+        }
+        delivered
+    }
+
+    /// Clogs paths and changes partitions.
+    pub fn tick(&mut self, now: u64, nodes: &[Node]) {
+        if !self.faults_enabled {
+            return;
+        }
+        if self.options.clog_probability > 0.0 {
+            for from in nodes {
+                for to in nodes {
+                    if from != to && self.prng.chance(self.options.clog_probability) {
+                        let duration = self.prng.exponential(self.options.clog_mean);
+                        self.clogged_until.insert((*from, *to), now + duration);
+                    }
+                }
+            }
+        }
+        if self.stability > 0 {
+            self.stability -= 1;
+            return;
+        }
+        if self.partitioned {
+            if self.prng.chance(self.options.unpartition_probability) {
+                self.blocked.clear();
+                self.partitioned = false;
+                self.stability = self.options.unpartition_stability;
+            }
+        } else if self.options.partition_mode != PartitionMode::None
+            && self.replica_count > 1
+            && self.prng.chance(self.options.partition_probability)
+        {
+            self.partition();
+            self.stability = self.options.partition_stability;
+        }
+    }
+
+    fn partition(&mut self) {
+        let n = self.replica_count;
+        let mut side = vec![false; n as usize];
+        match self.options.partition_mode {
+            PartitionMode::None => return,
+            PartitionMode::UniformSize => {
+                let size = self.prng.range_inclusive(1, u64::from(n) - 1) as usize;
+                let mut order: Vec<usize> = (0..n as usize).collect();
+                for i in (1..order.len()).rev() {
+                    let j = self.prng.below(i as u64 + 1) as usize;
+                    order.swap(i, j);
+                }
+                for index in order.into_iter().take(size) {
+                    side[index] = true;
+                }
+            }
+            PartitionMode::UniformPartition => {
+                for s in side.iter_mut() {
+                    *s = self.prng.chance(0.5);
+                }
+            }
+            PartitionMode::IsolateSingle => {
+                side[self.prng.below(u64::from(n)) as usize] = true;
+            }
+        }
+        self.stats.partitions += 1;
+        for a in 0..n {
+            for b in 0..n {
+                if side[a as usize] != side[b as usize] {
+                    // Asymmetric: the `true` side can still send.
+                    let cut = self.options.partition_symmetric || !side[a as usize];
+                    self.blocked.insert((a, b), cut);
+                }
+            }
+        }
+        self.partitioned = true;
+    }
+
+    /// Liveness phase: heal everything, fast and lossless from now on.
+    pub fn heal(&mut self) {
+        self.faults_enabled = false;
+        self.blocked.clear();
+        self.partitioned = false;
+        self.clogged_until.clear();
+    }
+
+    /// Drops every packet addressed to or from `node` still queued (used on crash for its own
+    /// outbound queue is NOT done: in-flight packets of a crashed replica stay in the network).
+    pub fn in_flight(&self) -> usize {
+        self.paths.values().map(Vec::len).sum()
+    }
+}

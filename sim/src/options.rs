@@ -1,0 +1,132 @@
+//! Swarm options: every knob of a run drawn from its seed, so each seed tests a different mix.
+
+use galgo_consensus::prng::Prng;
+
+#[derive(Clone, Debug)]
+pub struct NetworkOptions {
+    pub delay_min: u64,
+    pub delay_mean: f64,
+    pub loss: f64,
+    pub replay: f64,
+    pub path_capacity: usize,
+    pub clog_probability: f64,
+    pub clog_mean: f64,
+    pub bit_flip: f64,
+    pub partition_mode: PartitionMode,
+    pub partition_symmetric: bool,
+    pub partition_probability: f64,
+    pub unpartition_probability: f64,
+    pub partition_stability: u64,
+    pub unpartition_stability: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartitionMode {
+    None,
+    UniformSize,
+    UniformPartition,
+    IsolateSingle,
+}
+
+#[derive(Clone, Debug)]
+pub struct StorageOptions {
+    pub read_latency_min: u64,
+    pub read_latency_mean: f64,
+    pub write_latency_min: u64,
+    pub write_latency_mean: f64,
+    pub read_fault: f64,
+    pub write_fault: f64,
+    pub misdirect: f64,
+    pub lost_write: f64,
+    pub crash_tear: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub seed: u64,
+    pub replica_count: u8,
+    pub placement_offset: u8,
+    pub clients: usize,
+    pub clients_max: usize,
+    pub pipeline_max: usize,
+    pub requests_max: usize,
+    pub request_body_max: usize,
+    pub network: NetworkOptions,
+    pub storage: StorageOptions,
+    pub crash_probability: f64,
+    pub restart_probability: f64,
+    pub pause_probability: f64,
+    pub unpause_probability: f64,
+    pub ticks_max_requests: u64,
+    pub ticks_max_convergence: u64,
+}
+
+impl Options {
+    pub fn swarm(seed: u64) -> Options {
+        let mut prng = Prng::from_seed(seed);
+        let replica_count = *pick(&mut prng, &[1u8, 2, 3, 3, 3, 4, 5]);
+        let clients_max = prng.range_inclusive(2, 8) as usize;
+        let partition_mode = *pick(
+            &mut prng,
+            &[PartitionMode::None, PartitionMode::UniformSize, PartitionMode::UniformPartition, PartitionMode::IsolateSingle],
+        );
+        let delay_min = prng.range_inclusive(0, 3);
+        let network = NetworkOptions {
+            delay_min,
+            delay_mean: prng.range_inclusive(3.max(delay_min), 10) as f64,
+            loss: percent(&mut prng, 30),
+            replay: percent(&mut prng, 50),
+            path_capacity: prng.range_inclusive(2, 20) as usize,
+            clog_probability: percent(&mut prng, 2) / 10.0,
+            clog_mean: prng.range_inclusive(0, 500) as f64,
+            bit_flip: percent(&mut prng, 1),
+            partition_mode,
+            partition_symmetric: prng.chance(0.5),
+            partition_probability: percent(&mut prng, 3) / 10.0,
+            unpartition_probability: (1.0 + prng.unit() * 9.0) / 100.0,
+            partition_stability: prng.range_inclusive(100, 200),
+            unpartition_stability: prng.range_inclusive(0, 20),
+        };
+        let read_latency_min = prng.range_inclusive(0, 3);
+        let write_latency_min = prng.range_inclusive(0, 3);
+        let write_latency_ceiling = if prng.chance(0.1) { 100 } else { 10 };
+        let storage = StorageOptions {
+            read_latency_min,
+            read_latency_mean: prng.range_inclusive(read_latency_min, 10) as f64,
+            write_latency_min,
+            write_latency_mean: prng.range_inclusive(write_latency_min, write_latency_ceiling) as f64,
+            read_fault: percent(&mut prng, 10),
+            write_fault: percent(&mut prng, 10),
+            misdirect: percent(&mut prng, 10),
+            lost_write: percent(&mut prng, 5),
+            crash_tear: 0.8 + prng.unit() * 0.2,
+        };
+        Options {
+            seed,
+            replica_count,
+            placement_offset: prng.below(u64::from(replica_count)) as u8,
+            clients: prng.range_inclusive(1, clients_max as u64 + 2) as usize,
+            clients_max,
+            pipeline_max: *pick(&mut prng, &[1usize, 2, 4, 8, 8, 8]),
+            requests_max: prng.range_inclusive(100, 300) as usize,
+            request_body_max: *pick(&mut prng, &[0usize, 16, 256]),
+            network,
+            storage,
+            crash_probability: percent(&mut prng, 2) / 10.0,
+            restart_probability: percent(&mut prng, 2),
+            pause_probability: percent(&mut prng, 1) / 10.0,
+            unpause_probability: percent(&mut prng, 2).max(0.001),
+            ticks_max_requests: 40_000,
+            ticks_max_convergence: 30_000,
+        }
+    }
+}
+
+fn pick<'a, T>(prng: &mut Prng, choices: &'a [T]) -> &'a T {
+    &choices[prng.below(choices.len() as u64) as usize]
+}
+
+/// A probability drawn uniformly in [0, max_percent %].
+fn percent(prng: &mut Prng, max_percent: u64) -> f64 {
+    prng.unit() * max_percent as f64 / 100.0
+}

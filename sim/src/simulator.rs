@@ -1,0 +1,401 @@
+//! One simulated cluster run: replicas, disks, network and clients in one thread, driven by one
+//! seed in 10 ms ticks. A safety phase injects faults until enough requests are acknowledged;
+//! a liveness phase then heals everything and requires the cluster to finish all work.
+
+use galgo_consensus::durable::DurableState;
+use galgo_consensus::header::HEADER_SIZE;
+use galgo_consensus::prng::Prng;
+use galgo_consensus::quorums::Quorums;
+use galgo_consensus::recovery::{recover_journal, RecoveryBugs, SlotRead};
+use galgo_consensus::{Action, Bug, Bugs, Command, Completion, Config, Header, IoId, Message, Peer, Replica, Status, Timeouts};
+
+use crate::checker::{Checker, Failure};
+use crate::client::Client;
+use crate::disk::{Disk, FaultAtlas, WriteTarget, Zone};
+use crate::network::{Network, Node};
+use crate::options::Options;
+use crate::state_machine::TestStateMachine;
+
+const CLUSTER: u128 = 0x6a1_6a1;
+const GROUP: u64 = 1;
+const OPS_MAX: u64 = 1 << 14;
+const TICK_NANOS: u64 = 10_000_000;
+const REQUEST_PROBABILITY: f64 = 0.3;
+
+#[derive(Default, Debug, Clone)]
+pub struct RunStats {
+    pub ticks: u64,
+    pub acks: usize,
+    pub crashes: u64,
+    pub restarts: u64,
+    pub pauses: u64,
+    pub view_max: u32,
+    pub commit_max: u64,
+    pub liveness_ticks: u64,
+}
+
+pub struct Simulator {
+    options: Options,
+    bugs: Bugs,
+    prng: Prng,
+    now: u64,
+    network: Network,
+    disks: Vec<Disk>,
+    replicas: Vec<Option<Replica<TestStateMachine>>>,
+    paused: Vec<bool>,
+    superblock_sequence: Vec<u64>,
+    incarnation: u64,
+    clients: Vec<Client>,
+    checker: Checker,
+    faults: bool,
+    pub stats: RunStats,
+}
+
+impl Simulator {
+    pub fn new(options: Options, bugs: Bugs) -> Simulator {
+        let mut prng = Prng::from_seed(options.seed ^ 0x5eed);
+        let n = options.replica_count;
+        let quorums = Quorums::new(n);
+        let atlas = FaultAtlas::new(prng.next_u64(), n, quorums.replication);
+        let network = Network::new(options.network.clone(), prng.next_u64(), n);
+        let mut disks = Vec::new();
+        for replica in 0..n {
+            let mut disk = Disk::new(replica, options.storage.clone(), atlas.clone(), prng.next_u64());
+            disk.write_superblock_now(DurableState::initial().encode(1));
+            disks.push(disk);
+        }
+        let clients = (0..options.clients)
+            .map(|index| Client::new(index as u128 + 1, CLUSTER, GROUP, n, options.placement_offset, options.request_body_max))
+            .collect();
+        let mut simulator = Simulator {
+            checker: Checker::new(Header::root(CLUSTER, GROUP), n),
+            options,
+            bugs,
+            prng,
+            now: 0,
+            network,
+            disks,
+            replicas: Vec::new(),
+            paused: vec![false; n as usize],
+            superblock_sequence: vec![1; n as usize],
+            incarnation: 0,
+            clients,
+            faults: true,
+            stats: RunStats::default(),
+        };
+        for replica in 0..n {
+            let opened = simulator.open_replica(replica);
+            simulator.replicas.push(Some(opened));
+        }
+        simulator
+    }
+
+    fn config(&self, replica: u8) -> Config {
+        Config {
+            cluster: CLUSTER,
+            group: GROUP,
+            replica_count: self.options.replica_count,
+            replica,
+            placement_offset: self.options.placement_offset,
+            pipeline_max: self.options.pipeline_max,
+            request_queue_max: self.options.clients_max,
+            clients_max: self.options.clients_max,
+            ops_max: OPS_MAX,
+            timeouts: Timeouts::default(),
+            bugs: self.bugs,
+        }
+    }
+
+    /// Opens a replica from what its disk holds (protocol-aware recovery).
+    fn open_replica(&mut self, replica: u8) -> Replica<TestStateMachine> {
+        let disk = &mut self.disks[replica as usize];
+        let mut best: Option<(u64, DurableState)> = None;
+        for bytes in disk.read_superblock().into_iter().flatten() {
+            if let Ok((sequence, state)) = DurableState::decode(&bytes) {
+                if best.as_ref().is_none_or(|(s, _)| sequence > *s) {
+                    best = Some((sequence, state));
+                }
+            }
+        }
+        let (sequence, durable) = best.expect("every superblock copy is unreadable");
+        // Rewrite every copy so the state we act on can never be lost to an older quorum.
+        let sequence = sequence.max(self.superblock_sequence[replica as usize]) + 1;
+        self.superblock_sequence[replica as usize] = sequence;
+        disk.write_superblock_now(durable.encode(sequence));
+
+        let slot_count = disk.slot_count().min(OPS_MAX + 1);
+        let mut slots = Vec::with_capacity(slot_count as usize);
+        for op in 1..slot_count {
+            let header = match disk.read_slot(Zone::Header, op) {
+                None => SlotRead::Empty,
+                Some(bytes) if bytes.iter().all(|b| *b == 0) => SlotRead::Empty,
+                Some(bytes) => match bytes.get(..HEADER_SIZE).and_then(|raw| raw.try_into().ok()).map(Header::decode) {
+                    Some(Ok(header)) if header.op == op && header.command == Command::Prepare => SlotRead::Valid(header),
+                    _ => SlotRead::Corrupt,
+                },
+            };
+            let prepare = match disk.read_slot(Zone::Prepare, op) {
+                None => SlotRead::Empty,
+                Some(bytes) => match Message::decode(&bytes) {
+                    Ok(message) if message.header.op == op && message.header.command == Command::Prepare => SlotRead::Valid(message.header),
+                    _ => SlotRead::Corrupt,
+                },
+            };
+            slots.push((header, prepare));
+        }
+        let recovery_bugs = RecoveryBugs {
+            truncate_at_first_corrupt: self.bugs.has(Bug::TruncateAtFirstCorrupt),
+        };
+        let journal = recover_journal(Header::root(CLUSTER, GROUP), OPS_MAX, &durable, &slots, recovery_bugs);
+        self.incarnation += 1;
+        let seed = self.options.seed ^ self.incarnation.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        Replica::open(self.config(replica), TestStateMachine::default(), durable, journal, seed)
+    }
+
+    fn execute(&mut self, replica: u8, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Send { to, message } => {
+                    let to = match to {
+                        Peer::Replica(r) => Node::Replica(r),
+                        Peer::Client(id) => {
+                            let index = (id - 1) as usize;
+                            assert!(index < self.clients.len());
+                            Node::Client(index)
+                        }
+                    };
+                    self.network.send(self.now, Node::Replica(replica), to, message.encode());
+                }
+                Action::WritePrepare { io, message } => {
+                    let op = message.header.op;
+                    self.disks[replica as usize].submit_write(self.now, io.0, WriteTarget::Slot { zone: Zone::Prepare, op }, message.encode());
+                }
+                Action::WriteHeader { io, header } => {
+                    let mut sector = header.encode().to_vec();
+                    sector.resize(512, 0);
+                    self.disks[replica as usize].submit_write(self.now, io.0, WriteTarget::Slot { zone: Zone::Header, op: header.op }, sector);
+                }
+                Action::ReadPrepare { io, op } => self.disks[replica as usize].submit_read(self.now, io.0, op),
+                Action::PersistState { io, state } => {
+                    let sequence = self.superblock_sequence[replica as usize] + 1;
+                    self.superblock_sequence[replica as usize] = sequence;
+                    self.disks[replica as usize].submit_write(self.now, io.0, WriteTarget::Superblock, state.encode(sequence));
+                }
+            }
+        }
+    }
+
+    fn alive(&self, replica: u8) -> bool {
+        self.replicas[replica as usize].is_some() && !self.paused[replica as usize]
+    }
+
+    fn step_network(&mut self) -> Result<(), Failure> {
+        for (from, to, frame) in self.network.deliver(self.now) {
+            let Ok(message) = Message::decode(&frame) else {
+                continue; // Corrupted in flight: checksums catch it, it counts as loss.
+            };
+            match to {
+                Node::Replica(r) => {
+                    if !self.alive(r) {
+                        continue;
+                    }
+                    if message.header.command == Command::Request && !matches!(from, Node::Client(_)) {
+                        continue;
+                    }
+                    let actions = self.replicas[r as usize].as_mut().expect("alive").on_message(message);
+                    self.execute(r, actions);
+                }
+                Node::Client(index) => {
+                    if let Some(ack) = self.clients[index].on_message(&message) {
+                        self.stats.acks += 1;
+                        self.checker.on_ack(ack)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn step_disks(&mut self) {
+        for r in 0..self.options.replica_count {
+            if !self.alive(r) {
+                continue;
+            }
+            let done = self.disks[r as usize].complete_writes(self.now);
+            for io in done {
+                let actions = self.replicas[r as usize].as_mut().expect("alive").on_io_complete(IoId(io), Completion::Written);
+                self.execute(r, actions);
+            }
+            let reads = self.disks[r as usize].complete_reads(self.now);
+            for (io, op, bytes) in reads {
+                let message = bytes
+                    .and_then(|bytes| Message::decode(&bytes).ok())
+                    .filter(|message| message.header.op == op && message.header.command == Command::Prepare);
+                let actions = self.replicas[r as usize].as_mut().expect("alive").on_io_complete(IoId(io), Completion::Read(message));
+                self.execute(r, actions);
+            }
+        }
+    }
+
+    fn check(&mut self) -> Result<(), Failure> {
+        for r in 0..self.options.replica_count {
+            let Some(replica) = self.replicas[r as usize].as_mut() else {
+                continue;
+            };
+            let committed = replica.take_committed();
+            self.checker.check_commits(r, &committed)?;
+            self.checker.check_state(r, &replica.state_machine().history)?;
+            self.checker.check_view(r, replica.view())?;
+            self.stats.view_max = self.stats.view_max.max(replica.view());
+            self.stats.commit_max = self.stats.commit_max.max(replica.commit_min());
+        }
+        Ok(())
+    }
+
+    fn tick_faults(&mut self) {
+        let o = &self.options;
+        let (crash_p, restart_p, pause_p, unpause_p) = (o.crash_probability, o.restart_probability, o.pause_probability, o.unpause_probability);
+        for r in 0..self.options.replica_count {
+            let index = r as usize;
+            match &self.replicas[index] {
+                Some(replica) => {
+                    let crash = if replica.io_pending() { (crash_p * 10.0).min(1.0) } else { crash_p };
+                    if self.prng.chance(crash) {
+                        self.replicas[index] = None;
+                        self.paused[index] = false;
+                        self.disks[index].crash();
+                        self.stats.crashes += 1;
+                    } else if self.paused[index] {
+                        if self.prng.chance(unpause_p) {
+                            self.paused[index] = false;
+                        }
+                    } else if self.prng.chance(pause_p) {
+                        self.paused[index] = true;
+                        self.stats.pauses += 1;
+                    }
+                }
+                None => {
+                    if self.prng.chance(restart_p) {
+                        self.restart(r);
+                    }
+                }
+            }
+        }
+    }
+
+    fn restart(&mut self, replica: u8) {
+        let opened = self.open_replica(replica);
+        self.replicas[replica as usize] = Some(opened);
+        self.checker.on_restart(replica);
+        self.stats.restarts += 1;
+    }
+
+    fn tick(&mut self, workload: bool) -> Result<(), Failure> {
+        self.now += 1;
+        self.step_network()?;
+        self.step_disks();
+        let realtime = self.now * TICK_NANOS;
+        for r in 0..self.options.replica_count {
+            if self.alive(r) {
+                let actions = self.replicas[r as usize].as_mut().expect("alive").on_tick(realtime);
+                self.execute(r, actions);
+            }
+        }
+        let replica_count = self.options.replica_count;
+        for index in 0..self.clients.len() {
+            let mut sends = self.clients[index].tick(self.now);
+            if workload && self.clients[index].idle() && self.prng.chance(REQUEST_PROBABILITY) {
+                sends.extend(self.clients[index].start_request(self.now, &mut self.prng));
+            }
+            for (to, message) in sends {
+                assert!(to < replica_count);
+                self.network.send(self.now, Node::Client(index), Node::Replica(to), message.encode());
+            }
+        }
+        let nodes: Vec<Node> = (0..replica_count).map(Node::Replica).collect();
+        self.network.tick(self.now, &nodes);
+        self.check()?;
+        if self.faults {
+            self.tick_faults();
+        }
+        Ok(())
+    }
+
+    fn converged(&self) -> bool {
+        if self.clients.iter().any(|c| !c.idle()) {
+            return false;
+        }
+        let replicas: Vec<&Replica<TestStateMachine>> = self.replicas.iter().flatten().collect();
+        if replicas.len() != self.options.replica_count as usize {
+            return false;
+        }
+        let primary = replicas.iter().find(|r| r.status() == Status::Normal && r.is_primary());
+        let Some(primary) = primary else {
+            return false;
+        };
+        replicas.iter().all(|r| {
+            r.status() == Status::Normal && r.view() == primary.view() && r.commit_min() == primary.commit_max() && r.head() == primary.head()
+        }) && primary.commit_max() == primary.head()
+    }
+
+    /// Runs the whole seed: safety phase, then liveness phase, then final checks.
+    pub fn run(&mut self) -> Result<(), Failure> {
+        while self.stats.acks < self.options.requests_max && self.now < self.options.ticks_max_requests {
+            self.tick(true)?;
+        }
+        // Liveness: heal the network, stop new faults, bring every replica back.
+        self.faults = false;
+        self.network.heal();
+        for disk in &mut self.disks {
+            disk.faults_enabled = false;
+        }
+        for r in 0..self.options.replica_count {
+            self.paused[r as usize] = false;
+            if self.replicas[r as usize].is_none() {
+                self.restart(r);
+            }
+        }
+        let liveness_start = self.now;
+        while !self.converged() {
+            if self.now - liveness_start > self.options.ticks_max_convergence {
+                let summary: Vec<String> = self
+                    .replicas
+                    .iter()
+                    .flatten()
+                    .map(|r| {
+                        format!(
+                            "r{} {:?} view {} log_view {} head {} commit {}/{}",
+                            r.replica(),
+                            r.status(),
+                            r.view(),
+                            r.log_view(),
+                            r.head(),
+                            r.commit_min(),
+                            r.commit_max()
+                        )
+                    })
+                    .collect();
+                let busy = self.clients.iter().filter(|c| !c.idle()).count();
+                return Err(Failure::Liveness(format!(
+                    "the healed cluster did not converge within {} ticks ({busy} clients waiting): {}",
+                    self.options.ticks_max_convergence,
+                    summary.join("; ")
+                )));
+            }
+            self.tick(false)?;
+        }
+        self.stats.liveness_ticks = self.now - liveness_start;
+        self.stats.ticks = self.now;
+        let commit_mins: Vec<(u8, u64)> = self.replicas.iter().flatten().map(|r| (r.replica(), r.commit_min())).collect();
+        self.checker.check_final(&commit_mins)?;
+        Ok(())
+    }
+
+    pub fn network_stats(&self) -> &crate::network::NetworkStats {
+        &self.network.stats
+    }
+
+    pub fn disk_stats(&self) -> Vec<crate::disk::DiskStats> {
+        self.disks.iter().map(|d| d.stats.clone()).collect()
+    }
+}
