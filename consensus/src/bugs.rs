@@ -37,10 +37,16 @@ impl Bug {
     pub fn description(self) -> &'static str {
         match self {
             Bug::AckBeforeDurable => "send PrepareOk before the prepare is durable",
-            Bug::TruncateWithoutNackQuorum => "truncate uncommitted ops on fewer than a nack quorum",
+            Bug::TruncateWithoutNackQuorum => {
+                "truncate uncommitted ops on fewer than a nack quorum"
+            }
             Bug::CommitWithoutQuorum => "commit without a replication quorum of PrepareOks",
-            Bug::TruncateAtFirstCorrupt => "truncate the log at the first corrupt entry on recovery (no PAR)",
-            Bug::CountOldViewPrepareOks => "count PrepareOks from an older view (matched by op alone)",
+            Bug::TruncateAtFirstCorrupt => {
+                "truncate the log at the first corrupt entry on recovery (no PAR)"
+            }
+            Bug::CountOldViewPrepareOks => {
+                "count PrepareOks from an older view (matched by op alone)"
+            }
         }
     }
 

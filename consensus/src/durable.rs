@@ -53,7 +53,10 @@ impl DurableState {
     pub fn encode(&self, sequence: u64) -> Vec<u8> {
         assert!(self.log_view <= self.view);
         assert!(self.view_headers.len() <= VIEW_HEADERS_MAX);
-        assert!(self.view_headers.windows(2).all(|pair| pair[0].op < pair[1].op));
+        assert!(self
+            .view_headers
+            .windows(2)
+            .all(|pair| pair[0].op < pair[1].op));
         let size = FIXED_SIZE + self.view_headers.len() * HEADER_SIZE;
         let mut bytes = vec![0u8; size];
         bytes[16..20].copy_from_slice(&DURABLE_VERSION.to_le_bytes());
@@ -111,7 +114,10 @@ impl DurableState {
         if state.log_view > state.view {
             return Err(DurableError::Size);
         }
-        Ok((u64::from_le_bytes(bytes[24..32].try_into().expect("8")), state))
+        Ok((
+            u64::from_le_bytes(bytes[24..32].try_into().expect("8")),
+            state,
+        ))
     }
 }
 

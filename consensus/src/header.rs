@@ -215,7 +215,10 @@ impl Header {
     }
 
     pub fn encode(&self) -> [u8; HEADER_SIZE] {
-        assert!(self.valid_checksum(), "encoding a header whose checksum is stale");
+        assert!(
+            self.valid_checksum(),
+            "encoding a header whose checksum is stale"
+        );
         let mut bytes = [0u8; HEADER_SIZE];
         self.encode_without_checksum(&mut bytes);
         put_u128(&mut bytes, 0, self.checksum);
@@ -231,7 +234,8 @@ impl Header {
         if checksum(&bytes[16..]) != checksum_stored {
             return Err(HeaderError::Checksum);
         }
-        let command = Command::from_u8(bytes[152]).ok_or(HeaderError::UnknownCommand(bytes[152]))?;
+        let command =
+            Command::from_u8(bytes[152]).ok_or(HeaderError::UnknownCommand(bytes[152]))?;
         if bytes[155] != PROTOCOL_VERSION {
             return Err(HeaderError::Protocol(bytes[155]));
         }

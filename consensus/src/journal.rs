@@ -79,12 +79,18 @@ impl Journal {
     }
 
     pub fn header(&self, op: u64) -> Option<&Header> {
-        self.entries.get(op as usize).and_then(|entry| entry.header.as_ref())
+        self.entries
+            .get(op as usize)
+            .and_then(|entry| entry.header.as_ref())
     }
 
     /// Extends the log with empty entries up to `op` (a new head).
     pub fn extend_to(&mut self, op: u64) {
-        assert!(op <= self.ops_max, "log full: op {op} > ops_max {}", self.ops_max);
+        assert!(
+            op <= self.ops_max,
+            "log full: op {op} > ops_max {}",
+            self.ops_max
+        );
         while self.head() < op {
             self.entries.push(Entry::EMPTY);
         }
@@ -145,7 +151,9 @@ impl Journal {
         while low > floor {
             let below = low - 1;
             match self.header(below) {
-                Some(header) if self.header(low).expect("known").parent == header.checksum => low = below,
+                Some(header) if self.header(low).expect("known").parent == header.checksum => {
+                    low = below
+                }
                 _ => break,
             }
         }

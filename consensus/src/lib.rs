@@ -23,4 +23,6 @@ pub use durable::DurableState;
 pub use header::{Command, Header};
 pub use journal::Journal;
 pub use message::Message;
-pub use replica::{Action, Completion, Config, IoId, Peer, Replica, StateMachine, Status, Timeouts};
+pub use replica::{
+    Action, Completion, Config, IoId, Peer, Replica, StateMachine, Status, Timeouts,
+};

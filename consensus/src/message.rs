@@ -76,7 +76,13 @@ mod tests {
         let mut corrupt = frame.clone();
         *corrupt.last_mut().unwrap() ^= 0x10;
         assert_eq!(Message::decode(&corrupt), Err(DecodeError::BodyChecksum));
-        assert_eq!(Message::decode(&frame[..frame.len() - 1]).unwrap_err(), DecodeError::SizeMismatch { header: 263, frame: 262 });
+        assert_eq!(
+            Message::decode(&frame[..frame.len() - 1]).unwrap_err(),
+            DecodeError::SizeMismatch {
+                header: 263,
+                frame: 262
+            }
+        );
         assert_eq!(Message::decode(&frame[..10]), Err(DecodeError::Short));
     }
 }

@@ -16,7 +16,7 @@ pub struct Quorums {
 
 impl Quorums {
     pub fn new(replica_count: u8) -> Quorums {
-        assert!(replica_count >= 1 && replica_count <= REPLICAS_MAX);
+        assert!((1..=REPLICAS_MAX).contains(&replica_count));
         let n = replica_count;
         let replication = if n == 2 {
             2
@@ -42,10 +42,21 @@ mod tests {
 
     #[test]
     fn table_matches_tigerbeetle() {
-        let expect = [(1, 1, 1, 1), (2, 2, 2, 1), (3, 2, 2, 2), (4, 2, 3, 3), (5, 3, 3, 3), (6, 3, 4, 4)];
+        let expect = [
+            (1, 1, 1, 1),
+            (2, 2, 2, 1),
+            (3, 2, 2, 2),
+            (4, 2, 3, 3),
+            (5, 3, 3, 3),
+            (6, 3, 4, 4),
+        ];
         for (n, replication, view_change, nack) in expect {
             let q = Quorums::new(n);
-            assert_eq!((q.replication, q.view_change, q.nack), (replication, view_change, nack), "n={n}");
+            assert_eq!(
+                (q.replication, q.view_change, q.nack),
+                (replication, view_change, nack),
+                "n={n}"
+            );
         }
     }
 }

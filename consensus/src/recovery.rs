@@ -34,6 +34,9 @@ pub enum Decision {
 }
 
 /// The decision table. `at_head` is true for the highest slot that holds any bytes.
+///
+/// It relies on the write order and on the fault model (as TigerBeetle's does): a disk fault
+/// damages at most one of the two zones of a slot, and a torn write only hits writes in flight.
 pub fn decide(header: SlotRead, prepare: SlotRead, at_head: bool) -> Decision {
     use SlotRead::*;
     match (header, prepare) {
@@ -41,20 +44,18 @@ pub fn decide(header: SlotRead, prepare: SlotRead, at_head: bool) -> Decision {
         (Valid(h), Valid(p)) if h.checksum == p.checksum => Decision::Clean(p),
         // Both intact but different: recovery cannot tell which is newer.
         (Valid(_), Valid(_)) => Decision::Faulty(None),
-        // The header is written only after the prepare: the prepare was lost or damaged.
+        // The header is written only after the prepare: the prepare was lost or damaged after
+        // it may have been acknowledged.
         (Valid(h), Empty | Corrupt) => Decision::Faulty(Some(h)),
-        // Prepare written, header write lost or never started: the intact prepare is the truth.
-        (Empty, Valid(p)) => Decision::Clean(p),
-        // A torn header write at the head; in the middle the header may have been acknowledged.
-        (Corrupt, Valid(p)) => {
-            if at_head {
-                Decision::Clean(p)
-            } else {
-                Decision::Faulty(None)
-            }
-        }
-        // Nothing intact. At the head the header write never completed, so nothing was acked.
-        (Empty | Corrupt, Corrupt) | (Corrupt, Empty) => {
+        // The intact prepare is the newest write of the slot (its header write was torn, lost
+        // or never started); it may not have been acknowledged, but holding it is safe.
+        (Empty | Corrupt, Valid(p)) => Decision::Clean(p),
+        // No header was ever completed here, so no PrepareOk was ever sent for this slot: a
+        // torn or lost prepare of an op this replica never acknowledged.
+        (Empty, Corrupt) | (Corrupt, Empty) => Decision::Nil,
+        // Nothing intact: a torn pair at the head was never acknowledged; in the middle it may
+        // have been (a damaged header over a damaged prepare).
+        (Corrupt, Corrupt) => {
             if at_head {
                 Decision::Cut
             } else {
@@ -72,7 +73,13 @@ pub struct RecoveryBugs {
 }
 
 /// Rebuilds the journal from durable state and per-slot reads (`slots[i]` is op `i + 1`).
-pub fn recover_journal(root: Header, ops_max: u64, durable: &DurableState, slots: &[(SlotRead, SlotRead)], bugs: RecoveryBugs) -> Journal {
+pub fn recover_journal(
+    root: Header,
+    ops_max: u64,
+    durable: &DurableState,
+    slots: &[(SlotRead, SlotRead)],
+    bugs: RecoveryBugs,
+) -> Journal {
     assert!(slots.len() as u64 <= ops_max);
     let mut journal = Journal::new(root, ops_max);
 
@@ -93,7 +100,11 @@ pub fn recover_journal(root: Header, ops_max: u64, durable: &DurableState, slots
 
     // Ops above the log view's head that were not prepared in the log view itself were
     // truncated by a view change before the crash: they are not part of this log.
-    let view_head = durable.view_headers.last().map(|header| header.op).unwrap_or(0);
+    let view_head = durable
+        .view_headers
+        .last()
+        .map(|header| header.op)
+        .unwrap_or(0);
     for (index, decision) in decisions.iter_mut().enumerate() {
         let op = index as u64 + 1;
         if op > view_head {
@@ -109,7 +120,10 @@ pub fn recover_journal(root: Header, ops_max: u64, durable: &DurableState, slots
     }
 
     if bugs.truncate_at_first_corrupt {
-        if let Some(first) = decisions.iter().position(|d| matches!(d, Decision::Faulty(_))) {
+        if let Some(first) = decisions
+            .iter()
+            .position(|d| matches!(d, Decision::Faulty(_)))
+        {
             decisions.truncate(first);
         }
     }
@@ -165,7 +179,12 @@ fn install_view_headers(journal: &mut Journal, durable: &DurableState) {
         if head.op > 0 && journal.head() > head.op {
             // Entries above the view head must have been prepared in the log view.
             let keep = (head.op + 1..=journal.head())
-                .take_while(|op| journal.entry(*op).header.is_none_or(|h| h.view >= durable.log_view))
+                .take_while(|op| {
+                    journal
+                        .entry(*op)
+                        .header
+                        .is_none_or(|h| h.view >= durable.log_view)
+                })
                 .count() as u64;
             journal.truncate_after(head.op + keep);
         }
@@ -197,9 +216,11 @@ mod tests {
         assert_eq!(decide(Valid(a), Empty, false), Decision::Faulty(Some(a)));
         assert_eq!(decide(Empty, Valid(a), false), Decision::Clean(a));
         assert_eq!(decide(Corrupt, Valid(a), true), Decision::Clean(a));
-        assert_eq!(decide(Corrupt, Valid(a), false), Decision::Faulty(None));
-        assert_eq!(decide(Empty, Corrupt, true), Decision::Cut);
-        assert_eq!(decide(Empty, Corrupt, false), Decision::Faulty(None));
+        assert_eq!(decide(Corrupt, Valid(a), false), Decision::Clean(a));
+        assert_eq!(decide(Empty, Corrupt, true), Decision::Nil);
+        assert_eq!(decide(Empty, Corrupt, false), Decision::Nil);
+        assert_eq!(decide(Corrupt, Empty, false), Decision::Nil);
+        assert_eq!(decide(Corrupt, Corrupt, true), Decision::Cut);
         assert_eq!(decide(Corrupt, Corrupt, false), Decision::Faulty(None));
     }
 
@@ -218,15 +239,32 @@ mod tests {
         assert!(journal.entry(3).present());
 
         // The injected bug (no PAR) truncates at the corrupt slot: the test shows it differs.
-        let buggy = recover_journal(root, 16, &durable, &slots, RecoveryBugs { truncate_at_first_corrupt: true });
+        let buggy = recover_journal(
+            root,
+            16,
+            &durable,
+            &slots,
+            RecoveryBugs {
+                truncate_at_first_corrupt: true,
+            },
+        );
         assert_eq!(buggy.head(), 1);
     }
 
     #[test]
     fn torn_head_is_cut() {
         let root = Header::root(1, 1);
-        let slots = vec![(SlotRead::Valid(header(1, 0)), SlotRead::Valid(header(1, 0))), (SlotRead::Empty, SlotRead::Corrupt)];
-        let journal = recover_journal(root, 16, &DurableState::initial(), &slots, RecoveryBugs::default());
+        let slots = vec![
+            (SlotRead::Valid(header(1, 0)), SlotRead::Valid(header(1, 0))),
+            (SlotRead::Corrupt, SlotRead::Corrupt),
+        ];
+        let journal = recover_journal(
+            root,
+            16,
+            &DurableState::initial(),
+            &slots,
+            RecoveryBugs::default(),
+        );
         assert_eq!(journal.head(), 1);
     }
 

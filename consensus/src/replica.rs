@@ -90,17 +90,33 @@ pub struct IoId(pub u64);
 
 #[derive(Clone, Debug)]
 pub enum Action {
-    Send { to: Peer, message: Message },
+    Send {
+        to: Peer,
+        message: Message,
+    },
     /// Write the whole prepare into the prepare slot of `message.header.op`.
-    WritePrepare { io: IoId, message: Message },
+    WritePrepare {
+        io: IoId,
+        message: Message,
+    },
     /// Write the redundant header slot of `header.op`.
-    WriteHeader { io: IoId, header: Header },
+    WriteHeader {
+        io: IoId,
+        header: Header,
+    },
     /// Read the prepare slot of `op` back.
-    ReadPrepare { io: IoId, op: u64 },
+    ReadPrepare {
+        io: IoId,
+        op: u64,
+    },
     /// Write the durable view state (the superblock).
-    PersistState { io: IoId, state: DurableState },
+    PersistState {
+        io: IoId,
+        state: DurableState,
+    },
 }
 
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Completion {
     Written,
@@ -165,6 +181,9 @@ pub struct Replica<S: StateMachine> {
 
     /// StartViewChange votes: for `view + 1` while normal, for `view` during a view change.
     svc_votes: u8,
+    /// While normal: replicas heard voting for views above `view + 1`, and the highest such view.
+    higher_view_votes: u8,
+    higher_view_max: u32,
     dvcs: BTreeMap<u8, Dvc>,
     /// New primary: the canonical log is chosen and installed; repairing before StartView.
     log_chosen: bool,
@@ -197,7 +216,13 @@ pub struct Replica<S: StateMachine> {
 impl<S: StateMachine> Replica<S> {
     /// Opens a replica from its durable state and recovered journal (a fresh replica passes
     /// `DurableState::initial()` and an empty journal).
-    pub fn open(config: Config, state_machine: S, durable: DurableState, journal: Journal, seed: u64) -> Replica<S> {
+    pub fn open(
+        config: Config,
+        state_machine: S,
+        durable: DurableState,
+        journal: Journal,
+        seed: u64,
+    ) -> Replica<S> {
         config.validate();
         assert_eq!(journal.ops_max(), config.ops_max);
         let timeouts = config.timeouts.clone();
@@ -224,6 +249,8 @@ impl<S: StateMachine> Replica<S> {
             prepare_timestamp: 0,
             realtime: 0,
             svc_votes: 0,
+            higher_view_votes: 0,
+            higher_view_max: 0,
             dvcs: BTreeMap::new(),
             log_chosen: false,
             awaiting_start_view: false,
@@ -239,26 +266,35 @@ impl<S: StateMachine> Replica<S> {
             commit_message_timeout: Timeout::new("commit_message", timeouts.commit_message),
             normal_heartbeat_timeout: Timeout::new("normal_heartbeat", timeouts.normal_heartbeat),
             svc_window_timeout: Timeout::new("svc_window", timeouts.start_view_change_window),
-            view_change_message_timeout: Timeout::new("view_change_message", timeouts.view_change_message),
-            view_change_status_timeout: Timeout::new("view_change_status", timeouts.view_change_status),
+            view_change_message_timeout: Timeout::new(
+                "view_change_message",
+                timeouts.view_change_message,
+            ),
+            view_change_status_timeout: Timeout::new(
+                "view_change_status",
+                timeouts.view_change_status,
+            ),
             repair_timeout: Timeout::new("repair", timeouts.repair),
             actions: Vec::new(),
             committed: Vec::new(),
             config,
         };
-        replica.prepare_timestamp = replica.journal.header(replica.journal.head()).map(|h| h.timestamp).unwrap_or(0);
+        replica.prepare_timestamp = replica
+            .journal
+            .header(replica.journal.head())
+            .map(|h| h.timestamp)
+            .unwrap_or(0);
         replica.repair_timeout.start();
         if replica.primary_index(replica.view) == replica.config.replica {
-            if replica.view == 0 && replica.journal.head() == 0 && replica.log_view == 0 {
-                // A freshly formatted cluster starts normal in view 0.
-                replica.become_primary_normal_empty();
-            } else {
-                // A restarted primary lost its pipeline: hand over to a new view.
-                replica.transition_to_view_change(replica.view + 1);
-            }
+            // A primary never resumes its view on open: it cannot know what it prepared in that
+            // view before a crash (a fresh cluster too: a replica cannot tell a first start from
+            // a restart after losing unsynced writes), so preparing again could fork the view.
+            replica.transition_to_view_change(replica.view + 1);
         } else if replica.log_view == replica.view {
             replica.status = Status::Normal;
-            replica.normal_heartbeat_timeout.start_with_jitter(&mut replica.prng);
+            replica
+                .normal_heartbeat_timeout
+                .start_with_jitter(&mut replica.prng);
             replica.svc_window_timeout.start();
             // Catch up on the head quickly.
             replica.awaiting_start_view = replica.view > 0 || replica.journal.head() > 0;
@@ -269,7 +305,9 @@ impl<S: StateMachine> Replica<S> {
             replica.status = Status::ViewChange;
             replica.svc_votes = replica.bit(replica.config.replica);
             replica.view_change_message_timeout.start();
-            replica.view_change_status_timeout.start_with_jitter(&mut replica.prng);
+            replica
+                .view_change_status_timeout
+                .start_with_jitter(&mut replica.prng);
         }
         replica
     }
@@ -310,8 +348,14 @@ impl<S: StateMachine> Replica<S> {
         self.primary_index(self.view) == self.config.replica
     }
     pub fn primary_index(&self, view: u32) -> u8 {
-        ((u64::from(view) + u64::from(self.config.placement_offset)) % u64::from(self.config.replica_count)) as u8
+        ((u64::from(view) + u64::from(self.config.placement_offset))
+            % u64::from(self.config.replica_count)) as u8
     }
+    /// The pipeline as (op, acknowledging replicas bitset), for diagnostics.
+    pub fn pipeline_summary(&self) -> Vec<(u64, u8)> {
+        self.pipeline.iter().map(|e| (e.op, e.ok_from)).collect()
+    }
+
     /// True when the replica has I/O or view-state writes outstanding.
     pub fn io_pending(&self) -> bool {
         !self.ios.is_empty()
@@ -350,6 +394,7 @@ impl<S: StateMachine> Replica<S> {
             self.svc_window_timeout.start();
             if self.status == Status::Normal {
                 self.svc_votes = 0;
+                self.higher_view_votes = 0;
             }
         }
         if self.view_change_message_timeout.fired() {
@@ -395,10 +440,18 @@ impl<S: StateMachine> Replica<S> {
     pub fn on_io_complete(&mut self, io: IoId, completion: Completion) -> Vec<Action> {
         let pending = self.ios.remove(&io).expect("completion for an unknown io");
         match (pending, completion) {
-            (PendingIo::WritePrepare { op, checksum }, Completion::Written) => self.on_prepare_written(op, checksum),
-            (PendingIo::WriteHeader { op, checksum }, Completion::Written) => self.on_header_written(op, checksum),
-            (PendingIo::Read { op, purpose }, Completion::Read(result)) => self.on_prepare_read(op, purpose, result),
-            (PendingIo::Persist { view, log_view }, Completion::Written) => self.on_persisted(view, log_view),
+            (PendingIo::WritePrepare { op, checksum }, Completion::Written) => {
+                self.on_prepare_written(op, checksum)
+            }
+            (PendingIo::WriteHeader { op, checksum }, Completion::Written) => {
+                self.on_header_written(op, checksum)
+            }
+            (PendingIo::Read { op, purpose }, Completion::Read(result)) => {
+                self.on_prepare_read(op, purpose, result)
+            }
+            (PendingIo::Persist { view, log_view }, Completion::Written) => {
+                self.on_persisted(view, log_view)
+            }
             (pending, completion) => panic!("completion {completion:?} does not match {pending:?}"),
         }
         std::mem::take(&mut self.actions)
@@ -454,15 +507,26 @@ impl<S: StateMachine> Replica<S> {
             return None;
         }
         let pick = self.prng.below(u64::from(self.config.replica_count) - 1) as u8;
-        Some(if pick >= self.config.replica { pick + 1 } else { pick })
+        Some(if pick >= self.config.replica {
+            pick + 1
+        } else {
+            pick
+        })
     }
 
     fn cache_insert(&mut self, message: Message) {
         let op = message.header.op;
         self.cache.insert(op, message);
         while self.cache.len() > self.cache_max {
-            let pinned_from = self.commit_min.min(self.pipeline.front().map(|e| e.op).unwrap_or(u64::MAX));
-            let evict = self.cache.keys().next().copied().filter(|o| *o <= pinned_from && *o != op);
+            let pinned_from = self
+                .commit_min
+                .min(self.pipeline.front().map(|e| e.op).unwrap_or(u64::MAX));
+            let evict = self
+                .cache
+                .keys()
+                .next()
+                .copied()
+                .filter(|o| *o <= pinned_from && *o != op);
             match evict {
                 Some(evict) => {
                     self.cache.remove(&evict);
@@ -474,7 +538,9 @@ impl<S: StateMachine> Replica<S> {
 
     fn cached(&self, op: u64) -> Option<&Message> {
         let checksum = self.journal.header(op)?.checksum;
-        self.cache.get(&op).filter(|m| m.header.checksum == checksum)
+        self.cache
+            .get(&op)
+            .filter(|m| m.header.checksum == checksum)
     }
 
     // ----- durable view state -----
@@ -531,11 +597,6 @@ impl<S: StateMachine> Replica<S> {
     }
 
     // ----- normal operation: primary -----
-
-    fn become_primary_normal_empty(&mut self) {
-        self.status = Status::Normal;
-        self.start_primary_timers();
-    }
 
     fn start_primary_timers(&mut self) {
         self.normal_heartbeat_timeout.stop();
@@ -613,7 +674,11 @@ impl<S: StateMachine> Replica<S> {
         if op > self.config.ops_max {
             return; // The log is full: the request is dropped and the client retries.
         }
-        let parent = self.journal.header(head).expect("primary knows its head").checksum;
+        let parent = self
+            .journal
+            .header(head)
+            .expect("primary knows its head")
+            .checksum;
         self.prepare_timestamp = self.prepare_timestamp.saturating_add(1).max(self.realtime);
         let mut header = self.header(Command::Prepare);
         header.parent = parent;
@@ -629,7 +694,11 @@ impl<S: StateMachine> Replica<S> {
         let checksum = message.header.checksum;
         self.journal.set_header(message.header);
         self.cache_insert(message.clone());
-        self.pipeline.push_back(PipelineEntry { op, checksum, ok_from: 0 });
+        self.pipeline.push_back(PipelineEntry {
+            op,
+            checksum,
+            ok_from: 0,
+        });
         self.write_prepare(op);
         self.broadcast(message);
         if !self.prepare_timeout.running {
@@ -664,6 +733,8 @@ impl<S: StateMachine> Replica<S> {
         } else {
             self.quorums.replication
         };
+        // Older committed ops first (after a view change they may still be being read back).
+        self.commit_journal();
         while let Some(front) = self.pipeline.front() {
             if front.ok_from.count_ones() < u32::from(quorum) || front.op != self.commit_max + 1 {
                 break;
@@ -674,7 +745,8 @@ impl<S: StateMachine> Replica<S> {
             if self.commit_min < op {
                 break; // Still applying older ops; the entry stays until it is applied.
             }
-            self.pipeline.pop_front();
+            // commit_journal removed the applied entries from the pipeline.
+            assert!(self.pipeline.front().is_none_or(|e| e.op > op));
         }
         while self.commit_min == self.commit_max && self.pipeline.len() < self.config.pipeline_max {
             let Some(request) = self.request_queue.pop_front() else {
@@ -698,7 +770,10 @@ impl<S: StateMachine> Replica<S> {
             let Some(message) = self.cache.get(&entry.op).cloned() else {
                 continue;
             };
-            let missing: Vec<u8> = self.others().filter(|r| entry.ok_from & (1 << r) == 0).collect();
+            let missing: Vec<u8> = self
+                .others()
+                .filter(|r| entry.ok_from & (1 << r) == 0)
+                .collect();
             for replica in missing {
                 self.send_replica(replica, message.clone());
             }
@@ -713,7 +788,11 @@ impl<S: StateMachine> Replica<S> {
         let mut header = self.header(Command::Commit);
         header.commit = self.commit_max;
         header.op = self.journal.head();
-        header.context = self.journal.header(self.commit_max).map(|h| h.checksum).unwrap_or(0);
+        header.context = self
+            .journal
+            .header(self.commit_max)
+            .map(|h| h.checksum)
+            .unwrap_or(0);
         self.broadcast(Message::new(header, Vec::new()));
     }
 
@@ -779,7 +858,7 @@ impl<S: StateMachine> Replica<S> {
             SlotState::Missing => self.write_prepare(op),
             SlotState::Writing => {}
         }
-        self.commit_journal();
+        self.commit_progress();
     }
 
     /// A prepare sent in answer to a repair request: accepted only if we expect its checksum.
@@ -793,6 +872,14 @@ impl<S: StateMachine> Replica<S> {
         if expected != Some(header.checksum) {
             return;
         }
+        if self.journal.entry(op).present() {
+            // A primary re-replicating an op prepared in an older view: ack it again (the
+            // ack counts only for this exact checksum, in this view).
+            if op > self.commit_min {
+                self.send_prepare_ok(op);
+            }
+            return;
+        }
         self.journal.set_header(header);
         self.cache_insert(message);
         if self.journal.entry(op).state == SlotState::Missing || self.journal.entry(op).faulty {
@@ -804,7 +891,7 @@ impl<S: StateMachine> Replica<S> {
                 self.write_prepare(op);
             }
         }
-        self.commit_journal();
+        self.commit_progress();
         if self.log_chosen {
             self.try_become_normal_primary();
         }
@@ -821,7 +908,9 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn on_commit(&mut self, header: &Header) {
-        if header.replica != self.primary_index(header.view) || header.replica == self.config.replica {
+        if header.replica != self.primary_index(header.view)
+            || header.replica == self.config.replica
+        {
             return;
         }
         if header.view > self.view {
@@ -842,9 +931,13 @@ impl<S: StateMachine> Replica<S> {
         }
         if header.op > self.journal.head() || self.commit_max > self.journal.head() {
             let op_max = header.op.max(self.commit_max);
-            self.send_request_headers(self.primary_index(self.view), self.journal.head() + 1, op_max);
+            self.send_request_headers(
+                self.primary_index(self.view),
+                self.journal.head() + 1,
+                op_max,
+            );
         }
-        self.commit_journal();
+        self.commit_progress();
     }
 
     fn send_prepare_ok(&mut self, op: u64) {
@@ -866,7 +959,10 @@ impl<S: StateMachine> Replica<S> {
 
     fn send_prepare_oks_for_uncommitted(&mut self) {
         let head = self.journal.head();
-        let from = self.commit_max.saturating_add(1).max(head.saturating_sub(self.config.pipeline_max as u64) + 1);
+        let from = self
+            .commit_max
+            .saturating_add(1)
+            .max(head.saturating_sub(self.config.pipeline_max as u64) + 1);
         for op in from..=head {
             if self.journal.entry(op).present() {
                 self.send_prepare_ok(op);
@@ -890,7 +986,10 @@ impl<S: StateMachine> Replica<S> {
 
     fn check_svc_quorum_normal(&mut self) {
         let own = self.bit(self.config.replica);
-        if self.status == Status::Normal && self.svc_votes & own != 0 && self.svc_votes.count_ones() >= u32::from(self.quorums.view_change) {
+        if self.status == Status::Normal
+            && self.svc_votes & own != 0
+            && self.svc_votes.count_ones() >= u32::from(self.quorums.view_change)
+        {
             let next = self.view + 1;
             self.transition_to_view_change(next);
         }
@@ -957,7 +1056,11 @@ impl<S: StateMachine> Replica<S> {
         }
         if self.is_primary() {
             let own = self.bit(self.config.replica);
-            if let Some(entry) = self.pipeline.iter_mut().find(|e| e.op == op && e.checksum == checksum) {
+            if let Some(entry) = self
+                .pipeline
+                .iter_mut()
+                .find(|e| e.op == op && e.checksum == checksum)
+            {
                 entry.ok_from |= own;
             }
             self.commit_pipeline();
@@ -976,9 +1079,9 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn reading_for_commit(&self, op: u64) -> bool {
-        self.ios
-            .values()
-            .any(|p| matches!(p, PendingIo::Read { op: o, purpose: ReadPurpose::Commit } if *o == op))
+        self.ios.values().any(
+            |p| matches!(p, PendingIo::Read { op: o, purpose: ReadPurpose::Commit } if *o == op),
+        )
     }
 
     fn on_prepare_read(&mut self, op: u64, purpose: ReadPurpose, result: Option<Message>) {
@@ -988,11 +1091,13 @@ impl<S: StateMachine> Replica<S> {
         }
         let expected = self.journal.entry(op).checksum();
         match result {
-            Some(message) if Some(message.header.checksum) == expected && message.header.op == op => {
+            Some(message)
+                if Some(message.header.checksum) == expected && message.header.op == op =>
+            {
                 match purpose {
                     ReadPurpose::Commit => {
                         self.cache_insert(message);
-                        self.commit_journal();
+                        self.commit_progress();
                         if self.log_chosen {
                             self.try_become_normal_primary();
                         }
@@ -1012,6 +1117,16 @@ impl<S: StateMachine> Replica<S> {
     }
 
     // ----- commit path -----
+
+    /// Applies whatever can be applied: on a normal primary through the pipeline (which also
+    /// catches up older committed ops), elsewhere up to `commit_max`.
+    fn commit_progress(&mut self) {
+        if self.status == Status::Normal && self.is_primary() {
+            self.commit_pipeline();
+        } else {
+            self.commit_journal();
+        }
+    }
 
     fn commit_journal(&mut self) {
         let head = self.journal.head();
@@ -1035,8 +1150,14 @@ impl<S: StateMachine> Replica<S> {
             }
             // Prefetch a few reads from the journal.
             let mut prefetch = op;
-            while prefetch <= target && self.reads_commit < READS_COMMIT_MAX && prefetch < op + READS_COMMIT_MAX as u64 {
-                if self.journal.entry(prefetch).present() && self.cached(prefetch).is_none() && !self.reading_for_commit(prefetch) {
+            while prefetch <= target
+                && self.reads_commit < READS_COMMIT_MAX
+                && prefetch < op + READS_COMMIT_MAX as u64
+            {
+                if self.journal.entry(prefetch).present()
+                    && self.cached(prefetch).is_none()
+                    && !self.reading_for_commit(prefetch)
+                {
                     self.read_prepare(prefetch, ReadPurpose::Commit);
                 }
                 prefetch += 1;
@@ -1058,7 +1179,10 @@ impl<S: StateMachine> Replica<S> {
     fn apply(&mut self, message: Message) {
         let header = message.header;
         assert_eq!(header.op, self.commit_min + 1);
-        assert_eq!(Some(header.checksum), self.journal.header(header.op).map(|h| h.checksum));
+        assert_eq!(
+            Some(header.checksum),
+            self.journal.header(header.op).map(|h| h.checksum)
+        );
         let reply_body = match header.operation {
             operation::REGISTER => {
                 self.sessions.register(header.client, header.op);
@@ -1067,7 +1191,12 @@ impl<S: StateMachine> Replica<S> {
             operation::ROOT => None,
             _ => {
                 if self.sessions.should_execute(&header) {
-                    Some(self.state_machine.apply(header.op, header.timestamp, header.operation, &message.body))
+                    Some(self.state_machine.apply(
+                        header.op,
+                        header.timestamp,
+                        header.operation,
+                        &message.body,
+                    ))
                 } else {
                     None
                 }
@@ -1078,7 +1207,11 @@ impl<S: StateMachine> Replica<S> {
         if let Some(body) = reply_body {
             let mut reply = self.header(Command::Reply);
             reply.client = header.client;
-            reply.session = if header.operation == operation::REGISTER { header.op } else { header.session };
+            reply.session = if header.operation == operation::REGISTER {
+                header.op
+            } else {
+                header.session
+            };
             reply.request = header.request;
             reply.op = header.op;
             reply.commit = header.op;
@@ -1087,7 +1220,12 @@ impl<S: StateMachine> Replica<S> {
             reply.operation = header.operation;
             let reply = Message::new(reply, body);
             if header.operation != operation::REGISTER {
-                self.sessions.record_reply(header.client, header.request, header.context, reply.clone());
+                self.sessions.record_reply(
+                    header.client,
+                    header.request,
+                    header.context,
+                    reply.clone(),
+                );
             }
             if self.status == Status::Normal && self.is_primary() {
                 self.actions.push(Action::Send {
@@ -1109,13 +1247,16 @@ impl<S: StateMachine> Replica<S> {
         self.dvcs.clear();
         self.repair_sources.clear();
         self.svc_votes = self.bit(self.config.replica);
+        self.higher_view_votes = 0;
+        self.higher_view_max = 0;
         self.pipeline.clear();
         self.request_queue.clear();
         self.prepare_timeout.stop();
         self.commit_message_timeout.stop();
         self.normal_heartbeat_timeout.stop();
         self.view_change_message_timeout.start();
-        self.view_change_status_timeout.start_with_jitter(&mut self.prng);
+        self.view_change_status_timeout
+            .start_with_jitter(&mut self.prng);
         self.persist();
         self.send_view_change_messages();
         if self.quorums.view_change == 1 && self.is_primary() {
@@ -1145,7 +1286,8 @@ impl<S: StateMachine> Replica<S> {
             let header = self.header(Command::StartViewChange);
             self.broadcast(Message::new(header, Vec::new()));
         }
-        if self.svc_votes.count_ones() >= u32::from(self.quorums.view_change) && !self.is_primary() {
+        if self.svc_votes.count_ones() >= u32::from(self.quorums.view_change) && !self.is_primary()
+        {
             let dvc = self.build_dvc_message();
             let primary = self.primary_index(self.view);
             self.send_replica(primary, dvc);
@@ -1163,17 +1305,34 @@ impl<S: StateMachine> Replica<S> {
                     self.svc_votes |= from;
                     self.check_svc_quorum_normal();
                 } else if header.view > self.view + 1 {
-                    // Several views moved on without us; our timer will vote when it fires.
+                    // Replicas already in a higher view change: join them once they and we
+                    // make a view-change quorum, or they could never rejoin this view.
+                    self.higher_view_votes |= from;
+                    self.higher_view_max = self.higher_view_max.max(header.view);
+                    let own = self.bit(self.config.replica);
+                    if (self.higher_view_votes | self.svc_votes | own).count_ones()
+                        >= u32::from(self.quorums.view_change)
+                    {
+                        let view = self.higher_view_max;
+                        self.transition_to_view_change(view);
+                    }
                 }
             }
             Status::ViewChange => {
+                if header.view < self.view && self.svc_votes & self.bit(self.config.replica) != 0 {
+                    // Tell a replica behind us which view change is under way.
+                    let ours = self.header(Command::StartViewChange);
+                    self.send_replica(header.replica, Message::new(ours, Vec::new()));
+                }
                 if header.view > self.view {
                     self.transition_to_view_change(header.view);
                 }
                 if header.view == self.view && !self.awaiting_start_view {
                     let before = self.svc_votes.count_ones();
                     self.svc_votes |= from;
-                    if before < u32::from(self.quorums.view_change) && self.svc_votes.count_ones() >= u32::from(self.quorums.view_change) {
+                    if before < u32::from(self.quorums.view_change)
+                        && self.svc_votes.count_ones() >= u32::from(self.quorums.view_change)
+                    {
                         self.send_view_change_messages();
                         if self.is_primary() {
                             self.try_choose_log();
@@ -1246,7 +1405,11 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn try_choose_log(&mut self) {
-        if self.status != Status::ViewChange || !self.is_primary() || self.log_chosen || self.view_durable < self.view {
+        if self.status != Status::ViewChange
+            || !self.is_primary()
+            || self.log_chosen
+            || self.view_durable < self.view
+        {
             return;
         }
         let own = self.build_dvc();
@@ -1265,7 +1428,8 @@ impl<S: StateMachine> Replica<S> {
             nack_quorum,
             pipeline_max: self.config.pipeline_max as u64,
         };
-        match choose_log(&dvcs, &params) {
+        let choice = choose_log(&dvcs, &params);
+        match choice {
             LogChoice::Ready {
                 head,
                 commit_max,
@@ -1277,8 +1441,19 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
-    fn install_chosen_log(&mut self, head: u64, commit_max: u64, headers: Vec<Header>, sources: BTreeMap<u64, u8>, timestamp_max: u64) {
+    fn install_chosen_log(
+        &mut self,
+        head: u64,
+        commit_max: u64,
+        headers: Vec<Header>,
+        sources: BTreeMap<u64, u8>,
+        timestamp_max: u64,
+    ) {
         assert!(commit_max <= head);
+        assert!(
+            head == 0 || headers.last().is_some_and(|h| h.op == head),
+            "the chosen log names its head"
+        );
         if self.journal.head() > head {
             self.journal.truncate_after(head);
         }
@@ -1294,22 +1469,32 @@ impl<S: StateMachine> Replica<S> {
         self.commit_max = self.commit_max.max(commit_max);
         self.prepare_timestamp = self.prepare_timestamp.max(timestamp_max);
         self.log_view = self.view;
-        self.view_headers = headers.iter().rev().take(VIEW_HEADERS_MAX).rev().copied().collect();
+        self.view_headers = headers
+            .iter()
+            .rev()
+            .take(VIEW_HEADERS_MAX)
+            .rev()
+            .copied()
+            .collect();
         self.repair_sources = sources;
         self.log_chosen = true;
         self.persist();
         self.repair();
-        self.commit_journal();
+        self.commit_progress();
         self.try_become_normal_primary();
     }
 
     fn try_become_normal_primary(&mut self) {
-        if !self.log_chosen || self.status != Status::ViewChange || self.log_view_durable < self.view {
+        if !self.log_chosen
+            || self.status != Status::ViewChange
+            || self.log_view_durable < self.view
+        {
             return;
         }
         let head = self.journal.head();
         // Everything up to the head must be canonical, and the uncommitted ops held here.
-        if self.journal.chain_floor(self.commit_max) > self.commit_max.max(1).min(head) && head > 0 {
+        if self.journal.chain_floor(self.commit_max) > self.commit_max.max(1).min(head) && head > 0
+        {
             return;
         }
         for op in self.commit_max + 1..=head {
@@ -1337,14 +1522,17 @@ impl<S: StateMachine> Replica<S> {
             .collect();
         self.start_primary_timers();
         self.send_start_view(None);
-        self.commit_journal();
+        self.commit_progress();
         self.commit_pipeline();
     }
 
     fn start_view_message(&self) -> Message {
         let head = self.journal.head();
         let floor = self.journal.chain_floor(0);
-        let first = head.saturating_sub(VIEW_HEADERS_MAX as u64 - 1).max(floor).max(1);
+        let first = head
+            .saturating_sub(VIEW_HEADERS_MAX as u64 - 1)
+            .max(floor)
+            .max(1);
         let mut body = Vec::new();
         for op in first..=head {
             body.extend_from_slice(&self.journal.header(op).expect("chained").encode());
@@ -1365,7 +1553,11 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn on_request_start_view(&mut self, header: &Header) {
-        if header.view == self.view && self.status == Status::Normal && self.is_primary() && header.replica != self.config.replica {
+        if header.view == self.view
+            && self.status == Status::Normal
+            && self.is_primary()
+            && header.replica != self.config.replica
+        {
             self.send_start_view(Some(header.replica));
         }
     }
@@ -1381,7 +1573,10 @@ impl<S: StateMachine> Replica<S> {
 
     fn on_start_view(&mut self, message: Message) {
         let header = message.header;
-        if header.view < self.view || header.replica != self.primary_index(header.view) || header.replica == self.config.replica {
+        if header.view < self.view
+            || header.replica != self.primary_index(header.view)
+            || header.replica == self.config.replica
+        {
             return;
         }
         let Some(headers) = decode_headers(&message.body, header.op) else {
@@ -1411,7 +1606,8 @@ impl<S: StateMachine> Replica<S> {
             self.view_change_status_timeout.stop();
             self.prepare_timeout.stop();
             self.commit_message_timeout.stop();
-            self.normal_heartbeat_timeout.start_with_jitter(&mut self.prng);
+            self.normal_heartbeat_timeout
+                .start_with_jitter(&mut self.prng);
             self.svc_window_timeout.start();
         } else {
             self.awaiting_start_view = false;
@@ -1420,21 +1616,26 @@ impl<S: StateMachine> Replica<S> {
         for view_header in &headers {
             if view_header.op < self.journal.head() {
                 if let Some(next) = self.journal.header(view_header.op + 1) {
-                    if next.parent != view_header.checksum && !headers.iter().any(|h| h.op == view_header.op + 1) {
+                    if next.parent != view_header.checksum
+                        && !headers.iter().any(|h| h.op == view_header.op + 1)
+                    {
                         self.journal.truncate_after(view_header.op);
                     }
                 }
             }
             self.journal.set_header(*view_header);
         }
-        self.commit_max = self.commit_max.max(header.commit).min(self.journal.head().max(self.commit_max));
+        self.commit_max = self
+            .commit_max
+            .max(header.commit)
+            .min(self.journal.head().max(self.commit_max));
         if !same_view_normal {
             self.persist();
         } else if self.log_view_durable == self.view {
             self.send_prepare_oks_for_uncommitted();
         }
         self.repair();
-        self.commit_journal();
+        self.commit_progress();
     }
 
     // ----- repair -----
@@ -1450,7 +1651,8 @@ impl<S: StateMachine> Replica<S> {
         let head = self.journal.head();
         let mut budget = REPAIR_BUDGET;
         let primary = self.primary_index(self.view);
-        let trusted_primary = (!self.is_primary() && self.status == Status::Normal).then_some(primary);
+        let trusted_primary =
+            (!self.is_primary() && self.status == Status::Normal).then_some(primary);
 
         if let Some(primary) = trusted_primary {
             if self.commit_max > head {
@@ -1480,7 +1682,11 @@ impl<S: StateMachine> Replica<S> {
             let entry = self.journal.entry(op);
             if !entry.present() && entry.state != SlotState::Writing {
                 if let Some(checksum) = entry.checksum() {
-                    if self.cache.get(&op).is_some_and(|m| m.header.checksum == checksum) {
+                    if self
+                        .cache
+                        .get(&op)
+                        .is_some_and(|m| m.header.checksum == checksum)
+                    {
                         let entry = self.journal.entry_mut(op);
                         entry.state = SlotState::Missing;
                         self.write_prepare(op);
@@ -1498,7 +1704,7 @@ impl<S: StateMachine> Replica<S> {
             }
             op += 1;
         }
-        self.commit_journal();
+        self.commit_progress();
         if self.log_chosen {
             self.try_become_normal_primary();
         }
@@ -1523,7 +1729,9 @@ impl<S: StateMachine> Replica<S> {
         if op_min > op_max {
             return;
         }
-        let op_min = op_min.max(op_max.saturating_sub(HEADERS_PER_MESSAGE_MAX - 1)).max(1);
+        let op_min = op_min
+            .max(op_max.saturating_sub(HEADERS_PER_MESSAGE_MAX - 1))
+            .max(1);
         let mut header = self.header(Command::RequestHeaders);
         header.commit = op_min;
         header.op = op_max;
@@ -1531,7 +1739,10 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn on_request_prepare(&mut self, header: &Header) {
-        if header.replica == self.config.replica || header.op == 0 || header.op > self.journal.head() {
+        if header.replica == self.config.replica
+            || header.op == 0
+            || header.op > self.journal.head()
+        {
             return;
         }
         let entry = self.journal.entry(header.op);
@@ -1599,21 +1810,28 @@ impl<S: StateMachine> Replica<S> {
                     }
                 }
                 self.journal.set_header(*candidate);
-            } else if op < self.journal.head() && self.journal.header(op + 1).is_some_and(|next| next.parent == candidate.checksum) {
+            } else if op < self.journal.head()
+                && self
+                    .journal
+                    .header(op + 1)
+                    .is_some_and(|next| next.parent == candidate.checksum)
+            {
                 self.journal.set_header(*candidate);
             }
         }
         if trusted {
             self.commit_max = self.commit_max.max(header.commit.min(self.journal.head()));
         }
-        self.commit_journal();
+        self.commit_progress();
     }
 }
 
 /// Headers in a StartView/Headers body: ascending, contiguous, each verified, ending at `head`.
 fn decode_headers(body: &[u8], head: u64) -> Option<Vec<Header>> {
     use crate::header::HEADER_SIZE;
-    if body.len() % HEADER_SIZE != 0 || body.len() / HEADER_SIZE > HEADERS_PER_MESSAGE_MAX as usize {
+    if !body.len().is_multiple_of(HEADER_SIZE)
+        || body.len() / HEADER_SIZE > HEADERS_PER_MESSAGE_MAX as usize
+    {
         return None;
     }
     let mut headers = Vec::with_capacity(body.len() / HEADER_SIZE);

@@ -79,7 +79,9 @@ impl ClientSessions {
         }
         if request.request == session.request {
             return match &session.reply {
-                Some(reply) if session.request_checksum == request.checksum => Classification::Resend(Box::new(reply.clone())),
+                Some(reply) if session.request_checksum == request.checksum => {
+                    Classification::Resend(Box::new(reply.clone()))
+                }
                 _ => Classification::Drop,
             };
         }
@@ -120,12 +122,20 @@ impl ClientSessions {
     /// request number. Anything else is a duplicate and must not execute twice.
     pub fn should_execute(&self, request: &Header) -> bool {
         match self.sessions.get(&request.client) {
-            Some(session) => session.session == request.session && request.request == session.request + 1,
+            Some(session) => {
+                session.session == request.session && request.request == session.request + 1
+            }
             None => false,
         }
     }
 
-    pub fn record_reply(&mut self, client: u128, request: u32, request_checksum: u128, reply: Message) {
+    pub fn record_reply(
+        &mut self,
+        client: u128,
+        request: u32,
+        request_checksum: u128,
+        reply: Message,
+    ) {
         let session = self.sessions.get_mut(&client).expect("session exists");
         assert_eq!(request, session.request + 1, "requests commit in order");
         session.request = request;
@@ -151,18 +161,36 @@ mod tests {
     #[test]
     fn classify_and_execute_at_most_once() {
         let mut sessions = ClientSessions::new(2);
-        assert_eq!(sessions.classify(&request(7, 1, 1, b"a")), Classification::Evict(EvictionReason::NoSession));
+        assert_eq!(
+            sessions.classify(&request(7, 1, 1, b"a")),
+            Classification::Evict(EvictionReason::NoSession)
+        );
         assert_eq!(sessions.register(7, 5), None);
         let first = request(7, 5, 1, b"a");
         assert_eq!(sessions.classify(&first), Classification::New);
         assert!(sessions.should_execute(&first));
         let reply = Message::new(Header::new(Command::Reply, 1, 1), vec![]);
         sessions.record_reply(7, 1, first.checksum, reply.clone());
-        assert!(!sessions.should_execute(&first), "a second commit of the same request must not execute");
-        assert_eq!(sessions.classify(&first), Classification::Resend(Box::new(reply)));
-        assert_eq!(sessions.classify(&request(7, 5, 1, b"other")), Classification::Drop);
-        assert_eq!(sessions.classify(&request(7, 5, 3, b"gap")), Classification::Drop);
-        assert_eq!(sessions.classify(&request(7, 4, 2, b"old")), Classification::Evict(EvictionReason::SessionTooLow));
+        assert!(
+            !sessions.should_execute(&first),
+            "a second commit of the same request must not execute"
+        );
+        assert_eq!(
+            sessions.classify(&first),
+            Classification::Resend(Box::new(reply))
+        );
+        assert_eq!(
+            sessions.classify(&request(7, 5, 1, b"other")),
+            Classification::Drop
+        );
+        assert_eq!(
+            sessions.classify(&request(7, 5, 3, b"gap")),
+            Classification::Drop
+        );
+        assert_eq!(
+            sessions.classify(&request(7, 4, 2, b"old")),
+            Classification::Evict(EvictionReason::SessionTooLow)
+        );
     }
 
     #[test]

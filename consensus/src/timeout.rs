@@ -38,7 +38,9 @@ impl Timeout {
     /// Starts with a deadline drawn uniformly from [after/2, 3·after/2].
     pub fn start_with_jitter(&mut self, prng: &mut Prng) {
         self.start();
-        self.deadline = prng.range_inclusive(self.after.div_ceil(2), self.after + self.after / 2).max(1);
+        self.deadline = prng
+            .range_inclusive(self.after.div_ceil(2), self.after + self.after / 2)
+            .max(1);
     }
 
     pub fn stop(&mut self) {

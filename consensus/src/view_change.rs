@@ -43,24 +43,29 @@ impl Dvc {
         self.entries.get((op - first) as usize)
     }
 
-    /// Headers of this DVC that are hash-chained down from its head (so cannot be stale).
+    /// Headers of this DVC that are canonical for its log view: the head, any header prepared
+    /// in the log view itself (only that view's primary made those), and headers hash-chained
+    /// down from one of those. Anything else may be stale from an older view.
     pub fn chained_headers(&self) -> Vec<Header> {
-        let mut chained = Vec::new();
+        let mut trusted = Vec::new();
         let mut expected_parent: Option<u128> = None;
         for entry in self.entries.iter().rev() {
-            let Some(header) = entry.header else { break };
-            if let Some(parent) = expected_parent {
-                if header.checksum != parent {
-                    break;
-                }
-            } else if header.op != self.op {
-                break;
+            let Some(header) = entry.header else {
+                expected_parent = None;
+                continue;
+            };
+            let canonical = header.op == self.op
+                || header.view == self.log_view
+                || expected_parent == Some(header.checksum);
+            if canonical {
+                expected_parent = Some(header.parent);
+                trusted.push(header);
+            } else {
+                expected_parent = None;
             }
-            expected_parent = Some(header.parent);
-            chained.push(header);
         }
-        chained.reverse();
-        chained
+        trusted.reverse();
+        trusted
     }
 
     /// Body bytes: one 256-byte header per entry (all zero for unknown), ascending by op.
@@ -86,7 +91,7 @@ impl Dvc {
 
     /// Rebuilds a DVC from a received message; `None` if the body is inconsistent.
     pub fn decode(message_header: &Header, body: &[u8]) -> Option<Dvc> {
-        if body.len() % HEADER_SIZE != 0 || body.len() / HEADER_SIZE > DVC_ENTRIES_MAX {
+        if !body.len().is_multiple_of(HEADER_SIZE) || body.len() / HEADER_SIZE > DVC_ENTRIES_MAX {
             return None;
         }
         let count = (body.len() / HEADER_SIZE) as u64;
@@ -97,7 +102,9 @@ impl Dvc {
         let mut entries = Vec::with_capacity(count as usize);
         for index in 0..count {
             let op = first + index;
-            let raw: &[u8; HEADER_SIZE] = body[(index as usize) * HEADER_SIZE..][..HEADER_SIZE].try_into().ok()?;
+            let raw: &[u8; HEADER_SIZE] = body[(index as usize) * HEADER_SIZE..][..HEADER_SIZE]
+                .try_into()
+                .ok()?;
             let header = if raw.iter().all(|b| *b == 0) {
                 None
             } else {
@@ -109,10 +116,15 @@ impl Dvc {
             };
             let present = message_header.present_bitset & (1 << index) != 0;
             let nack = message_header.nack_bitset & (1 << index) != 0;
-            if (present && header.is_none()) || (present && nack) {
+            if present && (header.is_none() || nack) {
                 return None;
             }
-            entries.push(DvcEntry { op, header, present, nack });
+            entries.push(DvcEntry {
+                op,
+                header,
+                present,
+                nack,
+            });
         }
         Some(Dvc {
             replica: message_header.replica,
@@ -150,7 +162,11 @@ pub struct ChoiceParams {
 /// Chooses the canonical log from a view-change quorum of DVCs.
 pub fn choose_log(dvcs: &[Dvc], params: &ChoiceParams) -> LogChoice {
     assert!(!dvcs.is_empty());
-    let log_view = dvcs.iter().map(|dvc| dvc.log_view).max().expect("non-empty");
+    let log_view = dvcs
+        .iter()
+        .map(|dvc| dvc.log_view)
+        .max()
+        .expect("non-empty");
     let canonical: Vec<&Dvc> = dvcs.iter().filter(|dvc| dvc.log_view == log_view).collect();
 
     // Canonical headers: chained headers of the canonical DVCs. They must agree.
@@ -158,7 +174,11 @@ pub fn choose_log(dvcs: &[Dvc], params: &ChoiceParams) -> LogChoice {
     for dvc in &canonical {
         for header in dvc.chained_headers() {
             if let Some(existing) = headers.insert(header.op, header) {
-                assert_eq!(existing.checksum, header.checksum, "canonical DVCs disagree at op {} (log_view {log_view})", header.op);
+                assert_eq!(
+                    existing.checksum, header.checksum,
+                    "canonical DVCs disagree at op {} (log_view {log_view})",
+                    header.op
+                );
             }
         }
     }
@@ -166,23 +186,28 @@ pub fn choose_log(dvcs: &[Dvc], params: &ChoiceParams) -> LogChoice {
     let head_header = headers.get(&head).copied();
 
     // Every op at or below this bound is committed somewhere.
-    let mut commit_max = dvcs.iter().map(|dvc| dvc.commit_min).max().expect("non-empty");
+    let mut commit_max = dvcs
+        .iter()
+        .map(|dvc| dvc.commit_min)
+        .max()
+        .expect("non-empty");
     if let Some(head_header) = head_header {
         commit_max = commit_max.max(head_header.commit);
     }
-    commit_max = commit_max.max(head.saturating_sub(params.pipeline_max)).min(head);
+    commit_max = commit_max
+        .max(head.saturating_sub(params.pipeline_max))
+        .min(head);
 
+    // Commits happen in op order, so an op that a nack quorum proves never committed means no
+    // op above it committed either: truncate from the lowest such op.
     let mut head_new = head;
-    // Truncate from the head down while a nack quorum proves the op never committed.
-    while head_new > commit_max {
-        let op = head_new;
-        let Some(canonical_header) = headers.get(&op) else {
-            break;
-        };
-        let nacks = dvcs.iter().filter(|dvc| nacked(dvc, op, canonical_header)).count() as u8;
+    for op in commit_max + 1..=head {
+        let nacks = dvcs
+            .iter()
+            .filter(|dvc| nacked(dvc, op, headers.get(&op)))
+            .count() as u8;
         if nacks >= params.nack_quorum {
-            head_new -= 1;
-        } else {
+            head_new = op - 1;
             break;
         }
     }
@@ -196,7 +221,9 @@ pub fn choose_log(dvcs: &[Dvc], params: &ChoiceParams) -> LogChoice {
         let mut holders = 0u8;
         for dvc in dvcs {
             if let Some(entry) = dvc.entry(op) {
-                if entry.present && entry.header.map(|h| h.checksum) == Some(canonical_header.checksum) {
+                if entry.present
+                    && entry.header.map(|h| h.checksum) == Some(canonical_header.checksum)
+                {
                     holders |= 1 << dvc.replica;
                 }
             }
@@ -207,8 +234,15 @@ pub fn choose_log(dvcs: &[Dvc], params: &ChoiceParams) -> LogChoice {
         sources.insert(op, holders);
     }
 
+    // The new head must be known, or there is nothing to chain new prepares to.
+    if head_new > 0 && !headers.contains_key(&head_new) {
+        return undecided(dvcs, params, head_new);
+    }
     let timestamp_max = headers.values().map(|h| h.timestamp).max().unwrap_or(0);
-    let chosen: Vec<Header> = headers.range(..=head_new).map(|(_, header)| *header).collect();
+    let chosen: Vec<Header> = headers
+        .range(..=head_new)
+        .map(|(_, header)| *header)
+        .collect();
     LogChoice::Ready {
         head: head_new,
         commit_max,
@@ -226,8 +260,9 @@ fn undecided(dvcs: &[Dvc], params: &ChoiceParams, op: u64) -> LogChoice {
     }
 }
 
-/// Whether `dvc` proves it never acknowledged `canonical` at its op.
-fn nacked(dvc: &Dvc, op: u64, canonical: &Header) -> bool {
+/// Whether `dvc` proves it never acknowledged `canonical` at its op (with no canonical header
+/// known, whether it proves it never acknowledged anything there).
+fn nacked(dvc: &Dvc, op: u64, canonical: Option<&Header>) -> bool {
     if op > dvc.op {
         // Its log is shorter: it never prepared the op in its log view.
         return true;
@@ -237,7 +272,10 @@ fn nacked(dvc: &Dvc, op: u64, canonical: &Header) -> bool {
         Some(entry) => {
             if entry.present {
                 // It holds *some* prepare intact: a nack only if it is a different one.
-                entry.header.map(|h| h.checksum) != Some(canonical.checksum)
+                match canonical {
+                    Some(canonical) => entry.header.map(|h| h.checksum) != Some(canonical.checksum),
+                    None => false,
+                }
             } else {
                 entry.nack
             }
@@ -264,14 +302,29 @@ mod tests {
         headers
     }
 
-    fn dvc(replica: u8, log_view: u32, headers: &[Header], head: u64, commit_min: u64, state: &[(u64, bool, bool)]) -> Dvc {
+    fn dvc(
+        replica: u8,
+        log_view: u32,
+        headers: &[Header],
+        head: u64,
+        commit_min: u64,
+        state: &[(u64, bool, bool)],
+    ) -> Dvc {
         let first = head.saturating_sub(8).max(1);
         let entries = (first..=head)
             .map(|op| {
-                let (present, nack) = state.iter().find(|(o, _, _)| *o == op).map(|(_, p, n)| (*p, *n)).unwrap_or((true, false));
+                let (present, nack) = state
+                    .iter()
+                    .find(|(o, _, _)| *o == op)
+                    .map(|(_, p, n)| (*p, *n))
+                    .unwrap_or((true, false));
                 DvcEntry {
                     op,
-                    header: if present || !nack { Some(headers[op as usize]) } else { None },
+                    header: if present || !nack {
+                        Some(headers[op as usize])
+                    } else {
+                        None
+                    },
                     present,
                     nack,
                 }
@@ -298,9 +351,14 @@ mod tests {
     fn keeps_ops_held_by_any_quorum_member() {
         let headers = chain(10, 1, 0);
         // Replica 0 has up to 10, replica 1 only up to 8 (shorter log: nacks 9 and 10).
-        let dvcs = vec![dvc(0, 1, &headers, 10, 7, &[]), dvc(1, 1, &headers, 8, 7, &[])];
+        let dvcs = vec![
+            dvc(0, 1, &headers, 10, 7, &[]),
+            dvc(1, 1, &headers, 8, 7, &[]),
+        ];
         match choose_log(&dvcs, &params()) {
-            LogChoice::Ready { head, commit_max, .. } => {
+            LogChoice::Ready {
+                head, commit_max, ..
+            } => {
                 // Two nacks? Only replica 1 nacks 9 and 10; replica 0 holds them: keep.
                 assert_eq!(head, 10);
                 assert_eq!(commit_max, 7);
@@ -331,7 +389,10 @@ mod tests {
     fn faulty_entries_do_not_count_as_nacks() {
         let headers = chain(10, 1, 0);
         // Replica 1 lost op 10 (faulty, no nack), replica 2 is shorter. One nack only.
-        let dvcs = vec![dvc(1, 1, &headers, 10, 8, &[(10, false, false)]), dvc(2, 1, &headers, 9, 8, &[])];
+        let dvcs = vec![
+            dvc(1, 1, &headers, 10, 8, &[(10, false, false)]),
+            dvc(2, 1, &headers, 9, 8, &[]),
+        ];
         assert_eq!(choose_log(&dvcs, &params()), LogChoice::Awaiting { op: 10 });
     }
 
@@ -353,6 +414,20 @@ mod tests {
                 assert_eq!(head, 10);
                 assert_eq!(headers.last().unwrap().checksum, new[10].checksum);
             }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn truncates_above_the_lowest_nacked_op() {
+        let headers = chain(10, 1, 0);
+        // Op 8 is held by nobody intact and nacked by a quorum; op 9 is present on one replica
+        // but cannot have committed without op 8.
+        let zero = dvc(0, 1, &headers, 10, 7, &[(8, false, false)]);
+        let one = dvc(1, 1, &headers, 9, 7, &[(8, false, true)]);
+        let two = dvc(2, 1, &headers, 7, 7, &[]);
+        match choose_log(&[zero, one, two], &params()) {
+            LogChoice::Ready { head, .. } => assert_eq!(head, 7),
             other => panic!("{other:?}"),
         }
     }

@@ -81,7 +81,10 @@ impl Checker {
                 }
                 self.canonical.push(*header);
             } else {
-                return Err(Failure::Correctness(format!("replica {replica} committed op {op} above the canonical head {}", self.canonical.len() - 1)));
+                return Err(Failure::Correctness(format!(
+                    "replica {replica} committed op {op} above the canonical head {}",
+                    self.canonical.len() - 1
+                )));
             }
         }
         Ok(())
@@ -92,7 +95,9 @@ impl Checker {
         for (op, hash) in &history[*cursor..] {
             match self.state_hashes.get(op) {
                 Some(expected) if expected != hash => {
-                    return Err(Failure::Correctness(format!("replica {replica} state after op {op} differs from another replica's")));
+                    return Err(Failure::Correctness(format!(
+                        "replica {replica} state after op {op} differs from another replica's"
+                    )));
                 }
                 Some(_) => {}
                 None => {
@@ -107,7 +112,9 @@ impl Checker {
     pub fn check_view(&mut self, replica: u8, view: u32) -> Result<(), Failure> {
         let last = &mut self.views[replica as usize];
         if view < *last {
-            return Err(Failure::Correctness(format!("replica {replica} view went back from {last} to {view}")));
+            return Err(Failure::Correctness(format!(
+                "replica {replica} view went back from {last} to {view}"
+            )));
         }
         *last = view;
         Ok(())
@@ -117,7 +124,10 @@ impl Checker {
     pub fn on_ack(&mut self, ack: Ack) -> Result<(), Failure> {
         if let Some((session, request)) = self.last_ack.get(&ack.client) {
             if *session == ack.session && *request >= ack.request {
-                return Err(Failure::Correctness(format!("client {:x} got reply for request {} after {}", ack.client, ack.request, request)));
+                return Err(Failure::Correctness(format!(
+                    "client {:x} got reply for request {} after {}",
+                    ack.client, ack.request, request
+                )));
             }
         }
         self.last_ack.insert(ack.client, (ack.session, ack.request));
@@ -128,9 +138,15 @@ impl Checker {
 
     fn verify_ack(&self, ack: &Ack) -> Result<(), Failure> {
         let Some(header) = self.canonical.get(ack.op as usize) else {
-            return Err(Failure::Correctness(format!("client {:x} acknowledged at op {} which no replica committed", ack.client, ack.op)));
+            return Err(Failure::Correctness(format!(
+                "client {:x} acknowledged at op {} which no replica committed",
+                ack.client, ack.op
+            )));
         };
-        if header.client != ack.client || header.request != ack.request || header.context != ack.request_checksum {
+        if header.client != ack.client
+            || header.request != ack.request
+            || header.context != ack.request_checksum
+        {
             return Err(Failure::Correctness(format!(
                 "acknowledged request {} of client {:x} at op {} was lost: the canonical op holds another request",
                 ack.request, ack.client, ack.op
@@ -146,7 +162,10 @@ impl Checker {
             self.verify_ack(ack)?;
             for (replica, commit_min) in commit_mins {
                 if *commit_min < ack.op {
-                    return Err(Failure::Liveness(format!("replica {replica} did not commit acknowledged op {}", ack.op)));
+                    return Err(Failure::Liveness(format!(
+                        "replica {replica} did not commit acknowledged op {}",
+                        ack.op
+                    )));
                 }
             }
         }
@@ -179,20 +198,29 @@ mod tests {
         let a = header(1, root.checksum, 0);
         let b = header(1, root.checksum, 1);
         assert!(checker.check_commits(0, &[a]).is_ok());
-        assert!(matches!(checker.check_commits(1, &[b]), Err(Failure::Correctness(_))));
+        assert!(matches!(
+            checker.check_commits(1, &[b]),
+            Err(Failure::Correctness(_))
+        ));
     }
 
     #[test]
     fn broken_chain_and_duplicate_fire() {
         let root = Header::root(1, 1);
         let mut checker = Checker::new(root, 1);
-        assert!(matches!(checker.check_commits(0, &[header(1, 42, 0)]), Err(Failure::Correctness(_))));
+        assert!(matches!(
+            checker.check_commits(0, &[header(1, 42, 0)]),
+            Err(Failure::Correctness(_))
+        ));
         let mut checker = Checker::new(root, 1);
         let first = header(1, root.checksum, 0);
         let mut second = header(2, first.checksum, 0);
         second.request = 1;
         second.set_checksums(&[0]);
-        assert!(matches!(checker.check_commits(0, &[first, second]), Err(Failure::Correctness(_))));
+        assert!(matches!(
+            checker.check_commits(0, &[first, second]),
+            Err(Failure::Correctness(_))
+        ));
     }
 
     #[test]
@@ -208,7 +236,10 @@ mod tests {
             op: 1,
             request_checksum: 7,
         };
-        assert!(matches!(checker.on_ack(wrong), Err(Failure::Correctness(_))));
+        assert!(matches!(
+            checker.on_ack(wrong),
+            Err(Failure::Correctness(_))
+        ));
         let missing = Ack {
             client: 6,
             session: 1,
@@ -216,9 +247,15 @@ mod tests {
             op: 9,
             request_checksum: 7,
         };
-        assert!(matches!(checker.on_ack(missing), Err(Failure::Correctness(_))));
+        assert!(matches!(
+            checker.on_ack(missing),
+            Err(Failure::Correctness(_))
+        ));
         checker.check_state(0, &[(1, 11)]).unwrap();
-        assert!(matches!(checker.check_state(1, &[(1, 12)]), Err(Failure::Correctness(_))));
+        assert!(matches!(
+            checker.check_state(1, &[(1, 12)]),
+            Err(Failure::Correctness(_))
+        ));
         checker.check_view(0, 5).unwrap();
         assert!(checker.check_view(0, 4).is_err());
     }

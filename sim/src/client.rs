@@ -34,7 +34,14 @@ pub struct Client {
 const RETRY_TICKS: u64 = 40;
 
 impl Client {
-    pub fn new(id: u128, cluster: u128, group: u64, replica_count: u8, placement_offset: u8, body_max: usize) -> Client {
+    pub fn new(
+        id: u128,
+        cluster: u128,
+        group: u64,
+        replica_count: u8,
+        placement_offset: u8,
+        body_max: usize,
+    ) -> Client {
         assert!(id != 0);
         Client {
             id,
@@ -63,7 +70,8 @@ impl Client {
     }
 
     fn primary(&self) -> u8 {
-        ((u64::from(self.view) + u64::from(self.placement_offset)) % u64::from(self.replica_count)) as u8
+        ((u64::from(self.view) + u64::from(self.placement_offset)) % u64::from(self.replica_count))
+            as u8
     }
 
     /// Starts the next request (or the register) if none is in flight. Returns where to send.
@@ -75,12 +83,19 @@ impl Client {
         header.client = self.id;
         let body = if self.session == 0 {
             header.operation = operation::REGISTER;
+            // A fresh nonce makes every register attempt distinct, so a replayed reply to an
+            // older register can never be mistaken for this one.
+            header.parent = prng.next_u128();
             Vec::new()
         } else {
             header.operation = operation::APPLICATION_MIN;
             header.session = self.session;
             header.request = self.request + 1;
-            let size = if self.body_max == 0 { 0 } else { prng.below(self.body_max as u64 + 1) as usize };
+            let size = if self.body_max == 0 {
+                0
+            } else {
+                prng.below(self.body_max as u64 + 1) as usize
+            };
             (0..size).map(|_| prng.below(256) as u8).collect()
         };
         let message = Message::new(header, body);
@@ -101,7 +116,9 @@ impl Client {
         self.sent_at = now;
         self.attempts += 1;
         if self.attempts % 2 == 1 {
-            (0..self.replica_count).map(|r| (r, message.clone())).collect()
+            (0..self.replica_count)
+                .map(|r| (r, message.clone()))
+                .collect()
         } else {
             vec![(self.primary(), message.clone())]
         }
@@ -119,7 +136,9 @@ impl Client {
         }
         match header.command {
             Command::Reply => {
-                if header.context != in_flight.header.checksum || header.request != in_flight.header.request {
+                if header.context != in_flight.header.checksum
+                    || header.request != in_flight.header.request
+                {
                     return None; // A late reply to an older request.
                 }
                 self.replies += 1;

@@ -5,7 +5,7 @@
 //! later read of a slot. A fault atlas confines damage so that every op is faulty on at most
 //! `replication quorum − 1` replicas; superblock copies only suffer crash tears.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use galgo_consensus::checksum::checksum;
 use galgo_consensus::prng::Prng;
@@ -64,7 +64,8 @@ impl FaultAtlas {
             return false;
         }
         // Choose `faulty_max` consecutive replicas starting at a per-op offset.
-        let start = (checksum(&[self.seed.to_le_bytes(), op.to_le_bytes()].concat()) % u128::from(self.replica_count)) as u8;
+        let start = (checksum(&[self.seed.to_le_bytes(), op.to_le_bytes()].concat())
+            % u128::from(self.replica_count)) as u8;
         (0..self.faulty_max).any(|k| (start + k) % self.replica_count == replica)
     }
 }
@@ -89,6 +90,9 @@ pub struct Disk {
     prepares: Vec<Option<Vec<u8>>>,
     superblock: [Option<Vec<u8>>; SUPERBLOCK_COPIES],
     latent: BTreeSet<(Zone, u64)>,
+    /// The one zone of each op that faults have damaged: a fault never hits both zones of a
+    /// slot (the recovery decision table relies on it, as TigerBeetle's does).
+    damaged: BTreeMap<u64, Zone>,
     pub writes: Vec<PendingWrite>,
     pub reads: Vec<PendingRead>,
     pub faults_enabled: bool,
@@ -106,6 +110,7 @@ impl Disk {
             prepares: Vec::new(),
             superblock: Default::default(),
             latent: BTreeSet::new(),
+            damaged: BTreeMap::new(),
             writes: Vec::new(),
             reads: Vec::new(),
             faults_enabled: true,
@@ -121,12 +126,25 @@ impl Disk {
     }
 
     pub fn submit_write(&mut self, now: u64, io: u64, target: WriteTarget, bytes: Vec<u8>) {
-        let ready_at = now + self.latency(self.options.write_latency_min, self.options.write_latency_mean);
-        self.writes.push(PendingWrite { io, target, bytes, ready_at });
+        let ready_at = now
+            + self.latency(
+                self.options.write_latency_min,
+                self.options.write_latency_mean,
+            );
+        self.writes.push(PendingWrite {
+            io,
+            target,
+            bytes,
+            ready_at,
+        });
     }
 
     pub fn submit_read(&mut self, now: u64, io: u64, op: u64) {
-        let ready_at = now + self.latency(self.options.read_latency_min, self.options.read_latency_mean);
+        let ready_at = now
+            + self.latency(
+                self.options.read_latency_min,
+                self.options.read_latency_mean,
+            );
         self.reads.push(PendingRead { io, op, ready_at });
     }
 
@@ -146,8 +164,15 @@ impl Disk {
         slots[index] = Some(bytes);
     }
 
-    fn may_fault(&self, op: u64) -> bool {
-        self.faults_enabled && self.atlas.allows(self.replica, op)
+    fn may_fault(&self, zone: Zone, op: u64) -> bool {
+        self.faults_enabled
+            && self.atlas.allows(self.replica, op)
+            && self.damaged.get(&op).is_none_or(|z| *z == zone)
+    }
+
+    fn mark_damaged(&mut self, zone: Zone, op: u64) {
+        assert!(self.damaged.get(&op).is_none_or(|z| *z == zone));
+        self.damaged.insert(op, zone);
     }
 
     fn corrupt(&mut self, mut bytes: Vec<u8>) -> Vec<u8> {
@@ -184,23 +209,31 @@ impl Disk {
     }
 
     fn land_slot_write(&mut self, zone: Zone, op: u64, bytes: Vec<u8>) {
-        if self.may_fault(op) {
+        if self.may_fault(zone, op) {
             if self.prng.chance(self.options.lost_write) {
                 self.stats.lost += 1;
+                self.mark_damaged(zone, op);
                 return;
             }
             if self.prng.chance(self.options.misdirect) {
                 // Lands on a nearby slot of the same zone, if the atlas allows damage there too.
                 let offset = self.prng.range_inclusive(1, 3);
-                let other = if self.prng.chance(0.5) { op + offset } else { op.saturating_sub(offset).max(1) };
-                if other != op && self.atlas.allows(self.replica, other) {
+                let other = if self.prng.chance(0.5) {
+                    op + offset
+                } else {
+                    op.saturating_sub(offset).max(1)
+                };
+                if other != op && self.may_fault(zone, other) {
                     self.stats.misdirected += 1;
+                    self.mark_damaged(zone, op);
+                    self.mark_damaged(zone, other);
                     self.store(zone, other, bytes);
                     return;
                 }
             }
             if self.prng.chance(self.options.write_fault) {
                 self.stats.corrupted += 1;
+                self.mark_damaged(zone, op);
                 let bytes = self.corrupt(bytes);
                 self.store(zone, op, bytes);
                 return;
@@ -228,7 +261,16 @@ impl Disk {
 
     /// Reads a slot now (used at runtime and on recovery).
     pub fn read_slot(&mut self, zone: Zone, op: u64) -> Option<Vec<u8>> {
-        if self.may_fault(op) && !self.latent.contains(&(zone, op)) && self.prng.chance(self.options.read_fault) {
+        let written = match zone {
+            Zone::Header => self.headers.get(op as usize).is_some_and(Option::is_some),
+            Zone::Prepare => self.prepares.get(op as usize).is_some_and(Option::is_some),
+        };
+        if written
+            && self.may_fault(zone, op)
+            && !self.latent.contains(&(zone, op))
+            && self.prng.chance(self.options.read_fault)
+        {
+            self.mark_damaged(zone, op);
             self.latent.insert((zone, op));
             self.stats.latent += 1;
         }
@@ -287,7 +329,13 @@ impl Disk {
                         Zone::Header => self.headers.get(op as usize).is_none_or(Option::is_none),
                         Zone::Prepare => self.prepares.get(op as usize).is_none_or(Option::is_none),
                     };
-                    if (fresh || self.may_fault(op)) && self.prng.chance(self.options.crash_tear) {
+                    // A torn write of a fresh slot was never acknowledged; tearing a rewrite of
+                    // an acknowledged slot is damage, and the atlas must allow it.
+                    let allowed = fresh || self.may_fault(zone, op);
+                    if allowed && self.prng.chance(self.options.crash_tear) {
+                        if !fresh {
+                            self.mark_damaged(zone, op);
+                        }
                         let torn = self.corrupt(write.bytes);
                         self.store(zone, op, torn);
                         self.stats.torn += 1;
@@ -324,11 +372,17 @@ mod tests {
         let atlas = FaultAtlas::new(3, 2, 2);
         let replica = (0..2).find(|r| atlas.allows(*r, 4)).unwrap();
         let mut disk = Disk::new(replica, options, atlas, 9);
-        let message = galgo_consensus::Message::new(galgo_consensus::Header::new(galgo_consensus::Command::Prepare, 1, 1), vec![1, 2, 3]);
+        let message = galgo_consensus::Message::new(
+            galgo_consensus::Header::new(galgo_consensus::Command::Prepare, 1, 1),
+            vec![1, 2, 3],
+        );
         disk.store(Zone::Prepare, 4, message.encode());
         let first = disk.read_slot(Zone::Prepare, 4).unwrap();
         let second = disk.read_slot(Zone::Prepare, 4).unwrap();
         assert_eq!(first, second, "a latent error is deterministic");
-        assert!(galgo_consensus::Message::decode(&first).is_err(), "checksums catch it");
+        assert!(
+            galgo_consensus::Message::decode(&first).is_err(),
+            "checksums catch it"
+        );
     }
 }

@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use clap::Parser;
 use galgo_consensus::{Bug, Bugs};
-use galgo_sim::{describe, run_seed, Failure, Options, EXIT_CORRECTNESS, EXIT_CRASH, EXIT_LIVENESS};
+use galgo_sim::{
+    describe, run_seed, Failure, Options, EXIT_CORRECTNESS, EXIT_CRASH, EXIT_LIVENESS,
+};
 
 /// Deterministic simulator for Galgo's VSR replication: one seed reproduces one run exactly.
 #[derive(Parser, Debug)]
@@ -32,7 +34,10 @@ struct Cli {
 
 fn parse_range(text: &str) -> Result<Range<u64>, String> {
     let (start, end) = text.split_once("..").ok_or("expected A..B")?;
-    let start: u64 = start.trim().parse().map_err(|e| format!("bad start: {e}"))?;
+    let start: u64 = start
+        .trim()
+        .parse()
+        .map_err(|e| format!("bad start: {e}"))?;
     let end: u64 = end.trim().parse().map_err(|e| format!("bad end: {e}"))?;
     if start >= end {
         return Err("empty range: A must be below B".into());
@@ -87,14 +92,28 @@ fn main() -> ExitCode {
                 }
                 continue;
             }
-            Ok((Err(Failure::Correctness(message)), _, _)) => (EXIT_CORRECTNESS, format!("correctness: {message}")),
-            Ok((Err(Failure::Liveness(message)), _, _)) => (EXIT_LIVENESS, format!("liveness: {message}")),
-            Err(_) => (EXIT_CRASH, "crash: a panic or assertion (message above)".to_string()),
+            Ok((Err(Failure::Correctness(message)), _, _)) => {
+                (EXIT_CORRECTNESS, format!("correctness: {message}"))
+            }
+            Ok((Err(Failure::Liveness(message)), _, _)) => {
+                (EXIT_LIVENESS, format!("liveness: {message}"))
+            }
+            Err(_) => (
+                EXIT_CRASH,
+                "crash: a panic or assertion (message above)".to_string(),
+            ),
         };
         println!("seed {seed}: FAILED {message}");
-        let bug = cli.inject_bug.as_ref().map(|b| format!(" --inject-bug {b}")).unwrap_or_default();
+        let bug = cli
+            .inject_bug
+            .as_ref()
+            .map(|b| format!(" --inject-bug {b}"))
+            .unwrap_or_default();
         println!("reproduce: cargo run --release -p galgo-sim -- --seed {seed}{bug}");
-        eprintln!("{passed} seeds passed before the failure, {:.1}s", started.elapsed().as_secs_f64());
+        eprintln!(
+            "{passed} seeds passed before the failure, {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
         return ExitCode::from(code as u8);
     }
     let elapsed = started.elapsed().as_secs_f64();

@@ -68,14 +68,21 @@ impl Network {
         if !self.faults_enabled {
             return 1;
         }
-        self.options.delay_min.max(self.prng.exponential(self.options.delay_mean)).max(1)
+        self.options
+            .delay_min
+            .max(self.prng.exponential(self.options.delay_mean))
+            .max(1)
     }
 
     pub fn send(&mut self, now: u64, from: Node, to: Node, frame: Vec<u8>) {
         self.stats.sent += 1;
         let ready_at = now + self.delay();
         self.sequence += 1;
-        let capacity = if self.faults_enabled { self.options.path_capacity } else { 4096 };
+        let capacity = if self.faults_enabled {
+            self.options.path_capacity
+        } else {
+            4096
+        };
         let sequence = self.sequence;
         let path = self.paths.entry((from, to)).or_default();
         if path.len() >= capacity {
@@ -84,12 +91,18 @@ impl Network {
             self.stats.dropped_full += 1;
         }
         let path = self.paths.get_mut(&(from, to)).expect("inserted");
-        path.push(Packet { ready_at, sequence, frame });
+        path.push(Packet {
+            ready_at,
+            sequence,
+            frame,
+        });
     }
 
     fn cut(&self, from: Node, to: Node) -> bool {
         match (from, to) {
-            (Node::Replica(a), Node::Replica(b)) => self.blocked.get(&(a, b)).copied().unwrap_or(false),
+            (Node::Replica(a), Node::Replica(b)) => {
+                self.blocked.get(&(a, b)).copied().unwrap_or(false)
+            }
             _ => false,
         }
     }
@@ -99,7 +112,12 @@ impl Network {
         let mut ready = Vec::new();
         let keys: Vec<(Node, Node)> = self.paths.keys().copied().collect();
         for key in keys {
-            if self.faults_enabled && self.clogged_until.get(&key).is_some_and(|until| *until > now) {
+            if self.faults_enabled
+                && self
+                    .clogged_until
+                    .get(&key)
+                    .is_some_and(|until| *until > now)
+            {
                 continue;
             }
             let path = self.paths.get_mut(&key).expect("key exists");

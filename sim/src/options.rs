@@ -68,7 +68,12 @@ impl Options {
         let clients_max = prng.range_inclusive(2, 8) as usize;
         let partition_mode = *pick(
             &mut prng,
-            &[PartitionMode::None, PartitionMode::UniformSize, PartitionMode::UniformPartition, PartitionMode::IsolateSingle],
+            &[
+                PartitionMode::None,
+                PartitionMode::UniformSize,
+                PartitionMode::UniformPartition,
+                PartitionMode::IsolateSingle,
+            ],
         );
         let delay_min = prng.range_inclusive(0, 3);
         let network = NetworkOptions {
@@ -94,7 +99,8 @@ impl Options {
             read_latency_min,
             read_latency_mean: prng.range_inclusive(read_latency_min, 10) as f64,
             write_latency_min,
-            write_latency_mean: prng.range_inclusive(write_latency_min, write_latency_ceiling) as f64,
+            write_latency_mean: prng.range_inclusive(write_latency_min, write_latency_ceiling)
+                as f64,
             read_fault: percent(&mut prng, 10),
             write_fault: percent(&mut prng, 10),
             misdirect: percent(&mut prng, 10),
@@ -112,7 +118,7 @@ impl Options {
             request_body_max: *pick(&mut prng, &[0usize, 16, 256]),
             network,
             storage,
-            crash_probability: percent(&mut prng, 2) / 10.0,
+            crash_probability: percent(&mut prng, 2) / 50.0,
             restart_probability: percent(&mut prng, 2),
             pause_probability: percent(&mut prng, 1) / 10.0,
             unpause_probability: percent(&mut prng, 2).max(0.001),

@@ -7,7 +7,10 @@ use galgo_consensus::header::HEADER_SIZE;
 use galgo_consensus::prng::Prng;
 use galgo_consensus::quorums::Quorums;
 use galgo_consensus::recovery::{recover_journal, RecoveryBugs, SlotRead};
-use galgo_consensus::{Action, Bug, Bugs, Command, Completion, Config, Header, IoId, Message, Peer, Replica, Status, Timeouts};
+use galgo_consensus::{
+    Action, Bug, Bugs, Command, Completion, Config, Header, IoId, Message, Peer, Replica, Status,
+    Timeouts,
+};
 
 use crate::checker::{Checker, Failure};
 use crate::client::Client;
@@ -60,12 +63,26 @@ impl Simulator {
         let network = Network::new(options.network.clone(), prng.next_u64(), n);
         let mut disks = Vec::new();
         for replica in 0..n {
-            let mut disk = Disk::new(replica, options.storage.clone(), atlas.clone(), prng.next_u64());
+            let mut disk = Disk::new(
+                replica,
+                options.storage.clone(),
+                atlas.clone(),
+                prng.next_u64(),
+            );
             disk.write_superblock_now(DurableState::initial().encode(1));
             disks.push(disk);
         }
         let clients = (0..options.clients)
-            .map(|index| Client::new(index as u128 + 1, CLUSTER, GROUP, n, options.placement_offset, options.request_body_max))
+            .map(|index| {
+                Client::new(
+                    index as u128 + 1,
+                    CLUSTER,
+                    GROUP,
+                    n,
+                    options.placement_offset,
+                    options.request_body_max,
+                )
+            })
             .collect();
         let mut simulator = Simulator {
             checker: Checker::new(Header::root(CLUSTER, GROUP), n),
@@ -129,15 +146,26 @@ impl Simulator {
             let header = match disk.read_slot(Zone::Header, op) {
                 None => SlotRead::Empty,
                 Some(bytes) if bytes.iter().all(|b| *b == 0) => SlotRead::Empty,
-                Some(bytes) => match bytes.get(..HEADER_SIZE).and_then(|raw| raw.try_into().ok()).map(Header::decode) {
-                    Some(Ok(header)) if header.op == op && header.command == Command::Prepare => SlotRead::Valid(header),
+                Some(bytes) => match bytes
+                    .get(..HEADER_SIZE)
+                    .and_then(|raw| raw.try_into().ok())
+                    .map(Header::decode)
+                {
+                    Some(Ok(header)) if header.op == op && header.command == Command::Prepare => {
+                        SlotRead::Valid(header)
+                    }
                     _ => SlotRead::Corrupt,
                 },
             };
             let prepare = match disk.read_slot(Zone::Prepare, op) {
                 None => SlotRead::Empty,
                 Some(bytes) => match Message::decode(&bytes) {
-                    Ok(message) if message.header.op == op && message.header.command == Command::Prepare => SlotRead::Valid(message.header),
+                    Ok(message)
+                        if message.header.op == op
+                            && message.header.command == Command::Prepare =>
+                    {
+                        SlotRead::Valid(message.header)
+                    }
                     _ => SlotRead::Corrupt,
                 },
             };
@@ -146,10 +174,22 @@ impl Simulator {
         let recovery_bugs = RecoveryBugs {
             truncate_at_first_corrupt: self.bugs.has(Bug::TruncateAtFirstCorrupt),
         };
-        let journal = recover_journal(Header::root(CLUSTER, GROUP), OPS_MAX, &durable, &slots, recovery_bugs);
+        let journal = recover_journal(
+            Header::root(CLUSTER, GROUP),
+            OPS_MAX,
+            &durable,
+            &slots,
+            recovery_bugs,
+        );
         self.incarnation += 1;
         let seed = self.options.seed ^ self.incarnation.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        Replica::open(self.config(replica), TestStateMachine::default(), durable, journal, seed)
+        Replica::open(
+            self.config(replica),
+            TestStateMachine::default(),
+            durable,
+            journal,
+            seed,
+        )
     }
 
     fn execute(&mut self, replica: u8, actions: Vec<Action>) {
@@ -164,22 +204,46 @@ impl Simulator {
                             Node::Client(index)
                         }
                     };
-                    self.network.send(self.now, Node::Replica(replica), to, message.encode());
+                    self.network
+                        .send(self.now, Node::Replica(replica), to, message.encode());
                 }
                 Action::WritePrepare { io, message } => {
                     let op = message.header.op;
-                    self.disks[replica as usize].submit_write(self.now, io.0, WriteTarget::Slot { zone: Zone::Prepare, op }, message.encode());
+                    self.disks[replica as usize].submit_write(
+                        self.now,
+                        io.0,
+                        WriteTarget::Slot {
+                            zone: Zone::Prepare,
+                            op,
+                        },
+                        message.encode(),
+                    );
                 }
                 Action::WriteHeader { io, header } => {
                     let mut sector = header.encode().to_vec();
                     sector.resize(512, 0);
-                    self.disks[replica as usize].submit_write(self.now, io.0, WriteTarget::Slot { zone: Zone::Header, op: header.op }, sector);
+                    self.disks[replica as usize].submit_write(
+                        self.now,
+                        io.0,
+                        WriteTarget::Slot {
+                            zone: Zone::Header,
+                            op: header.op,
+                        },
+                        sector,
+                    );
                 }
-                Action::ReadPrepare { io, op } => self.disks[replica as usize].submit_read(self.now, io.0, op),
+                Action::ReadPrepare { io, op } => {
+                    self.disks[replica as usize].submit_read(self.now, io.0, op)
+                }
                 Action::PersistState { io, state } => {
                     let sequence = self.superblock_sequence[replica as usize] + 1;
                     self.superblock_sequence[replica as usize] = sequence;
-                    self.disks[replica as usize].submit_write(self.now, io.0, WriteTarget::Superblock, state.encode(sequence));
+                    self.disks[replica as usize].submit_write(
+                        self.now,
+                        io.0,
+                        WriteTarget::Superblock,
+                        state.encode(sequence),
+                    );
                 }
             }
         }
@@ -199,10 +263,15 @@ impl Simulator {
                     if !self.alive(r) {
                         continue;
                     }
-                    if message.header.command == Command::Request && !matches!(from, Node::Client(_)) {
+                    if message.header.command == Command::Request
+                        && !matches!(from, Node::Client(_))
+                    {
                         continue;
                     }
-                    let actions = self.replicas[r as usize].as_mut().expect("alive").on_message(message);
+                    let actions = self.replicas[r as usize]
+                        .as_mut()
+                        .expect("alive")
+                        .on_message(message);
                     self.execute(r, actions);
                 }
                 Node::Client(index) => {
@@ -223,15 +292,24 @@ impl Simulator {
             }
             let done = self.disks[r as usize].complete_writes(self.now);
             for io in done {
-                let actions = self.replicas[r as usize].as_mut().expect("alive").on_io_complete(IoId(io), Completion::Written);
+                let actions = self.replicas[r as usize]
+                    .as_mut()
+                    .expect("alive")
+                    .on_io_complete(IoId(io), Completion::Written);
                 self.execute(r, actions);
             }
             let reads = self.disks[r as usize].complete_reads(self.now);
             for (io, op, bytes) in reads {
-                let message = bytes
-                    .and_then(|bytes| Message::decode(&bytes).ok())
-                    .filter(|message| message.header.op == op && message.header.command == Command::Prepare);
-                let actions = self.replicas[r as usize].as_mut().expect("alive").on_io_complete(IoId(io), Completion::Read(message));
+                let message =
+                    bytes
+                        .and_then(|bytes| Message::decode(&bytes).ok())
+                        .filter(|message| {
+                            message.header.op == op && message.header.command == Command::Prepare
+                        });
+                let actions = self.replicas[r as usize]
+                    .as_mut()
+                    .expect("alive")
+                    .on_io_complete(IoId(io), Completion::Read(message));
                 self.execute(r, actions);
             }
         }
@@ -244,7 +322,8 @@ impl Simulator {
             };
             let committed = replica.take_committed();
             self.checker.check_commits(r, &committed)?;
-            self.checker.check_state(r, &replica.state_machine().history)?;
+            self.checker
+                .check_state(r, &replica.state_machine().history)?;
             self.checker.check_view(r, replica.view())?;
             self.stats.view_max = self.stats.view_max.max(replica.view());
             self.stats.commit_max = self.stats.commit_max.max(replica.commit_min());
@@ -254,12 +333,21 @@ impl Simulator {
 
     fn tick_faults(&mut self) {
         let o = &self.options;
-        let (crash_p, restart_p, pause_p, unpause_p) = (o.crash_probability, o.restart_probability, o.pause_probability, o.unpause_probability);
+        let (crash_p, restart_p, pause_p, unpause_p) = (
+            o.crash_probability,
+            o.restart_probability,
+            o.pause_probability,
+            o.unpause_probability,
+        );
         for r in 0..self.options.replica_count {
             let index = r as usize;
             match &self.replicas[index] {
                 Some(replica) => {
-                    let crash = if replica.io_pending() { (crash_p * 10.0).min(1.0) } else { crash_p };
+                    let crash = if replica.io_pending() {
+                        (crash_p * 10.0).min(1.0)
+                    } else {
+                        crash_p
+                    };
                     if self.prng.chance(crash) {
                         self.replicas[index] = None;
                         self.paused[index] = false;
@@ -297,7 +385,10 @@ impl Simulator {
         let realtime = self.now * TICK_NANOS;
         for r in 0..self.options.replica_count {
             if self.alive(r) {
-                let actions = self.replicas[r as usize].as_mut().expect("alive").on_tick(realtime);
+                let actions = self.replicas[r as usize]
+                    .as_mut()
+                    .expect("alive")
+                    .on_tick(realtime);
                 self.execute(r, actions);
             }
         }
@@ -309,7 +400,12 @@ impl Simulator {
             }
             for (to, message) in sends {
                 assert!(to < replica_count);
-                self.network.send(self.now, Node::Client(index), Node::Replica(to), message.encode());
+                self.network.send(
+                    self.now,
+                    Node::Client(index),
+                    Node::Replica(to),
+                    message.encode(),
+                );
             }
         }
         let nodes: Vec<Node> = (0..replica_count).map(Node::Replica).collect();
@@ -329,18 +425,25 @@ impl Simulator {
         if replicas.len() != self.options.replica_count as usize {
             return false;
         }
-        let primary = replicas.iter().find(|r| r.status() == Status::Normal && r.is_primary());
+        let primary = replicas
+            .iter()
+            .find(|r| r.status() == Status::Normal && r.is_primary());
         let Some(primary) = primary else {
             return false;
         };
         replicas.iter().all(|r| {
-            r.status() == Status::Normal && r.view() == primary.view() && r.commit_min() == primary.commit_max() && r.head() == primary.head()
+            r.status() == Status::Normal
+                && r.view() == primary.view()
+                && r.commit_min() == primary.commit_max()
+                && r.head() == primary.head()
         }) && primary.commit_max() == primary.head()
     }
 
     /// Runs the whole seed: safety phase, then liveness phase, then final checks.
     pub fn run(&mut self) -> Result<(), Failure> {
-        while self.stats.acks < self.options.requests_max && self.now < self.options.ticks_max_requests {
+        while self.stats.acks < self.options.requests_max
+            && self.now < self.options.ticks_max_requests
+        {
             self.tick(true)?;
         }
         // Liveness: heal the network, stop new faults, bring every replica back.
@@ -363,15 +466,29 @@ impl Simulator {
                     .iter()
                     .flatten()
                     .map(|r| {
+                        let uncommitted: Vec<String> = (r.commit_min() + 1..=r.head())
+                            .take(8)
+                            .map(|op| {
+                                let e = r.journal().entry(op);
+                                format!(
+                                    "{op}:{}{:?}{}",
+                                    if e.header.is_some() { "h" } else { "-" },
+                                    e.state,
+                                    if e.faulty { "!" } else { "" }
+                                )
+                            })
+                            .collect();
                         format!(
-                            "r{} {:?} view {} log_view {} head {} commit {}/{}",
+                            "r{} {:?} view {} log_view {} head {} commit {}/{} [{}] pipeline {:?}",
                             r.replica(),
                             r.status(),
                             r.view(),
                             r.log_view(),
                             r.head(),
                             r.commit_min(),
-                            r.commit_max()
+                            r.commit_max(),
+                            uncommitted.join(" "),
+                            r.pipeline_summary()
                         )
                     })
                     .collect();
@@ -386,7 +503,12 @@ impl Simulator {
         }
         self.stats.liveness_ticks = self.now - liveness_start;
         self.stats.ticks = self.now;
-        let commit_mins: Vec<(u8, u64)> = self.replicas.iter().flatten().map(|r| (r.replica(), r.commit_min())).collect();
+        let commit_mins: Vec<(u8, u64)> = self
+            .replicas
+            .iter()
+            .flatten()
+            .map(|r| (r.replica(), r.commit_min()))
+            .collect();
         self.checker.check_final(&commit_mins)?;
         Ok(())
     }
