@@ -40,14 +40,6 @@ impl Checker {
         }
     }
 
-    pub fn canonical_len(&self) -> u64 {
-        self.canonical.len() as u64
-    }
-
-    pub fn acks(&self) -> &[Ack] {
-        &self.acks
-    }
-
     pub fn on_restart(&mut self, replica: u8) {
         self.history_cursor[replica as usize] = 0;
         self.views[replica as usize] = 0;

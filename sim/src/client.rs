@@ -65,10 +65,6 @@ impl Client {
         self.in_flight.is_none()
     }
 
-    pub fn registered(&self) -> bool {
-        self.session != 0
-    }
-
     fn primary(&self) -> u8 {
         ((u64::from(self.view) + u64::from(self.placement_offset)) % u64::from(self.replica_count))
             as u8

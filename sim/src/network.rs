@@ -234,10 +234,4 @@ impl Network {
         self.partitioned = false;
         self.clogged_until.clear();
     }
-
-    /// Drops every packet addressed to or from `node` still queued (used on crash for its own
-    /// outbound queue is NOT done: in-flight packets of a crashed replica stay in the network).
-    pub fn in_flight(&self) -> usize {
-        self.paths.values().map(Vec::len).sum()
-    }
 }
