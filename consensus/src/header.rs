@@ -8,7 +8,8 @@
 //!  48 parent          u128  prepare: checksum of the previous prepare (hash chain)
 //!  64 client          u128
 //!  80 context         u128  prepare/reply: request checksum; prepare_ok/get_prepare: prepare checksum;
-//!                           commit: checksum of the committed prepare
+//!                           commit: checksum of the committed prepare;
+//!                           do_view_change: op of the head its log view started with
 //!  96 group           u64
 //! 104 op              u64
 //! 112 commit          u64
@@ -22,10 +23,12 @@
 //! 153 replica         u8    the original author
 //! 154 operation       u8
 //! 155 protocol        u8
-//! 156 reserved        [u8; 4] zero
+//! 156 flags           u8    start_view_change: flags::SENDER_IN_VIEW_CHANGE
+//! 157 reserved        [u8; 3] zero
 //! 160 present_bitset  u128  do_view_change only
 //! 176 nack_bitset     u128  do_view_change only
-//! 192 reserved        [u8; 64] zero
+//! 192 canonical_bitset u128  do_view_change only
+//! 208 reserved        [u8; 48] zero
 //! ```
 
 use crate::checksum::checksum;
@@ -84,6 +87,14 @@ pub mod operation {
     pub const APPLICATION_MIN: u8 = 16;
 }
 
+/// Bits of `Header::flags`.
+pub mod flags {
+    /// start_view_change: the sender is in view-change status for `view` (it has left the
+    /// view before). Without it, the sender is a normal replica of `view - 1` voting to leave.
+    pub const SENDER_IN_VIEW_CHANGE: u8 = 1;
+    pub const ALL: u8 = SENDER_IN_VIEW_CHANGE;
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
     pub checksum: u128,
@@ -105,8 +116,10 @@ pub struct Header {
     pub replica: u8,
     pub operation: u8,
     pub protocol: u8,
+    pub flags: u8,
     pub present_bitset: u128,
     pub nack_bitset: u128,
+    pub canonical_bitset: u128,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,8 +177,10 @@ impl Header {
             replica: 0,
             operation: 0,
             protocol: PROTOCOL_VERSION,
+            flags: 0,
             present_bitset: 0,
             nack_bitset: 0,
+            canonical_bitset: 0,
         }
     }
 
@@ -189,8 +204,10 @@ impl Header {
         bytes[153] = self.replica;
         bytes[154] = self.operation;
         bytes[155] = self.protocol;
+        bytes[156] = self.flags;
         put_u128(bytes, 160, self.present_bitset);
         put_u128(bytes, 176, self.nack_bitset);
+        put_u128(bytes, 192, self.canonical_bitset);
     }
 
     /// Computes `checksum_body` from `body`, `size`, then the header checksum.
@@ -239,7 +256,10 @@ impl Header {
         if bytes[155] != PROTOCOL_VERSION {
             return Err(HeaderError::Protocol(bytes[155]));
         }
-        if bytes[156..160].iter().any(|b| *b != 0) || bytes[192..].iter().any(|b| *b != 0) {
+        if bytes[156] & !flags::ALL != 0
+            || bytes[157..160].iter().any(|b| *b != 0)
+            || bytes[208..].iter().any(|b| *b != 0)
+        {
             return Err(HeaderError::ReservedNotZero);
         }
         let size = get_u32(bytes, 136);
@@ -266,8 +286,10 @@ impl Header {
             replica: bytes[153],
             operation: bytes[154],
             protocol: bytes[155],
+            flags: bytes[156],
             present_bitset: get_u128(bytes, 160),
             nack_bitset: get_u128(bytes, 176),
+            canonical_bitset: get_u128(bytes, 192),
         };
         debug_assert!(header.valid_checksum());
         Ok(header)

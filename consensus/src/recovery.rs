@@ -12,6 +12,9 @@ use crate::header::Header;
 use crate::journal::{Entry, Journal, SlotState};
 
 /// What reading one zone of one slot produced.
+// Held briefly, one pair per slot during recovery: boxing the header would cost an allocation
+// per slot for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SlotRead {
     /// All zero: never written.
@@ -25,8 +28,12 @@ pub enum SlotRead {
 pub enum Decision {
     /// Never held anything: may be nacked.
     Nil,
-    /// Header and prepare agree (or the prepare alone is intact): durable and clean.
+    /// Header and prepare agree: durable and clean.
     Clean(Header),
+    /// The prepare is intact and ours, but the redundant header zone does not hold its header
+    /// (a header write torn, lost or never started): clean, and the header zone must be
+    /// rewritten, or a later recovery could no longer tell this prepare is ours.
+    Fix(Header),
     /// May have been prepared and acknowledged, and is lost: repair, never nack.
     Faulty(Option<Header>),
     /// A torn write at the head that was never acknowledged: truncate.
@@ -37,19 +44,33 @@ pub enum Decision {
 ///
 /// It relies on the write order and on the fault model (as TigerBeetle's does): a disk fault
 /// damages at most one of the two zones of a slot, and a torn write only hits writes in flight.
-pub fn decide(header: SlotRead, prepare: SlotRead, at_head: bool) -> Decision {
+///
+/// `canonical` tells whether a header is known canonical for the durable log view (prepared
+/// in it, or named by its durable view headers).
+pub fn decide(
+    header: SlotRead,
+    prepare: SlotRead,
+    at_head: bool,
+    canonical: impl Fn(&Header) -> bool,
+) -> Decision {
     use SlotRead::*;
     match (header, prepare) {
         (Empty, Empty) => Decision::Nil,
         (Valid(h), Valid(p)) if h.checksum == p.checksum => Decision::Clean(p),
-        // Both intact but different: recovery cannot tell which is newer.
+        // Both intact but different: a crash between a rewrite's prepare and header writes, or
+        // a lost write. A header's view does not order them (a later view change may pick an
+        // op of an older view). If the log view names the prepare, the header is of an older
+        // log view, so acknowledging it here is impossible: hold the prepare. Otherwise either
+        // may have been acknowledged.
+        (Valid(_), Valid(p)) if canonical(&p) => Decision::Fix(p),
+        (Valid(h), Valid(_)) if canonical(&h) => Decision::Faulty(Some(h)),
         (Valid(_), Valid(_)) => Decision::Faulty(None),
         // The header is written only after the prepare: the prepare was lost or damaged after
         // it may have been acknowledged.
         (Valid(h), Empty | Corrupt) => Decision::Faulty(Some(h)),
         // The intact prepare is the newest write of the slot (its header write was torn, lost
         // or never started); it may not have been acknowledged, but holding it is safe.
-        (Empty | Corrupt, Valid(p)) => Decision::Clean(p),
+        (Empty | Corrupt, Valid(p)) => Decision::Fix(p),
         // No header was ever completed here, so no PrepareOk was ever sent for this slot: a
         // torn or lost prepare of an op this replica never acknowledged.
         (Empty, Corrupt) | (Corrupt, Empty) => Decision::Nil,
@@ -72,6 +93,14 @@ pub struct RecoveryBugs {
     pub truncate_at_first_corrupt: bool,
 }
 
+/// What recovery hands the replica.
+#[derive(Clone, Debug)]
+pub struct RecoveredJournal {
+    pub journal: Journal,
+    /// Ops whose prepare is intact but whose redundant header zone must be rewritten.
+    pub header_fixes: Vec<u64>,
+}
+
 /// Rebuilds the journal from durable state and per-slot reads (`slots[i]` is op `i + 1`).
 pub fn recover_journal(
     root: Header,
@@ -79,9 +108,33 @@ pub fn recover_journal(
     durable: &DurableState,
     slots: &[(SlotRead, SlotRead)],
     bugs: RecoveryBugs,
-) -> Journal {
+) -> RecoveredJournal {
     assert!(slots.len() as u64 <= ops_max);
     let mut journal = Journal::new(root, ops_max);
+    let mut header_fixes = Vec::new();
+
+    // Above the log view's head, every op of the log was prepared in the log view itself:
+    // anything else there is from a log a view change truncated before the crash, as good as
+    // never written.
+    let view_head = durable
+        .view_headers
+        .last()
+        .map(|header| header.op)
+        .unwrap_or(0);
+    let current = |op: u64, read: SlotRead| match read {
+        SlotRead::Valid(header) if op > view_head && header.view != durable.log_view => {
+            SlotRead::Empty
+        }
+        other => other,
+    };
+    let slots: Vec<(SlotRead, SlotRead)> = slots
+        .iter()
+        .enumerate()
+        .map(|(index, (header, prepare))| {
+            let op = index as u64 + 1;
+            (current(op, *header), current(op, *prepare))
+        })
+        .collect();
 
     // The highest slot with any bytes at all is the only one a torn write may have hit.
     let last_written = slots
@@ -89,32 +142,27 @@ pub fn recover_journal(
         .rposition(|(header, prepare)| *header != SlotRead::Empty || *prepare != SlotRead::Empty);
     let Some(last_written) = last_written else {
         install_view_headers(&mut journal, durable);
-        return journal;
+        return RecoveredJournal {
+            journal,
+            header_fixes,
+        };
     };
 
     let mut decisions: Vec<Decision> = slots[..=last_written]
         .iter()
         .enumerate()
-        .map(|(index, (header, prepare))| decide(*header, *prepare, index == last_written))
+        .map(|(index, (header, prepare))| {
+            let op = index as u64 + 1;
+            let canonical = |candidate: &Header| {
+                candidate.view == durable.log_view
+                    || durable
+                        .view_headers
+                        .iter()
+                        .any(|v| v.op == op && v.checksum == candidate.checksum)
+            };
+            decide(*header, *prepare, index == last_written, canonical)
+        })
         .collect();
-
-    // Ops above the log view's head that were not prepared in the log view itself were
-    // truncated by a view change before the crash: they are not part of this log.
-    let view_head = durable
-        .view_headers
-        .last()
-        .map(|header| header.op)
-        .unwrap_or(0);
-    for (index, decision) in decisions.iter_mut().enumerate() {
-        let op = index as u64 + 1;
-        if op > view_head {
-            if let Decision::Clean(header) | Decision::Faulty(Some(header)) = decision {
-                if header.view < durable.log_view {
-                    *decision = Decision::Nil;
-                }
-            }
-        }
-    }
     while matches!(decisions.last(), Some(Decision::Nil) | Some(Decision::Cut)) {
         decisions.pop();
     }
@@ -134,8 +182,11 @@ pub fn recover_journal(
         let entry = journal.entry_mut(op);
         *entry = match decision {
             Decision::Nil | Decision::Cut => Entry::EMPTY,
-            Decision::Clean(header) => {
+            Decision::Clean(header) | Decision::Fix(header) => {
                 assert_eq!(header.op, op);
+                if matches!(decision, Decision::Fix(_)) {
+                    header_fixes.push(op);
+                }
                 Entry {
                     header: Some(*header),
                     state: SlotState::Clean,
@@ -153,7 +204,12 @@ pub fn recover_journal(
         };
     }
     install_view_headers(&mut journal, durable);
-    journal
+    // A fix is only wanted where the recovered entry still holds that prepare.
+    header_fixes.retain(|op| journal.entry(*op).present());
+    RecoveredJournal {
+        journal,
+        header_fixes,
+    }
 }
 
 /// The durable view headers are canonical for the log view: they override what the slots say.
@@ -165,13 +221,14 @@ fn install_view_headers(journal: &mut Journal, durable: &DurableState) {
         journal.extend_to(header.op);
         let entry = journal.entry_mut(header.op);
         if entry.checksum() != Some(header.checksum) {
-            // The slot holds something else: if it was ever acked it was this header, and we
-            // cannot tell, so it is faulty.
-            let was_written = entry.header.is_some() || entry.faulty;
+            // The slot holds something else. An intact, consistent other prepare proves this
+            // one was never acknowledged here: its prepare write would have replaced it, and
+            // losing that write as well as its header write is two damaged zones. A faulty
+            // slot may have acknowledged it, so it stays faulty.
             *entry = Entry {
                 header: Some(*header),
                 state: SlotState::Missing,
-                faulty: was_written,
+                faulty: entry.faulty,
             };
         }
     }
@@ -209,19 +266,47 @@ mod tests {
         use SlotRead::*;
         let a = header(3, 1);
         let b = header(3, 2);
-        assert_eq!(decide(Empty, Empty, false), Decision::Nil);
-        assert_eq!(decide(Valid(a), Valid(a), false), Decision::Clean(a));
-        assert_eq!(decide(Valid(a), Valid(b), true), Decision::Faulty(None));
-        assert_eq!(decide(Valid(a), Corrupt, true), Decision::Faulty(Some(a)));
-        assert_eq!(decide(Valid(a), Empty, false), Decision::Faulty(Some(a)));
-        assert_eq!(decide(Empty, Valid(a), false), Decision::Clean(a));
-        assert_eq!(decide(Corrupt, Valid(a), true), Decision::Clean(a));
-        assert_eq!(decide(Corrupt, Valid(a), false), Decision::Clean(a));
-        assert_eq!(decide(Empty, Corrupt, true), Decision::Nil);
-        assert_eq!(decide(Empty, Corrupt, false), Decision::Nil);
-        assert_eq!(decide(Corrupt, Empty, false), Decision::Nil);
-        assert_eq!(decide(Corrupt, Corrupt, true), Decision::Cut);
-        assert_eq!(decide(Corrupt, Corrupt, false), Decision::Faulty(None));
+        let none = |_: &Header| false;
+        assert_eq!(decide(Empty, Empty, false, none), Decision::Nil);
+        assert_eq!(decide(Valid(a), Valid(a), false, none), Decision::Clean(a));
+        assert_eq!(
+            decide(Valid(a), Valid(b), true, none),
+            Decision::Faulty(None)
+        );
+        assert_eq!(
+            decide(Valid(b), Valid(a), false, none),
+            Decision::Faulty(None)
+        );
+        // The durable view headers name the canonical one of the two.
+        assert_eq!(
+            decide(Valid(a), Valid(b), false, |h: &Header| h.checksum
+                == b.checksum),
+            Decision::Fix(b)
+        );
+        assert_eq!(
+            decide(Valid(a), Valid(b), false, |h: &Header| h.checksum
+                == a.checksum),
+            Decision::Faulty(Some(a))
+        );
+        assert_eq!(
+            decide(Valid(a), Corrupt, true, none),
+            Decision::Faulty(Some(a))
+        );
+        assert_eq!(
+            decide(Valid(a), Empty, false, none),
+            Decision::Faulty(Some(a))
+        );
+        assert_eq!(decide(Empty, Valid(a), false, none), Decision::Fix(a));
+        assert_eq!(decide(Corrupt, Valid(a), true, none), Decision::Fix(a));
+        assert_eq!(decide(Corrupt, Valid(a), false, none), Decision::Fix(a));
+        assert_eq!(decide(Empty, Corrupt, true, none), Decision::Nil);
+        assert_eq!(decide(Empty, Corrupt, false, none), Decision::Nil);
+        assert_eq!(decide(Corrupt, Empty, false, none), Decision::Nil);
+        assert_eq!(decide(Corrupt, Corrupt, true, none), Decision::Cut);
+        assert_eq!(
+            decide(Corrupt, Corrupt, false, none),
+            Decision::Faulty(None)
+        );
     }
 
     #[test]
@@ -233,7 +318,7 @@ mod tests {
             (SlotRead::Valid(header(3, 0)), SlotRead::Valid(header(3, 0))),
         ];
         let durable = DurableState::initial();
-        let journal = recover_journal(root, 16, &durable, &slots, RecoveryBugs::default());
+        let journal = recover_journal(root, 16, &durable, &slots, RecoveryBugs::default()).journal;
         assert_eq!(journal.head(), 3);
         assert!(journal.entry(2).faulty);
         assert!(journal.entry(3).present());
@@ -247,7 +332,8 @@ mod tests {
             RecoveryBugs {
                 truncate_at_first_corrupt: true,
             },
-        );
+        )
+        .journal;
         assert_eq!(buggy.head(), 1);
     }
 
@@ -264,8 +350,31 @@ mod tests {
             &DurableState::initial(),
             &slots,
             RecoveryBugs::default(),
-        );
+        )
+        .journal;
         assert_eq!(journal.head(), 1);
+    }
+
+    #[test]
+    fn intact_prepare_under_a_stale_header_is_kept_and_its_header_fixed() {
+        let root = Header::root(1, 1);
+        let durable = DurableState {
+            view: 3,
+            log_view: 3,
+            commit_max: 0,
+            view_headers: vec![header(1, 3)],
+        };
+        // Op 1: the view-3 prepare landed, its header write did not (the zone holds view 1's).
+        // Op 2: the header zone is torn over an intact prepare of the log view.
+        let slots = vec![
+            (SlotRead::Valid(header(1, 1)), SlotRead::Valid(header(1, 3))),
+            (SlotRead::Corrupt, SlotRead::Valid(header(2, 3))),
+            (SlotRead::Valid(header(3, 3)), SlotRead::Valid(header(3, 3))),
+        ];
+        let recovered = recover_journal(root, 16, &durable, &slots, RecoveryBugs::default());
+        assert_eq!(recovered.journal.head(), 3);
+        assert!((1..=3).all(|op| recovered.journal.entry(op).present()));
+        assert_eq!(recovered.header_fixes, vec![1, 2]);
     }
 
     #[test]
@@ -281,13 +390,13 @@ mod tests {
             (SlotRead::Valid(header(1, 0)), SlotRead::Valid(header(1, 0))),
             (SlotRead::Valid(header(2, 1)), SlotRead::Valid(header(2, 1))),
         ];
-        let journal = recover_journal(root, 16, &durable, &slots, RecoveryBugs::default());
+        let journal = recover_journal(root, 16, &durable, &slots, RecoveryBugs::default()).journal;
         assert_eq!(journal.head(), 1);
         let slots = vec![
             (SlotRead::Valid(header(1, 0)), SlotRead::Valid(header(1, 0))),
             (SlotRead::Valid(header(2, 2)), SlotRead::Valid(header(2, 2))),
         ];
-        let journal = recover_journal(root, 16, &durable, &slots, RecoveryBugs::default());
+        let journal = recover_journal(root, 16, &durable, &slots, RecoveryBugs::default()).journal;
         assert_eq!(journal.head(), 2);
     }
 }

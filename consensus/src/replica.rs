@@ -8,18 +8,19 @@
 //!   StartViewChange vote, which carries no state.
 //! * A new primary persists `log_view = view` and the canonical suffix before StartView.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::bugs::{Bug, Bugs};
 use crate::durable::{DurableState, VIEW_HEADERS_MAX};
-use crate::header::{operation, Command, Header};
+use crate::header::{flags, operation, Command, Header};
 use crate::journal::{Journal, SlotState};
 use crate::message::Message;
 use crate::prng::Prng;
 use crate::quorums::{Quorums, REPLICAS_MAX};
+use crate::recovery::RecoveredJournal;
 use crate::sessions::{Classification, ClientSessions};
 use crate::timeout::Timeout;
-use crate::view_change::{choose_log, ChoiceParams, Dvc, DvcEntry, LogChoice};
+use crate::view_change::{choose_log, ChoiceParams, Dvc, DvcEntry, LogChoice, DVC_ENTRIES_MAX};
 
 /// The deterministic application the log drives.
 pub trait StateMachine {
@@ -155,6 +156,8 @@ const REPAIR_BUDGET: usize = 8;
 const HEADERS_PER_MESSAGE_MAX: u64 = 64;
 const READS_COMMIT_MAX: usize = 8;
 const READS_SERVE_MAX: usize = 4;
+/// Most slot write chains in flight at once.
+const SLOT_WRITES_MAX: usize = 256;
 
 pub struct Replica<S: StateMachine> {
     config: Config,
@@ -182,8 +185,11 @@ pub struct Replica<S: StateMachine> {
     /// StartViewChange votes: for `view + 1` while normal, for `view` during a view change.
     svc_votes: u8,
     /// While normal: replicas heard voting for views above `view + 1`, and the highest such view.
-    higher_view_votes: u8,
-    higher_view_max: u32,
+    /// In view-change status: replicas that, as normal replicas of our view, voted to leave
+    /// it. With `svc_votes` they decide whether this view change may escalate on timeout.
+    leave_votes: u8,
+    /// Ops with a write chain (prepare, then header) in flight: at most one per slot.
+    slot_writes: BTreeSet<u64>,
     dvcs: BTreeMap<u8, Dvc>,
     /// New primary: the canonical log is chosen and installed; repairing before StartView.
     log_chosen: bool,
@@ -220,9 +226,13 @@ impl<S: StateMachine> Replica<S> {
         config: Config,
         state_machine: S,
         durable: DurableState,
-        journal: Journal,
+        recovered: RecoveredJournal,
         seed: u64,
     ) -> Replica<S> {
+        let RecoveredJournal {
+            journal,
+            header_fixes,
+        } = recovered;
         config.validate();
         assert_eq!(journal.ops_max(), config.ops_max);
         let timeouts = config.timeouts.clone();
@@ -249,8 +259,8 @@ impl<S: StateMachine> Replica<S> {
             prepare_timestamp: 0,
             realtime: 0,
             svc_votes: 0,
-            higher_view_votes: 0,
-            higher_view_max: 0,
+            leave_votes: 0,
+            slot_writes: BTreeSet::new(),
             dvcs: BTreeMap::new(),
             log_chosen: false,
             awaiting_start_view: false,
@@ -285,6 +295,18 @@ impl<S: StateMachine> Replica<S> {
             .map(|h| h.timestamp)
             .unwrap_or(0);
         replica.repair_timeout.start();
+        for op in header_fixes {
+            // Rewrite the redundant header of an intact prepare (recovery's "fix").
+            let entry = replica.journal.entry(op);
+            assert!(entry.present());
+            let header = entry.header.expect("present");
+            replica.slot_writes.insert(op);
+            let io = replica.io(PendingIo::WriteHeader {
+                op,
+                checksum: header.checksum,
+            });
+            replica.actions.push(Action::WriteHeader { io, header });
+        }
         if replica.primary_index(replica.view) == replica.config.replica {
             // A primary never resumes its view on open: it cannot know what it prepared in that
             // view before a crash (a fresh cluster too: a replica cannot tell a first start from
@@ -394,7 +416,6 @@ impl<S: StateMachine> Replica<S> {
             self.svc_window_timeout.start();
             if self.status == Status::Normal {
                 self.svc_votes = 0;
-                self.higher_view_votes = 0;
             }
         }
         if self.view_change_message_timeout.fired() {
@@ -402,8 +423,7 @@ impl<S: StateMachine> Replica<S> {
             self.send_view_change_messages();
         }
         if self.view_change_status_timeout.fired() {
-            let next = self.view + 1;
-            self.transition_to_view_change(next);
+            self.on_view_change_status_timeout();
         }
         if self.repair_timeout.fired() {
             self.repair_timeout.start();
@@ -568,11 +588,16 @@ impl<S: StateMachine> Replica<S> {
         assert!(self.persist_in_flight);
         self.persist_in_flight = false;
         assert!(view >= self.view_durable && log_view >= self.log_view_durable);
+        let log_view_advanced = log_view > self.log_view_durable;
         self.view_durable = view;
         self.log_view_durable = log_view;
         if self.persist_wanted {
             self.persist_wanted = false;
             self.persist();
+        }
+        if log_view_advanced {
+            // Prepares held back by `write_prepare` may be written now.
+            self.repair();
         }
         if self.view_durable < self.view {
             return;
@@ -767,7 +792,12 @@ impl<S: StateMachine> Replica<S> {
         self.prepare_timeout.backoff(&mut self.prng);
         let entries: Vec<PipelineEntry> = self.pipeline.iter().cloned().collect();
         for entry in entries {
-            let Some(message) = self.cache.get(&entry.op).cloned() else {
+            let Some(message) = self
+                .cache
+                .get(&entry.op)
+                .filter(|m| m.header.checksum == entry.checksum)
+                .cloned()
+            else {
                 continue;
             };
             let missing: Vec<u8> = self
@@ -834,6 +864,11 @@ impl<S: StateMachine> Replica<S> {
         self.commit_max = self.commit_max.max(header.commit);
         let op = header.op;
         if op <= self.commit_min {
+            // Our view's primary does not know we committed it yet: it needs our ack.
+            let entry = self.journal.entry(op);
+            if entry.present() && entry.checksum() == Some(header.checksum) {
+                self.send_prepare_ok(op);
+            }
             return;
         }
         if op < self.journal.head() {
@@ -874,10 +909,9 @@ impl<S: StateMachine> Replica<S> {
         }
         if self.journal.entry(op).present() {
             // A primary re-replicating an op prepared in an older view: ack it again (the
-            // ack counts only for this exact checksum, in this view).
-            if op > self.commit_min {
-                self.send_prepare_ok(op);
-            }
+            // ack counts only for this exact checksum, in this view). Also when we already
+            // committed it: the new primary may not know that it committed.
+            self.send_prepare_ok(op);
             return;
         }
         self.journal.set_header(header);
@@ -917,7 +951,15 @@ impl<S: StateMachine> Replica<S> {
             self.jump_to_view(header.view);
             return;
         }
-        if header.view < self.view || self.status != Status::Normal {
+        if header.view < self.view {
+            return;
+        }
+        if self.status == Status::ViewChange {
+            // The primary of our view is normal: the view started without us hearing StartView.
+            if !self.awaiting_start_view {
+                self.awaiting_start_view = true;
+                self.send_request_start_view();
+            }
             return;
         }
         self.normal_heartbeat_timeout.reset_if_running();
@@ -1005,6 +1047,22 @@ impl<S: StateMachine> Replica<S> {
         let Some(message) = self.cached(op).cloned() else {
             return;
         };
+        if message.header.view > self.log_view_durable {
+            // Until our log view is durable, a crash would leave a journal holding prepares
+            // of a view newer than the log view it reports, and its nacks would lie. The
+            // prepare stays cached; `on_persisted` writes it.
+            return;
+        }
+        if self.slot_writes.contains(&op) {
+            // An older write chain to this slot is in flight (the slot was truncated and
+            // reused): two writes to one sector may land in either order. Its completion
+            // writes this one.
+            return;
+        }
+        if self.slot_writes.len() >= SLOT_WRITES_MAX {
+            return; // The repair timer retries.
+        }
+        self.slot_writes.insert(op);
         let checksum = message.header.checksum;
         self.journal.entry_mut(op).state = SlotState::Writing;
         let io = self.io(PendingIo::WritePrepare { op, checksum });
@@ -1015,30 +1073,38 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn on_prepare_written(&mut self, op: u64, checksum: u128) {
-        if op > self.journal.head() {
+        assert!(self.slot_writes.contains(&op));
+        if op > self.journal.head() || self.journal.entry(op).checksum() != Some(checksum) {
+            // The slot was truncated or given another header meanwhile: write that instead.
+            self.slot_write_abandoned(op);
             return;
         }
-        let entry = self.journal.entry(op);
-        if entry.checksum() != Some(checksum) {
-            self.journal.entry_mut(op).state = SlotState::Missing;
-            self.write_prepare(op);
-            return;
-        }
-        let header = entry.header.expect("checked above");
+        let header = self.journal.entry(op).header.expect("checked above");
         let io = self.io(PendingIo::WriteHeader { op, checksum });
         self.actions.push(Action::WriteHeader { io, header });
     }
 
-    fn on_header_written(&mut self, op: u64, checksum: u128) {
-        if op > self.journal.head() {
-            return;
-        }
-        let entry = self.journal.entry_mut(op);
-        if entry.checksum() != Some(checksum) {
-            entry.state = SlotState::Missing;
+    /// A slot's write chain ended without making `op` durable: the slot is free again.
+    fn slot_write_abandoned(&mut self, op: u64) {
+        let removed = self.slot_writes.remove(&op);
+        assert!(removed);
+        if op <= self.journal.head() {
+            let entry = self.journal.entry_mut(op);
+            if entry.state == SlotState::Writing {
+                entry.state = SlotState::Missing;
+            }
             self.write_prepare(op);
+        }
+    }
+
+    fn on_header_written(&mut self, op: u64, checksum: u128) {
+        if op > self.journal.head() || self.journal.entry(op).checksum() != Some(checksum) {
+            self.slot_write_abandoned(op);
             return;
         }
+        let removed = self.slot_writes.remove(&op);
+        assert!(removed);
+        let entry = self.journal.entry_mut(op);
         entry.state = SlotState::Clean;
         entry.faulty = false;
         if !self.config.bugs.has(Bug::AckBeforeDurable) {
@@ -1247,8 +1313,7 @@ impl<S: StateMachine> Replica<S> {
         self.dvcs.clear();
         self.repair_sources.clear();
         self.svc_votes = self.bit(self.config.replica);
-        self.higher_view_votes = 0;
-        self.higher_view_max = 0;
+        self.leave_votes = 0;
         self.pipeline.clear();
         self.request_queue.clear();
         self.prepare_timeout.stop();
@@ -1283,7 +1348,8 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         if self.svc_votes & self.bit(self.config.replica) != 0 {
-            let header = self.header(Command::StartViewChange);
+            let mut header = self.header(Command::StartViewChange);
+            header.flags = flags::SENDER_IN_VIEW_CHANGE;
             self.broadcast(Message::new(header, Vec::new()));
         }
         if self.svc_votes.count_ones() >= u32::from(self.quorums.view_change) && !self.is_primary()
@@ -1294,38 +1360,80 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
+    /// A view change that has not completed in time moves on to the next view, but only when
+    /// a view-change quorum wants to leave this one: a replica that is alone (partitioned, or
+    /// restarted as primary) must not climb views by itself, or its SVCs would drag a healthy
+    /// cluster through one view change after another.
+    fn on_view_change_status_timeout(&mut self) {
+        let own = self.bit(self.config.replica);
+        let leaving = self.svc_votes | self.leave_votes | own;
+        if leaving.count_ones() >= u32::from(self.quorums.view_change) {
+            let next = self.view + 1;
+            self.transition_to_view_change(next);
+        } else {
+            self.view_change_status_timeout.backoff(&mut self.prng);
+            self.send_view_change_messages();
+        }
+    }
+
     fn on_start_view_change(&mut self, header: &Header) {
         if header.replica == self.config.replica {
             return;
         }
         let from = self.bit(header.replica);
+        let sender_in_view_change = header.flags & flags::SENDER_IN_VIEW_CHANGE != 0;
+        if !sender_in_view_change && header.view == 0 {
+            return;
+        }
+        // The view the sender is in: a normal sender votes to leave `header.view - 1`.
+        let sender_view = if sender_in_view_change {
+            header.view
+        } else {
+            header.view - 1
+        };
         match self.status {
             Status::Normal => {
-                if header.view == self.view + 1 {
+                if sender_in_view_change && header.view > self.view {
+                    // A view change is under way above us: join it (the sender could never
+                    // come back to our view).
+                    self.transition_to_view_change(header.view);
+                } else if sender_in_view_change && header.view == self.view {
+                    // The sender missed the start of our view.
+                    if self.is_primary() {
+                        self.send_start_view(Some(header.replica));
+                    }
+                } else if !sender_in_view_change && header.view == self.view + 1 {
                     self.svc_votes |= from;
                     self.check_svc_quorum_normal();
-                } else if header.view > self.view + 1 {
-                    // Replicas already in a higher view change: join them once they and we
-                    // make a view-change quorum, or they could never rejoin this view.
-                    self.higher_view_votes |= from;
-                    self.higher_view_max = self.higher_view_max.max(header.view);
-                    let own = self.bit(self.config.replica);
-                    if (self.higher_view_votes | self.svc_votes | own).count_ones()
-                        >= u32::from(self.quorums.view_change)
-                    {
-                        let view = self.higher_view_max;
-                        self.transition_to_view_change(view);
-                    }
+                } else if !sender_in_view_change && sender_view > self.view {
+                    // The sender is normal in a newer view: we missed its start.
+                    self.jump_to_view(sender_view);
                 }
             }
             Status::ViewChange => {
                 if header.view < self.view && self.svc_votes & self.bit(self.config.replica) != 0 {
                     // Tell a replica behind us which view change is under way.
-                    let ours = self.header(Command::StartViewChange);
+                    let mut ours = self.header(Command::StartViewChange);
+                    ours.flags = flags::SENDER_IN_VIEW_CHANGE;
                     self.send_replica(header.replica, Message::new(ours, Vec::new()));
                 }
-                if header.view > self.view {
-                    self.transition_to_view_change(header.view);
+                if sender_view > self.view {
+                    if sender_in_view_change {
+                        self.transition_to_view_change(header.view);
+                    } else {
+                        self.jump_to_view(sender_view);
+                    }
+                    return;
+                }
+                if !sender_in_view_change && sender_view == self.view {
+                    // A normal replica of our view wants to leave it: our view started
+                    // without us, and its primary may be gone.
+                    self.leave_votes |= from;
+                    if !self.is_primary() && !self.awaiting_start_view {
+                        self.awaiting_start_view = true;
+                        self.send_request_start_view();
+                    }
+                    return;
                 }
                 if header.view == self.view && !self.awaiting_start_view {
                     let before = self.svc_votes.count_ones();
@@ -1344,8 +1452,12 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn build_dvc(&self) -> Dvc {
+        // The canonical head may lie up to a pipeline below ours (our log may be from an older
+        // view that prepared further), and the new primary decides every op up to a pipeline
+        // below the canonical head: cover both.
         let head = self.journal.head();
-        let count = head.min(self.config.pipeline_max as u64 + 1);
+        let count = head.min(2 * self.config.pipeline_max as u64 + 1);
+        assert!(count as usize <= DVC_ENTRIES_MAX);
         let first = head + 1 - count;
         let entries = (first..=head)
             .map(|op| {
@@ -1356,6 +1468,9 @@ impl<S: StateMachine> Replica<S> {
                     header: entry.header,
                     present,
                     nack: !entry.faulty && !present,
+                    canonical: entry
+                        .header
+                        .is_some_and(|h| self.canonical_in_log_view(&h, head)),
                 }
             })
             .collect();
@@ -1363,20 +1478,38 @@ impl<S: StateMachine> Replica<S> {
             replica: self.config.replica,
             log_view: self.log_view,
             op: head,
+            log_view_head: self.view_headers.last().map_or(0, |h| h.op),
             commit_min: self.commit_min,
             entries,
         }
     }
 
+    /// Whether a journal header is known canonical for our log view: prepared in it, or
+    /// installed when it started (the durable view headers), or our head (everything above the
+    /// log view's start was prepared in it, and recovery drops anything else).
+    fn canonical_in_log_view(&self, header: &Header, head: u64) -> bool {
+        if header.view > self.log_view {
+            return false;
+        }
+        header.view == self.log_view
+            || header.op == head
+            || self
+                .view_headers
+                .iter()
+                .any(|v| v.op == header.op && v.checksum == header.checksum)
+    }
+
     fn build_dvc_message(&self) -> Message {
         let dvc = self.build_dvc();
-        let (body, present, nack) = dvc.encode_body();
+        let (body, bits) = dvc.encode_body();
         let mut header = self.header(Command::DoViewChange);
         header.log_view = self.log_view;
         header.op = dvc.op;
         header.commit = dvc.commit_min;
-        header.present_bitset = present;
-        header.nack_bitset = nack;
+        header.present_bitset = bits.present;
+        header.nack_bitset = bits.nack;
+        header.canonical_bitset = bits.canonical;
+        header.context = u128::from(dvc.log_view_head);
         Message::new(header, body)
     }
 

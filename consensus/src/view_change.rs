@@ -18,6 +18,9 @@ pub struct DvcEntry {
     /// The sender never acknowledged any prepare at this op in its log view other than
     /// (possibly) `header` — it is not faulty there.
     pub nack: bool,
+    /// The sender knows `header` is canonical for its log view: prepared in that view, or
+    /// installed from that view's start (its durable view headers), or its head.
+    pub canonical: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +29,9 @@ pub struct Dvc {
     pub log_view: u32,
     /// The sender's head op.
     pub op: u64,
+    /// The head its log view started with: every op above it in its log was prepared in the
+    /// log view itself.
+    pub log_view_head: u64,
     pub commit_min: u64,
     /// Ascending, contiguous, ending at `op`.
     pub entries: Vec<DvcEntry>,
@@ -43,9 +49,9 @@ impl Dvc {
         self.entries.get((op - first) as usize)
     }
 
-    /// Headers of this DVC that are canonical for its log view: the head, any header prepared
-    /// in the log view itself (only that view's primary made those), and headers hash-chained
-    /// down from one of those. Anything else may be stale from an older view.
+    /// Headers of this DVC that are canonical for its log view: those the sender marked
+    /// canonical and those hash-chained down from one of them. Anything else may be stale from
+    /// an older view. A header of a view above the log view is never trusted.
     pub fn chained_headers(&self) -> Vec<Header> {
         let mut trusted = Vec::new();
         let mut expected_parent: Option<u128> = None;
@@ -54,9 +60,8 @@ impl Dvc {
                 expected_parent = None;
                 continue;
             };
-            let canonical = header.op == self.op
-                || header.view == self.log_view
-                || expected_parent == Some(header.checksum);
+            let canonical = header.view <= self.log_view
+                && (entry.canonical || expected_parent == Some(header.checksum));
             if canonical {
                 expected_parent = Some(header.parent);
                 trusted.push(header);
@@ -68,25 +73,30 @@ impl Dvc {
         trusted
     }
 
-    /// Body bytes: one 256-byte header per entry (all zero for unknown), ascending by op.
-    pub fn encode_body(&self) -> (Vec<u8>, u128, u128) {
+    /// Body bytes: one 256-byte header per entry (all zero for unknown), ascending by op; the
+    /// present, nack and canonical bits go in the message header.
+    pub fn encode_body(&self) -> (Vec<u8>, DvcBits) {
         assert!(self.entries.len() <= DVC_ENTRIES_MAX);
         let mut body = Vec::with_capacity(self.entries.len() * HEADER_SIZE);
-        let mut present = 0u128;
-        let mut nack = 0u128;
+        let mut bits = DvcBits::default();
         for (index, entry) in self.entries.iter().enumerate() {
             match entry.header {
                 Some(header) => body.extend_from_slice(&header.encode()),
                 None => body.extend_from_slice(&[0u8; HEADER_SIZE]),
             }
+            assert!(entry.header.is_some() || !(entry.present || entry.canonical));
+            assert!(!(entry.present && entry.nack));
             if entry.present {
-                present |= 1 << index;
+                bits.present |= 1 << index;
             }
             if entry.nack {
-                nack |= 1 << index;
+                bits.nack |= 1 << index;
+            }
+            if entry.canonical {
+                bits.canonical |= 1 << index;
             }
         }
-        (body, present, nack)
+        (body, bits)
     }
 
     /// Rebuilds a DVC from a received message; `None` if the body is inconsistent.
@@ -116,7 +126,8 @@ impl Dvc {
             };
             let present = message_header.present_bitset & (1 << index) != 0;
             let nack = message_header.nack_bitset & (1 << index) != 0;
-            if present && (header.is_none() || nack) {
+            let canonical = message_header.canonical_bitset & (1 << index) != 0;
+            if (present || canonical) && header.is_none() || present && nack {
                 return None;
             }
             entries.push(DvcEntry {
@@ -124,16 +135,26 @@ impl Dvc {
                 header,
                 present,
                 nack,
+                canonical,
             });
         }
         Some(Dvc {
             replica: message_header.replica,
             log_view: message_header.log_view,
             op: message_header.op,
+            log_view_head: u64::try_from(message_header.context).ok()?,
             commit_min: message_header.commit,
             entries,
         })
     }
+}
+
+/// The per-entry bits of a DVC, carried in the message header (bit i = entry i).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DvcBits {
+    pub present: u128,
+    pub nack: u128,
+    pub canonical: u128,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -200,11 +221,23 @@ pub fn choose_log(dvcs: &[Dvc], params: &ChoiceParams) -> LogChoice {
 
     // Commits happen in op order, so an op that a nack quorum proves never committed means no
     // op above it committed either: truncate from the lowest such op.
+    // Above a canonical DVC's log-view head, every op of the canonical log was prepared in
+    // the log view itself.
+    let log_view_head = canonical
+        .iter()
+        .map(|dvc| dvc.log_view_head)
+        .min()
+        .expect("non-empty");
     let mut head_new = head;
     for op in commit_max + 1..=head {
+        let canonical_view = match headers.get(&op) {
+            Some(header) => Some(header.view),
+            None if op > log_view_head => Some(log_view),
+            None => None,
+        };
         let nacks = dvcs
             .iter()
-            .filter(|dvc| nacked(dvc, op, headers.get(&op)))
+            .filter(|dvc| nacked(dvc, op, headers.get(&op), canonical_view))
             .count() as u8;
         if nacks >= params.nack_quorum {
             head_new = op - 1;
@@ -261,10 +294,15 @@ fn undecided(dvcs: &[Dvc], params: &ChoiceParams, op: u64) -> LogChoice {
 }
 
 /// Whether `dvc` proves it never acknowledged `canonical` at its op (with no canonical header
-/// known, whether it proves it never acknowledged anything there).
-fn nacked(dvc: &Dvc, op: u64, canonical: Option<&Header>) -> bool {
+/// known, whether it proves it never acknowledged anything there). `canonical_view` is the
+/// view the canonical prepare was made in, when known.
+fn nacked(dvc: &Dvc, op: u64, canonical: Option<&Header>, canonical_view: Option<u32>) -> bool {
     if op > dvc.op {
         // Its log is shorter: it never prepared the op in its log view.
+        return true;
+    }
+    if canonical_view.is_some_and(|view| dvc.log_view < view) {
+        // A replica acknowledges a prepare only in a log view at or above the prepare's view.
         return true;
     }
     match dvc.entry(op) {
@@ -318,15 +356,17 @@ mod tests {
                     .find(|(o, _, _)| *o == op)
                     .map(|(_, p, n)| (*p, *n))
                     .unwrap_or((true, false));
+                let header = if present || !nack {
+                    Some(headers[op as usize])
+                } else {
+                    None
+                };
                 DvcEntry {
                     op,
-                    header: if present || !nack {
-                        Some(headers[op as usize])
-                    } else {
-                        None
-                    },
+                    header,
                     present,
                     nack,
+                    canonical: header.is_some_and(|h| op == head || h.view == log_view),
                 }
             })
             .collect();
@@ -334,6 +374,7 @@ mod tests {
             replica,
             log_view,
             op: head,
+            log_view_head: 0,
             commit_min,
             entries,
         }
@@ -436,14 +477,94 @@ mod tests {
     fn dvc_body_round_trip() {
         let headers = chain(5, 1, 0);
         let original = dvc(2, 1, &headers, 5, 3, &[(4, false, true), (5, false, false)]);
-        let (body, present, nack) = original.encode_body();
+        let (body, bits) = original.encode_body();
         let mut message_header = Header::new(Command::DoViewChange, 1, 1);
         message_header.replica = 2;
         message_header.log_view = 1;
         message_header.op = 5;
         message_header.commit = 3;
-        message_header.present_bitset = present;
-        message_header.nack_bitset = nack;
+        message_header.present_bitset = bits.present;
+        message_header.nack_bitset = bits.nack;
+        message_header.canonical_bitset = bits.canonical;
+        message_header.context = u128::from(original.log_view_head);
         assert_eq!(Dvc::decode(&message_header, &body), Some(original));
+        // A canonical mark on a blank entry is inconsistent.
+        message_header.canonical_bitset |= 1 << 3;
+        assert_eq!(Dvc::decode(&message_header, &body), None);
+    }
+
+    #[test]
+    fn marked_old_view_header_below_a_nacked_gap_becomes_the_head() {
+        // One replica: op 8 was installed from an older view (marked canonical from the durable
+        // view headers), op 9 was torn (nacked), op 10 is the head of the log view.
+        let old = chain(8, 1, 0);
+        let mut headers = old.clone();
+        let newer = chain(10, 2, 5);
+        headers.push(newer[9]);
+        headers.push(newer[10]);
+        let mut single = dvc(0, 2, &headers, 10, 6, &[(9, false, true)]);
+        let params = ChoiceParams {
+            replica_count: 1,
+            nack_quorum: 1,
+            pipeline_max: 8,
+        };
+        // Without the mark the old-view op 8 is not trusted: the view change cannot finish.
+        assert_eq!(
+            choose_log(std::slice::from_ref(&single), &params),
+            LogChoice::Deadlocked { op: 8 }
+        );
+        single
+            .entries
+            .iter_mut()
+            .for_each(|e| e.canonical |= e.op <= 8);
+        match choose_log(&[single], &params) {
+            LogChoice::Ready { head, headers, .. } => {
+                assert_eq!(head, 8);
+                assert_eq!(headers.last().unwrap().checksum, old[8].checksum);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_replica_behind_the_log_view_nacks_ops_prepared_in_it() {
+        // Replica 0 (log view 9, which started at head 3) lost op 4 entirely; replica 1 stayed
+        // in log view 8 with a longer log. Op 4 was prepared in view 9, which replica 1 never
+        // joined, so it never acknowledged it: with two replicas that is a nack quorum.
+        let old = chain(6, 8, 0);
+        let mut lagging = dvc(1, 8, &old, 6, 3, &[]);
+        lagging.entries.iter_mut().for_each(|e| e.canonical = true);
+        let mut primary = dvc(0, 9, &old, 4, 3, &[(4, false, false)]);
+        primary.log_view_head = 3;
+        primary.entries.retain(|e| e.op <= 4);
+        primary.entries.last_mut().unwrap().header = None;
+        // Its durable view headers (ops up to 3) are canonical for log view 9.
+        primary
+            .entries
+            .iter_mut()
+            .for_each(|e| e.canonical = e.op <= 3);
+        let params = ChoiceParams {
+            replica_count: 2,
+            nack_quorum: 1,
+            pipeline_max: 8,
+        };
+        match choose_log(&[primary.clone(), lagging.clone()], &params) {
+            LogChoice::Ready { head, .. } => assert_eq!(head, 3),
+            other => panic!("{other:?}"),
+        }
+        // Had log view 9 started above op 4, op 4 could be replica 1's prepare: wait.
+        primary.log_view_head = 4;
+        assert_eq!(
+            choose_log(&[primary, lagging], &params),
+            LogChoice::Deadlocked { op: 4 }
+        );
+    }
+
+    #[test]
+    fn headers_of_a_view_above_the_log_view_are_never_trusted() {
+        let headers = chain(6, 3, 0);
+        let mut stale = dvc(0, 2, &headers, 6, 2, &[]);
+        stale.entries.iter_mut().for_each(|e| e.canonical = true);
+        assert!(stale.chained_headers().is_empty());
     }
 }

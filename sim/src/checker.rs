@@ -1,7 +1,9 @@
 //! Safety checkers, run every tick: one canonical committed chain (every replica's committed ops
 //! must match it and extend it by hash chain), identical state-machine states per op, no request
-//! committed twice, no acknowledged request lost or replaced, per-session replies in order, and
-//! views that never go back while a replica runs.
+//! committed twice, no acknowledged request lost or replaced, per-session replies in order,
+//! views that never go back while a replica runs, and no op committed before a replication
+//! quorum of replicas made its prepare durable (Galgo's promise: an acknowledged write is on a
+//! quorum's disks).
 
 use std::collections::BTreeMap;
 
@@ -25,10 +27,14 @@ pub struct Checker {
     last_ack: BTreeMap<u128, (u64, u32)>,
     history_cursor: Vec<usize>,
     views: Vec<u32>,
+    replication_quorum: u8,
+    /// `(op, checksum)` → replicas whose write of that prepare completed (or that recovered it
+    /// intact): what each replica was entitled to acknowledge.
+    durable_prepares: BTreeMap<(u64, u128), u8>,
 }
 
 impl Checker {
-    pub fn new(root: Header, replica_count: u8) -> Checker {
+    pub fn new(root: Header, replica_count: u8, replication_quorum: u8) -> Checker {
         Checker {
             canonical: vec![root],
             state_hashes: BTreeMap::new(),
@@ -37,12 +43,20 @@ impl Checker {
             last_ack: BTreeMap::new(),
             history_cursor: vec![0; replica_count as usize],
             views: vec![0; replica_count as usize],
+            replication_quorum,
+            durable_prepares: BTreeMap::new(),
         }
     }
 
     pub fn on_restart(&mut self, replica: u8) {
         self.history_cursor[replica as usize] = 0;
         self.views[replica as usize] = 0;
+    }
+
+    /// `replica` holds the prepare `(op, checksum)` durably: its write completed, or recovery
+    /// found it intact.
+    pub fn on_prepare_durable(&mut self, replica: u8, op: u64, checksum: u128) {
+        *self.durable_prepares.entry((op, checksum)).or_default() |= 1 << replica;
     }
 
     /// Checks ops that `replica` committed since the last call.
@@ -61,6 +75,17 @@ impl Checker {
                 let parent = self.canonical.last().expect("root").checksum;
                 if header.parent != parent {
                     return Err(Failure::Correctness(format!("replica {replica} committed op {op} that does not extend the canonical chain")));
+                }
+                let holders = self
+                    .durable_prepares
+                    .get(&(op, header.checksum))
+                    .copied()
+                    .unwrap_or(0);
+                if holders.count_ones() < u32::from(self.replication_quorum) {
+                    return Err(Failure::Correctness(format!(
+                        "op {op} was committed (first by replica {replica}) while only replicas {holders:#b} had its prepare durable (replication quorum {})",
+                        self.replication_quorum
+                    )));
                 }
                 if header.operation >= operation::APPLICATION_MIN {
                     let key = (header.client, header.session, header.request);
@@ -183,12 +208,21 @@ mod tests {
         header
     }
 
+    /// A checker where every given prepare is durable on replica 0 (quorum 1).
+    fn durable_on_one(replica_count: u8, headers: &[Header]) -> Checker {
+        let mut checker = Checker::new(Header::root(1, 1), replica_count, 1);
+        for header in headers {
+            checker.on_prepare_durable(0, header.op, header.checksum);
+        }
+        checker
+    }
+
     #[test]
     fn divergent_commit_fires() {
         let root = Header::root(1, 1);
-        let mut checker = Checker::new(root, 2);
         let a = header(1, root.checksum, 0);
         let b = header(1, root.checksum, 1);
+        let mut checker = durable_on_one(2, &[a, b]);
         assert!(checker.check_commits(0, &[a]).is_ok());
         assert!(matches!(
             checker.check_commits(1, &[b]),
@@ -199,16 +233,16 @@ mod tests {
     #[test]
     fn broken_chain_and_duplicate_fire() {
         let root = Header::root(1, 1);
-        let mut checker = Checker::new(root, 1);
+        let mut checker = durable_on_one(1, &[header(1, 42, 0)]);
         assert!(matches!(
             checker.check_commits(0, &[header(1, 42, 0)]),
             Err(Failure::Correctness(_))
         ));
-        let mut checker = Checker::new(root, 1);
         let first = header(1, root.checksum, 0);
         let mut second = header(2, first.checksum, 0);
         second.request = 1;
         second.set_checksums(&[0]);
+        let mut checker = durable_on_one(1, &[first, second]);
         assert!(matches!(
             checker.check_commits(0, &[first, second]),
             Err(Failure::Correctness(_))
@@ -218,8 +252,8 @@ mod tests {
     #[test]
     fn lost_ack_and_state_divergence_fire() {
         let root = Header::root(1, 1);
-        let mut checker = Checker::new(root, 2);
         let first = header(1, root.checksum, 0);
+        let mut checker = durable_on_one(2, &[first]);
         checker.check_commits(0, &[first]).unwrap();
         let wrong = Ack {
             client: 5,
@@ -250,5 +284,21 @@ mod tests {
         ));
         checker.check_view(0, 5).unwrap();
         assert!(checker.check_view(0, 4).is_err());
+    }
+
+    #[test]
+    fn commit_before_a_durable_quorum_fires() {
+        let root = Header::root(1, 1);
+        let first = header(1, root.checksum, 0);
+        let mut checker = Checker::new(root, 3, 2);
+        checker.on_prepare_durable(0, 1, first.checksum);
+        // Replica 1 made a different prepare at op 1 durable: it does not count.
+        checker.on_prepare_durable(1, 1, first.checksum ^ 1);
+        assert!(matches!(
+            checker.check_commits(0, &[first]),
+            Err(Failure::Correctness(_))
+        ));
+        checker.on_prepare_durable(2, 1, first.checksum);
+        checker.check_commits(0, &[first]).unwrap();
     }
 }

@@ -20,7 +20,7 @@ pub enum Zone {
     Prepare,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WriteTarget {
     Slot { zone: Zone, op: u64 },
     Superblock,
@@ -126,6 +126,15 @@ impl Disk {
     }
 
     pub fn submit_write(&mut self, now: u64, io: u64, target: WriteTarget, bytes: Vec<u8>) {
+        if let WriteTarget::Slot { .. } = target {
+            // Two writes in flight to one sector may land in either order on a real disk; the
+            // replica must never issue them.
+            assert!(
+                self.writes.iter().all(|w| w.target != target),
+                "replica {} issued a second write to {target:?} while one is in flight",
+                self.replica
+            );
+        }
         let ready_at = now
             + self.latency(
                 self.options.write_latency_min,
@@ -363,6 +372,19 @@ mod tests {
         }
         let atlas = FaultAtlas::new(7, 1, 1);
         assert!(!atlas.allows(0, 5));
+    }
+
+    #[test]
+    #[should_panic(expected = "second write")]
+    fn two_writes_in_flight_to_one_slot_are_refused() {
+        let options = Options::swarm(1).storage;
+        let mut disk = Disk::new(0, options, FaultAtlas::new(3, 3, 2), 9);
+        let target = WriteTarget::Slot {
+            zone: Zone::Header,
+            op: 4,
+        };
+        disk.submit_write(0, 1, target, vec![1]);
+        disk.submit_write(0, 2, target, vec![2]);
     }
 
     #[test]

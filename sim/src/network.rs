@@ -2,7 +2,7 @@
 //! packets reorder), loss, replay (duplication), clogging, bit flips, and symmetric or
 //! asymmetric partitions of replicas. Packets are frames of bytes; receivers verify checksums.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use galgo_consensus::prng::Prng;
 
@@ -27,6 +27,7 @@ pub struct NetworkStats {
     pub delivered: u64,
     pub lost: u64,
     pub replayed: u64,
+    pub misrouted: u64,
     pub flipped: u64,
     pub dropped_full: u64,
     pub partitions: u64,
@@ -43,9 +44,19 @@ pub struct Network {
     partitioned: bool,
     stability: u64,
     sequence: u64,
+    /// Recently delivered packets between replicas, for `replay_old`.
+    history: VecDeque<(Node, Node, Vec<u8>)>,
     pub faults_enabled: bool,
     pub stats: NetworkStats,
 }
+
+/// Packets kept for late replays.
+const HISTORY_MAX: usize = 512;
+/// Delay bounds, in ticks, of a straggler packet.
+const STRAGGLER_DELAY_MIN: u64 = 50;
+const STRAGGLER_DELAY_MAX: u64 = 2_000;
+/// How far back a late replay reaches, on average, in packets.
+const HISTORY_REPLAY_MEAN: f64 = 64.0;
 
 impl Network {
     pub fn new(options: NetworkOptions, seed: u64, replica_count: u8) -> Network {
@@ -58,6 +69,7 @@ impl Network {
             blocked: BTreeMap::new(),
             partitioned: false,
             stability: 0,
+            history: VecDeque::new(),
             sequence: 0,
             faults_enabled: true,
             stats: NetworkStats::default(),
@@ -68,6 +80,12 @@ impl Network {
         if !self.faults_enabled {
             return 1;
         }
+        if self.prng.chance(self.options.straggler) {
+            // A packet stuck in a queue or a retransmission timer: it arrives views later.
+            return self
+                .prng
+                .range_inclusive(STRAGGLER_DELAY_MIN, STRAGGLER_DELAY_MAX);
+        }
         self.options
             .delay_min
             .max(self.prng.exponential(self.options.delay_mean))
@@ -76,6 +94,14 @@ impl Network {
 
     pub fn send(&mut self, now: u64, from: Node, to: Node, frame: Vec<u8>) {
         self.stats.sent += 1;
+        let to = match to {
+            Node::Replica(_) if self.faults_enabled && self.prng.chance(self.options.misroute) => {
+                // A stale connection or a reused address: it reaches another replica.
+                self.stats.misrouted += 1;
+                Node::Replica(self.prng.below(u64::from(self.replica_count)) as u8)
+            }
+            other => other,
+        };
         let ready_at = now + self.delay();
         self.sequence += 1;
         let capacity = if self.faults_enabled {
@@ -150,7 +176,25 @@ impl Network {
                 }
             }
             self.stats.delivered += 1;
+            if matches!((from, to), (Node::Replica(_), Node::Replica(_))) {
+                if self.history.len() == HISTORY_MAX {
+                    self.history.pop_front();
+                }
+                self.history.push_back((from, to, frame.clone()));
+            }
             delivered.push((from, to, frame));
+        }
+        if self.faults_enabled
+            && !self.history.is_empty()
+            && self.prng.chance(self.options.replay_old)
+        {
+            // Mostly recent packets: a message of the previous view or two.
+            let back =
+                (self.prng.exponential(HISTORY_REPLAY_MEAN) as usize).min(self.history.len() - 1);
+            let index = self.history.len() - 1 - back;
+            let (from, to, frame) = self.history[index].clone();
+            self.stats.replayed += 1;
+            self.send(now, from, to, frame);
         }
         delivered
     }

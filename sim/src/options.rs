@@ -8,6 +8,13 @@ pub struct NetworkOptions {
     pub delay_mean: f64,
     pub loss: f64,
     pub replay: f64,
+    /// Per tick: re-send one packet from the recent history between replicas (a message from
+    /// an older view arriving very late).
+    pub replay_old: f64,
+    /// Per packet: delayed by 50–2000 ticks instead of the usual delay.
+    pub straggler: f64,
+    /// Per packet between replicas: delivered to a random replica instead.
+    pub misroute: f64,
     pub path_capacity: usize,
     pub clog_probability: f64,
     pub clog_mean: f64,
@@ -81,6 +88,9 @@ impl Options {
             delay_mean: prng.range_inclusive(3.max(delay_min), 10) as f64,
             loss: percent(&mut prng, 30),
             replay: percent(&mut prng, 50),
+            replay_old: 0.0,
+            straggler: 0.0,
+            misroute: 0.0,
             path_capacity: prng.range_inclusive(2, 20) as usize,
             clog_probability: percent(&mut prng, 2) / 10.0,
             clog_mean: prng.range_inclusive(0, 500) as f64,
@@ -107,7 +117,7 @@ impl Options {
             lost_write: percent(&mut prng, 5),
             crash_tear: 0.8 + prng.unit() * 0.2,
         };
-        Options {
+        let mut options = Options {
             seed,
             replica_count,
             placement_offset: prng.below(u64::from(replica_count)) as u8,
@@ -124,7 +134,12 @@ impl Options {
             unpause_probability: percent(&mut prng, 2).max(0.001),
             ticks_max_requests: 40_000,
             ticks_max_convergence: 30_000,
-        }
+        };
+        // Drawn last, so adding it left every earlier draw of a seed as it was.
+        options.network.replay_old = percent(&mut prng, 5);
+        options.network.straggler = percent(&mut prng, 2);
+        options.network.misroute = percent(&mut prng, 2);
+        options
     }
 }
 

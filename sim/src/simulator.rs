@@ -2,6 +2,8 @@
 //! seed in 10 ms ticks. A safety phase injects faults until enough requests are acknowledged;
 //! a liveness phase then heals everything and requires the cluster to finish all work.
 
+use std::collections::BTreeMap;
+
 use galgo_consensus::durable::DurableState;
 use galgo_consensus::header::HEADER_SIZE;
 use galgo_consensus::prng::Prng;
@@ -50,6 +52,8 @@ pub struct Simulator {
     incarnation: u64,
     clients: Vec<Client>,
     checker: Checker,
+    /// Prepare writes in flight: (replica, io) → (op, checksum), for the durability checker.
+    prepare_writes: BTreeMap<(u8, u64), (u64, u128)>,
     faults: bool,
     pub stats: RunStats,
 }
@@ -85,7 +89,8 @@ impl Simulator {
             })
             .collect();
         let mut simulator = Simulator {
-            checker: Checker::new(Header::root(CLUSTER, GROUP), n),
+            checker: Checker::new(Header::root(CLUSTER, GROUP), n, quorums.replication),
+            prepare_writes: BTreeMap::new(),
             options,
             bugs,
             prng,
@@ -174,20 +179,29 @@ impl Simulator {
         let recovery_bugs = RecoveryBugs {
             truncate_at_first_corrupt: self.bugs.has(Bug::TruncateAtFirstCorrupt),
         };
-        let journal = recover_journal(
+        let recovered = recover_journal(
             Header::root(CLUSTER, GROUP),
             OPS_MAX,
             &durable,
             &slots,
             recovery_bugs,
         );
+        // What recovery found intact is durable here, whether or not its write completed
+        // before the crash (an in-flight write may land).
+        for op in 1..=recovered.journal.head() {
+            let entry = recovered.journal.entry(op);
+            if entry.present() {
+                let checksum = entry.checksum().expect("present");
+                self.checker.on_prepare_durable(replica, op, checksum);
+            }
+        }
         self.incarnation += 1;
         let seed = self.options.seed ^ self.incarnation.wrapping_mul(0x2545_f491_4f6c_dd1d);
         Replica::open(
             self.config(replica),
             TestStateMachine::default(),
             durable,
-            journal,
+            recovered,
             seed,
         )
     }
@@ -209,6 +223,8 @@ impl Simulator {
                 }
                 Action::WritePrepare { io, message } => {
                     let op = message.header.op;
+                    self.prepare_writes
+                        .insert((replica, io.0), (op, message.header.checksum));
                     self.disks[replica as usize].submit_write(
                         self.now,
                         io.0,
@@ -292,6 +308,9 @@ impl Simulator {
             }
             let done = self.disks[r as usize].complete_writes(self.now);
             for io in done {
+                if let Some((op, checksum)) = self.prepare_writes.remove(&(r, io)) {
+                    self.checker.on_prepare_durable(r, op, checksum);
+                }
                 let actions = self.replicas[r as usize]
                     .as_mut()
                     .expect("alive")
@@ -352,6 +371,7 @@ impl Simulator {
                         self.replicas[index] = None;
                         self.paused[index] = false;
                         self.disks[index].crash();
+                        self.prepare_writes.retain(|(r, _), _| *r as usize != index);
                         self.stats.crashes += 1;
                     } else if self.paused[index] {
                         if self.prng.chance(unpause_p) {
@@ -466,13 +486,17 @@ impl Simulator {
                     .iter()
                     .flatten()
                     .map(|r| {
-                        let uncommitted: Vec<String> = (r.commit_min() + 1..=r.head())
-                            .take(8)
+                        // The last committed op and the first uncommitted ones, each with the
+                        // low 16 bits of its checksum, its slot state and `!` if faulty.
+                        let uncommitted: Vec<String> = (r.commit_min().max(1)..=r.head())
+                            .take(9)
                             .map(|op| {
                                 let e = r.journal().entry(op);
                                 format!(
                                     "{op}:{}{:?}{}",
-                                    if e.header.is_some() { "h" } else { "-" },
+                                    e.header
+                                        .map(|h| format!("{:04x}v{}", h.checksum as u16, h.view))
+                                        .unwrap_or_else(|| "-".to_string()),
                                     e.state,
                                     if e.faulty { "!" } else { "" }
                                 )

@@ -1,0 +1,604 @@
+//! Hand-built scenarios for the replica: a tiny cluster with instant in-memory disks and a
+//! network the test controls message by message (drop, hold, replay, forge). Each test drives
+//! one situation the issue names and checks the outcome the protocol promises.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use galgo_consensus::header::operation;
+use galgo_consensus::journal::SlotState;
+use galgo_consensus::recovery::{recover_journal, RecoveredJournal, RecoveryBugs, SlotRead};
+use galgo_consensus::{
+    Action, Bugs, Command, Completion, Config, DurableState, Header, Journal, Message, Peer,
+    Replica, StateMachine, Status, Timeouts,
+};
+
+const CLUSTER: u128 = 7;
+const GROUP: u64 = 1;
+const OPS_MAX: u64 = 1024;
+const CLIENT: u128 = 42;
+/// Bound on messages delivered by one `settle` call.
+const DELIVERIES_MAX: usize = 100_000;
+
+/// Counts executions per (session, request) so a test can prove at-most-once execution.
+#[derive(Default)]
+struct CountingStateMachine {
+    applied: Vec<(u64, Vec<u8>)>,
+}
+
+impl StateMachine for CountingStateMachine {
+    fn apply(&mut self, op: u64, _timestamp: u64, _operation: u8, body: &[u8]) -> Vec<u8> {
+        self.applied.push((op, body.to_vec()));
+        body.to_vec()
+    }
+}
+
+/// One replica's disk: prepare and header zones by op, plus the durable view state.
+#[derive(Default, Clone)]
+struct MemoryDisk {
+    prepares: BTreeMap<u64, Message>,
+    headers: BTreeMap<u64, Header>,
+    corrupt_prepares: Vec<u64>,
+    durable: Option<DurableState>,
+}
+
+#[derive(Clone, Debug)]
+struct Envelope {
+    from: Peer,
+    to: Peer,
+    message: Message,
+}
+
+/// What the network does with one message.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Deliver,
+    Drop,
+    /// Deliver it, and a second copy right after (a duplicate).
+    Duplicate,
+}
+
+type Filter = Box<dyn FnMut(&Envelope) -> Verdict>;
+
+struct Cluster {
+    replica_count: u8,
+    replicas: Vec<Option<Replica<CountingStateMachine>>>,
+    disks: Vec<MemoryDisk>,
+    network: VecDeque<Envelope>,
+    filter: Filter,
+    /// Every message a replica ever sent, for tests that replay or inspect them.
+    sent: Vec<Envelope>,
+    replies: Vec<Message>,
+    bugs: Bugs,
+}
+
+impl Cluster {
+    fn new(replica_count: u8, bugs: Bugs) -> Cluster {
+        let mut cluster = Cluster {
+            replica_count,
+            replicas: (0..replica_count).map(|_| None).collect(),
+            disks: vec![MemoryDisk::default(); replica_count as usize],
+            network: VecDeque::new(),
+            filter: Box::new(|_| Verdict::Deliver),
+            sent: Vec::new(),
+            replies: Vec::new(),
+            bugs,
+        };
+        for replica in 0..replica_count {
+            cluster.start(replica);
+        }
+        cluster
+    }
+
+    fn config(&self, replica: u8) -> Config {
+        Config {
+            cluster: CLUSTER,
+            group: GROUP,
+            replica_count: self.replica_count,
+            replica,
+            placement_offset: 0,
+            pipeline_max: 4,
+            request_queue_max: 16,
+            clients_max: 4,
+            ops_max: OPS_MAX,
+            timeouts: Timeouts::default(),
+            bugs: self.bugs,
+        }
+    }
+
+    /// Opens a replica from its disk, running recovery as a real host would.
+    fn start(&mut self, replica: u8) {
+        let disk = &self.disks[replica as usize];
+        let durable = disk.durable.clone().unwrap_or_else(DurableState::initial);
+        let head = disk
+            .prepares
+            .keys()
+            .chain(disk.headers.keys())
+            .max()
+            .copied()
+            .unwrap_or(0);
+        let slots: Vec<(SlotRead, SlotRead)> = (1..=head)
+            .map(|op| {
+                let header = disk
+                    .headers
+                    .get(&op)
+                    .map_or(SlotRead::Empty, |h| SlotRead::Valid(*h));
+                let prepare = if disk.corrupt_prepares.contains(&op) {
+                    SlotRead::Corrupt
+                } else {
+                    disk.prepares
+                        .get(&op)
+                        .map_or(SlotRead::Empty, |m| SlotRead::Valid(m.header))
+                };
+                (header, prepare)
+            })
+            .collect();
+        let recovered: RecoveredJournal = if head == 0 {
+            RecoveredJournal {
+                journal: Journal::new(Header::root(CLUSTER, GROUP), OPS_MAX),
+                header_fixes: Vec::new(),
+            }
+        } else {
+            recover_journal(
+                Header::root(CLUSTER, GROUP),
+                OPS_MAX,
+                &durable,
+                &slots,
+                RecoveryBugs::default(),
+            )
+        };
+        let mut opened = Replica::open(
+            self.config(replica),
+            CountingStateMachine::default(),
+            durable,
+            recovered,
+            u64::from(replica) + 1,
+        );
+        let actions = opened.on_tick(0);
+        self.replicas[replica as usize] = Some(opened);
+        self.execute(replica, actions);
+    }
+
+    /// A crash: the process is gone; its disk stays as it is (all writes were durable).
+    fn crash(&mut self, replica: u8) {
+        self.replicas[replica as usize] = None;
+        self.network.retain(|e| e.to != Peer::Replica(replica));
+    }
+
+    fn replica(&self, replica: u8) -> &Replica<CountingStateMachine> {
+        self.replicas[replica as usize].as_ref().expect("running")
+    }
+
+    fn execute(&mut self, replica: u8, actions: Vec<Action>) {
+        let mut pending = VecDeque::from(actions);
+        let mut steps = 0;
+        while let Some(action) = pending.pop_front() {
+            steps += 1;
+            assert!(steps < DELIVERIES_MAX, "runaway action loop");
+            let disk = &mut self.disks[replica as usize];
+            let (io, completion) = match action {
+                Action::Send { to, message } => {
+                    let envelope = Envelope {
+                        from: Peer::Replica(replica),
+                        to,
+                        message,
+                    };
+                    self.sent.push(envelope.clone());
+                    match to {
+                        Peer::Client(_) => self.replies.push(envelope.message),
+                        Peer::Replica(_) => self.network.push_back(envelope),
+                    }
+                    continue;
+                }
+                Action::WritePrepare { io, message } => {
+                    disk.corrupt_prepares.retain(|op| *op != message.header.op);
+                    disk.prepares.insert(message.header.op, message);
+                    (io, Completion::Written)
+                }
+                Action::WriteHeader { io, header } => {
+                    disk.headers.insert(header.op, header);
+                    (io, Completion::Written)
+                }
+                Action::ReadPrepare { io, op } => {
+                    let read = if disk.corrupt_prepares.contains(&op) {
+                        None
+                    } else {
+                        disk.prepares.get(&op).cloned()
+                    };
+                    (io, Completion::Read(read))
+                }
+                Action::PersistState { io, state } => {
+                    disk.durable = Some(state);
+                    (io, Completion::Written)
+                }
+            };
+            let more = self.replicas[replica as usize]
+                .as_mut()
+                .expect("running")
+                .on_io_complete(io, completion);
+            pending.extend(more);
+        }
+    }
+
+    fn deliver(&mut self, envelope: Envelope) {
+        let Peer::Replica(to) = envelope.to else {
+            return;
+        };
+        let Some(replica) = self.replicas[to as usize].as_mut() else {
+            return;
+        };
+        let actions = replica.on_message(envelope.message);
+        self.execute(to, actions);
+    }
+
+    /// Delivers queued messages through the filter until the network is empty.
+    fn settle(&mut self) {
+        let mut delivered = 0;
+        while let Some(envelope) = self.network.pop_front() {
+            delivered += 1;
+            assert!(delivered < DELIVERIES_MAX, "the network never settles");
+            match (self.filter)(&envelope) {
+                Verdict::Drop => {}
+                Verdict::Deliver => self.deliver(envelope),
+                Verdict::Duplicate => {
+                    self.deliver(envelope.clone());
+                    self.deliver(envelope);
+                }
+            }
+        }
+    }
+
+    /// Runs `ticks` ticks, settling the network after each.
+    fn run(&mut self, ticks: u64) {
+        for _ in 0..ticks {
+            for replica in 0..self.replica_count {
+                if let Some(running) = self.replicas[replica as usize].as_mut() {
+                    let actions = running.on_tick(0);
+                    self.execute(replica, actions);
+                }
+            }
+            self.settle();
+        }
+    }
+
+    fn primary(&self) -> Option<u8> {
+        self.replicas
+            .iter()
+            .flatten()
+            .find(|r| r.status() == Status::Normal && r.is_primary())
+            .map(|r| r.replica())
+    }
+
+    /// Sends a client request to every running replica (a client that does not know the
+    /// primary), as the first attempt or a retry.
+    fn send_request(&mut self, request: &Message) {
+        for replica in 0..self.replica_count {
+            if self.replicas[replica as usize].is_some() {
+                self.network.push_back(Envelope {
+                    from: Peer::Client(CLIENT),
+                    to: Peer::Replica(replica),
+                    message: request.clone(),
+                });
+            }
+        }
+        self.settle();
+    }
+
+    fn reply_to(&self, request: &Message) -> Option<&Message> {
+        self.replies.iter().find(|r| {
+            r.header.command == Command::Reply && r.header.context == request.header.checksum
+        })
+    }
+
+    /// Registers a client; returns its session.
+    fn register_client(&mut self, client: u128) -> u64 {
+        let mut header = Header::new(Command::Request, CLUSTER, GROUP);
+        header.client = client;
+        header.operation = operation::REGISTER;
+        header.parent = 99;
+        let register = Message::new(header, Vec::new());
+        for _ in 0..50 {
+            self.send_request(&register);
+            if let Some(reply) = self.reply_to(&register) {
+                return reply.header.session;
+            }
+            self.run(10);
+        }
+        panic!("register never completed");
+    }
+
+    fn register(&mut self) -> u64 {
+        self.register_client(CLIENT)
+    }
+}
+
+fn request(session: u64, number: u32, body: &[u8]) -> Message {
+    client_request(CLIENT, session, number, body)
+}
+
+fn client_request(client: u128, session: u64, number: u32, body: &[u8]) -> Message {
+    let mut header = Header::new(Command::Request, CLUSTER, GROUP);
+    header.client = client;
+    header.operation = operation::APPLICATION_MIN;
+    header.session = session;
+    header.request = number;
+    Message::new(header, body.to_vec())
+}
+
+/// Applied application bodies of one replica, in op order.
+fn applied(cluster: &Cluster, replica: u8) -> Vec<Vec<u8>> {
+    cluster
+        .replica(replica)
+        .state_machine()
+        .applied
+        .iter()
+        .filter(|(_, body)| !body.is_empty())
+        .map(|(_, body)| body.clone())
+        .collect()
+}
+
+fn started(replica_count: u8) -> Cluster {
+    let mut cluster = Cluster::new(replica_count, Bugs::none());
+    cluster.run(200);
+    assert!(cluster.primary().is_some(), "the cluster elects a primary");
+    cluster
+}
+
+#[test]
+fn a_fresh_cluster_elects_a_primary_and_commits() {
+    let mut cluster = started(3);
+    let session = cluster.register();
+    let first = request(session, 1, b"one");
+    cluster.send_request(&first);
+    cluster.run(20);
+    assert_eq!(
+        cluster.reply_to(&first).map(|r| r.body.clone()),
+        Some(b"one".to_vec())
+    );
+    for replica in 0..3 {
+        assert_eq!(applied(&cluster, replica), vec![b"one".to_vec()]);
+    }
+}
+
+#[test]
+fn view_change_with_prepares_in_flight_keeps_every_acknowledged_request() {
+    let mut cluster = started(3);
+    let clients: Vec<(u128, u64)> = (1..=4u128)
+        .map(|client| (client, cluster.register_client(client)))
+        .collect();
+    let primary = cluster.primary().expect("primary");
+    // Backups get prepares but their PrepareOks are lost: the pipeline fills up.
+    cluster.filter = Box::new(|e| {
+        if e.message.header.command == Command::PrepareOk {
+            Verdict::Drop
+        } else {
+            Verdict::Deliver
+        }
+    });
+    let requests: Vec<Message> = clients
+        .iter()
+        .map(|(client, session)| client_request(*client, *session, 1, &[*client as u8; 3]))
+        .collect();
+    for request in &requests {
+        cluster.send_request(request);
+    }
+    cluster.run(3);
+    let primary_state = cluster.replica(primary);
+    assert_eq!(
+        primary_state.head() - primary_state.commit_min(),
+        4,
+        "four prepares in flight"
+    );
+    assert!(requests.iter().all(|r| cluster.reply_to(r).is_none()));
+    // The primary dies with them in flight; the network heals; clients retry.
+    cluster.crash(primary);
+    cluster.filter = Box::new(|_| Verdict::Deliver);
+    cluster.run(600);
+    let new_primary = cluster.primary().expect("a new primary");
+    assert_ne!(new_primary, primary);
+    for request in &requests {
+        for _ in 0..40 {
+            if cluster.reply_to(request).is_some() {
+                break;
+            }
+            cluster.send_request(request);
+            cluster.run(10);
+        }
+        assert!(cluster.reply_to(request).is_some());
+    }
+    // The in-flight prepares survived the view change: each executed exactly once, in the order
+    // the old primary prepared them, on both survivors.
+    let expected: Vec<Vec<u8>> = requests.iter().map(|r| r.body.clone()).collect();
+    for replica in (0..3).filter(|r| *r != primary) {
+        assert_eq!(applied(&cluster, replica), expected);
+    }
+}
+
+#[test]
+fn duplicated_and_replayed_messages_execute_once() {
+    let mut cluster = started(3);
+    let session = cluster.register();
+    // Every message between replicas arrives twice.
+    cluster.filter = Box::new(|_| Verdict::Duplicate);
+    let requests: Vec<Message> = (1..=5)
+        .map(|n| request(session, n, format!("d{n}").as_bytes()))
+        .collect();
+    for request in &requests {
+        for _ in 0..20 {
+            cluster.send_request(request);
+            cluster.run(5);
+            if cluster.reply_to(request).is_some() {
+                break;
+            }
+        }
+        assert!(cluster.reply_to(request).is_some());
+    }
+    // Replay the whole history of replica messages once more, then an old request and the
+    // latest one.
+    let history: Vec<Envelope> = cluster.sent.clone();
+    for envelope in history {
+        if matches!(envelope.to, Peer::Replica(_)) {
+            cluster.network.push_back(envelope);
+        }
+    }
+    cluster.settle();
+    let replies_before = cluster.replies.len();
+    cluster.send_request(&requests[0]);
+    cluster.send_request(&requests[4]);
+    cluster.run(20);
+    let expected: Vec<Vec<u8>> = requests.iter().map(|r| r.body.clone()).collect();
+    for replica in 0..3 {
+        assert_eq!(applied(&cluster, replica), expected, "replica {replica}");
+    }
+    // The latest request got its cached reply, not a second execution; the older one got
+    // nothing (its client has moved on).
+    let late: Vec<&Message> = cluster.replies[replies_before..].iter().collect();
+    assert!(late
+        .iter()
+        .any(|r| r.header.context == requests[4].header.checksum));
+    assert!(!late
+        .iter()
+        .any(|r| r.header.context == requests[0].header.checksum));
+}
+
+/// A primary cut off from its backups has an op waiting for a quorum; a replayed PrepareOk
+/// for that op from an older view (for another prepare then) arrives. Returns whether the
+/// primary committed the op.
+fn old_view_prepare_ok_commits(bugs: Bugs) -> bool {
+    let mut cluster = Cluster::new(3, bugs);
+    cluster.run(200);
+    assert!(cluster.primary().is_some(), "the cluster elects a primary");
+    let session = cluster.register();
+    let primary = cluster.primary().expect("primary");
+    let view = cluster.replica(primary).view();
+    assert!(view >= 1);
+    // The backups are cut off from the primary: nothing they send reaches it.
+    cluster.filter = Box::new(move |e| {
+        if e.to == Peer::Replica(primary) && matches!(e.from, Peer::Replica(_)) {
+            Verdict::Drop
+        } else {
+            Verdict::Deliver
+        }
+    });
+    cluster.send_request(&request(session, 1, b"x"));
+    cluster.run(3);
+    let op = cluster.replica(primary).head();
+    let commit_before = cluster.replica(primary).commit_min();
+    assert_eq!(commit_before, op - 1, "the op waits for a quorum");
+    let backup = (primary + 1) % 3;
+    let mut replayed = Header::new(Command::PrepareOk, CLUSTER, GROUP);
+    replayed.replica = backup;
+    replayed.view = view - 1;
+    replayed.op = op;
+    replayed.context = 12345;
+    cluster.deliver(Envelope {
+        from: Peer::Replica(backup),
+        to: Peer::Replica(primary),
+        message: Message::new(replayed, Vec::new()),
+    });
+    cluster.replica(primary).commit_min() > commit_before
+}
+
+#[test]
+fn prepare_ok_from_an_older_view_is_not_counted() {
+    assert!(
+        !old_view_prepare_ok_commits(Bugs::none()),
+        "an old-view PrepareOk must not count toward the quorum"
+    );
+}
+
+#[cfg(feature = "bug-injection")]
+#[test]
+fn the_injected_bug_counts_the_old_view_prepare_ok() {
+    // With the bug injected the same scenario commits without a quorum: the test above can fail.
+    assert!(old_view_prepare_ok_commits(Bugs::inject(
+        galgo_consensus::Bug::CountOldViewPrepareOks
+    )));
+}
+
+#[test]
+fn lagging_replica_elected_primary_keeps_committed_ops() {
+    let mut cluster = started(3);
+    let session = cluster.register();
+    let primary = cluster.primary().expect("primary");
+    // The replica that leads the next view misses every prepare.
+    let next = (cluster.replica(primary).view() + 1) % 3;
+    let lagging = next as u8;
+    assert_ne!(lagging, primary);
+    cluster.filter = Box::new(move |e| {
+        if e.to == Peer::Replica(lagging) && e.message.header.command == Command::Prepare {
+            Verdict::Drop
+        } else {
+            Verdict::Deliver
+        }
+    });
+    let requests: Vec<Message> = (1..=3)
+        .map(|n| request(session, n, format!("l{n}").as_bytes()))
+        .collect();
+    for request in &requests {
+        cluster.send_request(request);
+        cluster.run(5);
+        assert!(cluster.reply_to(request).is_some());
+    }
+    let committed = cluster.replica(primary).commit_min();
+    assert!(cluster.replica(lagging).commit_min() < committed);
+    // The primary dies; the lagging replica leads the next view.
+    cluster.crash(primary);
+    cluster.filter = Box::new(|_| Verdict::Deliver);
+    cluster.run(600);
+    assert_eq!(cluster.primary(), Some(lagging));
+    assert!(cluster.replica(lagging).commit_min() >= committed);
+    let expected: Vec<Vec<u8>> = requests.iter().map(|r| r.body.clone()).collect();
+    assert_eq!(applied(&cluster, lagging), expected);
+}
+
+#[test]
+fn old_primary_with_the_only_corrupt_copy_of_an_uncommitted_prepare() {
+    let mut cluster = started(3);
+    let session = cluster.register();
+    let primary = cluster.primary().expect("primary");
+    // The primary prepares a request no backup ever receives.
+    cluster.filter = Box::new(move |e| {
+        if e.message.header.command == Command::Prepare {
+            Verdict::Drop
+        } else {
+            Verdict::Deliver
+        }
+    });
+    let lost = request(session, 1, b"lost");
+    cluster.send_request(&lost);
+    cluster.run(3);
+    let op = cluster.replica(primary).head();
+    assert!(cluster.reply_to(&lost).is_none());
+    // It crashes, and its only copy of that prepare is corrupt on disk.
+    cluster.crash(primary);
+    cluster.disks[primary as usize].corrupt_prepares.push(op);
+    cluster.filter = Box::new(|_| Verdict::Deliver);
+    cluster.start(primary);
+    {
+        let restarted = cluster.replica(primary);
+        assert!(
+            restarted.journal().entry(op).faulty,
+            "recovery marks it faulty, not absent"
+        );
+        assert_eq!(restarted.journal().entry(op).state, SlotState::Missing);
+    }
+    cluster.run(800);
+    // A nack quorum (the two backups never had it) truncates it; the cluster goes on.
+    assert!(cluster.primary().is_some());
+    let retry = request(session, 1, b"lost");
+    for _ in 0..40 {
+        if cluster.reply_to(&retry).is_some() {
+            break;
+        }
+        cluster.send_request(&retry);
+        cluster.run(10);
+    }
+    assert!(cluster.reply_to(&retry).is_some());
+    for replica in 0..3 {
+        assert_eq!(
+            applied(&cluster, replica),
+            vec![b"lost".to_vec()],
+            "replica {replica}"
+        );
+    }
+}
