@@ -846,10 +846,7 @@ impl<S: StateMachine> Replica<S> {
                 }
                 Status::ViewChange => {
                     // The view started without us hearing StartView.
-                    if !self.awaiting_start_view {
-                        self.awaiting_start_view = true;
-                        self.send_request_start_view();
-                    }
+                    self.await_start_view();
                 }
             }
             return;
@@ -956,10 +953,7 @@ impl<S: StateMachine> Replica<S> {
         }
         if self.status == Status::ViewChange {
             // The primary of our view is normal: the view started without us hearing StartView.
-            if !self.awaiting_start_view {
-                self.awaiting_start_view = true;
-                self.send_request_start_view();
-            }
+            self.await_start_view();
             return;
         }
         self.normal_heartbeat_timeout.reset_if_running();
@@ -983,7 +977,14 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn send_prepare_ok(&mut self, op: u64) {
-        if self.status != Status::Normal || self.is_primary() || self.log_view != self.view {
+        // An ack promises the prepare is in our log for this view: the log view must be
+        // durable, or a crash would let recovery read the prepare as a stale write of an older
+        // log view and drop it. `on_persisted` sends the acks held back here.
+        if self.status != Status::Normal
+            || self.is_primary()
+            || self.log_view != self.view
+            || self.log_view_durable != self.view
+        {
             return;
         }
         let Some(prepare) = self.journal.header(op).copied() else {
@@ -1329,6 +1330,18 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
+    /// Our view started without us (its primary is normal): ask for its StartView. Votes
+    /// gathered to enter the view are forgotten, so that only replicas still changing this
+    /// view after now (its primary may be gone) can make us escalate.
+    fn await_start_view(&mut self) {
+        if self.awaiting_start_view {
+            return;
+        }
+        self.awaiting_start_view = true;
+        self.svc_votes = 0;
+        self.send_request_start_view();
+    }
+
     /// A backup learns of a newer view it did not take part in: wait for its StartView.
     fn jump_to_view(&mut self, view: u32) {
         assert!(view > self.view);
@@ -1429,16 +1442,19 @@ impl<S: StateMachine> Replica<S> {
                     // A normal replica of our view wants to leave it: our view started
                     // without us, and its primary may be gone.
                     self.leave_votes |= from;
-                    if !self.is_primary() && !self.awaiting_start_view {
-                        self.awaiting_start_view = true;
-                        self.send_request_start_view();
+                    if !self.is_primary() {
+                        self.await_start_view();
                     }
                     return;
                 }
-                if header.view == self.view && !self.awaiting_start_view {
+                if header.view == self.view {
                     let before = self.svc_votes.count_ones();
                     self.svc_votes |= from;
-                    if before < u32::from(self.quorums.view_change)
+                    // While waiting for StartView the votes only count toward escalation: a
+                    // replica in view-change status for our view after we learned it started
+                    // means its primary may be gone.
+                    if !self.awaiting_start_view
+                        && before < u32::from(self.quorums.view_change)
                         && self.svc_votes.count_ones() >= u32::from(self.quorums.view_change)
                     {
                         self.send_view_change_messages();
