@@ -31,6 +31,16 @@ pub struct DurableState {
     pub view_headers: Vec<Header>,
 }
 
+/// Whether `header` is known canonical for `log_view`: prepared in that view (only its primary
+/// made those), or one of the view headers installed when the log view started. Recovery and
+/// DoViewChange both rely on this one rule.
+pub fn known_canonical(header: &Header, log_view: u32, view_headers: &[Header]) -> bool {
+    header.view == log_view
+        || view_headers
+            .iter()
+            .any(|v| v.op == header.op && v.checksum == header.checksum)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DurableError {
     Zero,

@@ -7,7 +7,7 @@
 //! middle of the log is *faulty* (repair from peers, never vote to truncate it), and only a
 //! torn write at the very head, whose header write never completed, may be cut.
 
-use crate::durable::DurableState;
+use crate::durable::{known_canonical, DurableState};
 use crate::header::Header;
 use crate::journal::{Entry, Journal, SlotState};
 
@@ -152,13 +152,8 @@ pub fn recover_journal(
         .iter()
         .enumerate()
         .map(|(index, (header, prepare))| {
-            let op = index as u64 + 1;
             let canonical = |candidate: &Header| {
-                candidate.view == durable.log_view
-                    || durable
-                        .view_headers
-                        .iter()
-                        .any(|v| v.op == op && v.checksum == candidate.checksum)
+                known_canonical(candidate, durable.log_view, &durable.view_headers)
             };
             decide(*header, *prepare, index == last_written, canonical)
         })

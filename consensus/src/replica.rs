@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::bugs::{Bug, Bugs};
-use crate::durable::{DurableState, VIEW_HEADERS_MAX};
+use crate::durable::{known_canonical, DurableState, VIEW_HEADERS_MAX};
 use crate::header::{flags, operation, Command, Header};
 use crate::journal::{Journal, SlotState};
 use crate::message::Message;
@@ -184,7 +184,6 @@ pub struct Replica<S: StateMachine> {
 
     /// StartViewChange votes: for `view + 1` while normal, for `view` during a view change.
     svc_votes: u8,
-    /// While normal: replicas heard voting for views above `view + 1`, and the highest such view.
     /// In view-change status: replicas that, as normal replicas of our view, voted to leave
     /// it. With `svc_votes` they decide whether this view change may escalate on timeout.
     leave_votes: u8,
@@ -297,15 +296,9 @@ impl<S: StateMachine> Replica<S> {
         replica.repair_timeout.start();
         for op in header_fixes {
             // Rewrite the redundant header of an intact prepare (recovery's "fix").
-            let entry = replica.journal.entry(op);
-            assert!(entry.present());
-            let header = entry.header.expect("present");
+            assert!(replica.journal.entry(op).present());
             replica.slot_writes.insert(op);
-            let io = replica.io(PendingIo::WriteHeader {
-                op,
-                checksum: header.checksum,
-            });
-            replica.actions.push(Action::WriteHeader { io, header });
+            replica.write_header(op);
         }
         if replica.primary_index(replica.view) == replica.config.replica {
             // A primary never resumes its view on open: it cannot know what it prepared in that
@@ -1080,8 +1073,17 @@ impl<S: StateMachine> Replica<S> {
             self.slot_write_abandoned(op);
             return;
         }
-        let header = self.journal.entry(op).header.expect("checked above");
-        let io = self.io(PendingIo::WriteHeader { op, checksum });
+        self.write_header(op);
+    }
+
+    /// Writes the redundant header of `op`, the second half of its slot's write chain.
+    fn write_header(&mut self, op: u64) {
+        assert!(self.slot_writes.contains(&op));
+        let header = self.journal.entry(op).header.expect("a header to write");
+        let io = self.io(PendingIo::WriteHeader {
+            op,
+            checksum: header.checksum,
+        });
         self.actions.push(Action::WriteHeader { io, header });
     }
 
@@ -1361,9 +1363,8 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         if self.svc_votes & self.bit(self.config.replica) != 0 {
-            let mut header = self.header(Command::StartViewChange);
-            header.flags = flags::SENDER_IN_VIEW_CHANGE;
-            self.broadcast(Message::new(header, Vec::new()));
+            let vote = self.view_change_vote();
+            self.broadcast(vote);
         }
         if self.svc_votes.count_ones() >= u32::from(self.quorums.view_change) && !self.is_primary()
         {
@@ -1371,6 +1372,14 @@ impl<S: StateMachine> Replica<S> {
             let primary = self.primary_index(self.view);
             self.send_replica(primary, dvc);
         }
+    }
+
+    /// Our StartViewChange for the view we are changing to (sent in view-change status).
+    fn view_change_vote(&self) -> Message {
+        assert_eq!(self.status, Status::ViewChange);
+        let mut header = self.header(Command::StartViewChange);
+        header.flags = flags::SENDER_IN_VIEW_CHANGE;
+        Message::new(header, Vec::new())
     }
 
     /// A view change that has not completed in time moves on to the next view, but only when
@@ -1426,9 +1435,8 @@ impl<S: StateMachine> Replica<S> {
             Status::ViewChange => {
                 if header.view < self.view && self.svc_votes & self.bit(self.config.replica) != 0 {
                     // Tell a replica behind us which view change is under way.
-                    let mut ours = self.header(Command::StartViewChange);
-                    ours.flags = flags::SENDER_IN_VIEW_CHANGE;
-                    self.send_replica(header.replica, Message::new(ours, Vec::new()));
+                    let vote = self.view_change_vote();
+                    self.send_replica(header.replica, vote);
                 }
                 if sender_view > self.view {
                     if sender_in_view_change {
@@ -1507,12 +1515,7 @@ impl<S: StateMachine> Replica<S> {
         if header.view > self.log_view {
             return false;
         }
-        header.view == self.log_view
-            || header.op == head
-            || self
-                .view_headers
-                .iter()
-                .any(|v| v.op == header.op && v.checksum == header.checksum)
+        header.op == head || known_canonical(header, self.log_view, &self.view_headers)
     }
 
     fn build_dvc_message(&self) -> Message {
