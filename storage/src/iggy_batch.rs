@@ -1,0 +1,203 @@
+//! The Iggy 0.11.0 message batch layout (`reference/iggy.md` §2.6), the payload of a partition
+//! prepare: a 256-byte batch header, then frames of [48-byte header][payload][user headers].
+//!
+//! Batch header: `[0..8 partition_id][8..16 base_offset][16..24 base_timestamp µs]`
+//! `[24..32 origin_timestamp µs][32..40 batch_length][40..48 batch_checksum][48..52
+//! message_count u32][52..256 zero]`. Frame header: `[0..8 checksum][8..24 id u128][24..28
+//! offset_delta u32][28..32 timestamp_delta u32][32..36 user_headers_length u32][36..40
+//! payload_length u32][40..48 zero]`. Frame checksum: xxh3-64 over frame bytes 8..48, payload and
+//! user headers. Batch checksum: xxh3-64 over header bytes 0..40 and 48..256, then each frame
+//! checksum (the exact field set Iggy hashes is checked against the real client by the gateway's
+//! compatibility tests).
+
+use crate::checksum::checksum64;
+
+pub const BATCH_HEADER_SIZE: usize = 256;
+pub const FRAME_HEADER_SIZE: usize = 48;
+pub const MESSAGE_PAYLOAD_MAX: u32 = 64_000_000;
+pub const USER_HEADERS_MAX: u32 = 100_000;
+
+/// One message to put in a batch.
+pub struct Message<'a> {
+    pub id: u128,
+    pub payload: &'a [u8],
+    pub user_headers: &'a [u8],
+    pub timestamp_delta: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchInfo {
+    pub base_offset: u64,
+    pub base_timestamp: u64,
+    pub message_count: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatchError {
+    TooShort,
+    LengthMismatch { header: u64, actual: u64 },
+    ReservedNotZero,
+    FramesDoNotTile,
+    MessageTooLarge,
+    BadFrameChecksum(u32),
+    BadBatchChecksum,
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+}
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn batch_checksum(header: &[u8], frame_checksums: &[u64]) -> u64 {
+    let sums: Vec<u8> = frame_checksums
+        .iter()
+        .flat_map(|c| c.to_le_bytes())
+        .collect();
+    checksum64(&[&header[0..40], &header[48..BATCH_HEADER_SIZE], &sums])
+}
+
+/// Builds a stamped batch of `messages` (offset deltas are their indexes).
+pub fn build(
+    partition_id: u64,
+    base_offset: u64,
+    base_timestamp: u64,
+    messages: &[Message<'_>],
+) -> Vec<u8> {
+    let blob: usize = messages
+        .iter()
+        .map(|m| FRAME_HEADER_SIZE + m.payload.len() + m.user_headers.len())
+        .sum();
+    let mut bytes = vec![0u8; BATCH_HEADER_SIZE];
+    bytes.reserve(blob);
+    let mut frame_checksums = Vec::with_capacity(messages.len());
+    for (index, message) in messages.iter().enumerate() {
+        assert!(message.payload.len() <= MESSAGE_PAYLOAD_MAX as usize);
+        assert!(message.user_headers.len() <= USER_HEADERS_MAX as usize);
+        let mut frame = [0u8; FRAME_HEADER_SIZE];
+        frame[8..24].copy_from_slice(&message.id.to_le_bytes());
+        frame[24..28].copy_from_slice(&(index as u32).to_le_bytes());
+        frame[28..32].copy_from_slice(&message.timestamp_delta.to_le_bytes());
+        frame[32..36].copy_from_slice(&(message.user_headers.len() as u32).to_le_bytes());
+        frame[36..40].copy_from_slice(&(message.payload.len() as u32).to_le_bytes());
+        let checksum = checksum64(&[&frame[8..48], message.payload, message.user_headers]);
+        frame[0..8].copy_from_slice(&checksum.to_le_bytes());
+        frame_checksums.push(checksum);
+        bytes.extend_from_slice(&frame);
+        bytes.extend_from_slice(message.payload);
+        bytes.extend_from_slice(message.user_headers);
+    }
+    bytes[0..8].copy_from_slice(&partition_id.to_le_bytes());
+    bytes[8..16].copy_from_slice(&base_offset.to_le_bytes());
+    bytes[16..24].copy_from_slice(&base_timestamp.to_le_bytes());
+    bytes[24..32].copy_from_slice(&base_timestamp.to_le_bytes());
+    let batch_length = bytes.len() as u64;
+    bytes[32..40].copy_from_slice(&batch_length.to_le_bytes());
+    bytes[48..52].copy_from_slice(&(messages.len() as u32).to_le_bytes());
+    let checksum = batch_checksum(&bytes[..BATCH_HEADER_SIZE], &frame_checksums);
+    bytes[40..48].copy_from_slice(&checksum.to_le_bytes());
+    assert_eq!(
+        validate(&bytes).map(|i| i.message_count),
+        Ok(messages.len() as u32)
+    );
+    bytes
+}
+
+/// Checks a batch's layout and every checksum.
+pub fn validate(bytes: &[u8]) -> Result<BatchInfo, BatchError> {
+    if bytes.len() < BATCH_HEADER_SIZE {
+        return Err(BatchError::TooShort);
+    }
+    let header = &bytes[..BATCH_HEADER_SIZE];
+    let length = u64_at(header, 32);
+    if length != bytes.len() as u64 {
+        return Err(BatchError::LengthMismatch {
+            header: length,
+            actual: bytes.len() as u64,
+        });
+    }
+    if header[52..].iter().any(|b| *b != 0) {
+        return Err(BatchError::ReservedNotZero);
+    }
+    let message_count = u32_at(header, 48);
+    let mut frame_checksums = Vec::new();
+    let mut at = BATCH_HEADER_SIZE;
+    for index in 0..message_count {
+        if at + FRAME_HEADER_SIZE > bytes.len() {
+            return Err(BatchError::FramesDoNotTile);
+        }
+        let frame = &bytes[at..at + FRAME_HEADER_SIZE];
+        let headers_length = u32_at(frame, 32);
+        let payload_length = u32_at(frame, 36);
+        if payload_length > MESSAGE_PAYLOAD_MAX || headers_length > USER_HEADERS_MAX {
+            return Err(BatchError::MessageTooLarge);
+        }
+        if frame[40..48].iter().any(|b| *b != 0) {
+            return Err(BatchError::ReservedNotZero);
+        }
+        let end = at + FRAME_HEADER_SIZE + payload_length as usize + headers_length as usize;
+        if end > bytes.len() {
+            return Err(BatchError::FramesDoNotTile);
+        }
+        let checksum = checksum64(&[&frame[8..48], &bytes[at + FRAME_HEADER_SIZE..end]]);
+        if checksum != u64_at(frame, 0) {
+            return Err(BatchError::BadFrameChecksum(index));
+        }
+        frame_checksums.push(checksum);
+        at = end;
+    }
+    if at != bytes.len() {
+        return Err(BatchError::FramesDoNotTile);
+    }
+    if batch_checksum(header, &frame_checksums) != u64_at(header, 40) {
+        return Err(BatchError::BadBatchChecksum);
+    }
+    Ok(BatchInfo {
+        base_offset: u64_at(header, 8),
+        base_timestamp: u64_at(header, 16),
+        message_count,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_batches_validate_and_damage_is_named() {
+        let payloads = [b"first".as_slice(), b"second".as_slice(), b"".as_slice()];
+        let messages: Vec<Message<'_>> = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Message {
+                id: i as u128,
+                payload: p,
+                user_headers: b"",
+                timestamp_delta: 0,
+            })
+            .collect();
+        let batch = build(1, 100, 5_000, &messages);
+        assert_eq!(
+            validate(&batch),
+            Ok(BatchInfo {
+                base_offset: 100,
+                base_timestamp: 5_000,
+                message_count: 3
+            })
+        );
+        let mut damaged = batch.clone();
+        damaged[BATCH_HEADER_SIZE + FRAME_HEADER_SIZE] ^= 1;
+        assert_eq!(validate(&damaged), Err(BatchError::BadFrameChecksum(0)));
+        let mut damaged = batch.clone();
+        damaged[100] = 1;
+        assert_eq!(validate(&damaged), Err(BatchError::ReservedNotZero));
+        assert!(matches!(
+            validate(&batch[..batch.len() - 1]),
+            Err(BatchError::LengthMismatch { .. })
+        ));
+        let mut damaged = batch;
+        damaged[10] ^= 1;
+        assert_eq!(validate(&damaged), Err(BatchError::BadBatchChecksum));
+    }
+}

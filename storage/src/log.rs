@@ -1,0 +1,770 @@
+//! `PartitionLog`: a partition's replicated log as a chain of segments ("segment as WAL").
+//!
+//! Each prepare is appended once, as one record, to the active segment; its index entry (the
+//! redundant header) follows once the record is durable. Appends are group-committed: the first
+//! caller to find no flush running becomes the flusher and writes every queued append in one
+//! write per file, one fdatasync of the log, then one write and one fdatasync of the index; the
+//! appends that arrive meanwhile wait for the next round. Segments seal when the next record
+//! would pass `segment_size`; whole sealed segments can be deleted for retention. Only durable
+//! records are ever visible to reads.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use bytes::{Bytes, BytesMut};
+use futures_channel::oneshot;
+
+use crate::disk::{Disk, DiskError};
+use crate::error::StorageError;
+use crate::format::{
+    encode_index_entry, encode_record_header, record_valid, EntryMeta, IndexEntry,
+    PAYLOAD_SIZE_MAX, RECORD_HEADER_SIZE,
+};
+use crate::recovery::{open_segment, FaultyEntry, Opened, RecoveryReport};
+use crate::segment::{idx_name, log_name, parse_name, read_entries, Segment, SparsePoint};
+
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// The disk directory that holds this partition's segments.
+    pub dir: String,
+    /// A segment seals when the next record would make it larger (default 1 GiB).
+    pub segment_size: u64,
+    /// Log bytes between two points of the sparse in-memory index.
+    pub index_interval_bytes: u64,
+    /// Appends queued for the next group commit, at most.
+    pub pending_max: usize,
+    /// Payload bytes queued for the next group commit, at most.
+    pub pending_bytes_max: u64,
+}
+
+impl LogConfig {
+    pub fn new(dir: impl Into<String>) -> LogConfig {
+        LogConfig {
+            dir: dir.into(),
+            segment_size: 1 << 30,
+            index_interval_bytes: 16 * 1024,
+            pending_max: 4096,
+            pending_bytes_max: 256 << 20,
+        }
+    }
+}
+
+/// One record read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub meta: EntryMeta,
+    pub payload: Vec<u8>,
+}
+
+/// A summary of one segment, for retention decisions and status output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub base_op: u64,
+    pub op_end: u64,
+    pub size: u64,
+    /// The batch timestamp of its last record (0 when empty).
+    pub timestamp_last: u64,
+    pub sealed: bool,
+}
+
+/// Retention limits; `None` means no limit of that kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retention {
+    pub max_age_us: Option<u64>,
+    pub max_bytes: Option<u64>,
+}
+
+struct Pending {
+    meta: EntryMeta,
+    payload: Bytes,
+    done: oneshot::Sender<Result<(), StorageError>>,
+}
+
+struct State {
+    segments: Vec<Segment>,
+    /// The next append must carry this op, offset (when known) and a timestamp at least this.
+    next_op: u64,
+    next_offset: Option<u64>,
+    timestamp_min: u64,
+    pending: Vec<Pending>,
+    pending_bytes: u64,
+    flushing: bool,
+    poisoned: bool,
+    /// Ops recovery or reads found damaged, with what is known of their slot.
+    faulty: BTreeMap<u64, FaultyEntry>,
+}
+
+impl State {
+    fn active(&self) -> &Segment {
+        self.segments
+            .last()
+            .expect("a log always has an active segment")
+    }
+
+    fn durable_next(&self) -> (u64, Option<u64>, u64) {
+        let active = self.active();
+        let timestamp = self
+            .segments
+            .iter()
+            .rev()
+            .find_map(|s| s.last.map(|l| l.meta.timestamp))
+            .unwrap_or(0);
+        let offset = if self.faulty.contains_key(&(active.op_end.wrapping_sub(1))) {
+            active
+                .last
+                .filter(|l| l.meta.op + 1 == active.op_end)
+                .map(|_| active.offset_end())
+        } else {
+            Some(active.offset_end())
+        };
+        (active.op_end, offset, timestamp)
+    }
+
+    fn segment_of(&self, op: u64) -> Option<&Segment> {
+        let after = self.segments.partition_point(|s| s.base_op <= op);
+        let segment = self.segments.get(after.checked_sub(1)?)?;
+        (op < segment.op_end).then_some(segment)
+    }
+}
+
+pub struct PartitionLog<'d, D: Disk> {
+    disk: &'d D,
+    config: LogConfig,
+    state: RefCell<State>,
+}
+
+fn sync_failed(error: DiskError) -> StorageError {
+    StorageError::SyncFailed(error.to_string())
+}
+
+impl<'d, D: Disk> PartitionLog<'d, D> {
+    /// Opens the log in `config.dir`, recovering every segment; creates it when the directory
+    /// holds none, starting at `first_op` and `first_offset`.
+    pub async fn open(
+        disk: &'d D,
+        config: LogConfig,
+        first_op: u64,
+        first_offset: u64,
+    ) -> Result<(PartitionLog<'d, D>, RecoveryReport), StorageError> {
+        assert!(config.segment_size > RECORD_HEADER_SIZE * 2);
+        assert!(config.pending_max > 0 && config.index_interval_bytes > 0);
+        disk.create_dir_all(&config.dir).await?;
+        let names = disk.list(&config.dir).await?;
+        let mut bases: BTreeMap<u64, (bool, bool)> = BTreeMap::new();
+        for name in &names {
+            if let Some((base, extension)) = parse_name(name) {
+                let slot = bases.entry(base).or_default();
+                if extension == "log" {
+                    slot.0 = true;
+                } else {
+                    slot.1 = true;
+                }
+            }
+        }
+        let newest = bases.keys().next_back().copied();
+        let mut segments: Vec<Segment> = Vec::new();
+        let mut report = RecoveryReport::default();
+        for (&base, &(has_log, has_idx)) in &bases {
+            let is_newest = Some(base) == newest;
+            if !(has_log && has_idx) {
+                if !is_newest {
+                    return Err(StorageError::Unrecoverable(format!(
+                        "segment {base} in {:?} lacks its {} file",
+                        config.dir,
+                        if has_log { "index" } else { "log" }
+                    )));
+                }
+                // A crash between creating the two files of a new segment.
+                remove_segment_files(disk, &config.dir, base).await?;
+                continue;
+            }
+            let opened = open_segment(
+                disk,
+                &config.dir,
+                base,
+                is_newest,
+                config.index_interval_bytes,
+            )
+            .await?;
+            match opened {
+                Opened::Segment(segment, segment_report) => {
+                    if let Some(previous) = segments.last() {
+                        if previous.op_end != segment.base_op
+                            || previous.offset_end() != segment.offset_first
+                        {
+                            return Err(StorageError::Unrecoverable(format!(
+                                "segment {base} in {:?} does not continue segment {}",
+                                config.dir, previous.base_op
+                            )));
+                        }
+                    }
+                    report.faulty.extend(segment_report.faulty);
+                    report.fixed.extend(segment_report.fixed);
+                    report.torn_bytes += segment_report.torn_bytes;
+                    segments.push(segment);
+                }
+                Opened::Unfinished if is_newest => {
+                    remove_segment_files(disk, &config.dir, base).await?;
+                }
+                Opened::Unfinished => {
+                    return Err(StorageError::Unrecoverable(format!(
+                        "sealed segment {base} in {:?} is empty",
+                        config.dir
+                    )))
+                }
+            }
+        }
+        if segments.is_empty() {
+            segments.push(Segment::create(disk, &config.dir, first_op, first_offset).await?);
+        }
+        let mut state = State {
+            segments,
+            next_op: 0,
+            next_offset: None,
+            timestamp_min: 0,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            flushing: false,
+            poisoned: false,
+            faulty: report.faulty.iter().map(|f| (f.op, *f)).collect(),
+        };
+        (state.next_op, state.next_offset, state.timestamp_min) = state.durable_next();
+        Ok((
+            PartitionLog {
+                disk,
+                config,
+                state: RefCell::new(state),
+            },
+            report,
+        ))
+    }
+
+    /// Appends one prepare and returns once it and its index entry are durable.
+    pub async fn append(&self, meta: EntryMeta, payload: Bytes) -> Result<(), StorageError> {
+        let (receiver, leader) = {
+            let mut state = self.state.borrow_mut();
+            if state.poisoned {
+                return Err(StorageError::Poisoned);
+            }
+            if meta.op != state.next_op {
+                return Err(StorageError::Invalid(format!(
+                    "op {} appended where op {} is next",
+                    meta.op, state.next_op
+                )));
+            }
+            if state.next_offset.is_some_and(|o| o != meta.offset_first) {
+                return Err(StorageError::Invalid(format!(
+                    "offset {} appended where offset {} is next",
+                    meta.offset_first,
+                    state.next_offset.unwrap_or(0)
+                )));
+            }
+            if meta.timestamp < state.timestamp_min {
+                return Err(StorageError::Invalid(format!(
+                    "timestamp {} is older than {}",
+                    meta.timestamp, state.timestamp_min
+                )));
+            }
+            if payload.len() > PAYLOAD_SIZE_MAX as usize {
+                return Err(StorageError::Invalid(format!(
+                    "payload of {} bytes is over the limit of {PAYLOAD_SIZE_MAX}",
+                    payload.len()
+                )));
+            }
+            if state.pending.len() >= self.config.pending_max
+                || state.pending_bytes + payload.len() as u64 > self.config.pending_bytes_max
+            {
+                return Err(StorageError::QueueFull);
+            }
+            let (sender, receiver) = oneshot::channel();
+            state.pending_bytes += payload.len() as u64;
+            state.next_op += 1;
+            state.next_offset = Some(meta.offset_first + u64::from(meta.message_count));
+            state.timestamp_min = meta.timestamp;
+            state.pending.push(Pending {
+                meta,
+                payload,
+                done: sender,
+            });
+            let leader = !state.flushing;
+            state.flushing = true;
+            (receiver, leader)
+        };
+        if leader {
+            self.flush().await;
+        }
+        receiver.await.unwrap_or(Err(StorageError::Poisoned))
+    }
+
+    /// Writes queued appends, a group at a time, until none is left.
+    async fn flush(&self) {
+        loop {
+            let group = {
+                let mut state = self.state.borrow_mut();
+                if state.pending.is_empty() {
+                    state.flushing = false;
+                    return;
+                }
+                state.pending_bytes = 0;
+                std::mem::take(&mut state.pending)
+            };
+            let result = self.write_group(&group).await;
+            let mut failed = Vec::new();
+            if let Err(error) = &result {
+                let mut state = self.state.borrow_mut();
+                // Later appends follow the failed ops: they fail too, and the next op is again
+                // the one after the durable log.
+                failed = std::mem::take(&mut state.pending);
+                state.pending_bytes = 0;
+                (state.next_op, state.next_offset, state.timestamp_min) = state.durable_next();
+                if matches!(error, StorageError::SyncFailed(_)) {
+                    state.poisoned = true;
+                }
+            }
+            for pending in group.into_iter().chain(failed) {
+                let _ = pending.done.send(result.clone());
+            }
+        }
+    }
+
+    async fn write_group(&self, group: &[Pending]) -> Result<(), StorageError> {
+        assert!(!group.is_empty());
+        // Lay out records, sealing the active segment where the next one would not fit.
+        let mut layout: Vec<(usize, IndexEntry)> = Vec::with_capacity(group.len());
+        let mut end = self.state.borrow().active().log_size;
+        for pending in group {
+            let size = RECORD_HEADER_SIZE + pending.payload.len() as u64;
+            let roll = {
+                let state = self.state.borrow();
+                let active = state.active();
+                let holds_records = !active.is_empty()
+                    || layout
+                        .last()
+                        .is_some_and(|(s, _)| *s == state.segments.len() - 1);
+                holds_records && end + size > self.config.segment_size
+            };
+            if roll {
+                let segment = Segment::create(
+                    self.disk,
+                    &self.config.dir,
+                    pending.meta.op,
+                    pending.meta.offset_first,
+                )
+                .await?;
+                end = segment.log_size;
+                self.state.borrow_mut().segments.push(segment);
+            }
+            let index = self.state.borrow().segments.len() - 1;
+            let entry = IndexEntry {
+                meta: pending.meta,
+                position: end,
+                length: pending.payload.len() as u32,
+            };
+            end = entry.record_end();
+            layout.push((index, entry));
+        }
+        let touched: Vec<usize> = {
+            let mut touched: Vec<usize> = layout.iter().map(|(s, _)| *s).collect();
+            touched.dedup();
+            touched
+        };
+        // Records: one contiguous write per segment, then one fdatasync each.
+        for &segment_index in &touched {
+            let (file, start, size_before) = {
+                let state = self.state.borrow();
+                let segment = &state.segments[segment_index];
+                let first = layout
+                    .iter()
+                    .find(|(s, _)| *s == segment_index)
+                    .expect("touched");
+                (segment.log, first.1.position, segment.log_size)
+            };
+            assert_eq!(
+                start, size_before,
+                "records are appended at the durable end"
+            );
+            let mut buffer = BytesMut::new();
+            for ((s, entry), pending) in layout.iter().zip(group) {
+                if *s == segment_index {
+                    buffer.extend_from_slice(&encode_record_header(&entry.meta, &pending.payload));
+                    buffer.extend_from_slice(&pending.payload);
+                }
+            }
+            if let Err(error) = self.disk.write_at(file, start, buffer.freeze()).await {
+                // Nothing of this group is acknowledged: cut what may have landed.
+                let _ = self.disk.truncate(file, size_before).await;
+                return Err(error.into());
+            }
+        }
+        for &segment_index in &touched {
+            let file = self.state.borrow().segments[segment_index].log;
+            self.disk.sync(file).await.map_err(sync_failed)?;
+        }
+        // Index entries, only now that their records are durable.
+        for &segment_index in &touched {
+            let (file, at) = {
+                let state = self.state.borrow();
+                let segment = &state.segments[segment_index];
+                let first = layout
+                    .iter()
+                    .find(|(s, _)| *s == segment_index)
+                    .expect("touched");
+                (segment.idx, segment.index_position(first.1.meta.op))
+            };
+            let mut buffer = BytesMut::new();
+            for (s, entry) in &layout {
+                if *s == segment_index {
+                    buffer.extend_from_slice(&encode_index_entry(entry));
+                }
+            }
+            if let Err(error) = self.disk.write_at(file, at, buffer.freeze()).await {
+                // The records stay on disk unindexed; recovery would keep them, but they were
+                // never acknowledged, so cut them to keep memory and disk alike.
+                let (log, size_before) = {
+                    let state = self.state.borrow();
+                    let segment = &state.segments[segment_index];
+                    (segment.log, segment.log_size)
+                };
+                let _ = self.disk.truncate(file, at).await;
+                let _ = self.disk.truncate(log, size_before).await;
+                return Err(error.into());
+            }
+        }
+        for &segment_index in &touched {
+            let file = self.state.borrow().segments[segment_index].idx;
+            self.disk.sync(file).await.map_err(sync_failed)?;
+        }
+        let mut state = self.state.borrow_mut();
+        for (segment_index, entry) in layout {
+            state.segments[segment_index].push(entry, self.config.index_interval_bytes);
+        }
+        Ok(())
+    }
+
+    /// The durable ops are `[first_op, op_end)`.
+    pub fn first_op(&self) -> u64 {
+        self.state.borrow().segments[0].base_op
+    }
+
+    pub fn op_end(&self) -> u64 {
+        self.state.borrow().active().op_end
+    }
+
+    /// The offset the next message takes, when known (unknown while the last op is faulty).
+    pub fn offset_end(&self) -> Option<u64> {
+        self.state.borrow().durable_next().1
+    }
+
+    pub fn faulty(&self) -> Vec<FaultyEntry> {
+        self.state.borrow().faulty.values().copied().collect()
+    }
+
+    /// The index entry of a durable op.
+    pub async fn entry(&self, op: u64) -> Result<IndexEntry, StorageError> {
+        if self
+            .state
+            .borrow()
+            .faulty
+            .get(&op)
+            .is_some_and(|f| f.meta.is_none())
+        {
+            return Err(StorageError::Faulty(op));
+        }
+        let (segment_base, idx, at, last) = {
+            let state = self.state.borrow();
+            let segment = state.segment_of(op).ok_or(StorageError::NotFound(op))?;
+            (
+                segment.base_op,
+                segment.idx,
+                segment.index_position(op),
+                segment.last,
+            )
+        };
+        if let Some(last) = last.filter(|l| l.meta.op == op) {
+            return Ok(last);
+        }
+        let bytes = self
+            .disk
+            .read_at(idx, at, crate::format::INDEX_ENTRY_SIZE as usize)
+            .await;
+        match bytes.ok().map(|b| crate::format::decode_index_entry(&b)) {
+            Some(Ok(entry)) if entry.meta.op == op => Ok(entry),
+            _ => {
+                let _ = segment_base;
+                Err(StorageError::Faulty(op))
+            }
+        }
+    }
+
+    /// Reads the record of `op`, verifying its checksum against its index entry.
+    pub async fn read(&self, op: u64) -> Result<Record, StorageError> {
+        let entry = self.entry(op).await?;
+        let log = {
+            let state = self.state.borrow();
+            state.segment_of(op).ok_or(StorageError::NotFound(op))?.log
+        };
+        let length = RECORD_HEADER_SIZE as usize + entry.length as usize;
+        let Ok(bytes) = self.disk.read_at(log, entry.position, length).await else {
+            return Err(StorageError::Faulty(op));
+        };
+        let (header, payload) = bytes.split_at(RECORD_HEADER_SIZE as usize);
+        let claimed = crate::format::decode_record_header(header).ok();
+        if !record_valid(header, payload) || claimed.map(|(m, _)| m) != Some(entry.meta) {
+            return Err(StorageError::Faulty(op));
+        }
+        Ok(Record {
+            meta: entry.meta,
+            payload: payload.to_vec(),
+        })
+    }
+
+    /// The op whose batch holds message `offset`; the first op when `offset` precedes the log
+    /// (retention deleted it); `None` when `offset` is at or past the end.
+    pub async fn find_offset(&self, offset: u64) -> Result<Option<u64>, StorageError> {
+        self.find(
+            |e| e.offset_first <= offset,
+            |e| offset < e.meta.offset_first + u64::from(e.meta.message_count),
+        )
+        .await
+    }
+
+    /// The first op whose batch timestamp is at or after `timestamp` (µs), or `None`.
+    pub async fn find_timestamp(&self, timestamp: u64) -> Result<Option<u64>, StorageError> {
+        self.find(
+            |e| e.timestamp < timestamp,
+            |e| e.meta.timestamp >= timestamp,
+        )
+        .await
+    }
+
+    /// Finds the first durable op for which `hit` holds, knowing that `below` holds for a
+    /// prefix of the log's sparse points and `hit` for a suffix of its entries. Reads the index
+    /// one sparse interval at a time, starting at the last point below.
+    async fn find(
+        &self,
+        below: impl Fn(&SparsePoint) -> bool,
+        hit: impl Fn(&IndexEntry) -> bool,
+    ) -> Result<Option<u64>, StorageError> {
+        let (first_segment, segment_count) = {
+            let state = self.state.borrow();
+            let first = state
+                .segments
+                .partition_point(|s| s.sparse.first().is_some_and(&below))
+                .saturating_sub(1);
+            (first, state.segments.len())
+        };
+        for index in first_segment..segment_count {
+            let (idx, base_op, op_end, mut from) = {
+                let state = self.state.borrow();
+                let segment = &state.segments[index];
+                let (from, _) = segment.sparse_range(&below);
+                (segment.idx, segment.base_op, segment.op_end, from)
+            };
+            while from < op_end {
+                let to = {
+                    let state = self.state.borrow();
+                    let sparse = &state.segments[index].sparse;
+                    let next = sparse.partition_point(|p| p.op <= from);
+                    sparse.get(next).map_or(op_end, |p| p.op.min(op_end))
+                };
+                for entry in read_entries(self.disk, idx, base_op, from, to).await? {
+                    match entry {
+                        Ok(entry) if hit(&entry) => return Ok(Some(entry.meta.op)),
+                        Ok(_) => {}
+                        Err(op) => return Err(StorageError::Faulty(op)),
+                    }
+                }
+                from = to;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Rewrites a faulty op from a peer's copy: the same prepare has the same bytes, so it goes
+    /// back into its own slot.
+    pub async fn repair(&self, meta: EntryMeta, payload: Bytes) -> Result<(), StorageError> {
+        let (faulty, log, idx, at) = {
+            let state = self.state.borrow();
+            let faulty = *state
+                .faulty
+                .get(&meta.op)
+                .ok_or(StorageError::Invalid(format!(
+                    "op {} is not faulty",
+                    meta.op
+                )))?;
+            let segment = state
+                .segment_of(meta.op)
+                .ok_or(StorageError::NotFound(meta.op))?;
+            (
+                faulty,
+                segment.log,
+                segment.idx,
+                segment.index_position(meta.op),
+            )
+        };
+        if faulty.meta.is_some_and(|m| m != meta) || faulty.length as usize != payload.len() {
+            return Err(StorageError::Invalid(format!(
+                "the repair of op {} does not match its slot",
+                meta.op
+            )));
+        }
+        let entry = IndexEntry {
+            meta,
+            position: faulty.position,
+            length: faulty.length,
+        };
+        let mut record = BytesMut::with_capacity(RECORD_HEADER_SIZE as usize + payload.len());
+        record.extend_from_slice(&encode_record_header(&meta, &payload));
+        record.extend_from_slice(&payload);
+        self.disk
+            .write_at(log, faulty.position, record.freeze())
+            .await?;
+        self.disk.sync(log).await.map_err(sync_failed)?;
+        let bytes = Bytes::copy_from_slice(&encode_index_entry(&entry));
+        self.disk.write_at(idx, at, bytes).await?;
+        self.disk.sync(idx).await.map_err(sync_failed)?;
+        let mut state = self.state.borrow_mut();
+        state.faulty.remove(&meta.op);
+        let segment_index = state.segments.partition_point(|s| s.base_op <= meta.op) - 1;
+        let segment = &mut state.segments[segment_index];
+        if segment.last.is_none_or(|l| l.meta.op < meta.op) && segment.op_end == meta.op + 1 {
+            segment.last = Some(entry);
+        }
+        Ok(())
+    }
+
+    /// Removes every op after `op` (an uncommitted suffix a view change discarded). The log
+    /// must be idle.
+    pub async fn truncate_after(&self, op: u64) -> Result<(), StorageError> {
+        {
+            let state = self.state.borrow();
+            if state.poisoned {
+                return Err(StorageError::Poisoned);
+            }
+            if state.flushing || !state.pending.is_empty() {
+                return Err(StorageError::Busy);
+            }
+            if op + 1 < state.segments[0].base_op {
+                return Err(StorageError::Invalid(format!(
+                    "op {op} is below the log's first op {}",
+                    state.segments[0].base_op
+                )));
+            }
+            if op + 1 >= state.active().op_end {
+                return Ok(());
+            }
+        }
+        // Whole segments above `op`, newest first (the first segment always stays).
+        loop {
+            let (base, log, idx, count) = {
+                let state = self.state.borrow();
+                let active = state.active();
+                (active.base_op, active.log, active.idx, state.segments.len())
+            };
+            if base <= op + 1 || count == 1 {
+                break;
+            }
+            self.disk.close(idx).await;
+            self.disk.close(log).await;
+            remove_segment_files(self.disk, &self.config.dir, base).await?;
+            self.state.borrow_mut().segments.pop();
+        }
+        let keep_last = if op + 1 > self.state.borrow().active().base_op {
+            Some(self.entry(op).await?)
+        } else {
+            None
+        };
+        let (log, idx, idx_end, log_end) = {
+            let state = self.state.borrow();
+            let active = state.active();
+            let log_end = keep_last.map_or(crate::format::FILE_HEADER_SIZE, |e| e.record_end());
+            (
+                active.log,
+                active.idx,
+                active.index_position(op + 1),
+                log_end,
+            )
+        };
+        self.disk.truncate(idx, idx_end).await?;
+        self.disk.sync(idx).await.map_err(sync_failed)?;
+        self.disk.truncate(log, log_end).await?;
+        self.disk.sync(log).await.map_err(sync_failed)?;
+        let mut state = self.state.borrow_mut();
+        let active = state.segments.last_mut().expect("an active segment");
+        active.op_end = op + 1;
+        active.log_size = log_end;
+        active.sparse.retain(|p| p.op <= op);
+        active.last = keep_last;
+        state.faulty.retain(|f, _| *f <= op);
+        (state.next_op, state.next_offset, state.timestamp_min) = state.durable_next();
+        Ok(())
+    }
+
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        let state = self.state.borrow();
+        let count = state.segments.len();
+        state
+            .segments
+            .iter()
+            .enumerate()
+            .map(|(i, s)| SegmentInfo {
+                base_op: s.base_op,
+                op_end: s.op_end,
+                size: s.log_size + s.index_position(s.op_end),
+                timestamp_last: s.last.map_or(0, |l| l.meta.timestamp),
+                sealed: i + 1 < count,
+            })
+            .collect()
+    }
+
+    /// Deletes the oldest sealed segment; returns its info, or `None` if only the active one
+    /// is left.
+    pub async fn delete_oldest_segment(&self) -> Result<Option<SegmentInfo>, StorageError> {
+        let (info, log, idx) = {
+            let state = self.state.borrow();
+            if state.segments.len() < 2 {
+                return Ok(None);
+            }
+            let oldest = &state.segments[0];
+            (self.segments()[0], oldest.log, oldest.idx)
+        };
+        self.disk.close(log).await;
+        self.disk.close(idx).await;
+        remove_segment_files(self.disk, &self.config.dir, info.base_op).await?;
+        let mut state = self.state.borrow_mut();
+        state.segments.remove(0);
+        state.faulty.retain(|f, _| *f >= info.op_end);
+        Ok(Some(info))
+    }
+}
+
+/// How many of the oldest sealed segments `retention` removes at time `now_us`: a pure
+/// function, so the replicated retention op can compute it the same way on every replica.
+pub fn retention_count(segments: &[SegmentInfo], retention: Retention, now_us: u64) -> usize {
+    let mut total: u64 = segments.iter().map(|s| s.size).sum();
+    let mut count = 0;
+    for segment in segments.iter().filter(|s| s.sealed) {
+        let too_old = retention
+            .max_age_us
+            .is_some_and(|age| segment.timestamp_last.saturating_add(age) < now_us);
+        let too_big = retention.max_bytes.is_some_and(|max| total > max);
+        if !(too_old || too_big) {
+            break;
+        }
+        total -= segment.size;
+        count += 1;
+    }
+    count
+}
+
+async fn remove_segment_files<D: Disk>(disk: &D, dir: &str, base: u64) -> Result<(), StorageError> {
+    // The index first: an index without its log is never left behind as a sealed segment.
+    for name in [idx_name(dir, base), log_name(dir, base)] {
+        match disk.remove(&name).await {
+            Ok(()) | Err(DiskError::NotFound(_)) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    disk.sync_dir(dir).await?;
+    Ok(())
+}

@@ -1,0 +1,409 @@
+//! Tests of `PartitionLog` on the in-memory disk: appends, lookups, segment rolls, group
+//! commit, and recovery from torn tails, damaged records and index entries, full disks and
+//! failed syncs.
+
+use bytes::Bytes;
+
+use crate::file_disk::block_on;
+use crate::format::{EntryMeta, FILE_HEADER_SIZE, INDEX_ENTRY_SIZE, RECORD_HEADER_SIZE};
+use crate::log::{retention_count, LogConfig, PartitionLog, Retention, SegmentInfo};
+use crate::memory_disk::MemoryDisk;
+use crate::segment::{idx_name, log_name};
+use crate::{Disk, DiskError, StorageError};
+
+const DIR: &str = "p";
+
+fn config() -> LogConfig {
+    LogConfig {
+        segment_size: 4096,
+        index_interval_bytes: 512,
+        ..LogConfig::new(DIR)
+    }
+}
+
+/// Op `op` (from 1) carries `op % 3` messages, timestamps 10 µs apart, 100 + op bytes.
+fn meta(op: u64) -> EntryMeta {
+    let offset_first: u64 = (1..op).map(|o| o % 3).sum();
+    EntryMeta {
+        op,
+        checksum: u128::from(op) * 0x1_0000_0001,
+        offset_first,
+        message_count: (op % 3) as u32,
+        timestamp: 1_000 + op * 10,
+    }
+}
+
+fn payload(op: u64) -> Bytes {
+    Bytes::from(vec![op as u8; 100 + op as usize])
+}
+
+async fn append_range(log: &PartitionLog<'_, MemoryDisk>, ops: std::ops::Range<u64>) {
+    for op in ops {
+        log.append(meta(op), payload(op)).await.unwrap();
+    }
+}
+
+async fn open(
+    disk: &MemoryDisk,
+) -> (
+    PartitionLog<'_, MemoryDisk>,
+    crate::recovery::RecoveryReport,
+) {
+    PartitionLog::open(disk, config(), 1, 0).await.unwrap()
+}
+
+#[test]
+fn appends_read_back_across_segments_and_reopen() {
+    let disk = MemoryDisk::new(1);
+    block_on(async {
+        let (log, report) = open(&disk).await;
+        assert!(report.faulty.is_empty());
+        append_range(&log, 1..101).await;
+        assert!(log.segments().len() > 3, "4 KiB segments roll");
+        for op in 1..101 {
+            let record = log.read(op).await.unwrap();
+            assert_eq!(
+                (record.meta, Bytes::from(record.payload)),
+                (meta(op), payload(op))
+            );
+        }
+        drop(log);
+        disk.crash();
+        let (log, report) = open(&disk).await;
+        assert_eq!(report, Default::default());
+        assert_eq!((log.first_op(), log.op_end()), (1, 101));
+        assert_eq!(log.read(77).await.unwrap().meta, meta(77));
+        assert!(matches!(
+            log.read(101).await,
+            Err(StorageError::NotFound(101))
+        ));
+        log.append(meta(101), payload(101)).await.unwrap();
+        assert!(matches!(
+            log.append(meta(103), payload(103)).await,
+            Err(StorageError::Invalid(_))
+        ));
+    });
+}
+
+#[test]
+fn offsets_and_timestamps_are_found_in_every_segment() {
+    let disk = MemoryDisk::new(2);
+    block_on(async {
+        let (log, _) = open(&disk).await;
+        append_range(&log, 1..201).await;
+        for op in 1..201 {
+            let m = meta(op);
+            for offset in m.offset_first..m.offset_first + u64::from(m.message_count) {
+                assert_eq!(
+                    log.find_offset(offset).await.unwrap(),
+                    Some(op),
+                    "offset {offset}"
+                );
+            }
+            assert_eq!(log.find_timestamp(m.timestamp).await.unwrap(), Some(op));
+            assert_eq!(log.find_timestamp(m.timestamp - 5).await.unwrap(), Some(op));
+        }
+        let end = log.offset_end().unwrap();
+        assert_eq!(log.find_offset(end).await.unwrap(), None);
+        assert_eq!(log.find_timestamp(u64::MAX).await.unwrap(), None);
+        assert_eq!(log.find_timestamp(0).await.unwrap(), Some(1));
+    });
+}
+
+#[test]
+fn concurrent_appends_share_fsyncs() {
+    let disk = MemoryDisk::new(3);
+    block_on(async {
+        let (log, _) = open(&disk).await;
+        let syncs_before = disk.stats.borrow().syncs;
+        let appends = (1..65u64).map(|op| log.append(meta(op), payload(op)));
+        let results = join_all(appends).await;
+        assert!(results.iter().all(Result::is_ok));
+        let syncs = disk.stats.borrow().syncs - syncs_before;
+        // Segment creation syncs too; without group commit this would be 128 or more.
+        assert!(syncs < 64, "{syncs} syncs for 64 appends");
+        assert_eq!(log.op_end(), 65);
+    });
+}
+
+/// Polls every future to completion on one thread (they are not `Send`).
+async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut handles: Vec<std::pin::Pin<Box<F>>> = futures.map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = handles.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (handle, output) in handles.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match handle.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().map(|o| o.expect("completed")).collect()
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_durable_records_stay() {
+    for seed in 0..32 {
+        let disk = MemoryDisk::new(seed);
+        disk.faults.borrow_mut().crash_tear = 1.0;
+        block_on(async {
+            let (log, _) = open(&disk).await;
+            append_range(&log, 1..11).await;
+            let active = log.segments().last().copied().unwrap();
+            // A record of op 11 written but never synced, then the crash tears it.
+            let file = disk
+                .open(&log_name(DIR, active.base_op), false)
+                .await
+                .unwrap();
+            let size = disk.size(file).await.unwrap();
+            let mut bytes = crate::format::encode_record_header(&meta(11), &payload(11)).to_vec();
+            bytes.extend_from_slice(&payload(11));
+            disk.write_at(file, size, Bytes::from(bytes)).await.unwrap();
+            drop(log);
+            disk.crash();
+            let (log, report) = open(&disk).await;
+            assert!(report.faulty.is_empty(), "seed {seed}: {report:?}");
+            // Either the torn record survived whole (kept, its entry fixed) or it is cut.
+            assert!(log.op_end() == 11 || (log.op_end() == 12 && report.fixed == vec![11]));
+            for op in 1..log.op_end() {
+                assert_eq!(log.read(op).await.unwrap().meta, meta(op));
+            }
+            log.append(meta(log.op_end()), payload(log.op_end()))
+                .await
+                .unwrap();
+        });
+    }
+}
+
+#[test]
+fn a_damaged_record_is_faulty_never_cut_and_repair_restores_it() {
+    let disk = MemoryDisk::new(4);
+    block_on(async {
+        let (log, _) = open(&disk).await;
+        append_range(&log, 1..11).await;
+        let entry = log.entry(5).await.unwrap();
+        let base = log.segments().last().unwrap().base_op;
+        assert!(base <= 5, "op 5 is in the active segment");
+        disk.corrupt(
+            &log_name(DIR, base),
+            entry.position + RECORD_HEADER_SIZE + 3,
+        );
+        assert_eq!(log.read(5).await, Err(StorageError::Faulty(5)));
+        drop(log);
+        let (log, report) = open(&disk).await;
+        assert_eq!(report.faulty.len(), 1);
+        assert_eq!(
+            (report.faulty[0].op, report.faulty[0].meta),
+            (5, Some(meta(5)))
+        );
+        assert_eq!(log.op_end(), 11, "nothing after the damaged record is lost");
+        assert_eq!(log.read(6).await.unwrap().meta, meta(6));
+        log.repair(meta(5), payload(5)).await.unwrap();
+        assert_eq!(log.read(5).await.unwrap().payload, payload(5).to_vec());
+        assert!(log.faulty().is_empty());
+    });
+}
+
+#[test]
+fn a_damaged_index_entry_is_fixed_from_its_record() {
+    let disk = MemoryDisk::new(5);
+    block_on(async {
+        let (log, _) = open(&disk).await;
+        append_range(&log, 1..11).await;
+        let base = log.segments().last().unwrap().base_op;
+        let at = FILE_HEADER_SIZE + (6 - base) * INDEX_ENTRY_SIZE + 10;
+        disk.corrupt(&idx_name(DIR, base), at);
+        drop(log);
+        let (log, report) = open(&disk).await;
+        assert_eq!(report.fixed, vec![6]);
+        assert!(report.faulty.is_empty());
+        assert_eq!(log.read(6).await.unwrap().meta, meta(6));
+        drop(log);
+        let (_, report) = open(&disk).await;
+        assert_eq!(report, Default::default(), "the fix is durable");
+    });
+}
+
+#[test]
+fn both_copies_damaged_in_the_middle_is_faulty_with_unknown_meta() {
+    let disk = MemoryDisk::new(6);
+    block_on(async {
+        let (log, _) = open(&disk).await;
+        append_range(&log, 1..11).await;
+        let base = log.segments().last().unwrap().base_op;
+        let entry = log.entry(7).await.unwrap();
+        disk.corrupt(
+            &idx_name(DIR, base),
+            FILE_HEADER_SIZE + (7 - base) * INDEX_ENTRY_SIZE,
+        );
+        disk.corrupt(&log_name(DIR, base), entry.position + 8);
+        drop(log);
+        let (log, report) = open(&disk).await;
+        assert_eq!(report.faulty.len(), 1);
+        assert_eq!(report.faulty[0].op, 7);
+        assert_eq!(report.faulty[0].meta, None);
+        assert_eq!(report.faulty[0].length as usize, payload(7).len());
+        assert_eq!(log.read(7).await, Err(StorageError::Faulty(7)));
+        assert_eq!(log.read(8).await.unwrap().meta, meta(8));
+        log.repair(meta(7), payload(7)).await.unwrap();
+        assert_eq!(log.read(7).await.unwrap().meta, meta(7));
+    });
+}
+
+#[test]
+fn random_read_corruption_is_always_caught() {
+    let disk = MemoryDisk::new(7);
+    block_on(async {
+        let (log, _) = open(&disk).await;
+        append_range(&log, 1..31).await;
+        disk.faults.borrow_mut().read_corrupt = 1.0;
+        for op in 1..31 {
+            assert_eq!(log.read(op).await, Err(StorageError::Faulty(op)));
+        }
+        disk.faults.borrow_mut().read_corrupt = 0.0;
+        disk.make_latent(
+            &log_name(DIR, log.segments()[0].base_op),
+            FILE_HEADER_SIZE + 10,
+        );
+        assert_eq!(log.read(1).await, Err(StorageError::Faulty(1)));
+    });
+}
+
+#[test]
+fn a_full_disk_fails_the_append_and_keeps_what_is_durable() {
+    let disk = MemoryDisk::new(8);
+    block_on(async {
+        let (log, _) = open(&disk).await;
+        append_range(&log, 1..6).await;
+        let used: u64 = ["00000000000000000001.log", "00000000000000000001.idx"]
+            .iter()
+            .map(|n| disk.durable_len(&crate::disk::join(DIR, n)).unwrap())
+            .sum();
+        *disk.space_limit.borrow_mut() = used + 50;
+        assert_eq!(
+            log.append(meta(6), payload(6)).await,
+            Err(StorageError::Disk(DiskError::NoSpace))
+        );
+        assert_eq!(log.op_end(), 6);
+        assert_eq!(log.read(5).await.unwrap().meta, meta(5));
+        *disk.space_limit.borrow_mut() = u64::MAX;
+        log.append(meta(6), payload(6)).await.unwrap();
+        drop(log);
+        let (log, report) = open(&disk).await;
+        assert_eq!(report, Default::default());
+        assert_eq!(log.op_end(), 7);
+    });
+}
+
+#[test]
+fn a_failed_sync_stops_the_log() {
+    let disk = MemoryDisk::new(9);
+    block_on(async {
+        let (log, _) = open(&disk).await;
+        append_range(&log, 1..3).await;
+        disk.fail_next_sync();
+        assert!(matches!(
+            log.append(meta(3), payload(3)).await,
+            Err(StorageError::SyncFailed(_))
+        ));
+        assert_eq!(
+            log.append(meta(3), payload(3)).await,
+            Err(StorageError::Poisoned)
+        );
+        assert_eq!(log.read(2).await.unwrap().meta, meta(2), "reads go on");
+    });
+}
+
+#[test]
+fn truncation_removes_the_suffix_across_segments() {
+    let disk = MemoryDisk::new(10);
+    block_on(async {
+        let (log, _) = open(&disk).await;
+        append_range(&log, 1..101).await;
+        let segments_before = log.segments().len();
+        log.truncate_after(40).await.unwrap();
+        assert_eq!(log.op_end(), 41);
+        assert!(log.segments().len() < segments_before);
+        assert_eq!(log.offset_end(), Some(meta(41).offset_first));
+        assert!(matches!(
+            log.read(41).await,
+            Err(StorageError::NotFound(41))
+        ));
+        append_range(&log, 41..60).await;
+        drop(log);
+        let (log, report) = open(&disk).await;
+        assert_eq!(report, Default::default());
+        assert_eq!(log.op_end(), 60);
+        assert_eq!(log.read(59).await.unwrap().meta, meta(59));
+    });
+}
+
+#[test]
+fn retention_deletes_whole_sealed_segments_oldest_first() {
+    let disk = MemoryDisk::new(11);
+    block_on(async {
+        let (log, _) = open(&disk).await;
+        append_range(&log, 1..101).await;
+        let segments = log.segments();
+        let count = retention_count(
+            &segments,
+            Retention {
+                max_age_us: None,
+                max_bytes: Some(8192),
+            },
+            0,
+        );
+        assert!(count > 0 && count < segments.len());
+        for _ in 0..count {
+            log.delete_oldest_segment().await.unwrap().unwrap();
+        }
+        assert!(log.segments().iter().map(|s| s.size).sum::<u64>() <= 8192);
+        let first = log.first_op();
+        assert!(matches!(
+            log.read(first - 1).await,
+            Err(StorageError::NotFound(_))
+        ));
+        assert_eq!(log.find_offset(0).await.unwrap(), Some(first));
+        drop(log);
+        let (log, _) = open(&disk).await;
+        assert_eq!(log.first_op(), first);
+    });
+}
+
+#[test]
+fn retention_by_age_and_size_never_takes_the_active_segment() {
+    let info = |base_op, timestamp_last, sealed| SegmentInfo {
+        base_op,
+        op_end: base_op + 10,
+        size: 100,
+        timestamp_last,
+        sealed,
+    };
+    let segments = [info(1, 10, true), info(11, 20, true), info(21, 30, false)];
+    let age = |max_age_us| Retention {
+        max_age_us: Some(max_age_us),
+        max_bytes: None,
+    };
+    assert_eq!(retention_count(&segments, age(5), 26), 2);
+    assert_eq!(retention_count(&segments, age(5), 17), 1);
+    assert_eq!(retention_count(&segments, age(100), 1000), 2);
+    let size = |max| Retention {
+        max_age_us: None,
+        max_bytes: Some(max),
+    };
+    assert_eq!(retention_count(&segments, size(250), 0), 1);
+    assert_eq!(retention_count(&segments, size(0), 0), 2);
+    assert_eq!(
+        retention_count(&segments, Retention::default(), u64::MAX),
+        0
+    );
+}

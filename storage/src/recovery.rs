@@ -1,0 +1,264 @@
+//! Protocol-aware recovery of one segment at open: the decision table of TigerBeetle's journal
+//! (`reference/vsr.md` §2.4) adapted to segments.
+//!
+//! The write order is: records, fdatasync, index entries, fdatasync, and only then may the
+//! prepare be acknowledged. So a valid index entry proves its record was durable, and a record
+//! with no index entry was never acknowledged. Per op:
+//!
+//! | index entry | record                 | decision                                          |
+//! |-------------|------------------------|---------------------------------------------------|
+//! | valid       | valid, same meta       | keep                                              |
+//! | valid       | damaged or other op    | **faulty**: keep the entry, repair from a peer    |
+//! | damaged     | valid, expected op     | **fix**: rewrite the entry from the record        |
+//! | damaged     | damaged, a valid entry follows | **faulty**, meta unknown, slot known      |
+//! | never written (zeros, or past the end) | valid | fix (the entry write was lost)     |
+//! | never written | damaged, at the tail | **torn tail**: cut (it was never acknowledged)    |
+//! | damaged     | damaged, at the tail   | unrecoverable locally (two faults in one slot)    |
+//!
+//! Records after the last index entry are kept while they are valid and continue the log (their
+//! entries are rewritten); the first one that is not is a torn tail and is cut. Records of
+//! sealed segments are verified when read, not at open (`verify_records == false`).
+
+use bytes::Bytes;
+
+use crate::disk::{Disk, DiskError};
+use crate::error::StorageError;
+use crate::format::{
+    decode_file_header, decode_index_entry, decode_record_header, encode_index_entry, record_valid,
+    EntryMeta, IndexEntry, FILE_HEADER_SIZE, INDEX_ENTRY_SIZE, INDEX_MAGIC, LOG_MAGIC,
+    RECORD_HEADER_SIZE,
+};
+use crate::segment::{idx_name, log_name, Segment};
+
+/// An op this replica holds but cannot read: consensus must repair it from a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FaultyEntry {
+    pub op: u64,
+    /// Known when the index entry survived.
+    pub meta: Option<EntryMeta>,
+    pub position: u64,
+    pub length: u32,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub faulty: Vec<FaultyEntry>,
+    /// Ops whose index entry was rewritten from an intact record.
+    pub fixed: Vec<u64>,
+    /// Bytes cut from the end of the log file (a torn tail, never acknowledged).
+    pub torn_bytes: u64,
+}
+
+/// What a segment's files say before recovery, when they cannot be opened as a segment.
+pub enum Opened {
+    Segment(Segment, RecoveryReport),
+    /// A crash while the segment was being created: both files are at most a header long.
+    Unfinished,
+}
+
+/// The record at `position` if it is intact and is `op`'s.
+async fn read_record<D: Disk>(
+    disk: &D,
+    segment: &Segment,
+    position: u64,
+    op: u64,
+    log_size: u64,
+) -> Option<(EntryMeta, u32)> {
+    if position + RECORD_HEADER_SIZE > log_size {
+        return None;
+    }
+    let header = disk
+        .read_at(segment.log, position, RECORD_HEADER_SIZE as usize)
+        .await
+        .ok()?;
+    let (meta, length) = decode_record_header(&header).ok()?;
+    if meta.op != op || position + RECORD_HEADER_SIZE + u64::from(length) > log_size {
+        return None;
+    }
+    let payload = disk
+        .read_at(segment.log, position + RECORD_HEADER_SIZE, length as usize)
+        .await
+        .ok()?;
+    record_valid(&header, &payload).then_some((meta, length))
+}
+
+/// Opens and recovers the segment starting at `base_op` in `dir`.
+pub async fn open_segment<D: Disk>(
+    disk: &D,
+    dir: &str,
+    base_op: u64,
+    verify_records: bool,
+    index_interval_bytes: u64,
+) -> Result<Opened, StorageError> {
+    let idx = disk.open(&idx_name(dir, base_op), false).await?;
+    let log = disk.open(&log_name(dir, base_op), false).await?;
+    let idx_size = disk.size(idx).await?;
+    let log_size = disk.size(log).await?;
+    let header = |file, size| async move {
+        if size < FILE_HEADER_SIZE {
+            return Err(DiskError::ShortRead {
+                file,
+                offset: 0,
+                len: FILE_HEADER_SIZE as usize,
+            });
+        }
+        disk.read_at(file, 0, FILE_HEADER_SIZE as usize).await
+    };
+    let idx_header = header(idx, idx_size).await.ok();
+    let log_header = header(log, log_size).await.ok();
+    let idx_decoded = idx_header
+        .as_deref()
+        .map(|h| decode_file_header(INDEX_MAGIC, h));
+    let log_decoded = log_header
+        .as_deref()
+        .map(|h| decode_file_header(LOG_MAGIC, h));
+    let offset_first = match (idx_decoded, log_decoded) {
+        (Some(Ok((b1, o1))), Some(Ok((b2, o2)))) if b1 == base_op && b2 == base_op && o1 == o2 => {
+            o1
+        }
+        _ if idx_size <= FILE_HEADER_SIZE && log_size <= FILE_HEADER_SIZE => {
+            disk.close(idx).await;
+            disk.close(log).await;
+            return Ok(Opened::Unfinished);
+        }
+        _ => {
+            return Err(StorageError::Unrecoverable(format!(
+                "segment {base_op} in {dir:?}: damaged or foreign file headers"
+            )))
+        }
+    };
+    let mut segment = Segment {
+        base_op,
+        offset_first,
+        log,
+        idx,
+        op_end: base_op,
+        log_size: FILE_HEADER_SIZE,
+        sparse: Vec::new(),
+        last: None,
+    };
+    let mut report = RecoveryReport::default();
+    let entry_count = (idx_size - FILE_HEADER_SIZE) / INDEX_ENTRY_SIZE;
+    let raw = disk
+        .read_at(
+            idx,
+            FILE_HEADER_SIZE,
+            (entry_count * INDEX_ENTRY_SIZE) as usize,
+        )
+        .await?;
+    let slots: Vec<&[u8]> = raw.chunks_exact(INDEX_ENTRY_SIZE as usize).collect();
+    let decoded: Vec<Option<IndexEntry>> = slots
+        .iter()
+        .zip(base_op..)
+        .map(|(bytes, op)| decode_index_entry(bytes).ok().filter(|e| e.meta.op == op))
+        .collect();
+    let mut rewrites: Vec<IndexEntry> = Vec::new();
+    let mut position = FILE_HEADER_SIZE;
+    let mut kept = 0u64;
+    for (k, entry) in decoded.iter().enumerate() {
+        let op = base_op + k as u64;
+        match entry {
+            Some(entry) if entry.position == position => {
+                if verify_records {
+                    let intact = read_record(disk, &segment, position, op, log_size).await;
+                    if intact != Some((entry.meta, entry.length)) {
+                        report.faulty.push(FaultyEntry {
+                            op,
+                            meta: Some(entry.meta),
+                            position,
+                            length: entry.length,
+                        });
+                    }
+                }
+                segment.push(*entry, index_interval_bytes);
+            }
+            _ => match read_record(disk, &segment, position, op, log_size).await {
+                Some((meta, length)) => {
+                    let entry = IndexEntry {
+                        meta,
+                        position,
+                        length,
+                    };
+                    report.fixed.push(op);
+                    rewrites.push(entry);
+                    segment.push(entry, index_interval_bytes);
+                }
+                None => {
+                    let later_valid = decoded[k + 1..].iter().any(Option::is_some);
+                    if !later_valid && slots[k].iter().all(|b| *b == 0) {
+                        break; // Never written: the record is a torn tail.
+                    }
+                    let next = decoded.get(k + 1).copied().flatten();
+                    let Some(next) = next.filter(|n| n.position >= position + RECORD_HEADER_SIZE)
+                    else {
+                        return Err(StorageError::Unrecoverable(format!(
+                            "segment {base_op} in {dir:?}: op {op} lost both its record and \
+                             its index entry"
+                        )));
+                    };
+                    report.faulty.push(FaultyEntry {
+                        op,
+                        meta: None,
+                        position,
+                        length: (next.position - position - RECORD_HEADER_SIZE) as u32,
+                    });
+                    segment.op_end = op + 1;
+                    segment.log_size = next.position;
+                }
+            },
+        }
+        position = segment.log_size;
+        kept = k as u64 + 1;
+    }
+    assert_eq!(segment.op_end, base_op + kept);
+    // Records past the last index entry: kept while intact and continuing the log.
+    loop {
+        let op = segment.op_end;
+        let Some((meta, length)) = read_record(disk, &segment, position, op, log_size).await else {
+            break;
+        };
+        if meta.offset_first != segment.offset_end()
+            || segment
+                .last
+                .is_some_and(|l| meta.timestamp < l.meta.timestamp)
+        {
+            break;
+        }
+        let entry = IndexEntry {
+            meta,
+            position,
+            length,
+        };
+        report.fixed.push(op);
+        rewrites.push(entry);
+        segment.push(entry, index_interval_bytes);
+        position = segment.log_size;
+    }
+    let idx_end = segment.index_position(segment.op_end);
+    if !rewrites.is_empty() || idx_size != idx_end {
+        for entry in &rewrites {
+            let bytes = encode_index_entry(entry);
+            let at = segment.index_position(entry.meta.op);
+            disk.write_at(idx, at, Bytes::copy_from_slice(&bytes))
+                .await?;
+        }
+        disk.truncate(idx, idx_end).await?;
+        disk.sync(idx)
+            .await
+            .map_err(|e| StorageError::SyncFailed(e.to_string()))?;
+    }
+    if log_size > segment.log_size {
+        report.torn_bytes = log_size - segment.log_size;
+        disk.truncate(log, segment.log_size).await?;
+        disk.sync(log)
+            .await
+            .map_err(|e| StorageError::SyncFailed(e.to_string()))?;
+    }
+    assert!(
+        segment.is_empty()
+            || segment
+                .last
+                .is_some_and(|l| l.meta.op + 1 == segment.op_end)
+    );
+    Ok(Opened::Segment(segment, report))
+}

@@ -1,0 +1,202 @@
+//! The superblock: what a replica cannot rebuild from its peers (view, log view, membership,
+//! checkpoint), kept as `SUPERBLOCK_COPIES` copies in one file.
+//!
+//! An update writes the copies one at a time with an fdatasync after each, so a crash tears at
+//! most one copy and leaves either the new or the previous state on a read quorum. Open picks the
+//! highest sequence that a quorum of intact, identical copies agrees on, not the highest copy:
+//! a lone copy (one torn write that happened to verify, or a misdirected write) cannot win.
+//!
+//! Copy layout (version 1, 4 KiB each): `[0..8 magic][8..12 version u32][12..16 payload length
+//! u32][16..24 sequence u64][24..56 zero][56..64 checksum of 0..56 and the payload][payload]`.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::checksum::checksum64;
+use crate::disk::{Disk, FileId};
+use crate::error::StorageError;
+
+pub const SUPERBLOCK_COPIES: u64 = 4;
+/// Intact identical copies needed to trust a state.
+pub const SUPERBLOCK_QUORUM: usize = 2;
+pub const SUPERBLOCK_COPY_SIZE: u64 = 4096;
+const HEADER_SIZE: usize = 64;
+pub const SUPERBLOCK_PAYLOAD_MAX: usize = SUPERBLOCK_COPY_SIZE as usize - HEADER_SIZE;
+const MAGIC: [u8; 8] = *b"GALGOSB\0";
+const VERSION: u32 = 1;
+
+pub struct Superblock<'d, D: Disk> {
+    disk: &'d D,
+    file: FileId,
+    sequence: u64,
+}
+
+fn encode_copy(sequence: u64, payload: &[u8]) -> Bytes {
+    assert!(payload.len() <= SUPERBLOCK_PAYLOAD_MAX);
+    let mut bytes = BytesMut::zeroed(SUPERBLOCK_COPY_SIZE as usize);
+    bytes[0..8].copy_from_slice(&MAGIC);
+    bytes[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    bytes[12..16].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    bytes[16..24].copy_from_slice(&sequence.to_le_bytes());
+    bytes[HEADER_SIZE..HEADER_SIZE + payload.len()].copy_from_slice(payload);
+    let checksum = checksum64(&[&bytes[0..56], payload]);
+    bytes[56..64].copy_from_slice(&checksum.to_le_bytes());
+    let bytes = bytes.freeze();
+    assert_eq!(decode_copy(&bytes), Some((sequence, payload.to_vec())));
+    bytes
+}
+
+fn decode_copy(bytes: &[u8]) -> Option<(u64, Vec<u8>)> {
+    if bytes.len() != SUPERBLOCK_COPY_SIZE as usize || bytes[0..8] != MAGIC {
+        return None;
+    }
+    if u32::from_le_bytes(bytes[8..12].try_into().ok()?) != VERSION {
+        return None;
+    }
+    let length = u32::from_le_bytes(bytes[12..16].try_into().ok()?) as usize;
+    if length > SUPERBLOCK_PAYLOAD_MAX {
+        return None;
+    }
+    let payload = &bytes[HEADER_SIZE..HEADER_SIZE + length];
+    let checksum = u64::from_le_bytes(bytes[56..64].try_into().ok()?);
+    if checksum64(&[&bytes[0..56], payload]) != checksum {
+        return None;
+    }
+    Some((
+        u64::from_le_bytes(bytes[16..24].try_into().ok()?),
+        payload.to_vec(),
+    ))
+}
+
+/// The state a quorum of copies agrees on, with the highest sequence.
+fn choose(copies: &[Option<(u64, Vec<u8>)>]) -> Option<(u64, Vec<u8>)> {
+    let mut best: Option<&(u64, Vec<u8>)> = None;
+    for candidate in copies.iter().flatten() {
+        let votes = copies.iter().flatten().filter(|c| *c == candidate).count();
+        if votes >= SUPERBLOCK_QUORUM && best.is_none_or(|b| candidate.0 > b.0) {
+            best = Some(candidate);
+        }
+    }
+    best.cloned()
+}
+
+impl<'d, D: Disk> Superblock<'d, D> {
+    /// Opens (creating) the superblock file `name`; returns the current (sequence, payload), or
+    /// `None` for a new superblock. Copies exist but no quorum agrees: `Unrecoverable`.
+    pub async fn open(
+        disk: &'d D,
+        name: &str,
+    ) -> Result<(Superblock<'d, D>, Option<(u64, Vec<u8>)>), StorageError> {
+        let file = disk.open(name, true).await?;
+        let size = disk.size(file).await?;
+        let mut copies = Vec::new();
+        for copy in 0..SUPERBLOCK_COPIES {
+            let at = copy * SUPERBLOCK_COPY_SIZE;
+            if at + SUPERBLOCK_COPY_SIZE > size {
+                copies.push(None);
+                continue;
+            }
+            let bytes = disk.read_at(file, at, SUPERBLOCK_COPY_SIZE as usize).await;
+            copies.push(bytes.ok().and_then(|b| decode_copy(&b)));
+        }
+        let current = choose(&copies);
+        let written = copies.iter().flatten().count();
+        if current.is_none() && written > 1 {
+            return Err(StorageError::Unrecoverable(format!(
+                "superblock {name}: {written} intact copies but no quorum agrees"
+            )));
+        }
+        let sequence = current.as_ref().map_or(0, |c| c.0);
+        Ok((
+            Superblock {
+                disk,
+                file,
+                sequence,
+            },
+            current,
+        ))
+    }
+
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    /// Writes `payload` as the next state; durable when this returns.
+    pub async fn write(&mut self, payload: &[u8]) -> Result<u64, StorageError> {
+        if payload.len() > SUPERBLOCK_PAYLOAD_MAX {
+            return Err(StorageError::Invalid(format!(
+                "superblock payload of {} bytes is over {SUPERBLOCK_PAYLOAD_MAX}",
+                payload.len()
+            )));
+        }
+        let sequence = self.sequence + 1;
+        let bytes = encode_copy(sequence, payload);
+        for copy in 0..SUPERBLOCK_COPIES {
+            let at = copy * SUPERBLOCK_COPY_SIZE;
+            self.disk.write_at(self.file, at, bytes.clone()).await?;
+            self.disk
+                .sync(self.file)
+                .await
+                .map_err(|e| StorageError::SyncFailed(e.to_string()))?;
+        }
+        self.sequence = sequence;
+        Ok(sequence)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::file_disk::block_on;
+    use crate::memory_disk::MemoryDisk;
+
+    #[test]
+    fn a_crash_mid_update_leaves_the_old_or_the_new_state() {
+        for seed in 0..64 {
+            let disk = MemoryDisk::new(seed);
+            disk.faults.borrow_mut().crash_tear = 0.5;
+            block_on(async {
+                let (mut superblock, none) = Superblock::open(&disk, "sb").await.unwrap();
+                disk.sync_dir("").await.unwrap();
+                assert!(none.is_none());
+                superblock.write(b"state one").await.unwrap();
+                // An update cut short after `copies` copies, one of them maybe torn.
+                let copies = seed % SUPERBLOCK_COPIES;
+                let next = encode_copy(2, b"state two");
+                for copy in 0..copies {
+                    disk.write_at(superblock.file, copy * SUPERBLOCK_COPY_SIZE, next.clone())
+                        .await
+                        .unwrap();
+                    disk.sync(superblock.file).await.unwrap();
+                }
+                disk.write_at(superblock.file, copies * SUPERBLOCK_COPY_SIZE, next.clone())
+                    .await
+                    .unwrap();
+                disk.crash();
+                let (_, state) = Superblock::open(&disk, "sb").await.unwrap();
+                let (sequence, payload) = state.expect("a state survives");
+                assert!(
+                    (sequence, payload.as_slice()) == (1, b"state one".as_slice())
+                        || (sequence, payload.as_slice()) == (2, b"state two".as_slice()),
+                    "seed {seed}: sequence {sequence}"
+                );
+            });
+        }
+    }
+
+    #[test]
+    fn one_damaged_copy_is_outvoted_and_a_lone_newer_copy_does_not_win() {
+        let disk = MemoryDisk::new(1);
+        block_on(async {
+            let (mut superblock, _) = Superblock::open(&disk, "sb").await.unwrap();
+            superblock.write(b"a").await.unwrap();
+            superblock.write(b"b").await.unwrap();
+            disk.corrupt("sb", 64);
+            let lone = encode_copy(9, b"lone");
+            disk.write_at(superblock.file, SUPERBLOCK_COPY_SIZE, lone)
+                .await
+                .unwrap();
+            let (_, state) = Superblock::open(&disk, "sb").await.unwrap();
+            assert_eq!(state, Some((2, b"b".to_vec())));
+        });
+    }
+}
