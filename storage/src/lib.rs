@@ -17,10 +17,11 @@ pub mod memory_disk;
 pub mod recovery;
 pub mod segment;
 pub mod superblock;
+pub mod workload;
 
 pub use disk::{Disk, DiskError, FileId};
 pub use error::StorageError;
 pub use file_disk::FileDisk;
 pub use format::{EntryMeta, IndexEntry};
-pub use log::{LogConfig, PartitionLog, Record, Retention, SegmentInfo};
+pub use log::{Appending, LogConfig, PartitionLog, Record, Retention, SegmentInfo};
 pub use memory_disk::MemoryDisk;

@@ -74,6 +74,16 @@ pub struct Retention {
     pub max_bytes: Option<u64>,
 }
 
+/// An append queued by `submit`.
+pub struct Appending(oneshot::Receiver<Result<(), StorageError>>);
+
+impl Appending {
+    /// Waits until the append is durable (or failed).
+    pub async fn durable(self) -> Result<(), StorageError> {
+        self.0.await.unwrap_or(Err(StorageError::Poisoned))
+    }
+}
+
 struct Pending {
     meta: EntryMeta,
     payload: Bytes,
@@ -92,6 +102,8 @@ struct State {
     poisoned: bool,
     /// Ops recovery or reads found damaged, with what is known of their slot.
     faulty: BTreeMap<u64, FaultyEntry>,
+    /// Group commits completed since open (each one log and one index fdatasync per segment).
+    groups_committed: u64,
 }
 
 impl State {
@@ -188,15 +200,27 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
             .await?;
             match opened {
                 Opened::Segment(segment, segment_report) => {
-                    if let Some(previous) = segments.last() {
-                        if previous.op_end != segment.base_op
-                            || previous.offset_end() != segment.offset_first
-                        {
-                            return Err(StorageError::Unrecoverable(format!(
-                                "segment {base} in {:?} does not continue segment {}",
-                                config.dir, previous.base_op
-                            )));
-                        }
+                    let continues = segments.last().is_none_or(|previous: &Segment| {
+                        previous.op_end == segment.base_op
+                            && previous.offset_end() == segment.offset_first
+                    });
+                    // No index entry of the newest segment was durable: none of its records was
+                    // acknowledged. If a crash cut the group that sealed the previous segment
+                    // before that segment's records landed, the newest one is discarded whole.
+                    let unacknowledged = segment_report.faulty.is_empty()
+                        && segment_report.fixed.len() as u64 == segment.op_end - segment.base_op;
+                    if !continues && is_newest && unacknowledged {
+                        report.torn_bytes += segment.log_size;
+                        disk.close(segment.log).await;
+                        disk.close(segment.idx).await;
+                        remove_segment_files(disk, &config.dir, base).await?;
+                        continue;
+                    }
+                    if !continues {
+                        return Err(StorageError::Unrecoverable(format!(
+                            "segment {base} in {:?} does not continue the one before it",
+                            config.dir
+                        )));
                     }
                     report.faulty.extend(segment_report.faulty);
                     report.fixed.extend(segment_report.fixed);
@@ -227,6 +251,7 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
             flushing: false,
             poisoned: false,
             faulty: report.faulty.iter().map(|f| (f.op, *f)).collect(),
+            groups_committed: 0,
         };
         (state.next_op, state.next_offset, state.timestamp_min) = state.durable_next();
         Ok((
@@ -241,64 +266,79 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
 
     /// Appends one prepare and returns once it and its index entry are durable.
     pub async fn append(&self, meta: EntryMeta, payload: Bytes) -> Result<(), StorageError> {
-        let (receiver, leader) = {
-            let mut state = self.state.borrow_mut();
-            if state.poisoned {
-                return Err(StorageError::Poisoned);
-            }
-            if meta.op != state.next_op {
-                return Err(StorageError::Invalid(format!(
-                    "op {} appended where op {} is next",
-                    meta.op, state.next_op
-                )));
-            }
-            if state.next_offset.is_some_and(|o| o != meta.offset_first) {
-                return Err(StorageError::Invalid(format!(
-                    "offset {} appended where offset {} is next",
-                    meta.offset_first,
-                    state.next_offset.unwrap_or(0)
-                )));
-            }
-            if meta.timestamp < state.timestamp_min {
-                return Err(StorageError::Invalid(format!(
-                    "timestamp {} is older than {}",
-                    meta.timestamp, state.timestamp_min
-                )));
-            }
-            if payload.len() > PAYLOAD_SIZE_MAX as usize {
-                return Err(StorageError::Invalid(format!(
-                    "payload of {} bytes is over the limit of {PAYLOAD_SIZE_MAX}",
-                    payload.len()
-                )));
-            }
-            if state.pending.len() >= self.config.pending_max
-                || state.pending_bytes + payload.len() as u64 > self.config.pending_bytes_max
-            {
-                return Err(StorageError::QueueFull);
-            }
-            let (sender, receiver) = oneshot::channel();
-            state.pending_bytes += payload.len() as u64;
-            state.next_op += 1;
-            state.next_offset = Some(meta.offset_first + u64::from(meta.message_count));
-            state.timestamp_min = meta.timestamp;
-            state.pending.push(Pending {
-                meta,
-                payload,
-                done: sender,
-            });
-            let leader = !state.flushing;
-            state.flushing = true;
-            (receiver, leader)
-        };
-        if leader {
-            self.flush().await;
+        let appending = self.submit(meta, payload)?;
+        self.commit_queued().await;
+        appending.durable().await
+    }
+
+    /// Queues one prepare for the next group commit, checking it continues the log. Ops queue
+    /// in call order; `commit_queued` (by any caller) makes them durable.
+    pub fn submit(&self, meta: EntryMeta, payload: Bytes) -> Result<Appending, StorageError> {
+        let mut state = self.state.borrow_mut();
+        if state.poisoned {
+            return Err(StorageError::Poisoned);
         }
-        receiver.await.unwrap_or(Err(StorageError::Poisoned))
+        if meta.op != state.next_op {
+            return Err(StorageError::Invalid(format!(
+                "op {} appended where op {} is next",
+                meta.op, state.next_op
+            )));
+        }
+        if let Some(next_offset) = state.next_offset.filter(|o| *o != meta.offset_first) {
+            return Err(StorageError::Invalid(format!(
+                "offset {} appended where offset {next_offset} is next",
+                meta.offset_first
+            )));
+        }
+        if meta.timestamp < state.timestamp_min {
+            return Err(StorageError::Invalid(format!(
+                "timestamp {} is older than {}",
+                meta.timestamp, state.timestamp_min
+            )));
+        }
+        if payload.len() > PAYLOAD_SIZE_MAX as usize {
+            return Err(StorageError::Invalid(format!(
+                "payload of {} bytes is over the limit of {PAYLOAD_SIZE_MAX}",
+                payload.len()
+            )));
+        }
+        if state.pending.len() >= self.config.pending_max
+            || state.pending_bytes + payload.len() as u64 > self.config.pending_bytes_max
+        {
+            return Err(StorageError::QueueFull);
+        }
+        let (sender, receiver) = oneshot::channel();
+        state.pending_bytes += payload.len() as u64;
+        state.next_op += 1;
+        state.next_offset = Some(meta.offset_first + u64::from(meta.message_count));
+        state.timestamp_min = meta.timestamp;
+        state.pending.push(Pending {
+            meta,
+            payload,
+            done: sender,
+        });
+        Ok(Appending(receiver))
+    }
+
+    /// Makes every queued append durable, a group at a time, unless another caller is already
+    /// doing so (it then covers them: it loops until the queue is empty).
+    pub async fn commit_queued(&self) {
+        {
+            let mut state = self.state.borrow_mut();
+            if state.flushing {
+                return;
+            }
+            state.flushing = true;
+        }
+        self.flush().await;
     }
 
     /// Writes queued appends, a group at a time, until none is left.
     async fn flush(&self) {
         loop {
+            // Producers woken by the last group submit their next appends before this one is
+            // taken, so groups stay as large as the appenders in flight.
+            crate::disk::yield_once().await;
             let group = {
                 let mut state = self.state.borrow_mut();
                 if state.pending.is_empty() {
@@ -438,6 +478,7 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
         for (segment_index, entry) in layout {
             state.segments[segment_index].push(entry, self.config.index_interval_bytes);
         }
+        state.groups_committed += 1;
         Ok(())
     }
 
@@ -453,6 +494,11 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
     /// The offset the next message takes, when known (unknown while the last op is faulty).
     pub fn offset_end(&self) -> Option<u64> {
         self.state.borrow().durable_next().1
+    }
+
+    /// Group commits completed since open.
+    pub fn groups_committed(&self) -> u64 {
+        self.state.borrow().groups_committed
     }
 
     pub fn faulty(&self) -> Vec<FaultyEntry> {
@@ -698,6 +744,71 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
         state.faulty.retain(|f, _| *f <= op);
         (state.next_op, state.next_offset, state.timestamp_min) = state.durable_next();
         Ok(())
+    }
+
+    /// Scans every segment's log file from its first byte and checks that the records found
+    /// are exactly the index entries, with intact checksums, and that nothing follows the last
+    /// one. Returns the number of records. For tests, and for an operator's `verify` command.
+    pub async fn verify(&self) -> Result<u64, StorageError> {
+        let segments: Vec<(u64, u64, u64, crate::disk::FileId, crate::disk::FileId)> = {
+            let state = self.state.borrow();
+            state
+                .segments
+                .iter()
+                .map(|s| (s.base_op, s.op_end, s.log_size, s.log, s.idx))
+                .collect()
+        };
+        let mut records = 0u64;
+        for (base_op, op_end, log_size, log, idx) in segments {
+            let corrupt =
+                |what: String| StorageError::Unrecoverable(format!("segment {base_op}: {what}"));
+            let file_size = self.disk.size(log).await?;
+            if file_size != log_size {
+                return Err(corrupt(format!(
+                    "log file is {file_size} bytes, the index says {log_size}"
+                )));
+            }
+            let entries = read_entries(self.disk, idx, base_op, base_op, op_end).await?;
+            let mut position = crate::format::FILE_HEADER_SIZE;
+            for entry in entries {
+                let entry =
+                    entry.map_err(|op| corrupt(format!("index entry of op {op} is damaged")))?;
+                let header = self
+                    .disk
+                    .read_at(log, position, RECORD_HEADER_SIZE as usize)
+                    .await?;
+                let (meta, length) = crate::format::decode_record_header(&header)
+                    .map_err(|e| corrupt(format!("record at {position}: {e:?}")))?;
+                let payload = self
+                    .disk
+                    .read_at(log, position + RECORD_HEADER_SIZE, length as usize)
+                    .await?;
+                if !record_valid(&header, &payload) {
+                    return Err(corrupt(format!(
+                        "record of op {} fails its checksum",
+                        meta.op
+                    )));
+                }
+                let scanned = IndexEntry {
+                    meta,
+                    position,
+                    length,
+                };
+                if scanned != entry {
+                    return Err(corrupt(format!(
+                        "scan found {scanned:?}, index has {entry:?}"
+                    )));
+                }
+                position = scanned.record_end();
+                records += 1;
+            }
+            if position != log_size {
+                return Err(corrupt(format!(
+                    "records end at {position}, the file at {log_size}"
+                )));
+            }
+        }
+        Ok(records)
     }
 
     pub fn segments(&self) -> Vec<SegmentInfo> {

@@ -407,3 +407,22 @@ fn retention_by_age_and_size_never_takes_the_active_segment() {
         0
     );
 }
+
+#[test]
+fn a_new_segment_whose_sealing_group_was_cut_is_discarded() {
+    let disk = MemoryDisk::new(12);
+    block_on(async {
+        let (log, _) = open(&disk).await;
+        append_range(&log, 1..6).await;
+        drop(log);
+        // The group that would have sealed the segment created the next one (for op 9), then
+        // the process died before ops 6..9 reached the old segment.
+        let next = crate::segment::Segment::create(&disk, DIR, 9, meta(9).offset_first).await;
+        next.unwrap();
+        let (log, report) = open(&disk).await;
+        assert_eq!(log.segments().len(), 1);
+        assert_eq!(log.op_end(), 6);
+        assert!(report.faulty.is_empty());
+        log.append(meta(6), payload(6)).await.unwrap();
+    });
+}

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 
-use crate::disk::{Disk, DiskError, FileId};
+use crate::disk::{yield_once, Disk, DiskError, FileId};
 
 pub const SECTOR_SIZE: u64 = 512;
 
@@ -175,22 +175,6 @@ impl MemoryDisk {
             .cloned()
             .expect("file is open (a crash closes every handle)")
     }
-}
-
-/// Returns `Pending` once: writes and syncs take a turn of the executor, as real I/O does, so
-/// concurrent callers interleave (and group commit has something to group).
-async fn yield_once() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            std::task::Poll::Ready(())
-        } else {
-            yielded = true;
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
-        }
-    })
-    .await;
 }
 
 fn next_u64(prng: &mut u64) -> u64 {

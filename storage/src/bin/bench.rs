@@ -1,1 +1,223 @@
-fn main() {}
+//! `galgo-storage-bench`: durable append throughput of the partition log for 64 KiB and 1 MiB
+//! batches next to the raw direct-write bandwidth of the same disk, measured in the same run,
+//! and the latency of reads by offset. Wall-clock timing lives here, never in the log itself.
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use clap::Parser;
+use galgo_storage::file_disk::block_on;
+use galgo_storage::iggy_batch::{self, Message};
+use galgo_storage::{EntryMeta, FileDisk, LogConfig, PartitionLog};
+use hdrhistogram::Histogram;
+
+#[derive(Parser)]
+#[command(about = "Measure durable append throughput against raw disk bandwidth, and read latency")]
+struct Cli {
+    /// Directory on the disk to measure (files are created under it and removed after).
+    #[arg(long)]
+    dir: PathBuf,
+    /// MiB written by each measurement.
+    #[arg(long, default_value_t = 512)]
+    mib: u64,
+    /// Appenders with a request in flight at once (like a VSR pipeline of prepares).
+    #[arg(long, default_value_t = 8)]
+    producers: usize,
+    /// Reads by offset to time after each append run.
+    #[arg(long, default_value_t = 20_000)]
+    reads: u64,
+}
+
+const MIB: u64 = 1 << 20;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if cli.mib == 0 || cli.producers == 0 {
+        eprintln!("--mib and --producers must be at least 1");
+        return std::process::ExitCode::FAILURE;
+    }
+    let dir = cli.dir.join(format!("galgo-bench-{}", std::process::id()));
+    if let Err(error) = std::fs::create_dir_all(&dir) {
+        eprintln!("cannot create {}: {error}", dir.display());
+        return std::process::ExitCode::FAILURE;
+    }
+    println!(
+        "galgo-storage-bench: {} MiB per run, {} producers, dir {}",
+        cli.mib,
+        cli.producers,
+        dir.display()
+    );
+    let raw = match raw_direct_write(&dir, cli.mib) {
+        Ok(raw) => raw,
+        Err(error) => {
+            eprintln!("raw direct write failed: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    println!("raw O_DIRECT sequential write, 1 MiB blocks, one fdatasync: {raw:.1} MiB/s");
+    let mut failed = false;
+    for batch_size in [64 * 1024u64, MIB] {
+        let run_dir = dir.join(format!("log-{batch_size}"));
+        std::fs::create_dir_all(&run_dir).expect("a run directory");
+        let disk: &'static FileDisk = Box::leak(Box::new(FileDisk::new(&run_dir)));
+        let (result, uring) = block_on(append_run(disk, batch_size, &cli));
+        match result {
+            Ok(stats) => {
+                let label = if batch_size == MIB { "1 MiB" } else { "64 KiB" };
+                println!(
+                    "durable append {label:>6} batches ({}): {:.1} MiB/s = {:.2} of raw, {:.0} batches/s, {} fdatasync pairs | append latency p50 {} p99 {} p999 {} µs",
+                    if uring { "io_uring" } else { "epoll fallback" },
+                    stats.mib_per_s,
+                    stats.mib_per_s / raw,
+                    stats.batches_per_s,
+                    stats.groups,
+                    stats.append.value_at_quantile(0.5),
+                    stats.append.value_at_quantile(0.99),
+                    stats.append.value_at_quantile(0.999),
+                );
+                println!(
+                    "read by offset (find + read + checksum, page cache warm) {label:>6}: p50 {} p99 {} p999 {} µs over {} reads",
+                    stats.read.value_at_quantile(0.5),
+                    stats.read.value_at_quantile(0.99),
+                    stats.read.value_at_quantile(0.999),
+                    stats.read.len(),
+                );
+            }
+            Err(error) => {
+                eprintln!("append run with {batch_size}-byte batches failed: {error}");
+                failed = true;
+            }
+        }
+        let _ = std::fs::remove_dir_all(&run_dir);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    if failed {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
+}
+
+/// Writes `mib` MiB sequentially with O_DIRECT in 1 MiB aligned blocks, then one fdatasync.
+fn raw_direct_write(dir: &Path, mib: u64) -> std::io::Result<f64> {
+    let path = dir.join("raw.bin");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)?;
+    let layout = Layout::from_size_align(MIB as usize, 4096).expect("a valid layout");
+    // SAFETY: the layout has a non-zero size; the buffer is freed below with the same layout.
+    let buffer = unsafe { alloc_zeroed(layout) };
+    assert!(!buffer.is_null(), "allocation of an aligned 1 MiB buffer");
+    // SAFETY: `buffer` points to MIB initialised (zeroed) bytes owned by this function.
+    let block = unsafe { std::slice::from_raw_parts_mut(buffer, MIB as usize) };
+    for (i, byte) in block.iter_mut().enumerate() {
+        *byte = (i % 251) as u8;
+    }
+    let start = Instant::now();
+    let mut result = Ok(());
+    for i in 0..mib {
+        if let Err(error) = file.write_all_at(block, i * MIB) {
+            result = Err(error);
+            break;
+        }
+    }
+    let result = result.and_then(|()| file.sync_data());
+    let elapsed = start.elapsed().as_secs_f64();
+    // SAFETY: allocated above with this layout and not freed before.
+    unsafe { dealloc(buffer, layout) };
+    let _ = std::fs::remove_file(&path);
+    result.map(|()| mib as f64 / elapsed)
+}
+
+struct RunStats {
+    mib_per_s: f64,
+    batches_per_s: f64,
+    groups: u64,
+    append: Histogram<u64>,
+    read: Histogram<u64>,
+}
+
+async fn append_run(
+    disk: &'static FileDisk,
+    batch_size: u64,
+    cli: &Cli,
+) -> Result<RunStats, galgo_storage::StorageError> {
+    let (log, _) = PartitionLog::open(disk, LogConfig::new("p"), 1, 0).await?;
+    let log = Rc::new(log);
+    let payload_size =
+        batch_size as usize - iggy_batch::BATCH_HEADER_SIZE - iggy_batch::FRAME_HEADER_SIZE;
+    let payload = vec![0xa5u8; payload_size];
+    let message = Message {
+        id: 1,
+        payload: &payload,
+        user_headers: b"",
+        timestamp_delta: 0,
+    };
+    let batch = Bytes::from(iggy_batch::build(0, 0, 0, &[message]));
+    assert_eq!(batch.len() as u64, batch_size);
+    let batches = (cli.mib * MIB).div_ceil(batch_size);
+    let next_op = Rc::new(std::cell::Cell::new(1u64));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..cli.producers {
+        let (log, next_op, batch) = (log.clone(), next_op.clone(), batch.clone());
+        tasks.push(monoio::spawn(async move {
+            let mut latency = Histogram::<u64>::new(3).expect("a histogram");
+            loop {
+                let op = next_op.get();
+                if op > batches {
+                    return Ok::<_, galgo_storage::StorageError>(latency);
+                }
+                next_op.set(op + 1);
+                let meta = EntryMeta {
+                    op,
+                    checksum: u128::from(op),
+                    offset_first: op - 1,
+                    message_count: 1,
+                    timestamp: op,
+                };
+                let sent = Instant::now();
+                let appending = log.submit(meta, batch.clone())?;
+                log.commit_queued().await;
+                appending.durable().await?;
+                latency
+                    .record(sent.elapsed().as_micros() as u64)
+                    .expect("in range");
+            }
+        }));
+    }
+    let mut append = Histogram::<u64>::new(3).expect("a histogram");
+    for task in tasks {
+        append.add(task.await?).expect("same bounds");
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let written = batches * batch_size;
+    let mut read = Histogram::<u64>::new(3).expect("a histogram");
+    let mut prng = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..cli.reads {
+        prng ^= prng << 13;
+        prng ^= prng >> 7;
+        prng ^= prng << 17;
+        let offset = prng % batches;
+        let started = Instant::now();
+        let op = log.find_offset(offset).await?.expect("a written offset");
+        let record = log.read(op).await?;
+        read.record(started.elapsed().as_micros() as u64)
+            .expect("in range");
+        assert_eq!(record.meta.offset_first, offset);
+    }
+    Ok(RunStats {
+        mib_per_s: written as f64 / MIB as f64 / elapsed,
+        batches_per_s: batches as f64 / elapsed,
+        groups: log.groups_committed(),
+        append,
+        read,
+    })
+}
