@@ -95,19 +95,3 @@ pub fn join(dir: &str, name: &str) -> String {
         format!("{dir}/{name}")
     }
 }
-
-/// Returns `Pending` once, waking itself: the caller takes one turn of the executor, so other
-/// ready tasks run first (on any executor, no runtime needed).
-pub async fn yield_once() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            std::task::Poll::Ready(())
-        } else {
-            yielded = true;
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-}

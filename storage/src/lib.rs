@@ -9,6 +9,8 @@ pub mod disk;
 pub mod error;
 pub mod file_disk;
 pub mod format;
+pub mod futures;
+mod group_commit;
 pub mod iggy_batch;
 pub mod log;
 #[cfg(test)]

@@ -84,36 +84,38 @@ impl Appending {
     }
 }
 
-struct Pending {
-    meta: EntryMeta,
-    payload: Bytes,
-    done: oneshot::Sender<Result<(), StorageError>>,
+pub(crate) struct Pending {
+    pub(crate) meta: EntryMeta,
+    pub(crate) payload: Bytes,
+    pub(crate) done: oneshot::Sender<Result<(), StorageError>>,
 }
 
-struct State {
-    segments: Vec<Segment>,
+pub(crate) struct State {
+    pub(crate) segments: Vec<Segment>,
+    /// The end of the last record written to the active segment (durable or not).
+    pub(crate) written_end: u64,
     /// The next append must carry this op, offset (when known) and a timestamp at least this.
-    next_op: u64,
-    next_offset: Option<u64>,
-    timestamp_min: u64,
-    pending: Vec<Pending>,
-    pending_bytes: u64,
-    flushing: bool,
-    poisoned: bool,
+    pub(crate) next_op: u64,
+    pub(crate) next_offset: Option<u64>,
+    pub(crate) timestamp_min: u64,
+    pub(crate) pending: Vec<Pending>,
+    pub(crate) pending_bytes: u64,
+    pub(crate) flushing: bool,
+    pub(crate) poisoned: bool,
     /// Ops recovery or reads found damaged, with what is known of their slot.
-    faulty: BTreeMap<u64, FaultyEntry>,
+    pub(crate) faulty: BTreeMap<u64, FaultyEntry>,
     /// Group commits completed since open (each one log and one index fdatasync per segment).
-    groups_committed: u64,
+    pub(crate) groups_committed: u64,
 }
 
 impl State {
-    fn active(&self) -> &Segment {
+    pub(crate) fn active(&self) -> &Segment {
         self.segments
             .last()
             .expect("a log always has an active segment")
     }
 
-    fn durable_next(&self) -> (u64, Option<u64>, u64) {
+    pub(crate) fn durable_next(&self) -> (u64, Option<u64>, u64) {
         let active = self.active();
         let timestamp = self
             .segments
@@ -140,12 +142,12 @@ impl State {
 }
 
 pub struct PartitionLog<'d, D: Disk> {
-    disk: &'d D,
-    config: LogConfig,
-    state: RefCell<State>,
+    pub(crate) disk: &'d D,
+    pub(crate) config: LogConfig,
+    pub(crate) state: RefCell<State>,
 }
 
-fn sync_failed(error: DiskError) -> StorageError {
+pub(crate) fn sync_failed(error: DiskError) -> StorageError {
     StorageError::SyncFailed(error.to_string())
 }
 
@@ -241,8 +243,10 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
         if segments.is_empty() {
             segments.push(Segment::create(disk, &config.dir, first_op, first_offset).await?);
         }
+        let written_end = segments.last().expect("a segment").log_size;
         let mut state = State {
             segments,
+            written_end,
             next_op: 0,
             next_offset: None,
             timestamp_min: 0,
@@ -331,155 +335,6 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
             state.flushing = true;
         }
         self.flush().await;
-    }
-
-    /// Writes queued appends, a group at a time, until none is left.
-    async fn flush(&self) {
-        loop {
-            // Producers woken by the last group submit their next appends before this one is
-            // taken, so groups stay as large as the appenders in flight.
-            crate::disk::yield_once().await;
-            let group = {
-                let mut state = self.state.borrow_mut();
-                if state.pending.is_empty() {
-                    state.flushing = false;
-                    return;
-                }
-                state.pending_bytes = 0;
-                std::mem::take(&mut state.pending)
-            };
-            let result = self.write_group(&group).await;
-            let mut failed = Vec::new();
-            if let Err(error) = &result {
-                let mut state = self.state.borrow_mut();
-                // Later appends follow the failed ops: they fail too, and the next op is again
-                // the one after the durable log.
-                failed = std::mem::take(&mut state.pending);
-                state.pending_bytes = 0;
-                (state.next_op, state.next_offset, state.timestamp_min) = state.durable_next();
-                if matches!(error, StorageError::SyncFailed(_)) {
-                    state.poisoned = true;
-                }
-            }
-            for pending in group.into_iter().chain(failed) {
-                let _ = pending.done.send(result.clone());
-            }
-        }
-    }
-
-    async fn write_group(&self, group: &[Pending]) -> Result<(), StorageError> {
-        assert!(!group.is_empty());
-        // Lay out records, sealing the active segment where the next one would not fit.
-        let mut layout: Vec<(usize, IndexEntry)> = Vec::with_capacity(group.len());
-        let mut end = self.state.borrow().active().log_size;
-        for pending in group {
-            let size = RECORD_HEADER_SIZE + pending.payload.len() as u64;
-            let roll = {
-                let state = self.state.borrow();
-                let active = state.active();
-                let holds_records = !active.is_empty()
-                    || layout
-                        .last()
-                        .is_some_and(|(s, _)| *s == state.segments.len() - 1);
-                holds_records && end + size > self.config.segment_size
-            };
-            if roll {
-                let segment = Segment::create(
-                    self.disk,
-                    &self.config.dir,
-                    pending.meta.op,
-                    pending.meta.offset_first,
-                )
-                .await?;
-                end = segment.log_size;
-                self.state.borrow_mut().segments.push(segment);
-            }
-            let index = self.state.borrow().segments.len() - 1;
-            let entry = IndexEntry {
-                meta: pending.meta,
-                position: end,
-                length: pending.payload.len() as u32,
-            };
-            end = entry.record_end();
-            layout.push((index, entry));
-        }
-        let touched: Vec<usize> = {
-            let mut touched: Vec<usize> = layout.iter().map(|(s, _)| *s).collect();
-            touched.dedup();
-            touched
-        };
-        // Records: one contiguous write per segment, then one fdatasync each.
-        for &segment_index in &touched {
-            let (file, start, size_before) = {
-                let state = self.state.borrow();
-                let segment = &state.segments[segment_index];
-                let first = layout
-                    .iter()
-                    .find(|(s, _)| *s == segment_index)
-                    .expect("touched");
-                (segment.log, first.1.position, segment.log_size)
-            };
-            assert_eq!(
-                start, size_before,
-                "records are appended at the durable end"
-            );
-            let mut buffer = BytesMut::new();
-            for ((s, entry), pending) in layout.iter().zip(group) {
-                if *s == segment_index {
-                    buffer.extend_from_slice(&encode_record_header(&entry.meta, &pending.payload));
-                    buffer.extend_from_slice(&pending.payload);
-                }
-            }
-            if let Err(error) = self.disk.write_at(file, start, buffer.freeze()).await {
-                // Nothing of this group is acknowledged: cut what may have landed.
-                let _ = self.disk.truncate(file, size_before).await;
-                return Err(error.into());
-            }
-        }
-        for &segment_index in &touched {
-            let file = self.state.borrow().segments[segment_index].log;
-            self.disk.sync(file).await.map_err(sync_failed)?;
-        }
-        // Index entries, only now that their records are durable.
-        for &segment_index in &touched {
-            let (file, at) = {
-                let state = self.state.borrow();
-                let segment = &state.segments[segment_index];
-                let first = layout
-                    .iter()
-                    .find(|(s, _)| *s == segment_index)
-                    .expect("touched");
-                (segment.idx, segment.index_position(first.1.meta.op))
-            };
-            let mut buffer = BytesMut::new();
-            for (s, entry) in &layout {
-                if *s == segment_index {
-                    buffer.extend_from_slice(&encode_index_entry(entry));
-                }
-            }
-            if let Err(error) = self.disk.write_at(file, at, buffer.freeze()).await {
-                // The records stay on disk unindexed; recovery would keep them, but they were
-                // never acknowledged, so cut them to keep memory and disk alike.
-                let (log, size_before) = {
-                    let state = self.state.borrow();
-                    let segment = &state.segments[segment_index];
-                    (segment.log, segment.log_size)
-                };
-                let _ = self.disk.truncate(file, at).await;
-                let _ = self.disk.truncate(log, size_before).await;
-                return Err(error.into());
-            }
-        }
-        for &segment_index in &touched {
-            let file = self.state.borrow().segments[segment_index].idx;
-            self.disk.sync(file).await.map_err(sync_failed)?;
-        }
-        let mut state = self.state.borrow_mut();
-        for (segment_index, entry) in layout {
-            state.segments[segment_index].push(entry, self.config.index_interval_bytes);
-        }
-        state.groups_committed += 1;
-        Ok(())
     }
 
     /// The durable ops are `[first_op, op_end)`.
@@ -741,6 +596,7 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
         active.log_size = log_end;
         active.sparse.retain(|p| p.op <= op);
         active.last = keep_last;
+        state.written_end = log_end;
         state.faulty.retain(|f, _| *f <= op);
         (state.next_op, state.next_offset, state.timestamp_min) = state.durable_next();
         Ok(())
@@ -833,6 +689,9 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
     pub async fn delete_oldest_segment(&self) -> Result<Option<SegmentInfo>, StorageError> {
         let (info, log, idx) = {
             let state = self.state.borrow();
+            if state.flushing {
+                return Err(StorageError::Busy);
+            }
             if state.segments.len() < 2 {
                 return Ok(None);
             }
@@ -868,7 +727,11 @@ pub fn retention_count(segments: &[SegmentInfo], retention: Retention, now_us: u
     count
 }
 
-async fn remove_segment_files<D: Disk>(disk: &D, dir: &str, base: u64) -> Result<(), StorageError> {
+pub(crate) async fn remove_segment_files<D: Disk>(
+    disk: &D,
+    dir: &str,
+    base: u64,
+) -> Result<(), StorageError> {
     // The index first: an index without its log is never left behind as a sealed segment.
     for name in [idx_name(dir, base), log_name(dir, base)] {
         match disk.remove(&name).await {

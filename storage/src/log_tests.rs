@@ -426,3 +426,42 @@ fn a_new_segment_whose_sealing_group_was_cut_is_discarded() {
         log.append(meta(6), payload(6)).await.unwrap();
     });
 }
+
+#[test]
+fn a_full_disk_under_concurrent_appends_fails_a_suffix_and_keeps_every_acknowledged_op() {
+    for limit in [2_000u64, 4_000, 6_000, 8_000] {
+        let disk = MemoryDisk::new(limit);
+        block_on(async {
+            let (log, _) = open(&disk).await;
+            *disk.space_limit.borrow_mut() = limit;
+            let log_ref = &log;
+            let appends = (1..41u64).map(|op| async move {
+                let log = log_ref;
+                let appending = log.submit(meta(op), payload(op));
+                log.commit_queued().await;
+                match appending {
+                    Ok(appending) => appending.durable().await,
+                    Err(error) => Err(error),
+                }
+            });
+            let results = join_all(appends).await;
+            let acked = results.iter().take_while(|r| r.is_ok()).count() as u64;
+            assert!(acked < 40, "the limit stops the appends: {results:?}");
+            assert!(
+                results[acked as usize..].iter().all(|r| r.is_err()),
+                "failures are a suffix"
+            );
+            assert_eq!(log.op_end(), acked + 1);
+            assert_eq!(log.verify().await.unwrap(), acked);
+            drop(log);
+            disk.crash();
+            let (log, report) = open(&disk).await;
+            assert!(report.faulty.is_empty());
+            assert!(
+                log.op_end() > acked,
+                "every acknowledged op survives the crash"
+            );
+            assert_eq!(log.verify().await.unwrap(), log.op_end() - 1);
+        });
+    }
+}

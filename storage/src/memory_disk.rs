@@ -13,7 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 
-use crate::disk::{yield_once, Disk, DiskError, FileId};
+use crate::disk::{Disk, DiskError, FileId};
+use crate::futures::yield_once;
 
 pub const SECTOR_SIZE: u64 = 512;
 

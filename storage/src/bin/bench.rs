@@ -51,20 +51,26 @@ fn main() -> std::process::ExitCode {
         cli.producers,
         dir.display()
     );
-    let raw = match raw_direct_write(&dir, cli.mib) {
-        Ok(raw) => raw,
-        Err(error) => {
-            eprintln!("raw direct write failed: {error}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    println!("raw O_DIRECT sequential write, 1 MiB blocks, one fdatasync: {raw:.1} MiB/s");
     let mut failed = false;
     for batch_size in [64 * 1024u64, MIB] {
+        // The raw bandwidth is measured right before and right after each append run (this
+        // kind of disk drifts), and the ratio uses their mean.
+        let raw_before = match raw_direct_write(&dir, cli.mib) {
+            Ok(raw) => raw,
+            Err(error) => {
+                eprintln!("raw direct write failed: {error}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
         let run_dir = dir.join(format!("log-{batch_size}"));
         std::fs::create_dir_all(&run_dir).expect("a run directory");
         let disk: &'static FileDisk = Box::leak(Box::new(FileDisk::new(&run_dir)));
         let (result, uring) = block_on(append_run(disk, batch_size, &cli));
+        let raw_after = raw_direct_write(&dir, cli.mib).unwrap_or(raw_before);
+        let raw = (raw_before + raw_after) / 2.0;
+        println!(
+            "raw O_DIRECT sequential write, 1 MiB blocks, one fdatasync: {raw_before:.1} MiB/s before, {raw_after:.1} MiB/s after"
+        );
         match result {
             Ok(stats) => {
                 let label = if batch_size == MIB { "1 MiB" } else { "64 KiB" };
