@@ -95,3 +95,8 @@ pub fn join(dir: &str, name: &str) -> String {
         format!("{dir}/{name}")
     }
 }
+
+/// The directory part of a disk name ("" for a name at the root).
+pub fn parent(name: &str) -> &str {
+    name.rsplit_once('/').map_or("", |(dir, _)| dir)
+}

@@ -18,7 +18,9 @@ mod log_tests;
 pub mod memory_disk;
 pub mod recovery;
 pub mod segment;
+pub mod snapshot;
 pub mod superblock;
+pub mod wal_ring;
 pub mod workload;
 
 pub use disk::{Disk, DiskError, FileId};

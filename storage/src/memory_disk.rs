@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 
-use crate::disk::{Disk, DiskError, FileId};
+use crate::disk::{parent, Disk, DiskError, FileId};
 use crate::futures::yield_once;
 
 pub const SECTOR_SIZE: u64 = 512;
@@ -197,10 +197,6 @@ fn put(bytes: &mut Vec<u8>, offset: u64, data: &[u8]) {
         bytes.resize(end, 0);
     }
     bytes[offset as usize..end].copy_from_slice(data);
-}
-
-fn parent(name: &str) -> &str {
-    name.rsplit_once('/').map_or("", |(dir, _)| dir)
 }
 
 impl Disk for MemoryDisk {

@@ -12,7 +12,7 @@
 use bytes::{Bytes, BytesMut};
 
 use crate::checksum::checksum64;
-use crate::disk::{Disk, FileId};
+use crate::disk::{parent, Disk, FileId};
 use crate::error::StorageError;
 
 pub const SUPERBLOCK_COPIES: u64 = 4;
@@ -88,6 +88,9 @@ impl<'d, D: Disk> Superblock<'d, D> {
     ) -> Result<(Superblock<'d, D>, Option<(u64, Vec<u8>)>), StorageError> {
         let file = disk.open(name, true).await?;
         let size = disk.size(file).await?;
+        if size == 0 {
+            disk.sync_dir(parent(name)).await?;
+        }
         let mut copies = Vec::new();
         for copy in 0..SUPERBLOCK_COPIES {
             let at = copy * SUPERBLOCK_COPY_SIZE;
