@@ -85,6 +85,9 @@ pub trait Disk {
     async fn remove(&self, name: &str) -> Result<(), DiskError>;
     /// Makes created and removed names in `dir` durable.
     async fn sync_dir(&self, dir: &str) -> Result<(), DiskError>;
+    /// Lets the other ready tasks of the runtime that drives this disk run before the caller
+    /// goes on (group commit waits a turn for appenders to queue).
+    async fn yield_now(&self);
 }
 
 /// Joins a directory and a file name into a disk name.

@@ -26,14 +26,24 @@ struct OpenFile {
 
 pub struct FileDisk {
     root: PathBuf,
+    /// On the epoll driver file calls never suspend, so letting other tasks run needs a timer;
+    /// on io_uring the I/O itself suspends the caller and yielding costs nothing.
+    epoll: bool,
     files: RefCell<BTreeMap<FileId, OpenFile>>,
     next_id: RefCell<u32>,
 }
 
 impl FileDisk {
+    /// A disk for a runtime built by `block_on` (io_uring where the kernel allows it).
     pub fn new(root: impl Into<PathBuf>) -> FileDisk {
+        FileDisk::with_driver(root, !monoio::utils::detect_uring())
+    }
+
+    /// A disk for a runtime on the epoll driver (`block_on_epoll`) when `epoll` is set.
+    pub fn with_driver(root: impl Into<PathBuf>, epoll: bool) -> FileDisk {
         FileDisk {
             root: root.into(),
+            epoll,
             files: RefCell::new(BTreeMap::new()),
             next_id: RefCell::new(0),
         }
@@ -165,6 +175,15 @@ impl Disk for FileDisk {
         fs::File::open(self.path(dir))?.sync_all()?;
         Ok(())
     }
+
+    async fn yield_now(&self) {
+        // A task that wakes itself is polled again at once on monoio; on epoll a zero timer
+        // (about a millisecond: the timer's granularity) lets the other ready tasks run first.
+        // The runtime needs its timer enabled, as `block_on` and `block_on_epoll` do.
+        if self.epoll {
+            monoio::time::sleep(std::time::Duration::ZERO).await;
+        }
+    }
 }
 
 /// Runs `future` on a monoio runtime that uses io_uring when the kernel allows it and falls
@@ -176,6 +195,16 @@ pub fn block_on<F: std::future::Future>(future: F) -> (F::Output, bool) {
         .build()
         .expect("a monoio runtime (io_uring or epoll)");
     (runtime.block_on(future), uring)
+}
+
+/// Runs `future` on monoio's epoll driver, where file I/O is blocking syscalls: the path taken
+/// when io_uring is refused, forced (to measure or test it).
+pub fn block_on_epoll<F: std::future::Future>(future: F) -> F::Output {
+    let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+        .expect("a monoio epoll runtime");
+    runtime.block_on(future)
 }
 
 #[cfg(test)]

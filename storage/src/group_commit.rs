@@ -16,13 +16,15 @@ use crate::error::StorageError;
 use crate::format::{
     encode_index_entry, encode_record_header, IndexEntry, FILE_HEADER_SIZE, RECORD_HEADER_SIZE,
 };
-use crate::futures::{join, yield_once};
+use crate::futures::join;
 use crate::log::{remove_segment_files, sync_failed, PartitionLog, Pending};
 use crate::segment::Segment;
 
 /// Payloads at least this large are written from the caller's buffer instead of being copied
 /// into the group's buffer.
 const PAYLOAD_COPY_MAX: usize = 256 * 1024;
+/// Executor turns the flusher waits, at most, for appenders to queue before taking a group.
+const GATHER_TURNS_MAX: usize = 64;
 
 /// A group whose records are written but not yet known durable.
 pub(crate) struct Written {
@@ -45,8 +47,15 @@ impl<D: Disk> PartitionLog<'_, D> {
         let mut in_flight: Option<Written> = None;
         loop {
             // Appenders woken by the last group queue their next appends before this one is
-            // taken, so groups stay as large as the appends in flight.
-            yield_once().await;
+            // taken, so groups stay as large as the appends in flight: yield while the queue
+            // still grows (a bounded number of turns).
+            for _ in 0..GATHER_TURNS_MAX {
+                let queued = self.state.borrow().pending.len();
+                self.disk.yield_now().await;
+                if self.state.borrow().pending.len() == queued {
+                    break;
+                }
+            }
             let group = {
                 let mut state = self.state.borrow_mut();
                 state.pending_bytes = 0;

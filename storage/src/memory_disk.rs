@@ -354,6 +354,10 @@ impl Disk for MemoryDisk {
         Ok(())
     }
 
+    async fn yield_now(&self) {
+        yield_once().await;
+    }
+
     async fn sync_dir(&self, dir: &str) -> Result<(), DiskError> {
         let mut state = self.state.borrow_mut();
         let state = &mut *state;

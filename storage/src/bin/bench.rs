@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use clap::Parser;
-use galgo_storage::file_disk::block_on;
+use galgo_storage::file_disk::{block_on, block_on_epoll};
 use galgo_storage::iggy_batch::{self, Message};
 use galgo_storage::{EntryMeta, FileDisk, LogConfig, PartitionLog};
 use hdrhistogram::Histogram;
@@ -24,9 +24,13 @@ struct Cli {
     /// MiB written by each measurement.
     #[arg(long, default_value_t = 512)]
     mib: u64,
-    /// Appenders with a request in flight at once (like a VSR pipeline of prepares).
-    #[arg(long, default_value_t = 8)]
-    producers: usize,
+    /// Appends in flight at once, one run per value: 8 is one partition's VSR pipeline; more
+    /// in flight puts more bytes under each fdatasync.
+    #[arg(long, value_delimiter = ',', default_values_t = [8usize, 32])]
+    producers: Vec<usize>,
+    /// Use monoio's epoll driver (blocking file syscalls), as when io_uring is refused.
+    #[arg(long)]
+    epoll: bool,
     /// Reads by offset to time after each append run.
     #[arg(long, default_value_t = 20_000)]
     reads: u64,
@@ -36,7 +40,7 @@ const MIB: u64 = 1 << 20;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if cli.mib == 0 || cli.producers == 0 {
+    if cli.mib == 0 || cli.producers.is_empty() || cli.producers.contains(&0) {
         eprintln!("--mib and --producers must be at least 1");
         return std::process::ExitCode::FAILURE;
     }
@@ -46,13 +50,17 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::FAILURE;
     }
     println!(
-        "galgo-storage-bench: {} MiB per run, {} producers, dir {}",
+        "galgo-storage-bench: {} MiB per run, {:?} appends in flight, dir {}",
         cli.mib,
         cli.producers,
         dir.display()
     );
     let mut failed = false;
-    for batch_size in [64 * 1024u64, MIB] {
+    let runs = cli
+        .producers
+        .iter()
+        .flat_map(|p| [(*p, 64 * 1024u64), (*p, MIB)]);
+    for (producers, batch_size) in runs {
         // The raw bandwidth is measured right before and right after each append run (this
         // kind of disk drifts), and the ratio uses their mean.
         let raw_before = match raw_direct_write(&dir, cli.mib) {
@@ -64,8 +72,16 @@ fn main() -> std::process::ExitCode {
         };
         let run_dir = dir.join(format!("log-{batch_size}"));
         std::fs::create_dir_all(&run_dir).expect("a run directory");
-        let disk: &'static FileDisk = Box::leak(Box::new(FileDisk::new(&run_dir)));
-        let (result, uring) = block_on(append_run(disk, batch_size, &cli));
+        let disk: &'static FileDisk =
+            Box::leak(Box::new(FileDisk::with_driver(&run_dir, cli.epoll)));
+        let (result, uring) = if cli.epoll {
+            (
+                block_on_epoll(append_run(disk, batch_size, producers, &cli)),
+                false,
+            )
+        } else {
+            block_on(append_run(disk, batch_size, producers, &cli))
+        };
         let raw_after = raw_direct_write(&dir, cli.mib).unwrap_or(raw_before);
         let raw = (raw_before + raw_after) / 2.0;
         println!(
@@ -75,7 +91,7 @@ fn main() -> std::process::ExitCode {
             Ok(stats) => {
                 let label = if batch_size == MIB { "1 MiB" } else { "64 KiB" };
                 println!(
-                    "durable append {label:>6} batches ({}): {:.1} MiB/s = {:.2} of raw, {:.0} batches/s, {} fdatasync pairs | append latency p50 {} p99 {} p999 {} µs",
+                    "durable append {label:>6} batches, {producers:>2} in flight ({}): {:.1} MiB/s = {:.2} of raw, {:.0} batches/s, {} fdatasync pairs | append latency p50 {} p99 {} p999 {} µs",
                     if uring { "io_uring" } else { "epoll fallback" },
                     stats.mib_per_s,
                     stats.mib_per_s / raw,
@@ -153,6 +169,7 @@ struct RunStats {
 async fn append_run(
     disk: &'static FileDisk,
     batch_size: u64,
+    producers: usize,
     cli: &Cli,
 ) -> Result<RunStats, galgo_storage::StorageError> {
     let (log, _) = PartitionLog::open(disk, LogConfig::new("p"), 1, 0).await?;
@@ -172,7 +189,7 @@ async fn append_run(
     let next_op = Rc::new(std::cell::Cell::new(1u64));
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..cli.producers {
+    for _ in 0..producers {
         let (log, next_op, batch) = (log.clone(), next_op.clone(), batch.clone());
         tasks.push(monoio::spawn(async move {
             let mut latency = Histogram::<u64>::new(3).expect("a histogram");

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::rc::Rc;
 
 use clap::Parser;
-use galgo_storage::file_disk::block_on;
+use galgo_storage::file_disk::{block_on, block_on_epoll};
 use galgo_storage::{FileDisk, LogConfig, PartitionLog};
 
 #[derive(Parser)]
@@ -24,6 +24,9 @@ struct Cli {
     /// Segment size in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     segment_size: u64,
+    /// Run on monoio's epoll driver (the fallback when io_uring is refused).
+    #[arg(long)]
+    epoll: bool,
     /// Stop after this many ops (default: run until killed).
     #[arg(long)]
     ops: Option<u64>,
@@ -35,8 +38,16 @@ fn main() -> std::process::ExitCode {
         eprintln!("cannot create {}: {error}", cli.dir.display());
         return std::process::ExitCode::FAILURE;
     }
-    let disk: &'static FileDisk = Box::leak(Box::new(FileDisk::new(&cli.dir)));
-    let (result, uring) = block_on(run(disk, &cli));
+    let disk: &'static FileDisk = Box::leak(Box::new(if cli.epoll {
+        FileDisk::with_driver(&cli.dir, true)
+    } else {
+        FileDisk::new(&cli.dir)
+    }));
+    let (result, uring) = if cli.epoll {
+        (block_on_epoll(run(disk, &cli)), false)
+    } else {
+        block_on(run(disk, &cli))
+    };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
