@@ -82,6 +82,27 @@ async fn read_record<D: Disk>(
     record_valid(&header, &payload).then_some((meta, length))
 }
 
+/// Index entries to rewrite, and the report they go into.
+struct Fixes {
+    report: RecoveryReport,
+    rewrites: Vec<IndexEntry>,
+    index_interval_bytes: u64,
+}
+
+impl Fixes {
+    /// Keeps an intact record whose index entry is missing or damaged; the entry is rewritten.
+    fn keep(&mut self, segment: &mut Segment, meta: EntryMeta, position: u64, length: u32) {
+        let entry = IndexEntry {
+            meta,
+            position,
+            length,
+        };
+        self.report.fixed.push(meta.op);
+        self.rewrites.push(entry);
+        segment.push(entry, self.index_interval_bytes);
+    }
+}
+
 /// Opens and recovers the segment starting at `base_op` in `dir`.
 pub async fn open_segment<D: Disk>(
     disk: &D,
@@ -127,17 +148,7 @@ pub async fn open_segment<D: Disk>(
             )))
         }
     };
-    let mut segment = Segment {
-        base_op,
-        offset_first,
-        log,
-        idx,
-        op_end: base_op,
-        log_size: FILE_HEADER_SIZE,
-        sparse: Vec::new(),
-        last: None,
-    };
-    let mut report = RecoveryReport::default();
+    let mut segment = Segment::empty(base_op, offset_first, log, idx);
     let entry_count = (idx_size - FILE_HEADER_SIZE) / INDEX_ENTRY_SIZE;
     let raw = disk
         .read_at(
@@ -152,7 +163,11 @@ pub async fn open_segment<D: Disk>(
         .zip(base_op..)
         .map(|(bytes, op)| decode_index_entry(bytes).ok().filter(|e| e.meta.op == op))
         .collect();
-    let mut rewrites: Vec<IndexEntry> = Vec::new();
+    let mut fixes = Fixes {
+        report: RecoveryReport::default(),
+        rewrites: Vec::new(),
+        index_interval_bytes,
+    };
     let mut position = FILE_HEADER_SIZE;
     let mut kept = 0u64;
     for (k, entry) in decoded.iter().enumerate() {
@@ -162,7 +177,7 @@ pub async fn open_segment<D: Disk>(
                 if verify_records {
                     let intact = read_record(disk, &segment, position, op, log_size).await;
                     if intact != Some((entry.meta, entry.length)) {
-                        report.faulty.push(FaultyEntry {
+                        fixes.report.faulty.push(FaultyEntry {
                             op,
                             meta: Some(entry.meta),
                             position,
@@ -173,16 +188,7 @@ pub async fn open_segment<D: Disk>(
                 segment.push(*entry, index_interval_bytes);
             }
             _ => match read_record(disk, &segment, position, op, log_size).await {
-                Some((meta, length)) => {
-                    let entry = IndexEntry {
-                        meta,
-                        position,
-                        length,
-                    };
-                    report.fixed.push(op);
-                    rewrites.push(entry);
-                    segment.push(entry, index_interval_bytes);
-                }
+                Some((meta, length)) => fixes.keep(&mut segment, meta, position, length),
                 None => {
                     let later_valid = decoded[k + 1..].iter().any(Option::is_some);
                     if !later_valid && slots[k].iter().all(|b| *b == 0) {
@@ -196,7 +202,7 @@ pub async fn open_segment<D: Disk>(
                              its index entry"
                         )));
                     };
-                    report.faulty.push(FaultyEntry {
+                    fixes.report.faulty.push(FaultyEntry {
                         op,
                         meta: None,
                         position,
@@ -224,19 +230,12 @@ pub async fn open_segment<D: Disk>(
         {
             break;
         }
-        let entry = IndexEntry {
-            meta,
-            position,
-            length,
-        };
-        report.fixed.push(op);
-        rewrites.push(entry);
-        segment.push(entry, index_interval_bytes);
+        fixes.keep(&mut segment, meta, position, length);
         position = segment.log_size;
     }
     let idx_end = segment.index_position(segment.op_end);
-    if !rewrites.is_empty() || idx_size != idx_end {
-        for entry in &rewrites {
+    if !fixes.rewrites.is_empty() || idx_size != idx_end {
+        for entry in &fixes.rewrites {
             let bytes = encode_index_entry(entry);
             let at = segment.index_position(entry.meta.op);
             disk.write_at(idx, at, Bytes::copy_from_slice(&bytes))
@@ -248,7 +247,7 @@ pub async fn open_segment<D: Disk>(
             .map_err(|e| StorageError::SyncFailed(e.to_string()))?;
     }
     if log_size > segment.log_size {
-        report.torn_bytes = log_size - segment.log_size;
+        fixes.report.torn_bytes = log_size - segment.log_size;
         disk.truncate(log, segment.log_size).await?;
         disk.sync(log)
             .await
@@ -260,5 +259,5 @@ pub async fn open_segment<D: Disk>(
                 .last
                 .is_some_and(|l| l.meta.op + 1 == segment.op_end)
     );
-    Ok(Opened::Segment(segment, report))
+    Ok(Opened::Segment(segment, fixes.report))
 }

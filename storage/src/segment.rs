@@ -72,7 +72,12 @@ impl Segment {
             disk.sync(file).await?;
         }
         disk.sync_dir(dir).await?;
-        Ok(Segment {
+        Ok(Segment::empty(base_op, offset_first, log, idx))
+    }
+
+    /// A segment with no records yet, over open files.
+    pub fn empty(base_op: u64, offset_first: u64, log: FileId, idx: FileId) -> Segment {
+        Segment {
             base_op,
             offset_first,
             log,
@@ -81,7 +86,7 @@ impl Segment {
             log_size: FILE_HEADER_SIZE,
             sparse: Vec::new(),
             last: None,
-        })
+        }
     }
 
     pub fn is_empty(&self) -> bool {
