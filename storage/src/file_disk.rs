@@ -58,13 +58,9 @@ impl FileDisk {
         self.root.join(name)
     }
 
-    fn io_file(&self, file: FileId) -> Rc<monoio::fs::File> {
-        self.files
-            .borrow()
-            .get(&file)
-            .expect("file is open")
-            .io
-            .clone()
+    fn io_file(&self, file: FileId) -> Result<Rc<monoio::fs::File>, DiskError> {
+        let files = self.files.borrow();
+        Ok(files.get(&file).ok_or(closed(file))?.io.clone())
     }
 }
 
@@ -125,12 +121,12 @@ impl Disk for FileDisk {
 
     async fn size(&self, file: FileId) -> Result<u64, DiskError> {
         let files = self.files.borrow();
-        let open = files.get(&file).expect("file is open");
+        let open = files.get(&file).ok_or(closed(file))?;
         Ok(open.control.metadata()?.len())
     }
 
     async fn read_at(&self, file: FileId, offset: u64, len: usize) -> Result<Vec<u8>, DiskError> {
-        let io = self.io_file(file);
+        let io = self.io_file(file)?;
         let (result, buffer) = io.read_exact_at(Vec::with_capacity(len), offset).await;
         match result {
             Ok(()) => Ok(buffer),
@@ -145,21 +141,21 @@ impl Disk for FileDisk {
     }
 
     async fn write_at(&self, file: FileId, offset: u64, bytes: Bytes) -> Result<(), DiskError> {
-        let io = self.io_file(file);
+        let io = self.io_file(file)?;
         let (result, _) = io.write_all_at(bytes, offset).await;
         result?;
         Ok(())
     }
 
     async fn sync(&self, file: FileId) -> Result<(), DiskError> {
-        let io = self.io_file(file);
+        let io = self.io_file(file)?;
         io.sync_data().await?;
         Ok(())
     }
 
     async fn truncate(&self, file: FileId, len: u64) -> Result<(), DiskError> {
         let files = self.files.borrow();
-        let open = files.get(&file).expect("file is open");
+        let open = files.get(&file).ok_or(closed(file))?;
         open.control.set_len(len)?;
         Ok(())
     }
@@ -184,6 +180,11 @@ impl Disk for FileDisk {
             monoio::time::sleep(std::time::Duration::ZERO).await;
         }
     }
+}
+
+/// The error for a handle closed meanwhile (its segment was removed, say).
+fn closed(file: FileId) -> DiskError {
+    DiskError::Io(format!("file {} is closed", file.0))
 }
 
 /// Runs `future` on a monoio runtime that uses io_uring when the kernel allows it and falls

@@ -2,7 +2,9 @@
 //!
 //! * File header (64 B) opens every `.log` and `.idx` file:
 //!   `[0..8 magic][8..12 version u32][12..16 zero][16..24 base_op u64][24..32 offset_first u64]`
-//!   `[32..56 zero][56..64 checksum]` (offset_first: the offset the segment's first record takes).
+//!   `[32..40 truncate_to u64][40..56 zero][56..64 checksum]` (offset_first: the offset the
+//!   segment's first record takes; truncate_to, in an `.idx` header: a truncation in progress
+//!   that recovery must finish, every op from it on is discarded; 0 when none).
 //! * Record (64 B header + payload) in a `.log` file, one per prepare:
 //!   `[0..4 magic][4..8 payload length u32][8..16 op][16..32 prepare checksum u128]`
 //!   `[32..40 offset_first][40..48 timestamp µs][48..52 message_count u32][52..56 zero]`
@@ -72,35 +74,58 @@ fn u128_at(bytes: &[u8], at: usize) -> u128 {
     u128::from_le_bytes(bytes[at..at + 16].try_into().expect("16 bytes"))
 }
 
-pub fn encode_file_header(
-    magic: [u8; 8],
-    base_op: u64,
-    offset_first: u64,
-) -> [u8; FILE_HEADER_SIZE as usize] {
-    let mut bytes = [0u8; FILE_HEADER_SIZE as usize];
-    bytes[0..8].copy_from_slice(&magic);
-    bytes[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    bytes[16..24].copy_from_slice(&base_op.to_le_bytes());
-    bytes[24..32].copy_from_slice(&offset_first.to_le_bytes());
-    let checksum = checksum64(&[&bytes[0..56]]);
-    bytes[56..64].copy_from_slice(&checksum.to_le_bytes());
-    bytes
+/// The header of a `.log` or `.idx` file (or of another file kind, by its magic).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileHeader {
+    pub magic: [u8; 8],
+    pub base_op: u64,
+    pub offset_first: u64,
+    /// A truncation in progress: ops from this one on are discarded. 0 when none.
+    pub truncate_to: u64,
 }
 
-/// Decodes a file header and returns its (base op, first offset).
-pub fn decode_file_header(magic: [u8; 8], bytes: &[u8]) -> Result<(u64, u64), DecodeError> {
-    assert_eq!(bytes.len(), FILE_HEADER_SIZE as usize);
-    if checksum64(&[&bytes[0..56]]) != u64_at(bytes, 56) {
-        return Err(DecodeError::BadChecksum);
+impl FileHeader {
+    pub fn new(magic: [u8; 8], base_op: u64, offset_first: u64) -> FileHeader {
+        FileHeader {
+            magic,
+            base_op,
+            offset_first,
+            truncate_to: 0,
+        }
     }
-    if bytes[0..8] != magic {
-        return Err(DecodeError::BadMagic);
+
+    pub fn encode(&self) -> [u8; FILE_HEADER_SIZE as usize] {
+        let mut bytes = [0u8; FILE_HEADER_SIZE as usize];
+        bytes[0..8].copy_from_slice(&self.magic);
+        bytes[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        bytes[16..24].copy_from_slice(&self.base_op.to_le_bytes());
+        bytes[24..32].copy_from_slice(&self.offset_first.to_le_bytes());
+        bytes[32..40].copy_from_slice(&self.truncate_to.to_le_bytes());
+        let checksum = checksum64(&[&bytes[0..56]]);
+        bytes[56..64].copy_from_slice(&checksum.to_le_bytes());
+        assert_eq!(FileHeader::decode(self.magic, &bytes), Ok(*self));
+        bytes
     }
-    let version = u32_at(bytes, 8);
-    if version != FORMAT_VERSION {
-        return Err(DecodeError::BadVersion(version));
+
+    pub fn decode(magic: [u8; 8], bytes: &[u8]) -> Result<FileHeader, DecodeError> {
+        assert_eq!(bytes.len(), FILE_HEADER_SIZE as usize);
+        if checksum64(&[&bytes[0..56]]) != u64_at(bytes, 56) {
+            return Err(DecodeError::BadChecksum);
+        }
+        if bytes[0..8] != magic {
+            return Err(DecodeError::BadMagic);
+        }
+        let version = u32_at(bytes, 8);
+        if version != FORMAT_VERSION {
+            return Err(DecodeError::BadVersion(version));
+        }
+        Ok(FileHeader {
+            magic,
+            base_op: u64_at(bytes, 16),
+            offset_first: u64_at(bytes, 24),
+            truncate_to: u64_at(bytes, 32),
+        })
     }
-    Ok((u64_at(bytes, 16), u64_at(bytes, 24)))
 }
 
 /// offset_first and timestamp sit at the same place in records and index entries.
@@ -236,16 +261,18 @@ mod tests {
             Err(DecodeError::BadChecksum)
         );
 
-        let header = encode_file_header(LOG_MAGIC, 77, 5000);
-        assert_eq!(decode_file_header(LOG_MAGIC, &header), Ok((77, 5000)));
+        let mut header = FileHeader::new(LOG_MAGIC, 77, 5000);
+        header.truncate_to = 90;
+        let bytes = header.encode();
+        assert_eq!(FileHeader::decode(LOG_MAGIC, &bytes), Ok(header));
         assert_eq!(
-            decode_file_header(INDEX_MAGIC, &header),
+            FileHeader::decode(INDEX_MAGIC, &bytes),
             Err(DecodeError::BadMagic)
         );
-        let mut damaged = header;
+        let mut damaged = bytes;
         damaged[17] ^= 4;
         assert_eq!(
-            decode_file_header(LOG_MAGIC, &damaged),
+            FileHeader::decode(LOG_MAGIC, &damaged),
             Err(DecodeError::BadChecksum)
         );
     }

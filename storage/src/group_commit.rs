@@ -26,6 +26,23 @@ const PAYLOAD_COPY_MAX: usize = 256 * 1024;
 /// Executor turns the flusher waits, at most, for appenders to queue before taking a group.
 const GATHER_TURNS_MAX: usize = 64;
 
+/// Poisons the log if a flush is dropped before it finished (its caller was cancelled): the
+/// groups it held are neither durable nor failed, and only a reopen can tell.
+struct FlushGuard<'a> {
+    state: &'a std::cell::RefCell<crate::log::State>,
+    finished: bool,
+}
+
+impl Drop for FlushGuard<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            let mut state = self.state.borrow_mut();
+            state.poisoned = true;
+            state.flushing = false;
+        }
+    }
+}
+
 /// A group whose records are written but not yet known durable.
 pub(crate) struct Written {
     group: Vec<Pending>,
@@ -44,6 +61,10 @@ impl Written {
 impl<D: Disk> PartitionLog<'_, D> {
     /// Writes queued appends, a group at a time, until none is left or in flight.
     pub(crate) async fn flush(&self) {
+        let mut guard = FlushGuard {
+            state: &self.state,
+            finished: false,
+        };
         let mut in_flight: Option<Written> = None;
         loop {
             // Appenders woken by the last group queue their next appends before this one is
@@ -63,6 +84,7 @@ impl<D: Disk> PartitionLog<'_, D> {
             };
             if group.is_empty() && in_flight.is_none() {
                 self.state.borrow_mut().flushing = false;
+                guard.finished = true;
                 return;
             }
             let write_next = async {
@@ -229,6 +251,8 @@ impl<D: Disk> PartitionLog<'_, D> {
     async fn fail(&self, failed: Vec<Pending>, error: StorageError) {
         let queued = {
             let mut state = self.state.borrow_mut();
+            // No append is accepted until the durable end is known again (below).
+            state.exclusive = true;
             state.pending_bytes = 0;
             if matches!(error, StorageError::SyncFailed(_)) {
                 state.poisoned = true;
@@ -274,5 +298,6 @@ impl<D: Disk> PartitionLog<'_, D> {
         let mut state = self.state.borrow_mut();
         state.written_end = log_size;
         (state.next_op, state.next_offset, state.timestamp_min) = state.durable_next();
+        state.exclusive = false;
     }
 }

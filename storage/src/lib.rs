@@ -20,6 +20,7 @@ pub mod recovery;
 pub mod segment;
 pub mod snapshot;
 pub mod superblock;
+mod truncation;
 pub mod wal_ring;
 pub mod workload;
 

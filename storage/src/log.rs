@@ -20,7 +20,7 @@ use crate::format::{
     encode_index_entry, encode_record_header, record_valid, EntryMeta, IndexEntry,
     PAYLOAD_SIZE_MAX, RECORD_HEADER_SIZE,
 };
-use crate::recovery::{open_segment, FaultyEntry, Opened, RecoveryReport};
+use crate::recovery::{open_segment, truncation_mark, FaultyEntry, Opened, RecoveryReport};
 use crate::segment::{idx_name, log_name, parse_name, read_entries, Segment, SparsePoint};
 
 #[derive(Clone, Debug)]
@@ -106,6 +106,8 @@ pub(crate) struct State {
     pub(crate) faulty: BTreeMap<u64, FaultyEntry>,
     /// Group commits completed since open (each one log and one index fdatasync per segment).
     pub(crate) groups_committed: u64,
+    /// A truncation, retention or repair is running: appends are refused meanwhile.
+    pub(crate) exclusive: bool,
 }
 
 impl State {
@@ -115,26 +117,44 @@ impl State {
             .expect("a log always has an active segment")
     }
 
+    /// The segment whose records end the durable log: the last one holding records (a segment
+    /// that a group in flight just created holds none yet), or the first one.
+    fn durable_tail(&self) -> &Segment {
+        self.segments
+            .iter()
+            .rev()
+            .find(|s| !s.is_empty())
+            .unwrap_or(&self.segments[0])
+    }
+
+    /// The op, offset (unknown while the last op is faulty with an unknown meta) and minimum
+    /// timestamp the next append after the durable log must carry.
     pub(crate) fn durable_next(&self) -> (u64, Option<u64>, u64) {
-        let active = self.active();
+        let tail = self.durable_tail();
         let timestamp = self
             .segments
             .iter()
             .rev()
             .find_map(|s| s.last.map(|l| l.meta.timestamp))
             .unwrap_or(0);
-        let offset = if self.faulty.contains_key(&(active.op_end.wrapping_sub(1))) {
-            active
-                .last
-                .filter(|l| l.meta.op + 1 == active.op_end)
-                .map(|_| active.offset_end())
-        } else {
-            Some(active.offset_end())
-        };
-        (active.op_end, offset, timestamp)
+        let last_known = tail.is_empty() || tail.last.is_some_and(|l| l.meta.op + 1 == tail.op_end);
+        let offset = last_known.then(|| tail.offset_end());
+        (tail.op_end, offset, timestamp)
     }
 
-    fn segment_of(&self, op: u64) -> Option<&Segment> {
+    /// Starts an operation that needs the log to itself (truncation, retention, repair).
+    pub(crate) fn begin_exclusive(&mut self) -> Result<(), StorageError> {
+        if self.poisoned {
+            return Err(StorageError::Poisoned);
+        }
+        if self.flushing || !self.pending.is_empty() || self.exclusive {
+            return Err(StorageError::Busy);
+        }
+        self.exclusive = true;
+        Ok(())
+    }
+
+    pub(crate) fn segment_of(&self, op: u64) -> Option<&Segment> {
         let after = self.segments.partition_point(|s| s.base_op <= op);
         let segment = self.segments.get(after.checked_sub(1)?)?;
         (op < segment.op_end).then_some(segment)
@@ -145,6 +165,24 @@ pub struct PartitionLog<'d, D: Disk> {
     pub(crate) disk: &'d D,
     pub(crate) config: LogConfig,
     pub(crate) state: RefCell<State>,
+}
+
+/// Holds the log for an exclusive operation; releases it when dropped.
+pub(crate) struct Exclusive<'a> {
+    state: &'a RefCell<State>,
+}
+
+impl Drop for Exclusive<'_> {
+    fn drop(&mut self) {
+        self.state.borrow_mut().exclusive = false;
+    }
+}
+
+impl<D: Disk> PartitionLog<'_, D> {
+    pub(crate) fn exclusive(&self) -> Result<Exclusive<'_>, StorageError> {
+        self.state.borrow_mut().begin_exclusive()?;
+        Ok(Exclusive { state: &self.state })
+    }
 }
 
 pub(crate) fn sync_failed(error: DiskError) -> StorageError {
@@ -175,22 +213,40 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
                 }
             }
         }
+        // A truncation a crash interrupted removes every segment after the one it marked
+        // before that segment is recovered (which finishes the cut and clears the mark).
+        let mut marked = None;
+        for (&base, &(has_log, has_idx)) in &bases {
+            if has_log && has_idx && truncation_mark(disk, &config.dir, base).await?.is_some() {
+                marked = Some(base);
+            }
+        }
+        if let Some(marked) = marked {
+            let later: Vec<u64> = bases.range(marked + 1..).map(|(b, _)| *b).collect();
+            for base in later.into_iter().rev() {
+                remove_segment_files(disk, &config.dir, base).await?;
+                bases.remove(&base);
+            }
+        }
+        let oldest = bases.keys().next().copied();
         let newest = bases.keys().next_back().copied();
         let mut segments: Vec<Segment> = Vec::new();
         let mut report = RecoveryReport::default();
+        let mut discard_from = None;
         for (&base, &(has_log, has_idx)) in &bases {
             let is_newest = Some(base) == newest;
             if !(has_log && has_idx) {
-                if !is_newest {
-                    return Err(StorageError::Unrecoverable(format!(
-                        "segment {base} in {:?} lacks its {} file",
-                        config.dir,
-                        if has_log { "index" } else { "log" }
-                    )));
+                // The newest: a crash between creating its two files. The oldest: a crash
+                // between removing its two files for retention.
+                if is_newest || Some(base) == oldest {
+                    remove_segment_files(disk, &config.dir, base).await?;
+                    continue;
                 }
-                // A crash between creating the two files of a new segment.
-                remove_segment_files(disk, &config.dir, base).await?;
-                continue;
+                return Err(StorageError::Unrecoverable(format!(
+                    "segment {base} in {:?} lacks its {} file",
+                    config.dir,
+                    if has_log { "index" } else { "log" }
+                )));
             }
             let opened = open_segment(
                 disk,
@@ -201,22 +257,26 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
             )
             .await?;
             match opened {
-                Opened::Segment(segment, segment_report) => {
+                Opened::Segment {
+                    segment,
+                    report: segment_report,
+                } => {
+                    let segment = *segment;
                     let continues = segments.last().is_none_or(|previous: &Segment| {
                         previous.op_end == segment.base_op
                             && previous.offset_end() == segment.offset_first
                     });
-                    // No index entry of the newest segment was durable: none of its records was
+                    // No index entry of this segment was durable: none of its records was
                     // acknowledged. If a crash cut the group that sealed the previous segment
-                    // before that segment's records landed, the newest one is discarded whole.
+                    // before that segment's records landed, this segment and any later one
+                    // (later rolls of the same group) are discarded whole.
                     let unacknowledged = segment_report.faulty.is_empty()
                         && segment_report.fixed.len() as u64 == segment.op_end - segment.base_op;
-                    if !continues && is_newest && unacknowledged {
-                        report.torn_bytes += segment.log_size;
+                    if !continues && unacknowledged {
                         disk.close(segment.log).await;
                         disk.close(segment.idx).await;
-                        remove_segment_files(disk, &config.dir, base).await?;
-                        continue;
+                        discard_from = Some(base);
+                        break;
                     }
                     if !continues {
                         return Err(StorageError::Unrecoverable(format!(
@@ -240,6 +300,12 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
                 }
             }
         }
+        if let Some(first) = discard_from {
+            let later: Vec<u64> = bases.range(first..).map(|(b, _)| *b).collect();
+            for base in later.into_iter().rev() {
+                remove_segment_files(disk, &config.dir, base).await?;
+            }
+        }
         if segments.is_empty() {
             segments.push(Segment::create(disk, &config.dir, first_op, first_offset).await?);
         }
@@ -256,6 +322,7 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
             poisoned: false,
             faulty: report.faulty.iter().map(|f| (f.op, *f)).collect(),
             groups_committed: 0,
+            exclusive: false,
         };
         (state.next_op, state.next_offset, state.timestamp_min) = state.durable_next();
         Ok((
@@ -281,6 +348,9 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
         let mut state = self.state.borrow_mut();
         if state.poisoned {
             return Err(StorageError::Poisoned);
+        }
+        if state.exclusive {
+            return Err(StorageError::Busy);
         }
         if meta.op != state.next_op {
             return Err(StorageError::Invalid(format!(
@@ -343,7 +413,7 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
     }
 
     pub fn op_end(&self) -> u64 {
-        self.state.borrow().active().op_end
+        self.state.borrow().durable_next().0
     }
 
     /// The offset the next message takes, when known (unknown while the last op is faulty).
@@ -388,13 +458,32 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
             .disk
             .read_at(idx, at, crate::format::INDEX_ENTRY_SIZE as usize)
             .await;
-        match bytes.ok().map(|b| crate::format::decode_index_entry(&b)) {
-            Some(Ok(entry)) if entry.meta.op == op => Ok(entry),
-            _ => {
-                let _ = segment_base;
+        let _ = segment_base;
+        match bytes {
+            Ok(bytes) => match crate::format::decode_index_entry(&bytes) {
+                Ok(entry) if entry.meta.op == op => Ok(entry),
+                _ => Err(StorageError::Faulty(op)),
+            },
+            Err(DiskError::ReadFailed { .. } | DiskError::ShortRead { .. }) => {
                 Err(StorageError::Faulty(op))
             }
+            Err(error) => Err(error.into()),
         }
+    }
+
+    /// Records that a read found `entry`'s record damaged, so that `repair` accepts a copy.
+    fn found_faulty(&self, entry: IndexEntry) -> StorageError {
+        let op = entry.meta.op;
+        let mut state = self.state.borrow_mut();
+        if state.segment_of(op).is_some() {
+            state.faulty.entry(op).or_insert(FaultyEntry {
+                op,
+                meta: Some(entry.meta),
+                position: entry.position,
+                length: entry.length,
+            });
+        }
+        StorageError::Faulty(op)
     }
 
     /// Reads the record of `op`, verifying its checksum against its index entry.
@@ -405,13 +494,17 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
             state.segment_of(op).ok_or(StorageError::NotFound(op))?.log
         };
         let length = RECORD_HEADER_SIZE as usize + entry.length as usize;
-        let Ok(bytes) = self.disk.read_at(log, entry.position, length).await else {
-            return Err(StorageError::Faulty(op));
+        let bytes = match self.disk.read_at(log, entry.position, length).await {
+            Ok(bytes) => bytes,
+            Err(DiskError::ReadFailed { .. } | DiskError::ShortRead { .. }) => {
+                return Err(self.found_faulty(entry));
+            }
+            Err(error) => return Err(error.into()),
         };
         let (header, payload) = bytes.split_at(RECORD_HEADER_SIZE as usize);
         let claimed = crate::format::decode_record_header(header).ok();
         if !record_valid(header, payload) || claimed.map(|(m, _)| m) != Some(entry.meta) {
-            return Err(StorageError::Faulty(op));
+            return Err(self.found_faulty(entry));
         }
         Ok(Record {
             meta: entry.meta,
@@ -446,36 +539,43 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
         below: impl Fn(&SparsePoint) -> bool,
         hit: impl Fn(&IndexEntry) -> bool,
     ) -> Result<Option<u64>, StorageError> {
-        let (first_segment, segment_count) = {
+        // Segments are named by their first op, not by their place in the list: retention may
+        // remove one while this waits for the disk.
+        let bases: Vec<u64> = {
             let state = self.state.borrow();
             let first = state
                 .segments
                 .partition_point(|s| s.sparse.first().is_some_and(&below))
                 .saturating_sub(1);
-            (first, state.segments.len())
+            state.segments[first..].iter().map(|s| s.base_op).collect()
         };
-        for index in first_segment..segment_count {
-            let (idx, base_op, op_end, mut from) = {
-                let state = self.state.borrow();
-                let segment = &state.segments[index];
-                let (from, _) = segment.sparse_range(&below);
-                (segment.idx, segment.base_op, segment.op_end, from)
-            };
-            while from < op_end {
-                let to = {
+        for base_op in bases {
+            let mut from = None;
+            loop {
+                let range = {
                     let state = self.state.borrow();
-                    let sparse = &state.segments[index].sparse;
-                    let next = sparse.partition_point(|p| p.op <= from);
-                    sparse.get(next).map_or(op_end, |p| p.op.min(op_end))
+                    let Some(segment) = state.segments.iter().find(|s| s.base_op == base_op) else {
+                        break; // Removed meanwhile: its messages are gone.
+                    };
+                    let from = *from.get_or_insert_with(|| segment.sparse_range(&below).0);
+                    let next = segment.sparse.partition_point(|p| p.op <= from);
+                    let to = segment
+                        .sparse
+                        .get(next)
+                        .map_or(segment.op_end, |p| p.op.min(segment.op_end));
+                    (from < to).then_some((segment.idx, from, to))
                 };
-                for entry in read_entries(self.disk, idx, base_op, from, to).await? {
+                let Some((idx, start, to)) = range else {
+                    break;
+                };
+                for entry in read_entries(self.disk, idx, base_op, start, to).await? {
                     match entry {
                         Ok(entry) if hit(&entry) => return Ok(Some(entry.meta.op)),
                         Ok(_) => {}
                         Err(op) => return Err(StorageError::Faulty(op)),
                     }
                 }
-                from = to;
+                from = Some(to);
             }
         }
         Ok(None)
@@ -484,6 +584,7 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
     /// Rewrites a faulty op from a peer's copy: the same prepare has the same bytes, so it goes
     /// back into its own slot.
     pub async fn repair(&self, meta: EntryMeta, payload: Bytes) -> Result<(), StorageError> {
+        let _exclusive = self.exclusive()?;
         let (faulty, log, idx, at) = {
             let state = self.state.borrow();
             let faulty = *state
@@ -526,79 +627,12 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
         self.disk.sync(idx).await.map_err(sync_failed)?;
         let mut state = self.state.borrow_mut();
         state.faulty.remove(&meta.op);
+        // The exclusive hold kept the segment in place; it ends with this op when it was last.
         let segment_index = state.segments.partition_point(|s| s.base_op <= meta.op) - 1;
         let segment = &mut state.segments[segment_index];
-        if segment.last.is_none_or(|l| l.meta.op < meta.op) && segment.op_end == meta.op + 1 {
+        if segment.op_end == meta.op + 1 {
             segment.last = Some(entry);
         }
-        Ok(())
-    }
-
-    /// Removes every op after `op` (an uncommitted suffix a view change discarded). The log
-    /// must be idle.
-    pub async fn truncate_after(&self, op: u64) -> Result<(), StorageError> {
-        {
-            let state = self.state.borrow();
-            if state.poisoned {
-                return Err(StorageError::Poisoned);
-            }
-            if state.flushing || !state.pending.is_empty() {
-                return Err(StorageError::Busy);
-            }
-            if op + 1 < state.segments[0].base_op {
-                return Err(StorageError::Invalid(format!(
-                    "op {op} is below the log's first op {}",
-                    state.segments[0].base_op
-                )));
-            }
-            if op + 1 >= state.active().op_end {
-                return Ok(());
-            }
-        }
-        // Whole segments above `op`, newest first (the first segment always stays).
-        loop {
-            let (base, log, idx, count) = {
-                let state = self.state.borrow();
-                let active = state.active();
-                (active.base_op, active.log, active.idx, state.segments.len())
-            };
-            if base <= op + 1 || count == 1 {
-                break;
-            }
-            self.disk.close(idx).await;
-            self.disk.close(log).await;
-            remove_segment_files(self.disk, &self.config.dir, base).await?;
-            self.state.borrow_mut().segments.pop();
-        }
-        let keep_last = if op + 1 > self.state.borrow().active().base_op {
-            Some(self.entry(op).await?)
-        } else {
-            None
-        };
-        let (log, idx, idx_end, log_end) = {
-            let state = self.state.borrow();
-            let active = state.active();
-            let log_end = keep_last.map_or(crate::format::FILE_HEADER_SIZE, |e| e.record_end());
-            (
-                active.log,
-                active.idx,
-                active.index_position(op + 1),
-                log_end,
-            )
-        };
-        self.disk.truncate(idx, idx_end).await?;
-        self.disk.sync(idx).await.map_err(sync_failed)?;
-        self.disk.truncate(log, log_end).await?;
-        self.disk.sync(log).await.map_err(sync_failed)?;
-        let mut state = self.state.borrow_mut();
-        let active = state.segments.last_mut().expect("an active segment");
-        active.op_end = op + 1;
-        active.log_size = log_end;
-        active.sparse.retain(|p| p.op <= op);
-        active.last = keep_last;
-        state.written_end = log_end;
-        state.faulty.retain(|f, _| *f <= op);
-        (state.next_op, state.next_offset, state.timestamp_min) = state.durable_next();
         Ok(())
     }
 
@@ -687,23 +721,24 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
     /// Deletes the oldest sealed segment; returns its info, or `None` if only the active one
     /// is left.
     pub async fn delete_oldest_segment(&self) -> Result<Option<SegmentInfo>, StorageError> {
+        let _exclusive = self.exclusive()?;
         let (info, log, idx) = {
             let state = self.state.borrow();
-            if state.flushing {
-                return Err(StorageError::Busy);
-            }
             if state.segments.len() < 2 {
                 return Ok(None);
             }
             let oldest = &state.segments[0];
             (self.segments()[0], oldest.log, oldest.idx)
         };
+        {
+            let mut state = self.state.borrow_mut();
+            state.segments.remove(0);
+            state.faulty.retain(|f, _| *f >= info.op_end);
+        }
         self.disk.close(log).await;
         self.disk.close(idx).await;
+        // A crash between the two unlinks leaves the oldest segment half there; open removes it.
         remove_segment_files(self.disk, &self.config.dir, info.base_op).await?;
-        let mut state = self.state.borrow_mut();
-        state.segments.remove(0);
-        state.faulty.retain(|f, _| *f >= info.op_end);
         Ok(Some(info))
     }
 }

@@ -465,3 +465,70 @@ fn a_full_disk_under_concurrent_appends_fails_a_suffix_and_keeps_every_acknowled
         });
     }
 }
+
+#[test]
+fn a_crash_at_any_step_of_a_truncation_never_brings_discarded_ops_back() {
+    for syncs in 0..12 {
+        let disk = MemoryDisk::new(20 + syncs);
+        block_on(async {
+            let (log, _) = open(&disk).await;
+            append_range(&log, 1..101).await;
+            disk.fail_syncs_after(syncs);
+            let result = log.truncate_after(40).await;
+            drop(log);
+            disk.crash();
+            disk.heal();
+            let (log, report) = open(&disk).await;
+            assert!(report.faulty.is_empty(), "syncs {syncs}: {report:?}");
+            // The mark's own sync is the first: once it is durable, the cut always finishes.
+            if syncs == 0 {
+                assert!(log.op_end() == 41 || log.op_end() == 101, "syncs {syncs}");
+            } else {
+                assert_eq!(log.op_end(), 41, "syncs {syncs}: {result:?}");
+            }
+            assert_eq!(log.verify().await.unwrap(), log.op_end() - 1);
+            let end = log.op_end();
+            log.append(meta(end), payload(end)).await.unwrap();
+        });
+    }
+}
+
+#[test]
+fn damage_a_read_finds_in_a_sealed_segment_can_be_repaired() {
+    let disk = MemoryDisk::new(13);
+    block_on(async {
+        let (log, _) = open(&disk).await;
+        append_range(&log, 1..101).await;
+        let entry = log.entry(3).await.unwrap();
+        disk.corrupt(&log_name(DIR, 1), entry.position + RECORD_HEADER_SIZE + 1);
+        assert_eq!(log.read(3).await, Err(StorageError::Faulty(3)));
+        assert_eq!(log.faulty().len(), 1);
+        log.repair(meta(3), payload(3)).await.unwrap();
+        assert_eq!(log.read(3).await.unwrap().meta, meta(3));
+    });
+}
+
+#[test]
+fn appends_wait_out_a_truncation_and_retention_leftovers_are_cleaned() {
+    let disk = MemoryDisk::new(14);
+    block_on(async {
+        let (log, _) = open(&disk).await;
+        append_range(&log, 1..101).await;
+        let appending = async {
+            crate::futures::yield_once().await;
+            log.submit(meta(101), payload(101)).err()
+        };
+        let (truncated, refused) = crate::futures::join(log.truncate_after(50), appending).await;
+        truncated.unwrap();
+        assert_eq!(refused, Some(StorageError::Busy));
+        assert_eq!(log.op_end(), 51);
+        // Retention removed the oldest segment's index, then the process died.
+        disk.remove(&idx_name(DIR, 1)).await.unwrap();
+        disk.sync_dir(DIR).await.unwrap();
+        drop(log);
+        let (log, _) = open(&disk).await;
+        assert!(log.first_op() > 1);
+        assert_eq!(log.op_end(), 51);
+        assert_eq!(log.verify().await.unwrap(), 51 - log.first_op());
+    });
+}

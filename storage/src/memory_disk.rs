@@ -62,6 +62,8 @@ struct State {
     prng: u64,
     bytes_used: u64,
     fail_next_sync: bool,
+    /// Syncs that still succeed before every later one fails (`None`: no such fault).
+    syncs_left: Option<u64>,
 }
 
 pub struct MemoryDisk {
@@ -163,18 +165,29 @@ impl MemoryDisk {
         self.state.borrow_mut().fail_next_sync = true;
     }
 
+    /// `count` more syncs succeed, then every sync fails until `heal` (a disk that dies).
+    pub fn fail_syncs_after(&self, count: u64) {
+        self.state.borrow_mut().syncs_left = Some(count);
+    }
+
+    pub fn heal(&self) {
+        let mut state = self.state.borrow_mut();
+        state.syncs_left = None;
+        state.fail_next_sync = false;
+    }
+
     /// The durable length of `name`, for tests.
     pub fn durable_len(&self, name: &str) -> Option<u64> {
         let state = self.state.borrow();
         state.files.get(name).map(|f| f.durable.len() as u64)
     }
 
-    fn name_of(state: &State, file: FileId) -> String {
-        state
-            .open
-            .get(&file)
-            .cloned()
-            .expect("file is open (a crash closes every handle)")
+    /// The name behind an open handle (a crash or a close invalidates handles). A file removed
+    /// while still open is gone for its handle too.
+    fn name_of(state: &State, file: FileId) -> Result<String, DiskError> {
+        let name = state.open.get(&file).cloned();
+        name.filter(|n| state.files.contains_key(n))
+            .ok_or(DiskError::Io(format!("file {} is closed", file.0)))
     }
 }
 
@@ -247,14 +260,14 @@ impl Disk for MemoryDisk {
 
     async fn size(&self, file: FileId) -> Result<u64, DiskError> {
         let state = self.state.borrow();
-        let name = Self::name_of(&state, file);
+        let name = Self::name_of(&state, file)?;
         Ok(state.files[&name].current.len() as u64)
     }
 
     async fn read_at(&self, file: FileId, offset: u64, len: usize) -> Result<Vec<u8>, DiskError> {
         let read_corrupt = self.faults.borrow().read_corrupt;
         let mut state = self.state.borrow_mut();
-        let name = Self::name_of(&state, file);
+        let name = Self::name_of(&state, file)?;
         let stored = &state.files[&name];
         let end = offset as usize + len;
         if end > stored.current.len() {
@@ -283,7 +296,7 @@ impl Disk for MemoryDisk {
         let mut stats = self.stats.borrow_mut();
         let mut state = self.state.borrow_mut();
         let state = &mut *state;
-        let name = Self::name_of(state, file);
+        let name = Self::name_of(state, file)?;
         let current_len = state.files[&name].current.len() as u64;
         let growth = (offset + bytes.len() as u64).saturating_sub(current_len);
         if state.bytes_used + growth > space_limit {
@@ -325,7 +338,12 @@ impl Disk for MemoryDisk {
             state.fail_next_sync = false;
             return Err(DiskError::Io("injected fdatasync failure".to_string()));
         }
-        let name = Self::name_of(&state, file);
+        match &mut state.syncs_left {
+            Some(0) => return Err(DiskError::Io("injected fdatasync failure".to_string())),
+            Some(left) => *left -= 1,
+            None => {}
+        }
+        let name = Self::name_of(&state, file)?;
         self.stats.borrow_mut().syncs += 1;
         let stored = state.files.get_mut(&name).expect("open file exists");
         stored.durable = stored.current.clone();
@@ -335,7 +353,7 @@ impl Disk for MemoryDisk {
 
     async fn truncate(&self, file: FileId, len: u64) -> Result<(), DiskError> {
         let mut state = self.state.borrow_mut();
-        let name = Self::name_of(&state, file);
+        let name = Self::name_of(&state, file)?;
         let stored = state.files.get_mut(&name).expect("open file exists");
         let before = stored.current.len() as u64;
         stored.current.resize(len as usize, 0);

@@ -21,12 +21,12 @@
 
 use bytes::Bytes;
 
-use crate::disk::{Disk, DiskError};
+use crate::disk::{Disk, DiskError, FileId};
 use crate::error::StorageError;
 use crate::format::{
-    decode_file_header, decode_index_entry, decode_record_header, encode_index_entry, record_valid,
-    EntryMeta, IndexEntry, FILE_HEADER_SIZE, INDEX_ENTRY_SIZE, INDEX_MAGIC, LOG_MAGIC,
-    RECORD_HEADER_SIZE,
+    decode_index_entry, decode_record_header, encode_index_entry, record_valid, EntryMeta,
+    FileHeader, IndexEntry, FILE_HEADER_SIZE, INDEX_ENTRY_SIZE, INDEX_MAGIC, LOG_MAGIC,
+    PAYLOAD_SIZE_MAX, RECORD_HEADER_SIZE,
 };
 use crate::segment::{idx_name, log_name, Segment};
 
@@ -49,9 +49,12 @@ pub struct RecoveryReport {
     pub torn_bytes: u64,
 }
 
-/// What a segment's files say before recovery, when they cannot be opened as a segment.
+/// A recovered segment, or what its files say when they cannot be opened as one.
 pub enum Opened {
-    Segment(Segment, RecoveryReport),
+    Segment {
+        segment: Box<Segment>,
+        report: RecoveryReport,
+    },
     /// A crash while the segment was being created: both files are at most a header long.
     Unfinished,
 }
@@ -103,6 +106,53 @@ impl Fixes {
     }
 }
 
+/// The truncation in progress that the `.idx` header of segment `base_op` records, if any (a
+/// damaged header says nothing here; `open_segment` reports it).
+pub async fn truncation_mark<D: Disk>(
+    disk: &D,
+    dir: &str,
+    base_op: u64,
+) -> Result<Option<u64>, StorageError> {
+    let idx = disk.open(&idx_name(dir, base_op), false).await?;
+    let bytes = disk.read_at(idx, 0, FILE_HEADER_SIZE as usize).await;
+    disk.close(idx).await;
+    let mark = bytes
+        .ok()
+        .and_then(|b| FileHeader::decode(INDEX_MAGIC, &b).ok())
+        .map(|h| h.truncate_to)
+        .filter(|t| *t != 0);
+    Ok(mark)
+}
+
+/// Reads `entry_count` index entries; where the disk cannot read the whole range (a latent
+/// sector error), reads them one by one and makes the unreadable ones damaged entries.
+async fn read_index<D: Disk>(
+    disk: &D,
+    idx: FileId,
+    entry_count: u64,
+) -> Result<Vec<u8>, StorageError> {
+    let len = (entry_count * INDEX_ENTRY_SIZE) as usize;
+    match disk.read_at(idx, FILE_HEADER_SIZE, len).await {
+        Ok(raw) => Ok(raw),
+        Err(DiskError::ReadFailed { .. }) => {
+            let mut raw = Vec::with_capacity(len);
+            for k in 0..entry_count {
+                let at = FILE_HEADER_SIZE + k * INDEX_ENTRY_SIZE;
+                match disk.read_at(idx, at, INDEX_ENTRY_SIZE as usize).await {
+                    Ok(entry) => raw.extend_from_slice(&entry),
+                    // Not zero: an entry that was written and is now damaged.
+                    Err(DiskError::ReadFailed { .. }) => {
+                        raw.extend_from_slice(&[0xff; INDEX_ENTRY_SIZE as usize])
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            Ok(raw)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
 /// Opens and recovers the segment starting at `base_op` in `dir`.
 pub async fn open_segment<D: Disk>(
     disk: &D,
@@ -129,13 +179,18 @@ pub async fn open_segment<D: Disk>(
     let log_header = header(log, log_size).await.ok();
     let idx_decoded = idx_header
         .as_deref()
-        .map(|h| decode_file_header(INDEX_MAGIC, h));
+        .map(|h| FileHeader::decode(INDEX_MAGIC, h));
     let log_decoded = log_header
         .as_deref()
-        .map(|h| decode_file_header(LOG_MAGIC, h));
-    let offset_first = match (idx_decoded, log_decoded) {
-        (Some(Ok((b1, o1))), Some(Ok((b2, o2)))) if b1 == base_op && b2 == base_op && o1 == o2 => {
-            o1
+        .map(|h| FileHeader::decode(LOG_MAGIC, h));
+    let (offset_first, truncate_to) = match (idx_decoded, log_decoded) {
+        (Some(Ok(i)), Some(Ok(l)))
+            if i.base_op == base_op
+                && l.base_op == base_op
+                && i.offset_first == l.offset_first
+                && (i.truncate_to == 0 || i.truncate_to >= base_op) =>
+        {
+            (i.offset_first, i.truncate_to)
         }
         _ if idx_size <= FILE_HEADER_SIZE && log_size <= FILE_HEADER_SIZE => {
             disk.close(idx).await;
@@ -148,15 +203,16 @@ pub async fn open_segment<D: Disk>(
             )))
         }
     };
+    // A truncation a crash interrupted: nothing from `truncate_to` on is kept.
+    let op_limit = if truncate_to == 0 {
+        u64::MAX
+    } else {
+        truncate_to
+    };
     let mut segment = Segment::empty(base_op, offset_first, log, idx);
-    let entry_count = (idx_size - FILE_HEADER_SIZE) / INDEX_ENTRY_SIZE;
-    let raw = disk
-        .read_at(
-            idx,
-            FILE_HEADER_SIZE,
-            (entry_count * INDEX_ENTRY_SIZE) as usize,
-        )
-        .await?;
+    let entry_count =
+        ((idx_size - FILE_HEADER_SIZE) / INDEX_ENTRY_SIZE).min(op_limit.saturating_sub(base_op));
+    let raw = read_index(disk, idx, entry_count).await?;
     let slots: Vec<&[u8]> = raw.chunks_exact(INDEX_ENTRY_SIZE as usize).collect();
     let decoded: Vec<Option<IndexEntry>> = slots
         .iter()
@@ -195,8 +251,12 @@ pub async fn open_segment<D: Disk>(
                         break; // Never written: the record is a torn tail.
                     }
                     let next = decoded.get(k + 1).copied().flatten();
-                    let Some(next) = next.filter(|n| n.position >= position + RECORD_HEADER_SIZE)
-                    else {
+                    let Some(next) = next.filter(|n| {
+                        n.position >= position + RECORD_HEADER_SIZE
+                            && n.position - position - RECORD_HEADER_SIZE
+                                <= u64::from(PAYLOAD_SIZE_MAX)
+                            && n.position <= log_size
+                    }) else {
                         return Err(StorageError::Unrecoverable(format!(
                             "segment {base_op} in {dir:?}: op {op} lost both its record and \
                              its index entry"
@@ -218,7 +278,7 @@ pub async fn open_segment<D: Disk>(
     }
     assert_eq!(segment.op_end, base_op + kept);
     // Records past the last index entry: kept while intact and continuing the log.
-    loop {
+    while segment.op_end < op_limit {
         let op = segment.op_end;
         let Some((meta, length)) = read_record(disk, &segment, position, op, log_size).await else {
             break;
@@ -253,11 +313,23 @@ pub async fn open_segment<D: Disk>(
             .await
             .map_err(|e| StorageError::SyncFailed(e.to_string()))?;
     }
+    if truncate_to != 0 {
+        // The cut is durable: the truncation is finished.
+        let header = FileHeader::new(INDEX_MAGIC, base_op, offset_first).encode();
+        disk.write_at(idx, 0, Bytes::copy_from_slice(&header))
+            .await?;
+        disk.sync(idx)
+            .await
+            .map_err(|e| StorageError::SyncFailed(e.to_string()))?;
+    }
     assert!(
         segment.is_empty()
             || segment
                 .last
                 .is_some_and(|l| l.meta.op + 1 == segment.op_end)
     );
-    Ok(Opened::Segment(segment, fixes.report))
+    Ok(Opened::Segment {
+        segment: Box::new(segment),
+        report: fixes.report,
+    })
 }

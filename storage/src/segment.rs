@@ -6,8 +6,8 @@ use bytes::Bytes;
 
 use crate::disk::{join, Disk, DiskError, FileId};
 use crate::format::{
-    decode_index_entry, encode_file_header, IndexEntry, FILE_HEADER_SIZE, INDEX_ENTRY_SIZE,
-    INDEX_MAGIC, LOG_MAGIC,
+    decode_index_entry, FileHeader, IndexEntry, FILE_HEADER_SIZE, INDEX_ENTRY_SIZE, INDEX_MAGIC,
+    LOG_MAGIC,
 };
 
 /// One sparse index point: the first op at or after each `index_interval_bytes` of log.
@@ -65,7 +65,7 @@ impl Segment {
         let idx = disk.open(&idx_name(dir, base_op), true).await?;
         let log = disk.open(&log_name(dir, base_op), true).await?;
         for (file, magic) in [(idx, INDEX_MAGIC), (log, LOG_MAGIC)] {
-            let header = encode_file_header(magic, base_op, offset_first);
+            let header = FileHeader::new(magic, base_op, offset_first).encode();
             disk.write_at(file, 0, Bytes::copy_from_slice(&header))
                 .await?;
             disk.truncate(file, FILE_HEADER_SIZE).await?;

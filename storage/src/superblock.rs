@@ -92,6 +92,7 @@ impl<'d, D: Disk> Superblock<'d, D> {
             disk.sync_dir(parent(name)).await?;
         }
         let mut copies = Vec::new();
+        let mut damaged = 0;
         for copy in 0..SUPERBLOCK_COPIES {
             let at = copy * SUPERBLOCK_COPY_SIZE;
             if at + SUPERBLOCK_COPY_SIZE > size {
@@ -99,24 +100,51 @@ impl<'d, D: Disk> Superblock<'d, D> {
                 continue;
             }
             let bytes = disk.read_at(file, at, SUPERBLOCK_COPY_SIZE as usize).await;
-            copies.push(bytes.ok().and_then(|b| decode_copy(&b)));
+            let decoded = bytes.as_ref().ok().and_then(|b| decode_copy(b));
+            let blank = bytes.as_ref().is_ok_and(|b| b.iter().all(|x| *x == 0));
+            if decoded.is_none() && !blank {
+                damaged += 1;
+            }
+            copies.push(decoded);
         }
         let current = choose(&copies);
-        let written = copies.iter().flatten().count();
-        if current.is_none() && written > 1 {
-            return Err(StorageError::Unrecoverable(format!(
-                "superblock {name}: {written} intact copies but no quorum agrees"
-            )));
+        let mut superblock = Superblock {
+            disk,
+            file,
+            sequence: 0,
+        };
+        let Some(current) = current else {
+            // Only the first write, cut short by a crash, leaves no quorum legitimately: at most
+            // one torn copy and no intact copy newer than sequence 1.
+            let first_write = damaged <= 1 && copies.iter().flatten().all(|c| c.0 == 1);
+            if !first_write {
+                return Err(StorageError::Unrecoverable(format!(
+                    "superblock {name}: no quorum of intact copies ({damaged} damaged)"
+                )));
+            }
+            return Ok((superblock, None));
+        };
+        superblock.sequence = current.0;
+        // Copies that disagree (an update a crash cut short, a damaged copy) are rewritten with
+        // the state chosen, so a second crash cannot leave an older state a quorum.
+        if copies.iter().any(|c| c.as_ref() != Some(&current)) {
+            superblock
+                .write_copies(&encode_copy(current.0, &current.1))
+                .await?;
         }
-        let sequence = current.as_ref().map_or(0, |c| c.0);
-        Ok((
-            Superblock {
-                disk,
-                file,
-                sequence,
-            },
-            current,
-        ))
+        Ok((superblock, Some(current)))
+    }
+
+    async fn write_copies(&self, bytes: &Bytes) -> Result<(), StorageError> {
+        for copy in 0..SUPERBLOCK_COPIES {
+            let at = copy * SUPERBLOCK_COPY_SIZE;
+            self.disk.write_at(self.file, at, bytes.clone()).await?;
+            self.disk
+                .sync(self.file)
+                .await
+                .map_err(|e| StorageError::SyncFailed(e.to_string()))?;
+        }
+        Ok(())
     }
 
     pub fn sequence(&self) -> u64 {
@@ -132,15 +160,7 @@ impl<'d, D: Disk> Superblock<'d, D> {
             )));
         }
         let sequence = self.sequence + 1;
-        let bytes = encode_copy(sequence, payload);
-        for copy in 0..SUPERBLOCK_COPIES {
-            let at = copy * SUPERBLOCK_COPY_SIZE;
-            self.disk.write_at(self.file, at, bytes.clone()).await?;
-            self.disk
-                .sync(self.file)
-                .await
-                .map_err(|e| StorageError::SyncFailed(e.to_string()))?;
-        }
+        self.write_copies(&encode_copy(sequence, payload)).await?;
         self.sequence = sequence;
         Ok(sequence)
     }
@@ -200,6 +220,50 @@ mod tests {
                 .unwrap();
             let (_, state) = Superblock::open(&disk, "sb").await.unwrap();
             assert_eq!(state, Some((2, b"b".to_vec())));
+        });
+    }
+
+    #[test]
+    fn two_crashes_in_a_row_never_bring_an_older_state_back() {
+        let disk = MemoryDisk::new(3);
+        block_on(async {
+            let (mut superblock, _) = Superblock::open(&disk, "sb").await.unwrap();
+            superblock.write(b"s1").await.unwrap();
+            // An update to s2 cut after two copies: [s2, s2, s1, s1].
+            let s2 = encode_copy(2, b"s2");
+            for copy in 0..2 {
+                disk.write_at(superblock.file, copy * SUPERBLOCK_COPY_SIZE, s2.clone())
+                    .await
+                    .unwrap();
+            }
+            disk.sync(superblock.file).await.unwrap();
+            disk.crash();
+            let (superblock, state) = Superblock::open(&disk, "sb").await.unwrap();
+            assert_eq!(state, Some((2, b"s2".to_vec())));
+            // An update to s3 cut after one copy: without the repair at open this would leave
+            // [s3, s2, s1, s1] and s1 would win.
+            let s3 = encode_copy(3, b"s3");
+            disk.write_at(superblock.file, 0, s3).await.unwrap();
+            disk.sync(superblock.file).await.unwrap();
+            disk.crash();
+            let (_, state) = Superblock::open(&disk, "sb").await.unwrap();
+            assert_eq!(state, Some((2, b"s2".to_vec())));
+        });
+    }
+
+    #[test]
+    fn a_damaged_superblock_is_not_mistaken_for_a_new_one() {
+        let disk = MemoryDisk::new(4);
+        block_on(async {
+            let (mut superblock, _) = Superblock::open(&disk, "sb").await.unwrap();
+            superblock.write(b"state").await.unwrap();
+            for copy in 0..3 {
+                disk.corrupt("sb", copy * SUPERBLOCK_COPY_SIZE + 64);
+            }
+            assert!(matches!(
+                Superblock::open(&disk, "sb").await,
+                Err(StorageError::Unrecoverable(_))
+            ));
         });
     }
 }

@@ -12,16 +12,17 @@
 //! damaged or another op → `Faulty` (repair from a peer, never nack); header damaged or zero,
 //! prepare intact for an op that belongs in the slot → `Fixed` (header rewritten); header zero
 //! and prepare damaged or empty → `Empty`; header damaged (not zero) and prepare damaged →
-//! `Faulty` with the op unknown.
+//! `Faulty` with the op unknown; header intact for op X and an intact prepare of a later op of
+//! the slot → `Fixed` with the later op (an overwrite whose header write was lost). A slot
+//! whose surviving op the checkpoint covers is `Empty`: it may be mid-way through an overwrite.
 
 use bytes::{Bytes, BytesMut};
 
 use crate::disk::{parent, Disk, FileId};
 use crate::error::StorageError;
 use crate::format::{
-    decode_file_header, decode_index_entry, decode_record_header, encode_file_header,
-    encode_index_entry, encode_record_header, record_valid, EntryMeta, IndexEntry,
-    INDEX_ENTRY_SIZE, RECORD_HEADER_SIZE,
+    decode_index_entry, decode_record_header, encode_index_entry, encode_record_header,
+    record_valid, EntryMeta, FileHeader, IndexEntry, INDEX_ENTRY_SIZE, RECORD_HEADER_SIZE,
 };
 
 const WAL_MAGIC: [u8; 8] = *b"GALGOWAL";
@@ -71,6 +72,7 @@ impl<'d, D: Disk> WalRing<'d, D> {
         name: &str,
         slot_count: u64,
         slot_size: u64,
+        checkpoint_op: u64,
     ) -> Result<(WalRing<'d, D>, Vec<SlotState>), StorageError> {
         assert!(slot_count > 0 && slot_count <= WAL_SLOTS_MAX);
         assert!(slot_size > RECORD_HEADER_SIZE && slot_size.is_multiple_of(ZONE_ALIGN));
@@ -86,7 +88,7 @@ impl<'d, D: Disk> WalRing<'d, D> {
         // The slot geometry is kept in the header's offset field: [slot_count u32][slot KiB u32].
         let geometry = (slot_count << 32) | (slot_size / 1024);
         if size == 0 {
-            let header = encode_file_header(WAL_MAGIC, 0, geometry);
+            let header = FileHeader::new(WAL_MAGIC, 0, geometry).encode();
             disk.write_at(file, 0, Bytes::copy_from_slice(&header))
                 .await?;
             disk.truncate(file, total).await?;
@@ -98,9 +100,9 @@ impl<'d, D: Disk> WalRing<'d, D> {
             return Ok((ring, slots));
         }
         let header = disk.read_at(file, 0, 64).await?;
-        match decode_file_header(WAL_MAGIC, &header) {
-            Ok((_, found)) if found == geometry && size == total => {}
-            Ok((_, found)) => {
+        match FileHeader::decode(WAL_MAGIC, &header).map(|h| h.offset_first) {
+            Ok(found) if found == geometry && size == total => {}
+            Ok(found) => {
                 return Err(StorageError::Invalid(format!(
                     "WAL {name} has geometry {found:#x} ({size} bytes), asked for {geometry:#x}"
                 )))
@@ -125,14 +127,26 @@ impl<'d, D: Disk> WalRing<'d, D> {
                 .ok()
                 .filter(|e| e.position == slot && e.meta.op % slot_count == slot);
             let prepare = ring.read_slot(slot).await;
+            // An op the checkpoint covers is not needed any more: its slot may be mid-way
+            // through being overwritten.
+            let needed = |meta: &EntryMeta| meta.op > checkpoint_op;
             let state = match (entry, prepare) {
                 (Some(entry), Some(meta)) if meta == entry.meta => SlotState::Intact(meta),
-                (Some(entry), _) => SlotState::Faulty(Some(entry.meta)),
-                (None, Some(meta)) => {
+                // An overwrite whose prepare landed and whose header did not: never acked, and
+                // intact, so it is kept like any prepare whose header write was lost.
+                (Some(entry), Some(meta)) if meta.op > entry.meta.op => {
                     ring.write_header(slot, meta, prepare_length(&ring, slot).await?)
                         .await?;
                     SlotState::Fixed(meta)
                 }
+                (Some(entry), _) if !needed(&entry.meta) => SlotState::Empty,
+                (Some(entry), _) => SlotState::Faulty(Some(entry.meta)),
+                (None, Some(meta)) if needed(&meta) => {
+                    ring.write_header(slot, meta, prepare_length(&ring, slot).await?)
+                        .await?;
+                    SlotState::Fixed(meta)
+                }
+                (None, Some(_)) => SlotState::Empty,
                 (None, None) if raw.iter().all(|b| *b == 0) => SlotState::Empty,
                 (None, None) => SlotState::Faulty(None),
             };
@@ -196,7 +210,7 @@ impl<'d, D: Disk> WalRing<'d, D> {
                 self.payload_max()
             )));
         }
-        if meta.op > checkpoint_op + self.slot_count {
+        if meta.op > checkpoint_op.saturating_add(self.slot_count) {
             return Err(StorageError::Invalid(format!(
                 "op {} would overwrite op {} that no snapshot covers (checkpoint {checkpoint_op})",
                 meta.op,
@@ -279,7 +293,9 @@ mod tests {
     fn writes_wrap_only_over_checkpointed_ops_and_survive_reopen() {
         let disk = MemoryDisk::new(1);
         block_on(async {
-            let (ring, slots) = WalRing::open(&disk, "wal", SLOTS, SLOT_SIZE).await.unwrap();
+            let (ring, slots) = WalRing::open(&disk, "wal", SLOTS, SLOT_SIZE, 0)
+                .await
+                .unwrap();
             disk.sync_dir("").await.unwrap();
             assert!(slots.iter().all(|s| *s == SlotState::Empty));
             for op in 1..=SLOTS {
@@ -293,12 +309,14 @@ mod tests {
             assert_eq!(ring.read(SLOTS + 1).await.unwrap(), b"wrapped");
             assert_eq!(ring.read(1).await, Err(StorageError::NotFound(1)));
             disk.crash();
-            let (ring, slots) = WalRing::open(&disk, "wal", SLOTS, SLOT_SIZE).await.unwrap();
+            let (ring, slots) = WalRing::open(&disk, "wal", SLOTS, SLOT_SIZE, 0)
+                .await
+                .unwrap();
             assert_eq!(slots[1], SlotState::Intact(meta(SLOTS + 1)));
             assert_eq!(slots[2], SlotState::Intact(meta(2)));
             assert_eq!(ring.read(5).await.unwrap(), vec![5u8; 100]);
             assert!(matches!(
-                WalRing::open(&disk, "wal", SLOTS * 2, SLOT_SIZE).await,
+                WalRing::open(&disk, "wal", SLOTS * 2, SLOT_SIZE, 0).await,
                 Err(StorageError::Invalid(_))
             ));
         });
@@ -308,7 +326,9 @@ mod tests {
     fn recovery_tells_faulty_from_fixable_from_empty() {
         let disk = MemoryDisk::new(2);
         block_on(async {
-            let (ring, _) = WalRing::open(&disk, "wal", SLOTS, SLOT_SIZE).await.unwrap();
+            let (ring, _) = WalRing::open(&disk, "wal", SLOTS, SLOT_SIZE, 0)
+                .await
+                .unwrap();
             for op in 1..=4 {
                 ring.write(meta(op), &[op as u8; 300], 0).await.unwrap();
             }
@@ -319,7 +339,9 @@ mod tests {
             disk.corrupt("wal", ZONE_ALIGN + 2 * INDEX_ENTRY_SIZE + 5);
             disk.corrupt("wal", prepare_zone + 3 * SLOT_SIZE + 100);
             disk.corrupt("wal", ZONE_ALIGN + 3 * INDEX_ENTRY_SIZE + 5);
-            let (ring, slots) = WalRing::open(&disk, "wal", SLOTS, SLOT_SIZE).await.unwrap();
+            let (ring, slots) = WalRing::open(&disk, "wal", SLOTS, SLOT_SIZE, 0)
+                .await
+                .unwrap();
             assert_eq!(slots[1], SlotState::Faulty(Some(meta(1))));
             assert_eq!(slots[2], SlotState::Fixed(meta(2)));
             assert_eq!(slots[3], SlotState::Faulty(None));
@@ -327,6 +349,40 @@ mod tests {
             assert_eq!(slots[5], SlotState::Empty);
             assert_eq!(ring.read(1).await, Err(StorageError::Faulty(1)));
             assert_eq!(ring.read(2).await.unwrap(), vec![2u8; 300]);
+        });
+    }
+
+    #[test]
+    fn an_interrupted_overwrite_keeps_the_newer_prepare_or_frees_the_slot() {
+        let disk = MemoryDisk::new(3);
+        block_on(async {
+            let (ring, _) = WalRing::open(&disk, "wal", SLOTS, SLOT_SIZE, 0)
+                .await
+                .unwrap();
+            for op in 1..=SLOTS {
+                ring.write(meta(op), &[op as u8; 50], 0).await.unwrap();
+            }
+            let prepare_zone = ring.prepare_zone();
+            // Op 1 + SLOTS overwrote slot 1's prepare; its header write was lost.
+            let newer = meta(1 + SLOTS);
+            let mut record = encode_record_header(&newer, b"newer").to_vec();
+            record.extend_from_slice(b"newer");
+            disk.write_at(ring.file, prepare_zone + SLOT_SIZE, Bytes::from(record))
+                .await
+                .unwrap();
+            // Op 2 + SLOTS was being written over slot 2 when it tore.
+            disk.corrupt("wal", prepare_zone + 2 * SLOT_SIZE + 70);
+            let (ring, slots) = WalRing::open(&disk, "wal", SLOTS, SLOT_SIZE, 2)
+                .await
+                .unwrap();
+            assert_eq!(slots[1], SlotState::Fixed(newer));
+            assert_eq!(
+                slots[2],
+                SlotState::Empty,
+                "op 2 is covered by the checkpoint"
+            );
+            assert_eq!(ring.read(1 + SLOTS).await.unwrap(), b"newer");
+            assert!(ring.write(meta(u64::MAX), b"x", u64::MAX - 1).await.is_ok());
         });
     }
 }

@@ -1,0 +1,124 @@
+//! `truncate_after`: removing a partition log's uncommitted suffix (ops a view change
+//! discarded), crash-safely.
+//!
+//! The cut is first recorded in the `.idx` header of the segment that keeps `op` (its
+//! `truncate_to`), then later segments are removed, newest first, then that segment's index and
+//! log are cut, then the mark is cleared. A crash anywhere in between leaves the mark, and
+//! recovery finishes the cut before anything else: discarded ops never come back.
+
+use bytes::Bytes;
+
+use crate::disk::Disk;
+use crate::error::StorageError;
+use crate::format::{FileHeader, IndexEntry, FILE_HEADER_SIZE, INDEX_MAGIC, RECORD_HEADER_SIZE};
+use crate::log::{remove_segment_files, sync_failed, PartitionLog};
+
+impl<D: Disk> PartitionLog<'_, D> {
+    /// Removes every op after `op`. The log must be idle (`Busy` otherwise). An error after the
+    /// cut began poisons the log: reopening it finishes the cut.
+    pub async fn truncate_after(&self, op: u64) -> Result<(), StorageError> {
+        let _exclusive = self.exclusive()?;
+        let Some(op_end) = op.checked_add(1) else {
+            return Ok(()); // Nothing is after u64::MAX.
+        };
+        let (first_op, durable_end) = {
+            let state = self.state.borrow();
+            (state.segments[0].base_op, state.durable_next().0)
+        };
+        if op_end < first_op {
+            return Err(StorageError::Invalid(format!(
+                "op {op} is below the log's first op {first_op}"
+            )));
+        }
+        if op_end >= durable_end {
+            return Ok(());
+        }
+        // Where the kept segment ends: after `op`'s record, known from its entry or, for an op
+        // faulty with an unknown meta, from its slot.
+        let (keep_index, base_op, offset_first) = {
+            let state = self.state.borrow();
+            let index = state.segments.partition_point(|s| s.base_op <= op_end) - 1;
+            let segment = &state.segments[index];
+            (index, segment.base_op, segment.offset_first)
+        };
+        let keep_last: Option<IndexEntry> = if op_end > base_op {
+            let slot = self.state.borrow().faulty.get(&op).copied();
+            match slot {
+                Some(faulty) if faulty.meta.is_none() => None,
+                _ => Some(self.entry(op).await?),
+            }
+        } else {
+            None
+        };
+        let log_end = match (keep_last, self.state.borrow().faulty.get(&op)) {
+            (Some(entry), _) => entry.record_end(),
+            (None, Some(faulty)) if op_end > base_op => {
+                faulty.position + RECORD_HEADER_SIZE + u64::from(faulty.length)
+            }
+            (None, _) => FILE_HEADER_SIZE,
+        };
+        let result = self
+            .cut(keep_index, op_end, log_end, base_op, offset_first)
+            .await;
+        let mut state = self.state.borrow_mut();
+        if let Err(error) = result {
+            state.poisoned = true;
+            return Err(error);
+        }
+        let segment = state.segments.last_mut().expect("the kept segment");
+        assert_eq!(segment.base_op, base_op);
+        segment.op_end = op_end;
+        segment.log_size = log_end;
+        segment.sparse.retain(|p| p.op < op_end);
+        segment.last = keep_last;
+        state.written_end = log_end;
+        state.faulty.retain(|f, _| *f < op_end);
+        (state.next_op, state.next_offset, state.timestamp_min) = state.durable_next();
+        Ok(())
+    }
+
+    async fn cut(
+        &self,
+        keep_index: usize,
+        op_end: u64,
+        log_end: u64,
+        base_op: u64,
+        offset_first: u64,
+    ) -> Result<(), StorageError> {
+        let (idx, log, idx_end) = {
+            let state = self.state.borrow();
+            let segment = &state.segments[keep_index];
+            (segment.idx, segment.log, segment.index_position(op_end))
+        };
+        let mut header = FileHeader::new(INDEX_MAGIC, base_op, offset_first);
+        header.truncate_to = op_end;
+        let marked = Bytes::copy_from_slice(&header.encode());
+        self.disk.write_at(idx, 0, marked).await?;
+        self.disk.sync(idx).await.map_err(sync_failed)?;
+        loop {
+            let newest = {
+                let state = self.state.borrow();
+                (state.segments.len() > keep_index + 1).then(|| {
+                    let newest = state.active();
+                    (newest.base_op, newest.log, newest.idx)
+                })
+            };
+            let Some((base, newest_log, newest_idx)) = newest else {
+                break;
+            };
+            self.disk.close(newest_idx).await;
+            self.disk.close(newest_log).await;
+            self.state.borrow_mut().segments.pop();
+            remove_segment_files(self.disk, &self.config.dir, base).await?;
+        }
+        self.disk.truncate(idx, idx_end).await?;
+        self.disk.sync(idx).await.map_err(sync_failed)?;
+        self.disk.truncate(log, log_end).await?;
+        self.disk.sync(log).await.map_err(sync_failed)?;
+        let cleared =
+            Bytes::copy_from_slice(&FileHeader::new(INDEX_MAGIC, base_op, offset_first).encode());
+        self.disk.write_at(idx, 0, cleared).await?;
+        self.disk.sync(idx).await.map_err(sync_failed)?;
+        Ok(())
+    }
+}
