@@ -610,6 +610,27 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
                 meta.op
             )));
         }
+        if faulty.meta.is_none() {
+            // Only the slot is known: the copy must also fit between its neighbours.
+            let previous = match meta.op.checked_sub(1) {
+                Some(op) if op >= self.first_op() => self.entry(op).await.ok(),
+                _ => None,
+            };
+            let next = self.entry(meta.op + 1).await.ok();
+            let offset_end = meta.offset_first + u64::from(meta.message_count);
+            let fits = previous.is_none_or(|p| {
+                p.meta.offset_first + u64::from(p.meta.message_count) == meta.offset_first
+                    && p.meta.timestamp <= meta.timestamp
+            }) && next.is_none_or(|n| {
+                n.meta.offset_first == offset_end && meta.timestamp <= n.meta.timestamp
+            });
+            if !fits {
+                return Err(StorageError::Invalid(format!(
+                    "the repair of op {} does not fit between its neighbours",
+                    meta.op
+                )));
+            }
+        }
         let entry = IndexEntry {
             meta,
             position: faulty.position,

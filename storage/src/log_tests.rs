@@ -254,6 +254,12 @@ fn both_copies_damaged_in_the_middle_is_faulty_with_unknown_meta() {
         assert_eq!(report.faulty[0].length as usize, payload(7).len());
         assert_eq!(log.read(7).await, Err(StorageError::Faulty(7)));
         assert_eq!(log.read(8).await.unwrap().meta, meta(8));
+        let mut misfit = meta(7);
+        misfit.offset_first += 1;
+        assert!(matches!(
+            log.repair(misfit, payload(7)).await,
+            Err(StorageError::Invalid(_))
+        ));
         log.repair(meta(7), payload(7)).await.unwrap();
         assert_eq!(log.read(7).await.unwrap().meta, meta(7));
     });
