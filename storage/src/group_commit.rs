@@ -36,9 +36,15 @@ struct FlushGuard<'a> {
 impl Drop for FlushGuard<'_> {
     fn drop(&mut self) {
         if !self.finished {
-            let mut state = self.state.borrow_mut();
-            state.poisoned = true;
-            state.flushing = false;
+            let queued = {
+                let mut state = self.state.borrow_mut();
+                state.poisoned = true;
+                state.flushing = false;
+                std::mem::take(&mut state.pending)
+            };
+            for pending in queued {
+                let _ = pending.done.send(Err(StorageError::Poisoned));
+            }
         }
     }
 }
@@ -147,7 +153,7 @@ impl<D: Disk> PartitionLog<'_, D> {
                 .await;
                 let segment = match created {
                     Ok(segment) => segment,
-                    Err(error) => return Err((group, error.into())),
+                    Err(error) => return Err((group, error)),
                 };
                 end = segment.log_size;
                 let mut state = self.state.borrow_mut();
@@ -254,7 +260,10 @@ impl<D: Disk> PartitionLog<'_, D> {
             // No append is accepted until the durable end is known again (below).
             state.exclusive = true;
             state.pending_bytes = 0;
-            if matches!(error, StorageError::SyncFailed(_)) {
+            if matches!(
+                error,
+                StorageError::SyncFailed(_) | StorageError::Unrecoverable(_)
+            ) {
                 state.poisoned = true;
             }
             std::mem::take(&mut state.pending)
@@ -278,9 +287,14 @@ impl<D: Disk> PartitionLog<'_, D> {
             };
             self.disk.close(log).await;
             self.disk.close(idx).await;
-            // Best effort: recovery discards an empty newest segment that does not continue.
-            let _ = remove_segment_files(self.disk, &self.config.dir, base).await;
             self.state.borrow_mut().segments.pop();
+            // A segment left behind would not continue the log: only a reopen sorts it out.
+            if remove_segment_files(self.disk, &self.config.dir, base)
+                .await
+                .is_err()
+            {
+                self.state.borrow_mut().poisoned = true;
+            }
         }
         let (log, idx, log_size, idx_end) = {
             let state = self.state.borrow();

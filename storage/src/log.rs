@@ -222,7 +222,13 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
             }
         }
         if let Some(marked) = marked {
-            let later: Vec<u64> = bases.range(marked + 1..).map(|(b, _)| *b).collect();
+            let later: Vec<u64> = bases
+                .range((
+                    std::ops::Bound::Excluded(marked),
+                    std::ops::Bound::Unbounded,
+                ))
+                .map(|(b, _)| *b)
+                .collect();
             for base in later.into_iter().rev() {
                 remove_segment_files(disk, &config.dir, base).await?;
                 bases.remove(&base);
@@ -241,6 +247,9 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
                 if is_newest || Some(base) == oldest {
                     remove_segment_files(disk, &config.dir, base).await?;
                     continue;
+                }
+                if discard_from.is_some() {
+                    continue; // Removed with the rest of the discarded tail below.
                 }
                 return Err(StorageError::Unrecoverable(format!(
                     "segment {base} in {:?} lacks its {} file",
@@ -262,35 +271,34 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
                     report: segment_report,
                 } => {
                     let segment = *segment;
-                    let continues = segments.last().is_none_or(|previous: &Segment| {
-                        previous.op_end == segment.base_op
-                            && previous.offset_end() == segment.offset_first
-                    });
                     // No index entry of this segment was durable: none of its records was
-                    // acknowledged. If a crash cut the group that sealed the previous segment
-                    // before that segment's records landed, this segment and any later one
-                    // (later rolls of the same group) are discarded whole.
+                    // acknowledged.
                     let unacknowledged = segment_report.faulty.is_empty()
                         && segment_report.fixed.len() as u64 == segment.op_end - segment.base_op;
-                    if !continues && unacknowledged {
+                    if discard_from.is_some() || !continues(&segments, &segment) {
+                        // A crash cut the group that sealed the previous segment before that
+                        // segment's records landed: this segment and every later one (later
+                        // rolls of the same group) are discarded, if none holds an
+                        // acknowledged record.
                         disk.close(segment.log).await;
                         disk.close(segment.idx).await;
-                        discard_from = Some(base);
-                        break;
-                    }
-                    if !continues {
-                        return Err(StorageError::Unrecoverable(format!(
-                            "segment {base} in {:?} does not continue the one before it",
-                            config.dir
-                        )));
+                        if !unacknowledged {
+                            return Err(StorageError::Unrecoverable(format!(
+                                "segment {base} in {:?} holds acknowledged records but does \
+                                 not continue the log before it",
+                                config.dir
+                            )));
+                        }
+                        discard_from.get_or_insert(base);
+                        continue;
                     }
                     report.faulty.extend(segment_report.faulty);
                     report.fixed.extend(segment_report.fixed);
                     report.torn_bytes += segment_report.torn_bytes;
                     segments.push(segment);
                 }
-                Opened::Unfinished if is_newest => {
-                    remove_segment_files(disk, &config.dir, base).await?;
+                Opened::Unfinished if is_newest || discard_from.is_some() => {
+                    discard_from.get_or_insert(base);
                 }
                 Opened::Unfinished => {
                     return Err(StorageError::Unrecoverable(format!(
@@ -759,9 +767,20 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
         self.disk.close(log).await;
         self.disk.close(idx).await;
         // A crash between the two unlinks leaves the oldest segment half there; open removes it.
-        remove_segment_files(self.disk, &self.config.dir, info.base_op).await?;
+        // A failed unlink leaves a segment memory forgot: only a reopen sorts that out.
+        if let Err(error) = remove_segment_files(self.disk, &self.config.dir, info.base_op).await {
+            self.state.borrow_mut().poisoned = true;
+            return Err(error);
+        }
         Ok(Some(info))
     }
+}
+
+/// True when `segment` starts where the last of `segments` ends (or is the first).
+fn continues(segments: &[Segment], segment: &Segment) -> bool {
+    segments.last().is_none_or(|previous| {
+        previous.op_end == segment.base_op && previous.offset_end() == segment.offset_first
+    })
 }
 
 /// How many of the oldest sealed segments `retention` removes at time `now_us`: a pure

@@ -233,19 +233,22 @@ fn a_damaged_index_entry_is_fixed_from_its_record() {
     });
 }
 
+/// Damages both the index entry and the record of `op` (in the active segment).
+async fn lose_entry_and_record(disk: &MemoryDisk, log: &PartitionLog<'_, MemoryDisk>, op: u64) {
+    let base = log.segments().last().unwrap().base_op;
+    let entry = log.entry(op).await.unwrap();
+    let entry_at = FILE_HEADER_SIZE + (op - base) * INDEX_ENTRY_SIZE;
+    disk.corrupt(&idx_name(DIR, base), entry_at);
+    disk.corrupt(&log_name(DIR, base), entry.position + 8);
+}
+
 #[test]
 fn both_copies_damaged_in_the_middle_is_faulty_with_unknown_meta() {
     let disk = MemoryDisk::new(6);
     block_on(async {
         let (log, _) = open(&disk).await;
         append_range(&log, 1..11).await;
-        let base = log.segments().last().unwrap().base_op;
-        let entry = log.entry(7).await.unwrap();
-        disk.corrupt(
-            &idx_name(DIR, base),
-            FILE_HEADER_SIZE + (7 - base) * INDEX_ENTRY_SIZE,
-        );
-        disk.corrupt(&log_name(DIR, base), entry.position + 8);
+        lose_entry_and_record(&disk, &log, 7).await;
         drop(log);
         let (log, report) = open(&disk).await;
         assert_eq!(report.faulty.len(), 1);
@@ -536,5 +539,83 @@ fn appends_wait_out_a_truncation_and_retention_leftovers_are_cleaned() {
         assert!(log.first_op() > 1);
         assert_eq!(log.op_end(), 51);
         assert_eq!(log.verify().await.unwrap(), 51 - log.first_op());
+    });
+}
+
+#[test]
+fn a_segment_that_cannot_be_created_leaves_nothing_behind() {
+    let disk = MemoryDisk::new(15);
+    block_on(async {
+        let (log, _) = open(&disk).await;
+        // Append until the next op would roll a new segment.
+        let mut op = 1;
+        loop {
+            let active = log.segments().last().unwrap().base_op;
+            let size = disk.durable_len(&log_name(DIR, active)).unwrap();
+            if size + RECORD_HEADER_SIZE + payload(op).len() as u64 > 4096 {
+                break;
+            }
+            log.append(meta(op), payload(op)).await.unwrap();
+            op += 1;
+        }
+        let segments = log.segments().len();
+        let files_before = disk.list(DIR).await.unwrap();
+        // Room for nothing more: the roll fails at the new segment's first header.
+        let used: u64 = files_before
+            .iter()
+            .map(|n| disk.durable_len(&crate::disk::join(DIR, n)).unwrap())
+            .sum();
+        *disk.space_limit.borrow_mut() = used + 1;
+        let error = log.append(meta(op), payload(op)).await.unwrap_err();
+        assert_eq!(error, StorageError::Disk(DiskError::NoSpace));
+        assert_eq!(log.segments().len(), segments);
+        assert_eq!(
+            disk.list(DIR).await.unwrap(),
+            files_before,
+            "no stray segment files"
+        );
+        *disk.space_limit.borrow_mut() = u64::MAX;
+        log.append(meta(op), payload(op)).await.unwrap();
+        drop(log);
+        let (log, report) = open(&disk).await;
+        assert!(report.faulty.is_empty());
+        assert_eq!(log.op_end(), op + 1);
+    });
+}
+
+#[test]
+fn truncating_to_an_op_whose_slot_is_lost_asks_for_its_repair_first() {
+    let disk = MemoryDisk::new(16);
+    block_on(async {
+        let (log, _) = open(&disk).await;
+        append_range(&log, 1..11).await;
+        lose_entry_and_record(&disk, &log, 7).await;
+        drop(log);
+        let (log, _) = open(&disk).await;
+        assert_eq!(log.truncate_after(7).await, Err(StorageError::Faulty(7)));
+        log.repair(meta(7), payload(7)).await.unwrap();
+        log.truncate_after(7).await.unwrap();
+        assert_eq!(log.op_end(), 8);
+    });
+}
+
+#[test]
+fn several_segments_left_by_one_cut_group_are_all_discarded() {
+    let disk = MemoryDisk::new(17);
+    block_on(async {
+        let (log, _) = open(&disk).await;
+        append_range(&log, 1..6).await;
+        drop(log);
+        // A group large enough to roll twice created segments 9 and 12, then the process died.
+        crate::segment::Segment::create(&disk, DIR, 9, meta(9).offset_first)
+            .await
+            .unwrap();
+        crate::segment::Segment::create(&disk, DIR, 12, meta(12).offset_first)
+            .await
+            .unwrap();
+        let (log, _) = open(&disk).await;
+        assert_eq!(log.segments().len(), 1);
+        assert_eq!(log.op_end(), 6);
+        assert_eq!(disk.list(DIR).await.unwrap().len(), 2);
     });
 }

@@ -5,10 +5,12 @@
 use bytes::Bytes;
 
 use crate::disk::{join, Disk, DiskError, FileId};
+use crate::error::StorageError;
 use crate::format::{
     decode_index_entry, FileHeader, IndexEntry, FILE_HEADER_SIZE, INDEX_ENTRY_SIZE, INDEX_MAGIC,
     LOG_MAGIC,
 };
+use crate::log::sync_failed;
 
 /// One sparse index point: the first op at or after each `index_interval_bytes` of log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,27 +53,60 @@ pub fn parse_name(name: &str) -> Option<(u64, &str)> {
     if extension != "log" && extension != "idx" {
         return None;
     }
-    Some((stem.parse().ok()?, extension))
+    // Far beyond any real op: keeps `base + k` arithmetic on names from overflowing.
+    let base: u64 = stem.parse().ok()?;
+    (base <= u64::MAX / 2).then_some((base, extension))
 }
 
 impl Segment {
-    /// Creates both files with their headers and makes them and their names durable.
+    /// Creates both files with their headers and makes them and their names durable. On an
+    /// error it removes what it created; a failed sync, or a failed clean-up, is fatal
+    /// (`SyncFailed` / `Unrecoverable`), since a stray segment would confuse recovery.
     pub async fn create<D: Disk>(
         disk: &D,
         dir: &str,
         base_op: u64,
         offset_first: u64,
-    ) -> Result<Segment, DiskError> {
-        let idx = disk.open(&idx_name(dir, base_op), true).await?;
-        let log = disk.open(&log_name(dir, base_op), true).await?;
-        for (file, magic) in [(idx, INDEX_MAGIC), (log, LOG_MAGIC)] {
-            let header = FileHeader::new(magic, base_op, offset_first).encode();
-            disk.write_at(file, 0, Bytes::copy_from_slice(&header))
-                .await?;
-            disk.truncate(file, FILE_HEADER_SIZE).await?;
-            disk.sync(file).await?;
+    ) -> Result<Segment, StorageError> {
+        let mut opened = Vec::new();
+        let result = async {
+            for (name, magic) in [
+                (idx_name(dir, base_op), INDEX_MAGIC),
+                (log_name(dir, base_op), LOG_MAGIC),
+            ] {
+                let file = disk.open(&name, true).await?;
+                opened.push(file);
+                let header = FileHeader::new(magic, base_op, offset_first).encode();
+                disk.write_at(file, 0, Bytes::copy_from_slice(&header))
+                    .await?;
+                disk.truncate(file, FILE_HEADER_SIZE).await?;
+                disk.sync(file).await.map_err(sync_failed)?;
+            }
+            disk.sync_dir(dir).await.map_err(sync_failed)?;
+            Ok::<(), StorageError>(())
         }
-        disk.sync_dir(dir).await?;
+        .await;
+        if let Err(error) = result {
+            for file in opened {
+                disk.close(file).await;
+            }
+            for name in [idx_name(dir, base_op), log_name(dir, base_op)] {
+                match disk.remove(&name).await {
+                    Ok(()) | Err(DiskError::NotFound(_)) => {}
+                    Err(cleanup) => {
+                        return Err(StorageError::Unrecoverable(format!(
+                            "creating segment {base_op} failed ({error}) and so did removing \
+                             {name}: {cleanup}"
+                        )))
+                    }
+                }
+            }
+            if let Err(cleanup) = disk.sync_dir(dir).await {
+                return Err(sync_failed(cleanup));
+            }
+            return Err(error);
+        }
+        let (idx, log) = (opened[0], opened[1]);
         Ok(Segment::empty(base_op, offset_first, log, idx))
     }
 

@@ -126,25 +126,24 @@ impl<'d, D: Disk> Superblock<'d, D> {
         };
         superblock.sequence = current.0;
         // Copies that disagree (an update a crash cut short, a damaged copy) are rewritten with
-        // the state chosen, so a second crash cannot leave an older state a quorum.
-        if copies.iter().any(|c| c.as_ref() != Some(&current)) {
-            superblock
-                .write_copies(&encode_copy(current.0, &current.1))
-                .await?;
+        // the state chosen, so a second crash cannot leave an older state a quorum. Copies of
+        // the chosen quorum are never touched: a write torn by power loss can garble a sector.
+        let bytes = encode_copy(current.0, &current.1);
+        for (copy, found) in (0..SUPERBLOCK_COPIES).zip(&copies) {
+            if found.as_ref() != Some(&current) {
+                superblock.write_copy(copy, &bytes).await?;
+            }
         }
         Ok((superblock, Some(current)))
     }
 
-    async fn write_copies(&self, bytes: &Bytes) -> Result<(), StorageError> {
-        for copy in 0..SUPERBLOCK_COPIES {
-            let at = copy * SUPERBLOCK_COPY_SIZE;
-            self.disk.write_at(self.file, at, bytes.clone()).await?;
-            self.disk
-                .sync(self.file)
-                .await
-                .map_err(|e| StorageError::SyncFailed(e.to_string()))?;
-        }
-        Ok(())
+    async fn write_copy(&self, copy: u64, bytes: &Bytes) -> Result<(), StorageError> {
+        let at = copy * SUPERBLOCK_COPY_SIZE;
+        self.disk.write_at(self.file, at, bytes.clone()).await?;
+        self.disk
+            .sync(self.file)
+            .await
+            .map_err(|e| StorageError::SyncFailed(e.to_string()))
     }
 
     pub fn sequence(&self) -> u64 {
@@ -160,7 +159,10 @@ impl<'d, D: Disk> Superblock<'d, D> {
             )));
         }
         let sequence = self.sequence + 1;
-        self.write_copies(&encode_copy(sequence, payload)).await?;
+        let bytes = encode_copy(sequence, payload);
+        for copy in 0..SUPERBLOCK_COPIES {
+            self.write_copy(copy, &bytes).await?;
+        }
         self.sequence = sequence;
         Ok(sequence)
     }

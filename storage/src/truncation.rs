@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use crate::disk::Disk;
 use crate::error::StorageError;
-use crate::format::{FileHeader, IndexEntry, FILE_HEADER_SIZE, INDEX_MAGIC, RECORD_HEADER_SIZE};
+use crate::format::{FileHeader, IndexEntry, FILE_HEADER_SIZE, INDEX_MAGIC};
 use crate::log::{remove_segment_files, sync_failed, PartitionLog};
 
 impl<D: Disk> PartitionLog<'_, D> {
@@ -41,22 +41,15 @@ impl<D: Disk> PartitionLog<'_, D> {
             let segment = &state.segments[index];
             (index, segment.base_op, segment.offset_first)
         };
+        // The new last op must be whole: recovery sizes a slot whose entry and record are both
+        // lost from the entry after it, which the cut removes. `entry` answers `Faulty` for
+        // such an op: repair it first.
         let keep_last: Option<IndexEntry> = if op_end > base_op {
-            let slot = self.state.borrow().faulty.get(&op).copied();
-            match slot {
-                Some(faulty) if faulty.meta.is_none() => None,
-                _ => Some(self.entry(op).await?),
-            }
+            Some(self.entry(op).await?)
         } else {
             None
         };
-        let log_end = match (keep_last, self.state.borrow().faulty.get(&op)) {
-            (Some(entry), _) => entry.record_end(),
-            (None, Some(faulty)) if op_end > base_op => {
-                faulty.position + RECORD_HEADER_SIZE + u64::from(faulty.length)
-            }
-            (None, _) => FILE_HEADER_SIZE,
-        };
+        let log_end = keep_last.map_or(FILE_HEADER_SIZE, |entry| entry.record_end());
         let result = self
             .cut(keep_index, op_end, log_end, base_op, offset_first)
             .await;
