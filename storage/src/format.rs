@@ -172,6 +172,25 @@ pub fn decode_record_header(bytes: &[u8]) -> Result<(EntryMeta, u32), DecodeErro
     Ok((meta, length))
 }
 
+/// A whole record (header and payload) in one buffer, ready to write.
+pub fn encode_record(meta: &EntryMeta, payload: &[u8]) -> bytes::Bytes {
+    let mut record = bytes::BytesMut::with_capacity(RECORD_HEADER_SIZE as usize + payload.len());
+    record.extend_from_slice(&encode_record_header(meta, payload));
+    record.extend_from_slice(payload);
+    record.freeze()
+}
+
+/// The payload of `record` (header and payload read in one buffer) if it is intact and is the
+/// record `expected` describes.
+pub fn verified_payload<'a>(record: &'a [u8], expected: &EntryMeta) -> Option<&'a [u8]> {
+    if record.len() < RECORD_HEADER_SIZE as usize {
+        return None;
+    }
+    let (header, payload) = record.split_at(RECORD_HEADER_SIZE as usize);
+    let claimed = decode_record_header(header).ok().map(|(meta, _)| meta);
+    (record_valid(header, payload) && claimed.as_ref() == Some(expected)).then_some(payload)
+}
+
 /// True when `header` (64 B) and `payload` form an intact record.
 pub fn record_valid(header: &[u8], payload: &[u8]) -> bool {
     matches!(decode_record_header(header), Ok((_, length)) if length as usize == payload.len())

@@ -11,16 +11,18 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_channel::oneshot;
 
 use crate::disk::{Disk, DiskError};
 use crate::error::StorageError;
 use crate::format::{
-    encode_index_entry, encode_record_header, record_valid, EntryMeta, IndexEntry,
-    PAYLOAD_SIZE_MAX, RECORD_HEADER_SIZE,
+    encode_index_entry, encode_record, verified_payload, EntryMeta, IndexEntry, PAYLOAD_SIZE_MAX,
+    RECORD_HEADER_SIZE,
 };
-use crate::recovery::{open_segment, truncation_mark, FaultyEntry, Opened, RecoveryReport};
+use crate::recovery::{
+    open_segment, read_intact_record, truncation_mark, FaultyEntry, Opened, RecoveryReport,
+};
 use crate::segment::{idx_name, log_name, parse_name, read_entries, Segment, SparsePoint};
 
 #[derive(Clone, Debug)]
@@ -449,15 +451,10 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
         {
             return Err(StorageError::Faulty(op));
         }
-        let (segment_base, idx, at, last) = {
+        let (idx, at, last) = {
             let state = self.state.borrow();
             let segment = state.segment_of(op).ok_or(StorageError::NotFound(op))?;
-            (
-                segment.base_op,
-                segment.idx,
-                segment.index_position(op),
-                segment.last,
-            )
+            (segment.idx, segment.index_position(op), segment.last)
         };
         if let Some(last) = last.filter(|l| l.meta.op == op) {
             return Ok(last);
@@ -466,7 +463,6 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
             .disk
             .read_at(idx, at, crate::format::INDEX_ENTRY_SIZE as usize)
             .await;
-        let _ = segment_base;
         match bytes {
             Ok(bytes) => match crate::format::decode_index_entry(&bytes) {
                 Ok(entry) if entry.meta.op == op => Ok(entry),
@@ -509,11 +505,9 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
             }
             Err(error) => return Err(error.into()),
         };
-        let (header, payload) = bytes.split_at(RECORD_HEADER_SIZE as usize);
-        let claimed = crate::format::decode_record_header(header).ok();
-        if !record_valid(header, payload) || claimed.map(|(m, _)| m) != Some(entry.meta) {
+        let Some(payload) = verified_payload(&bytes, &entry.meta) else {
             return Err(self.found_faulty(entry));
-        }
+        };
         Ok(Record {
             meta: entry.meta,
             payload: payload.to_vec(),
@@ -644,11 +638,8 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
             position: faulty.position,
             length: faulty.length,
         };
-        let mut record = BytesMut::with_capacity(RECORD_HEADER_SIZE as usize + payload.len());
-        record.extend_from_slice(&encode_record_header(&meta, &payload));
-        record.extend_from_slice(&payload);
         self.disk
-            .write_at(log, faulty.position, record.freeze())
+            .write_at(log, faulty.position, encode_record(&meta, &payload))
             .await?;
         self.disk.sync(log).await.map_err(sync_failed)?;
         let bytes = Bytes::copy_from_slice(&encode_index_entry(&entry));
@@ -692,22 +683,9 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
             for entry in entries {
                 let entry =
                     entry.map_err(|op| corrupt(format!("index entry of op {op} is damaged")))?;
-                let header = self
-                    .disk
-                    .read_at(log, position, RECORD_HEADER_SIZE as usize)
-                    .await?;
-                let (meta, length) = crate::format::decode_record_header(&header)
-                    .map_err(|e| corrupt(format!("record at {position}: {e:?}")))?;
-                let payload = self
-                    .disk
-                    .read_at(log, position + RECORD_HEADER_SIZE, length as usize)
-                    .await?;
-                if !record_valid(&header, &payload) {
-                    return Err(corrupt(format!(
-                        "record of op {} fails its checksum",
-                        meta.op
-                    )));
-                }
+                let (meta, length) = read_intact_record(self.disk, log, position, log_size)
+                    .await
+                    .ok_or_else(|| corrupt(format!("the record at {position} is damaged")))?;
                 let scanned = IndexEntry {
                     meta,
                     position,

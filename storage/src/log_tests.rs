@@ -165,9 +165,8 @@ fn a_torn_tail_is_cut_and_durable_records_stay() {
                 .await
                 .unwrap();
             let size = disk.size(file).await.unwrap();
-            let mut bytes = crate::format::encode_record_header(&meta(11), &payload(11)).to_vec();
-            bytes.extend_from_slice(&payload(11));
-            disk.write_at(file, size, Bytes::from(bytes)).await.unwrap();
+            let record = crate::format::encode_record(&meta(11), &payload(11));
+            disk.write_at(file, size, record).await.unwrap();
             drop(log);
             disk.crash();
             let (log, report) = open(&disk).await;

@@ -59,7 +59,33 @@ pub enum Opened {
     Unfinished,
 }
 
-/// The record at `position` if it is intact and is `op`'s.
+/// The record at `position` of `file` if it is intact and ends by `end`: its meta and payload
+/// length (the header is read first, to learn the length).
+pub(crate) async fn read_intact_record<D: Disk>(
+    disk: &D,
+    file: FileId,
+    position: u64,
+    end: u64,
+) -> Option<(EntryMeta, u32)> {
+    if position + RECORD_HEADER_SIZE > end {
+        return None;
+    }
+    let header = disk
+        .read_at(file, position, RECORD_HEADER_SIZE as usize)
+        .await
+        .ok()?;
+    let (meta, length) = decode_record_header(&header).ok()?;
+    if position + RECORD_HEADER_SIZE + u64::from(length) > end {
+        return None;
+    }
+    let payload = disk
+        .read_at(file, position + RECORD_HEADER_SIZE, length as usize)
+        .await
+        .ok()?;
+    record_valid(&header, &payload).then_some((meta, length))
+}
+
+/// The record at `position` of `segment` if it is intact and is `op`'s.
 async fn read_record<D: Disk>(
     disk: &D,
     segment: &Segment,
@@ -67,22 +93,9 @@ async fn read_record<D: Disk>(
     op: u64,
     log_size: u64,
 ) -> Option<(EntryMeta, u32)> {
-    if position + RECORD_HEADER_SIZE > log_size {
-        return None;
-    }
-    let header = disk
-        .read_at(segment.log, position, RECORD_HEADER_SIZE as usize)
+    read_intact_record(disk, segment.log, position, log_size)
         .await
-        .ok()?;
-    let (meta, length) = decode_record_header(&header).ok()?;
-    if meta.op != op || position + RECORD_HEADER_SIZE + u64::from(length) > log_size {
-        return None;
-    }
-    let payload = disk
-        .read_at(segment.log, position + RECORD_HEADER_SIZE, length as usize)
-        .await
-        .ok()?;
-    record_valid(&header, &payload).then_some((meta, length))
+        .filter(|(meta, _)| meta.op == op)
 }
 
 /// Index entries to rewrite, and the report they go into.

@@ -16,14 +16,15 @@
 //! the slot → `Fixed` with the later op (an overwrite whose header write was lost). A slot
 //! whose surviving op the checkpoint covers is `Empty`: it may be mid-way through an overwrite.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::disk::{parent, Disk, FileId};
 use crate::error::StorageError;
 use crate::format::{
-    decode_index_entry, decode_record_header, encode_index_entry, encode_record_header,
-    record_valid, EntryMeta, FileHeader, IndexEntry, INDEX_ENTRY_SIZE, RECORD_HEADER_SIZE,
+    decode_index_entry, encode_index_entry, encode_record, verified_payload, EntryMeta, FileHeader,
+    IndexEntry, INDEX_ENTRY_SIZE, RECORD_HEADER_SIZE,
 };
+use crate::recovery::read_intact_record;
 
 const WAL_MAGIC: [u8; 8] = *b"GALGOWAL";
 const ZONE_ALIGN: u64 = 4096;
@@ -131,19 +132,17 @@ impl<'d, D: Disk> WalRing<'d, D> {
             // through being overwritten.
             let needed = |meta: &EntryMeta| meta.op > checkpoint_op;
             let state = match (entry, prepare) {
-                (Some(entry), Some(meta)) if meta == entry.meta => SlotState::Intact(meta),
+                (Some(entry), Some((meta, _))) if meta == entry.meta => SlotState::Intact(meta),
                 // An overwrite whose prepare landed and whose header did not: never acked, and
                 // intact, so it is kept like any prepare whose header write was lost.
-                (Some(entry), Some(meta)) if meta.op > entry.meta.op => {
-                    ring.write_header(slot, meta, prepare_length(&ring, slot).await?)
-                        .await?;
+                (Some(entry), Some((meta, length))) if meta.op > entry.meta.op => {
+                    ring.write_header(slot, meta, length).await?;
                     SlotState::Fixed(meta)
                 }
                 (Some(entry), _) if !needed(&entry.meta) => SlotState::Empty,
                 (Some(entry), _) => SlotState::Faulty(Some(entry.meta)),
-                (None, Some(meta)) if needed(&meta) => {
-                    ring.write_header(slot, meta, prepare_length(&ring, slot).await?)
-                        .await?;
+                (None, Some((meta, length))) if needed(&meta) => {
+                    ring.write_header(slot, meta, length).await?;
                     SlotState::Fixed(meta)
                 }
                 (None, Some(_)) => SlotState::Empty,
@@ -155,24 +154,12 @@ impl<'d, D: Disk> WalRing<'d, D> {
         Ok((ring, slots))
     }
 
-    /// The meta of the intact record in `slot`, if any.
-    async fn read_slot(&self, slot: u64) -> Option<EntryMeta> {
+    /// The meta and payload length of the intact record in `slot`, if it belongs there.
+    async fn read_slot(&self, slot: u64) -> Option<(EntryMeta, u32)> {
         let at = self.prepare_zone() + slot * self.slot_size;
-        let header = self
-            .disk
-            .read_at(self.file, at, RECORD_HEADER_SIZE as usize)
+        read_intact_record(self.disk, self.file, at, at + self.slot_size)
             .await
-            .ok()?;
-        let (meta, length) = decode_record_header(&header).ok()?;
-        if u64::from(length) > self.payload_max() || meta.op % self.slot_count != slot {
-            return None;
-        }
-        let payload = self
-            .disk
-            .read_at(self.file, at + RECORD_HEADER_SIZE, length as usize)
-            .await
-            .ok()?;
-        record_valid(&header, &payload).then_some(meta)
+            .filter(|(meta, _)| meta.op % self.slot_count == slot)
     }
 
     async fn write_header(
@@ -218,11 +205,10 @@ impl<'d, D: Disk> WalRing<'d, D> {
             )));
         }
         let slot = meta.op % self.slot_count;
-        let mut record = BytesMut::with_capacity(RECORD_HEADER_SIZE as usize + payload.len());
-        record.extend_from_slice(&encode_record_header(&meta, payload));
-        record.extend_from_slice(payload);
         let at = self.prepare_zone() + slot * self.slot_size;
-        self.disk.write_at(self.file, at, record.freeze()).await?;
+        self.disk
+            .write_at(self.file, at, encode_record(&meta, payload))
+            .await?;
         self.disk
             .sync(self.file)
             .await
@@ -249,25 +235,9 @@ impl<'d, D: Disk> WalRing<'d, D> {
             .read_at(self.file, at, length)
             .await
             .map_err(|_| StorageError::Faulty(op))?;
-        let (header, payload) = bytes.split_at(RECORD_HEADER_SIZE as usize);
-        let claimed = decode_record_header(header).ok().map(|(meta, _)| meta);
-        if !record_valid(header, payload) || claimed != Some(entry.meta) {
-            return Err(StorageError::Faulty(op));
-        }
+        let payload = verified_payload(&bytes, &entry.meta).ok_or(StorageError::Faulty(op))?;
         Ok(payload.to_vec())
     }
-}
-
-async fn prepare_length<D: Disk>(ring: &WalRing<'_, D>, slot: u64) -> Result<u32, StorageError> {
-    let at = ring.prepare_zone() + slot * ring.slot_size;
-    let header = ring
-        .disk
-        .read_at(ring.file, at, RECORD_HEADER_SIZE as usize)
-        .await?;
-    let (_, length) = decode_record_header(&header).map_err(|e| {
-        StorageError::Unrecoverable(format!("slot {slot} changed during recovery: {e:?}"))
-    })?;
-    Ok(length)
 }
 
 #[cfg(test)]
@@ -365,9 +335,8 @@ mod tests {
             let prepare_zone = ring.prepare_zone();
             // Op 1 + SLOTS overwrote slot 1's prepare; its header write was lost.
             let newer = meta(1 + SLOTS);
-            let mut record = encode_record_header(&newer, b"newer").to_vec();
-            record.extend_from_slice(b"newer");
-            disk.write_at(ring.file, prepare_zone + SLOT_SIZE, Bytes::from(record))
+            let record = encode_record(&newer, b"newer");
+            disk.write_at(ring.file, prepare_zone + SLOT_SIZE, record)
                 .await
                 .unwrap();
             // Op 2 + SLOTS was being written over slot 2 when it tore.
