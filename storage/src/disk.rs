@@ -74,7 +74,8 @@ pub trait Disk {
     async fn size(&self, file: FileId) -> Result<u64, DiskError>;
     /// Reads exactly `len` bytes at `offset`.
     async fn read_at(&self, file: FileId, offset: u64, len: usize) -> Result<Vec<u8>, DiskError>;
-    /// Writes all of `bytes` at `offset`. Not durable until `sync`.
+    /// Writes all of `bytes` at `offset`. Not durable until `sync`. A write whose offset,
+    /// length and buffer address are multiples of `write_alignment` may bypass the page cache.
     async fn write_at(&self, file: FileId, offset: u64, bytes: Bytes) -> Result<(), DiskError>;
     /// Makes every completed write to `file` durable (fdatasync). An error here means the
     /// kernel may have dropped dirty pages: callers must stop using the file (fsyncgate).
@@ -85,6 +86,9 @@ pub trait Disk {
     async fn remove(&self, name: &str) -> Result<(), DiskError>;
     /// Makes created and removed names in `dir` durable.
     async fn sync_dir(&self, dir: &str) -> Result<(), DiskError>;
+    /// The block size on which writes go straight to the device (O_DIRECT), or 1 when every
+    /// layout is as good as any other. Appenders lay large writes out on it.
+    fn write_alignment(&self) -> u64;
     /// Lets the other ready tasks of the runtime that drives this disk run before the caller
     /// goes on (group commit waits a turn for appenders to queue).
     async fn yield_now(&self);

@@ -4,6 +4,11 @@
 //! io_uring is refused (Docker's default seccomp profile), runs them as blocking syscalls on
 //! the legacy epoll driver. Control-path calls (open, list, truncate, remove, directory sync)
 //! are plain blocking syscalls: they are rare and short.
+//!
+//! Each file also gets an O_DIRECT descriptor where the filesystem allows one: writes laid out
+//! on 4 KiB (offset, length and buffer) go through it and skip the page cache, which on this
+//! kind of machine is several times faster than buffered writes plus fdatasync. Other writes
+//! and every read use the buffered descriptor; the kernel keeps the two coherent.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -13,40 +18,46 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
+use crate::aligned::{is_direct_aligned, DIRECT_BLOCK};
 use crate::disk::{Disk, DiskError, FileId};
 
-/// Open files kept per disk; opening more is an error, never an unbounded table.
+/// Open files kept per disk (each holds up to three descriptors: buffered, direct, control);
+/// opening more is an error, never an unbounded table.
 pub const FILES_OPEN_MAX: usize = 4096;
 
 struct OpenFile {
     io: Rc<monoio::fs::File>,
+    /// The same file opened with O_DIRECT, when direct writes are on and the filesystem
+    /// accepts them (tmpfs does not).
+    direct: Option<Rc<monoio::fs::File>>,
     /// A second descriptor of the same file, for size and truncate.
     control: fs::File,
 }
 
 pub struct FileDisk {
     root: PathBuf,
-    /// On the epoll driver file calls never suspend, so letting other tasks run needs a timer;
-    /// on io_uring the I/O itself suspends the caller and yielding costs nothing.
-    epoll: bool,
+    /// Aligned writes bypass the page cache (see the module comment).
+    direct: bool,
     files: RefCell<BTreeMap<FileId, OpenFile>>,
     next_id: RefCell<u32>,
 }
 
 impl FileDisk {
-    /// A disk for a runtime built by `block_on` (io_uring where the kernel allows it).
+    /// A disk for a monoio runtime on either driver (`block_on` or `block_on_epoll`).
     pub fn new(root: impl Into<PathBuf>) -> FileDisk {
-        FileDisk::with_driver(root, !monoio::utils::detect_uring())
-    }
-
-    /// A disk for a runtime on the epoll driver (`block_on_epoll`) when `epoll` is set.
-    pub fn with_driver(root: impl Into<PathBuf>, epoll: bool) -> FileDisk {
         FileDisk {
             root: root.into(),
-            epoll,
+            direct: true,
             files: RefCell::new(BTreeMap::new()),
             next_id: RefCell::new(0),
         }
+    }
+
+    /// Every write through the page cache (no O_DIRECT descriptor), to compare or where direct
+    /// I/O misbehaves.
+    pub fn buffered(mut self) -> FileDisk {
+        self.direct = false;
+        self
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -101,6 +112,18 @@ impl Disk for FileDisk {
             })?;
         let control = std_file.try_clone()?;
         let io = monoio::fs::File::from_std(std_file)?;
+        let direct = if self.direct {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&path)
+                .ok()
+                .and_then(|file| monoio::fs::File::from_std(file).ok())
+                .map(Rc::new)
+        } else {
+            None
+        };
         let mut next_id = self.next_id.borrow_mut();
         let id = FileId(*next_id);
         *next_id += 1;
@@ -108,6 +131,7 @@ impl Disk for FileDisk {
             id,
             OpenFile {
                 io: Rc::new(io),
+                direct,
                 control,
             },
         );
@@ -141,7 +165,14 @@ impl Disk for FileDisk {
     }
 
     async fn write_at(&self, file: FileId, offset: u64, bytes: Bytes) -> Result<(), DiskError> {
-        let io = self.io_file(file)?;
+        let io = {
+            let files = self.files.borrow();
+            let open = files.get(&file).ok_or(closed(file))?;
+            match &open.direct {
+                Some(direct) if is_direct_aligned(offset, &bytes) => direct.clone(),
+                _ => open.io.clone(),
+            }
+        };
         let (result, _) = io.write_all_at(bytes, offset).await;
         result?;
         Ok(())
@@ -172,13 +203,29 @@ impl Disk for FileDisk {
         Ok(())
     }
 
-    async fn yield_now(&self) {
-        // A task that wakes itself is polled again at once on monoio; on epoll a zero timer
-        // (about a millisecond: the timer's granularity) lets the other ready tasks run first.
-        // The runtime needs its timer enabled, as `block_on` and `block_on_epoll` do.
-        if self.epoll {
-            monoio::time::sleep(std::time::Duration::ZERO).await;
+    fn write_alignment(&self) -> u64 {
+        if self.direct {
+            DIRECT_BLOCK
+        } else {
+            1
         }
+    }
+
+    async fn yield_now(&self) {
+        // monoio polls a task that wakes itself again at once (it goes to the front of the
+        // queue), so the wake comes from a task spawned now, which runs after every task
+        // already ready: those run before the caller goes on.
+        let mut spawned = false;
+        std::future::poll_fn(|cx| {
+            if spawned {
+                return std::task::Poll::Ready(());
+            }
+            spawned = true;
+            let waker = cx.waker().clone();
+            monoio::spawn(async move { waker.wake() });
+            std::task::Poll::Pending
+        })
+        .await;
     }
 }
 
@@ -249,6 +296,49 @@ mod tests {
             disk.sync_dir("p").await.unwrap();
             assert!(disk.list("p").await.unwrap().is_empty());
         });
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn aligned_writes_go_direct_and_mix_with_buffered_ones() {
+        // Under the build directory, on the project's disk: the system temp dir may be tmpfs,
+        // which refuses O_DIRECT.
+        let dir = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/galgo-test-direct"
+        ))
+        .join(std::process::id().to_string());
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let disk = FileDisk::new(&dir);
+        let ((), _) = block_on(async {
+            let file = disk.open("a.log", true).await.unwrap();
+            assert_eq!(disk.write_alignment(), DIRECT_BLOCK);
+            // This test needs a filesystem that takes O_DIRECT (not tmpfs).
+            assert!(disk.files.borrow()[&file].direct.is_some());
+            let mut block = crate::aligned::AlignedBuffer::zeroed(8192);
+            block.as_mut_slice().fill(7);
+            disk.write_at(file, 0, block.freeze()).await.unwrap();
+            // Unaligned: through the page cache, over the directly written bytes.
+            disk.write_at(file, 100, Bytes::from_static(b"buffered"))
+                .await
+                .unwrap();
+            disk.sync(file).await.unwrap();
+            assert_eq!(
+                disk.read_at(file, 98, 12).await.unwrap(),
+                b"\x07\x07buffered\x07\x07"
+            );
+            // Aligned again, over the buffered bytes: the kernel keeps both paths coherent.
+            let mut block = crate::aligned::AlignedBuffer::zeroed(4096);
+            block.as_mut_slice().fill(9);
+            disk.write_at(file, 0, block.freeze()).await.unwrap();
+            disk.sync(file).await.unwrap();
+            assert_eq!(disk.read_at(file, 98, 4).await.unwrap(), vec![9u8; 4]);
+            assert_eq!(disk.size(file).await.unwrap(), 8192);
+        });
+        let bytes = fs::read(dir.join("a.log")).unwrap();
+        assert_eq!((bytes[0], bytes[4095], bytes[4096]), (9, 9, 7));
+        assert_eq!(FileDisk::new(&dir).buffered().write_alignment(), 1);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,21 +1,25 @@
-//! Group commit of a partition log's appends, pipelined two groups deep.
+//! Group commit of a partition log's appends, in two concurrent stages.
 //!
-//! The flusher (whichever appender found no flush running) repeats: take every queued append
-//! as the next group and write its records, while, at the same time, the previous group is
-//! finished: fdatasync of the log, then its index entries are written and fdatasynced, then its
-//! appends complete. So one fdatasync covers every write that arrived while the previous one
-//! was in flight, and the disk is never idle while the next group is copied out. The record
-//! before index order of each group is kept: an index entry is written only after the
-//! fdatasync that covers its record. Any failure fails every group in flight and every queued
-//! append, and cuts the files back to the durable log; a failed fdatasync poisons the log.
+//! The flusher (the committer task, or an appender that found no flush running) runs a write
+//! stage and a sync stage side by side. The write stage takes every queued append as a group
+//! and writes its records (laid out on the disk's direct-I/O block), again and again. The sync
+//! stage takes every group written so far and finishes them together: fdatasync of the log,
+//! then their index entries are written and fdatasynced, then their appends complete. So one
+//! fdatasync covers every write that completed while the previous one was in flight. The
+//! record before index order is kept: an index entry is written only after the fdatasync that
+//! covers its record. The write stage waits while the bytes written and not yet durable pass
+//! the queue's byte limit. Any failure fails every group not yet durable and every queued
+//! append, and cuts the files back to the durable log; a failed fdatasync poisons it.
+
+use std::cell::{Cell, RefCell};
+use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::disk::Disk;
+use crate::aligned::{align_down, align_up};
+use crate::disk::{Disk, FileId};
 use crate::error::StorageError;
-use crate::format::{
-    encode_index_entry, encode_record_header, IndexEntry, FILE_HEADER_SIZE, RECORD_HEADER_SIZE,
-};
+use crate::format::{encode_index_entry, IndexEntry, FILE_HEADER_SIZE, RECORD_HEADER_SIZE};
 use crate::futures::join;
 use crate::log::{remove_segment_files, sync_failed, PartitionLog, Pending};
 use crate::segment::Segment;
@@ -23,7 +27,10 @@ use crate::segment::Segment;
 /// Payloads at least this large are written from the caller's buffer instead of being copied
 /// into the group's buffer.
 const PAYLOAD_COPY_MAX: usize = 256 * 1024;
-/// Executor turns the flusher waits, at most, for appenders to queue before taking a group.
+/// The largest single direct write (and pooled buffer): a group larger than this goes out in
+/// several writes.
+const DIRECT_CHUNK: u64 = 8 << 20;
+/// Executor turns the write stage waits, at most, for appenders to queue before taking a group.
 const GATHER_TURNS_MAX: usize = 64;
 
 /// Poisons the log if a flush is dropped before it finished (its caller was cancelled): the
@@ -49,6 +56,48 @@ impl Drop for FlushGuard<'_> {
     }
 }
 
+/// The active log's bytes from the last block boundary to the end of the last group written:
+/// the next aligned group write starts at that boundary and writes them again, unchanged.
+pub(crate) struct TailBlock {
+    file: FileId,
+    end: u64,
+    bytes: Vec<u8>,
+}
+
+/// Consecutive byte slices laid end to end from file offset `start`: what a group writes.
+struct Stream<'a> {
+    start: u64,
+    parts: Vec<&'a [u8]>,
+}
+
+impl Stream<'_> {
+    fn end(&self) -> u64 {
+        self.start + self.parts.iter().map(|p| p.len() as u64).sum::<u64>()
+    }
+
+    /// Copies the bytes at file offset `from` into `target`; past the end, zeros.
+    fn copy(&self, from: u64, target: &mut [u8]) {
+        assert!(from >= self.start);
+        let mut skip = from - self.start;
+        let mut filled = 0usize;
+        for part in &self.parts {
+            if filled == target.len() {
+                break;
+            }
+            if skip >= part.len() as u64 {
+                skip -= part.len() as u64;
+                continue;
+            }
+            let part = &part[skip as usize..];
+            skip = 0;
+            let n = part.len().min(target.len() - filled);
+            target[filled..filled + n].copy_from_slice(&part[..n]);
+            filled += n;
+        }
+        target[filled..].fill(0);
+    }
+}
+
 /// A group whose records are written but not yet known durable.
 pub(crate) struct Written {
     group: Vec<Pending>,
@@ -64,70 +113,204 @@ impl Written {
     }
 }
 
+/// What the two stages of a flush share: groups written and waiting for their fdatasync, and
+/// the failure that stops both.
+#[derive(Default)]
+struct Stages {
+    written: RefCell<Vec<Written>>,
+    /// Payload bytes written and not yet durable, the group being synced included (the write
+    /// stage waits while they pass the queue's byte limit).
+    unsynced_bytes: Cell<u64>,
+    syncing: Cell<bool>,
+    writer_done: Cell<bool>,
+    /// The groups the stages held when they failed, and the error to report; both stop.
+    failed: RefCell<Option<(Vec<Pending>, StorageError)>>,
+}
+
+impl Stages {
+    /// Adds a stage's failure to any the other stage recorded: every group fails, and an error
+    /// that poisons the log (a failed fdatasync) wins over one that does not.
+    fn record_failure(&self, (group, error): (Vec<Pending>, StorageError)) {
+        let mut failed = self.failed.borrow_mut();
+        match failed.as_mut() {
+            None => *failed = Some((group, error)),
+            Some((groups, recorded)) => {
+                groups.extend(group);
+                if poisons(&error) && !poisons(recorded) {
+                    *recorded = error;
+                }
+            }
+        }
+    }
+}
+
+/// Whether `error` leaves the log unusable until a reopen.
+fn poisons(error: &StorageError) -> bool {
+    matches!(
+        error,
+        StorageError::SyncFailed(_) | StorageError::Unrecoverable(_)
+    )
+}
+
 impl<D: Disk> PartitionLog<'_, D> {
-    /// Writes queued appends, a group at a time, until none is left or in flight.
+    /// Writes and syncs queued appends until none is left or in flight.
     pub(crate) async fn flush(&self) {
         let mut guard = FlushGuard {
             state: &self.state,
             finished: false,
         };
-        let mut in_flight: Option<Written> = None;
+        let stages = Stages::default();
+        join(self.write_stage(&stages), self.sync_stage(&stages)).await;
+        let failed = stages.failed.take();
+        let unsynced: Vec<Pending> = stages
+            .written
+            .take()
+            .into_iter()
+            .flat_map(|written| written.group)
+            .collect();
+        if let Some((mut group, error)) = failed {
+            group.extend(unsynced);
+            // `fail` takes every queued append, and no new one is accepted until it is done.
+            self.fail(group, error).await;
+            let mut state = self.state.borrow_mut();
+            assert!(state.pending.is_empty());
+            state.flushing = false;
+            guard.finished = true;
+            return;
+        }
+        assert!(
+            unsynced.is_empty(),
+            "the sync stage drains what was written"
+        );
+        guard.finished = true;
+    }
+
+    /// Takes every queued append as a group and writes its records, again and again, while
+    /// the sync stage makes earlier groups durable. Ends, clearing `flushing`, when nothing is
+    /// queued, written or syncing (or a stage failed).
+    async fn write_stage(&self, stages: &Stages) {
         loop {
-            // Appenders woken by the last group queue their next appends before this one is
-            // taken, so groups stay as large as the appends in flight: yield while the queue
-            // still grows (a bounded number of turns).
-            for _ in 0..GATHER_TURNS_MAX {
-                let queued = self.state.borrow().pending.len();
-                self.disk.yield_now().await;
-                if self.state.borrow().pending.len() == queued {
-                    break;
+            let go = self
+                .wait_for(|state| {
+                    if stages.failed.borrow().is_some() {
+                        return Some(false);
+                    }
+                    let backlog = !stages.written.borrow().is_empty()
+                        && stages.unsynced_bytes.get() >= self.config.pending_bytes_max;
+                    if !state.pending.is_empty() && !backlog {
+                        return Some(true);
+                    }
+                    let idle = !stages.syncing.get() && stages.written.borrow().is_empty();
+                    if state.pending.is_empty() && idle {
+                        state.flushing = false;
+                        return Some(false);
+                    }
+                    None
+                })
+                .await;
+            if go {
+                // Appenders woken by the last group queue their next appends before this
+                // group is taken: yield while the queue still grows (a bounded number of turns).
+                for _ in 0..GATHER_TURNS_MAX {
+                    let queued = self.state.borrow().pending.len();
+                    self.disk.yield_now().await;
+                    if self.state.borrow().pending.len() == queued {
+                        break;
+                    }
                 }
+            }
+            // The sync stage may have failed meanwhile: then `fail` takes what is queued.
+            if !go || stages.failed.borrow().is_some() {
+                stages.writer_done.set(true);
+                self.wake_flusher();
+                return;
             }
             let group = {
                 let mut state = self.state.borrow_mut();
                 state.pending_bytes = 0;
                 std::mem::take(&mut state.pending)
             };
-            if group.is_empty() && in_flight.is_none() {
-                self.state.borrow_mut().flushing = false;
-                guard.finished = true;
+            let bytes: u64 = group.iter().map(|p| p.payload.len() as u64).sum();
+            match self.write_records(group).await {
+                Ok(written) => {
+                    stages
+                        .unsynced_bytes
+                        .set(stages.unsynced_bytes.get() + bytes);
+                    stages.written.borrow_mut().push(written);
+                }
+                Err(failure) => {
+                    // `flushing` stays set: `flush` cuts the files back first.
+                    stages.record_failure(failure);
+                    stages.writer_done.set(true);
+                    self.wake_flusher();
+                    return;
+                }
+            }
+            self.wake_flusher();
+        }
+    }
+
+    /// Makes every group written so far durable with one round of fdatasyncs, again and again,
+    /// until the write stage is done and nothing written is left.
+    async fn sync_stage(&self, stages: &Stages) {
+        loop {
+            let batch = self
+                .wait_for(|_| {
+                    let mut written = stages.written.borrow_mut();
+                    if stages.failed.borrow().is_some() {
+                        return Some(None);
+                    }
+                    if !written.is_empty() {
+                        stages.syncing.set(true);
+                        return Some(Some(std::mem::take(&mut *written)));
+                    }
+                    stages.writer_done.get().then_some(None)
+                })
+                .await;
+            let Some(batch) = batch else {
                 return;
+            };
+            let mut merged = Written {
+                group: Vec::new(),
+                layout: Vec::new(),
+            };
+            for written in batch {
+                merged.group.extend(written.group);
+                merged.layout.extend(written.layout);
             }
-            let write_next = async {
-                if group.is_empty() {
-                    Ok(None)
-                } else {
-                    self.write_records(group).await.map(Some)
-                }
-            };
-            let finish_previous = async {
-                match in_flight.take() {
-                    Some(written) => self.finish(written).await,
-                    None => Ok(()),
-                }
-            };
-            let (next, previous) = join(write_next, finish_previous).await;
-            match (next, previous) {
-                (Ok(next), Ok(())) => in_flight = next,
-                (next, previous) => {
-                    let mut failed: Vec<Pending> = Vec::new();
-                    let mut error = None;
-                    if let Err((group, e)) = previous {
-                        failed.extend(group);
-                        error = Some(e);
-                    }
-                    match next {
-                        Ok(Some(written)) => failed.extend(written.group),
-                        Ok(None) => {}
-                        Err((group, e)) => {
-                            failed.extend(group);
-                            error = error.or(Some(e));
-                        }
-                    }
-                    self.fail(failed, error.expect("one of the two failed"))
-                        .await;
+            let bytes: u64 = merged.group.iter().map(|p| p.payload.len() as u64).sum();
+            let result = self.finish(merged).await;
+            stages.syncing.set(false);
+            stages
+                .unsynced_bytes
+                .set(stages.unsynced_bytes.get() - bytes);
+            if let Err(failure) = result {
+                stages.record_failure(failure);
+            }
+            self.wake_flusher();
+        }
+    }
+
+    /// Waits until `ready` returns `Some`, checking it again whenever the flusher is woken
+    /// (an append queued, or the other stage moved on).
+    async fn wait_for<T>(&self, mut ready: impl FnMut(&mut crate::log::State) -> Option<T>) -> T {
+        std::future::poll_fn(|cx| {
+            let mut state = self.state.borrow_mut();
+            match ready(&mut state) {
+                Some(value) => Poll::Ready(value),
+                None => {
+                    state.flush_waker = Some(cx.waker().clone());
+                    Poll::Pending
                 }
             }
+        })
+        .await
+    }
+
+    fn wake_flusher(&self) {
+        let waker = self.state.borrow_mut().flush_waker.take();
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 
@@ -170,38 +353,121 @@ impl<D: Disk> PartitionLog<'_, D> {
             layout.push((index, entry));
         }
         let written = Written { group, layout };
-        // Per segment, records go out in contiguous writes: small ones copied together into
-        // one buffer, large payloads handed to the disk as they are (no copy).
         for segment_index in written.touched() {
             let file = self.state.borrow().segments[segment_index].log;
-            let mut chunks: Vec<(u64, Bytes)> = Vec::new();
-            let mut buffer = BytesMut::new();
-            let mut buffer_start = None;
-            for ((s, entry), pending) in written.layout.iter().zip(&written.group) {
-                if *s != segment_index {
-                    continue;
-                }
-                buffer_start.get_or_insert(entry.position);
-                buffer.extend_from_slice(&encode_record_header(&entry.meta, &pending.payload));
-                if pending.payload.len() >= PAYLOAD_COPY_MAX {
-                    let start = buffer_start.take().expect("set above");
-                    chunks.push((start, buffer.split().freeze()));
-                    chunks.push((entry.position + RECORD_HEADER_SIZE, pending.payload.clone()));
-                } else {
-                    buffer.extend_from_slice(&pending.payload);
-                }
-            }
-            if let Some(start) = buffer_start {
-                chunks.push((start, buffer.freeze()));
-            }
-            for (at, bytes) in chunks {
-                if let Err(error) = self.disk.write_at(file, at, bytes).await {
-                    return Err((written.group, error.into()));
-                }
+            let records: Vec<(&IndexEntry, &Pending)> = written
+                .layout
+                .iter()
+                .zip(&written.group)
+                .filter(|((s, _), _)| *s == segment_index)
+                .map(|((_, entry), pending)| (entry, pending))
+                .collect();
+            if let Err(error) = self.write_segment_records(file, &records).await {
+                return Err((written.group, error));
             }
         }
         self.state.borrow_mut().written_end = end;
         Ok(written)
+    }
+
+    /// Writes the contiguous `records` of one segment's log file. Where the disk writes
+    /// blocks directly, they go out from the block boundary before the first record (that
+    /// block's earlier bytes written again, unchanged, from the copy the last group kept) to
+    /// the boundary after the last one (zeros, which recovery tells from a torn record), in
+    /// chunks of at most `DIRECT_CHUNK`. Without that copy (the first group after an open, a
+    /// repair, a truncation or a new segment) or in a segment's first block (never rewrite
+    /// its synced header), small records are copied into one buffer and large payloads
+    /// written from the caller's, unaligned. Bytes read back from the disk are never written.
+    async fn write_segment_records(
+        &self,
+        file: FileId,
+        records: &[(&IndexEntry, &Pending)],
+    ) -> Result<(), StorageError> {
+        let start = records.first().expect("at least one record").0.position;
+        let end = records.last().expect("at least one record").0.record_end();
+        assert!(end > start);
+        let alignment = self.disk.write_alignment();
+        let block_start = align_down(start, alignment);
+        let cached = self
+            .state
+            .borrow_mut()
+            .tail
+            .take()
+            .filter(|tail| tail.file == file && tail.end == start);
+        let prefix = match cached {
+            Some(tail) => Some(tail.bytes),
+            None if block_start == start => Some(Vec::new()),
+            None => None,
+        };
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(1 + 2 * records.len());
+        let aligned = alignment > 1 && block_start > 0 && prefix.is_some();
+        let stream_start = if aligned { block_start } else { start };
+        if aligned {
+            parts.push(prefix.as_deref().expect("checked above"));
+        }
+        for (_, pending) in records {
+            parts.push(&pending.header);
+            parts.push(&pending.payload);
+        }
+        let stream = Stream {
+            start: stream_start,
+            parts,
+        };
+        assert_eq!(stream.end(), end, "records are contiguous");
+        if aligned {
+            let total = align_up(end, alignment) - block_start;
+            let mut at = 0u64;
+            while at < total {
+                let length = (total - at).min(DIRECT_CHUNK);
+                let mut buffer = self.buffers.take(length as usize);
+                stream.copy(block_start + at, buffer.as_mut_slice());
+                self.disk
+                    .write_at(file, block_start + at, buffer.freeze())
+                    .await?;
+                at += length;
+            }
+        } else {
+            self.write_unaligned(file, records).await?;
+        }
+        // The new partial last block, for the next group: only bytes this group wrote, and
+        // never a segment's first block.
+        let tail_start = align_down(end, alignment);
+        if alignment > 1 && tail_start >= stream_start.max(alignment) {
+            let mut bytes = vec![0u8; (end - tail_start) as usize];
+            stream.copy(tail_start, &mut bytes);
+            self.state.borrow_mut().tail = Some(TailBlock { file, end, bytes });
+        }
+        Ok(())
+    }
+
+    /// Writes `records` where they go, small ones copied into one buffer, large payloads
+    /// from the caller's buffer.
+    async fn write_unaligned(
+        &self,
+        file: FileId,
+        records: &[(&IndexEntry, &Pending)],
+    ) -> Result<(), StorageError> {
+        let mut chunks: Vec<(u64, Bytes)> = Vec::new();
+        let mut buffer = BytesMut::new();
+        let mut buffer_start = None;
+        for (entry, pending) in records {
+            buffer_start.get_or_insert(entry.position);
+            buffer.extend_from_slice(&pending.header);
+            if pending.payload.len() >= PAYLOAD_COPY_MAX {
+                let at = buffer_start.take().expect("set above");
+                chunks.push((at, buffer.split().freeze()));
+                chunks.push((entry.position + RECORD_HEADER_SIZE, pending.payload.clone()));
+            } else {
+                buffer.extend_from_slice(&pending.payload);
+            }
+        }
+        if let Some(at) = buffer_start {
+            chunks.push((at, buffer.freeze()));
+        }
+        for (at, bytes) in chunks {
+            self.disk.write_at(file, at, bytes).await?;
+        }
+        Ok(())
     }
 
     /// Makes a written group durable (log fdatasync, index write, index fdatasync), then
@@ -260,10 +526,7 @@ impl<D: Disk> PartitionLog<'_, D> {
             // No append is accepted until the durable end is known again (below).
             state.exclusive = true;
             state.pending_bytes = 0;
-            if matches!(
-                error,
-                StorageError::SyncFailed(_) | StorageError::Unrecoverable(_)
-            ) {
+            if poisons(&error) {
                 state.poisoned = true;
             }
             std::mem::take(&mut state.pending)
@@ -311,7 +574,78 @@ impl<D: Disk> PartitionLog<'_, D> {
         let _ = self.disk.truncate(log, log_size).await;
         let mut state = self.state.borrow_mut();
         state.written_end = log_size;
+        state.tail = None;
         (state.next_op, state.next_offset, state.timestamp_min) = state.durable_next();
         state.exclusive = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_copies_across_parts_and_zero_fills_past_its_end() {
+        let stream = Stream {
+            start: 100,
+            parts: vec![b"abc", b"", b"defg"],
+        };
+        assert_eq!(stream.end(), 107);
+        let mut target = [9u8; 6];
+        stream.copy(102, &mut target);
+        assert_eq!(&target, b"cdefg\0");
+        let mut target = [9u8; 2];
+        stream.copy(100, &mut target);
+        assert_eq!(&target, b"ab");
+    }
+
+    fn pending(
+        op: u64,
+    ) -> (
+        Pending,
+        futures_channel::oneshot::Receiver<Result<(), StorageError>>,
+    ) {
+        let (done, receiver) = futures_channel::oneshot::channel();
+        let meta = crate::format::EntryMeta {
+            op,
+            checksum: 1,
+            offset_first: op,
+            message_count: 1,
+            timestamp: op,
+        };
+        let payload = Bytes::from_static(b"x");
+        let header = crate::format::encode_record_header(&meta, &payload);
+        (
+            Pending {
+                meta,
+                payload,
+                header,
+                done,
+            },
+            receiver,
+        )
+    }
+
+    #[test]
+    fn two_failures_fail_both_groups_and_a_failed_sync_wins() {
+        let stages = Stages::default();
+        let (first, _a) = pending(1);
+        let (second, _b) = pending(2);
+        stages.record_failure((
+            vec![first],
+            StorageError::Disk(crate::disk::DiskError::NoSpace),
+        ));
+        stages.record_failure((vec![second], StorageError::SyncFailed("eio".into())));
+        let (groups, error) = stages.failed.take().unwrap();
+        assert_eq!(groups.len(), 2);
+        assert!(poisons(&error), "{error:?}");
+        let (third, _c) = pending(3);
+        stages.record_failure((vec![third], StorageError::SyncFailed("eio".into())));
+        let (fourth, _d) = pending(4);
+        stages.record_failure((
+            vec![fourth],
+            StorageError::Disk(crate::disk::DiskError::NoSpace),
+        ));
+        assert!(poisons(&stages.failed.take().unwrap().1));
     }
 }

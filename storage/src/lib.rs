@@ -4,6 +4,7 @@
 //! `Disk` trait, which has a real implementation (monoio: io_uring or epoll) and an in-memory
 //! one with the simulator's fault model. Nothing here reads a clock or the OS random source.
 
+pub mod aligned;
 pub mod checksum;
 pub mod disk;
 pub mod error;

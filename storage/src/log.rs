@@ -3,8 +3,9 @@
 //! Each prepare is appended once, as one record, to the active segment; its index entry (the
 //! redundant header) follows once the record is durable. Appends are group-committed: the first
 //! caller to find no flush running becomes the flusher and writes every queued append in one
-//! write per file, one fdatasync of the log, then one write and one fdatasync of the index; the
-//! appends that arrive meanwhile wait for the next round. Segments seal when the next record
+//! write per file (laid out on the disk's direct-I/O block, see `group_commit`), one fdatasync
+//! of the log, then one write and one fdatasync of the index; the appends that arrive
+//! meanwhile wait for the next round. Segments seal when the next record
 //! would pass `segment_size`; whole sealed segments can be deleted for retention. Only durable
 //! records are ever visible to reads.
 
@@ -17,8 +18,8 @@ use futures_channel::oneshot;
 use crate::disk::{Disk, DiskError};
 use crate::error::StorageError;
 use crate::format::{
-    encode_index_entry, encode_record, verified_payload, EntryMeta, IndexEntry, PAYLOAD_SIZE_MAX,
-    RECORD_HEADER_SIZE,
+    encode_index_entry, encode_record, encode_record_header, verified_payload, EntryMeta,
+    IndexEntry, PAYLOAD_SIZE_MAX, RECORD_HEADER_SIZE,
 };
 use crate::recovery::{
     open_segment, read_intact_record, truncation_mark, FaultyEntry, Opened, RecoveryReport,
@@ -89,6 +90,8 @@ impl Appending {
 pub(crate) struct Pending {
     pub(crate) meta: EntryMeta,
     pub(crate) payload: Bytes,
+    /// The record header, checksum included, computed by the appender (off the flusher).
+    pub(crate) header: [u8; RECORD_HEADER_SIZE as usize],
     pub(crate) done: oneshot::Sender<Result<(), StorageError>>,
 }
 
@@ -96,6 +99,9 @@ pub(crate) struct State {
     pub(crate) segments: Vec<Segment>,
     /// The end of the last record written to the active segment (durable or not).
     pub(crate) written_end: u64,
+    /// The active log's bytes from the last block boundary up to `written_end`, as the last
+    /// group wrote them, for the next aligned group write; `None` means read them back.
+    pub(crate) tail: Option<crate::group_commit::TailBlock>,
     /// The next append must carry this op, offset (when known) and a timestamp at least this.
     pub(crate) next_op: u64,
     pub(crate) next_offset: Option<u64>,
@@ -103,6 +109,11 @@ pub(crate) struct State {
     pub(crate) pending: Vec<Pending>,
     pub(crate) pending_bytes: u64,
     pub(crate) flushing: bool,
+    /// Wakes the flusher's task when an append is queued (its write stage may be waiting).
+    pub(crate) flush_waker: Option<std::task::Waker>,
+    /// Wakes a waiting `run_committer` when an append is queued or it is told to stop.
+    pub(crate) committer_waker: Option<std::task::Waker>,
+    pub(crate) committer_stop: bool,
     pub(crate) poisoned: bool,
     /// Ops recovery or reads found damaged, with what is known of their slot.
     pub(crate) faulty: BTreeMap<u64, FaultyEntry>,
@@ -167,6 +178,8 @@ pub struct PartitionLog<'d, D: Disk> {
     pub(crate) disk: &'d D,
     pub(crate) config: LogConfig,
     pub(crate) state: RefCell<State>,
+    /// Group write buffers, reused.
+    pub(crate) buffers: crate::aligned::BufferPool,
 }
 
 /// Holds the log for an exclusive operation; releases it when dropped.
@@ -323,12 +336,16 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
         let mut state = State {
             segments,
             written_end,
+            tail: None,
             next_op: 0,
             next_offset: None,
             timestamp_min: 0,
             pending: Vec::new(),
             pending_bytes: 0,
             flushing: false,
+            flush_waker: None,
+            committer_waker: None,
+            committer_stop: false,
             poisoned: false,
             faulty: report.faulty.iter().map(|f| (f.op, *f)).collect(),
             groups_committed: 0,
@@ -340,6 +357,7 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
                 disk,
                 config,
                 state: RefCell::new(state),
+                buffers: crate::aligned::BufferPool::default(),
             },
             report,
         ))
@@ -396,12 +414,57 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
         state.next_op += 1;
         state.next_offset = Some(meta.offset_first + u64::from(meta.message_count));
         state.timestamp_min = meta.timestamp;
+        let header = encode_record_header(&meta, &payload);
         state.pending.push(Pending {
             meta,
+            header,
             payload,
             done: sender,
         });
+        for waker in [state.flush_waker.take(), state.committer_waker.take()]
+            .into_iter()
+            .flatten()
+        {
+            waker.wake();
+        }
         Ok(Appending(receiver))
+    }
+
+    /// Commits appends as they are queued, until `stop_committer`: run it as a task of its own
+    /// (one per log) and appenders need only `submit` and wait for `durable`. Its groups are as
+    /// large as the appends in flight, which an appender that flushes (`commit_queued`) cannot
+    /// have: its own next append waits for the flush it runs.
+    pub async fn run_committer(&self) {
+        loop {
+            let flush = std::future::poll_fn(|cx| {
+                let mut state = self.state.borrow_mut();
+                if state.committer_stop {
+                    // Stopped once: a later `run_committer` runs again.
+                    state.committer_stop = false;
+                    return std::task::Poll::Ready(false);
+                }
+                if !state.pending.is_empty() && !state.flushing {
+                    state.flushing = true;
+                    return std::task::Poll::Ready(true);
+                }
+                state.committer_waker = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            })
+            .await;
+            if !flush {
+                return;
+            }
+            self.flush().await;
+        }
+    }
+
+    /// Makes `run_committer` return once its current flush is done.
+    pub fn stop_committer(&self) {
+        let mut state = self.state.borrow_mut();
+        state.committer_stop = true;
+        if let Some(waker) = state.committer_waker.take() {
+            waker.wake();
+        }
     }
 
     /// Makes every queued append durable, a group at a time, unless another caller is already
@@ -638,6 +701,8 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
             position: faulty.position,
             length: faulty.length,
         };
+        // The next group must not carry a stale copy of a block this rewrite changes.
+        self.state.borrow_mut().tail = None;
         self.disk
             .write_at(log, faulty.position, encode_record(&meta, &payload))
             .await?;
@@ -673,7 +738,9 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
             let corrupt =
                 |what: String| StorageError::Unrecoverable(format!("segment {base_op}: {what}"));
             let file_size = self.disk.size(log).await?;
-            if file_size != log_size {
+            let padded = file_size > log_size
+                && crate::recovery::is_zero_padding(self.disk, log, log_size, file_size).await;
+            if file_size != log_size && !padded {
                 return Err(corrupt(format!(
                     "log file is {file_size} bytes, the index says {log_size}"
                 )));

@@ -72,6 +72,9 @@ pub struct MemoryDisk {
     pub stats: RefCell<FaultStats>,
     /// Total bytes the disk holds; a write that would pass it fails with `NoSpace`.
     pub space_limit: RefCell<u64>,
+    /// What `write_alignment` reports: 1 by default, 4096 to make appenders lay writes out as
+    /// they do for O_DIRECT (the memory disk itself accepts any layout).
+    pub write_alignment: std::cell::Cell<u64>,
 }
 
 impl MemoryDisk {
@@ -84,6 +87,7 @@ impl MemoryDisk {
             faults: RefCell::new(FaultOptions::default()),
             stats: RefCell::new(FaultStats::default()),
             space_limit: RefCell::new(u64::MAX),
+            write_alignment: std::cell::Cell::new(1),
         }
     }
 
@@ -370,6 +374,10 @@ impl Disk for MemoryDisk {
         state.bytes_used -= file.current.len() as u64;
         state.removed.insert(name.to_string(), file);
         Ok(())
+    }
+
+    fn write_alignment(&self) -> u64 {
+        self.write_alignment.get()
     }
 
     async fn yield_now(&self) {

@@ -21,6 +21,7 @@
 
 use bytes::Bytes;
 
+use crate::aligned::{align_up, DIRECT_BLOCK};
 use crate::disk::{Disk, DiskError, FileId};
 use crate::error::StorageError;
 use crate::format::{
@@ -320,7 +321,9 @@ pub async fn open_segment<D: Disk>(
             .map_err(|e| StorageError::SyncFailed(e.to_string()))?;
     }
     if log_size > segment.log_size {
-        fixes.report.torn_bytes = log_size - segment.log_size;
+        if !is_zero_padding(disk, log, segment.log_size, log_size).await {
+            fixes.report.torn_bytes = log_size - segment.log_size;
+        }
         disk.truncate(log, segment.log_size).await?;
         disk.sync(log)
             .await
@@ -345,4 +348,17 @@ pub async fn open_segment<D: Disk>(
         segment: Box::new(segment),
         report: fixes.report,
     })
+}
+
+/// Whether `[end, file_size)` of `log` is the zero padding an aligned group write leaves after
+/// its last record (less than one direct-I/O block, all zeros), not a torn record.
+pub async fn is_zero_padding<D: Disk>(disk: &D, log: FileId, end: u64, file_size: u64) -> bool {
+    assert!(file_size > end);
+    if file_size > align_up(end, DIRECT_BLOCK) {
+        return false;
+    }
+    match disk.read_at(log, end, (file_size - end) as usize).await {
+        Ok(bytes) => bytes.iter().all(|b| *b == 0),
+        Err(_) => false,
+    }
 }

@@ -65,6 +65,7 @@ impl<D: Disk> PartitionLog<'_, D> {
         segment.sparse.retain(|p| p.op < op_end);
         segment.last = keep_last;
         state.written_end = log_end;
+        state.tail = None;
         state.faulty.retain(|f, _| *f < op_end);
         (state.next_op, state.next_offset, state.timestamp_min) = state.durable_next();
         Ok(())

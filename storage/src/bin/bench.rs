@@ -2,7 +2,6 @@
 //! batches next to the raw direct-write bandwidth of the same disk, measured in the same run,
 //! and the latency of reads by offset. Wall-clock timing lives here, never in the log itself.
 
-use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -10,6 +9,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use clap::Parser;
+use galgo_storage::aligned::{align_up, AlignedBuffer};
 use galgo_storage::file_disk::{block_on, block_on_epoll};
 use galgo_storage::iggy_batch::{self, Message};
 use galgo_storage::{EntryMeta, FileDisk, LogConfig, PartitionLog};
@@ -63,7 +63,7 @@ fn main() -> std::process::ExitCode {
     for (producers, batch_size) in runs {
         // The raw bandwidth is measured right before and right after each append run (this
         // kind of disk drifts), and the ratio uses their mean.
-        let raw_before = match raw_direct_write(&dir, cli.mib) {
+        let raw_before = match raw_direct_write(&dir, cli.mib, MIB, false) {
             Ok(raw) => raw,
             Err(error) => {
                 eprintln!("raw direct write failed: {error}");
@@ -72,8 +72,7 @@ fn main() -> std::process::ExitCode {
         };
         let run_dir = dir.join(format!("log-{batch_size}"));
         std::fs::create_dir_all(&run_dir).expect("a run directory");
-        let disk: &'static FileDisk =
-            Box::leak(Box::new(FileDisk::with_driver(&run_dir, cli.epoll)));
+        let disk: &'static FileDisk = Box::leak(Box::new(FileDisk::new(&run_dir)));
         let (result, uring) = if cli.epoll {
             (
                 block_on_epoll(append_run(disk, batch_size, producers, &cli)),
@@ -82,7 +81,7 @@ fn main() -> std::process::ExitCode {
         } else {
             block_on(append_run(disk, batch_size, producers, &cli))
         };
-        let raw_after = raw_direct_write(&dir, cli.mib).unwrap_or(raw_before);
+        let raw_after = raw_direct_write(&dir, cli.mib, MIB, false).unwrap_or(raw_before);
         let raw = (raw_before + raw_after) / 2.0;
         println!(
             "raw O_DIRECT sequential write, 1 MiB blocks, one fdatasync: {raw_before:.1} MiB/s before, {raw_after:.1} MiB/s after"
@@ -101,8 +100,19 @@ fn main() -> std::process::ExitCode {
                     stats.append.value_at_quantile(0.99),
                     stats.append.value_at_quantile(0.999),
                 );
+                // The same bytes per fdatasync as the log's groups, written raw: what the disk
+                // gives for durable writes of that size, so the log's own cost shows apart.
+                let group_bytes = align_up(stats.bytes / stats.groups.max(1), 4096).min(64 * MIB);
+                match raw_direct_write(&dir, cli.mib, group_bytes, true) {
+                    Ok(matched) => println!(
+                        "raw O_DIRECT, fdatasync after every {} KiB (the log's mean group): {matched:.1} MiB/s; the log reaches {:.2} of it",
+                        group_bytes / 1024,
+                        stats.mib_per_s / matched,
+                    ),
+                    Err(error) => eprintln!("raw durable write failed: {error}"),
+                }
                 println!(
-                    "read by offset (find + read + checksum, page cache warm) {label:>6}: p50 {} p99 {} p999 {} µs over {} reads",
+                    "read by offset (find + read + checksum) {label:>6}: p50 {} p99 {} p999 {} µs over {} reads",
                     stats.read.value_at_quantile(0.5),
                     stats.read.value_at_quantile(0.99),
                     stats.read.value_at_quantile(0.999),
@@ -124,8 +134,10 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Writes `mib` MiB sequentially with O_DIRECT in 1 MiB aligned blocks, then one fdatasync.
-fn raw_direct_write(dir: &Path, mib: u64) -> std::io::Result<f64> {
+/// Writes `mib` MiB sequentially with O_DIRECT in aligned `block`-byte writes, with an
+/// fdatasync after every write when `sync_each` is set, else one at the end. MiB/s.
+fn raw_direct_write(dir: &Path, mib: u64, block: u64, sync_each: bool) -> std::io::Result<f64> {
+    assert!(block > 0 && block.is_multiple_of(4096));
     let path = dir.join("raw.bin");
     let file = std::fs::OpenOptions::new()
         .write(true)
@@ -133,32 +145,30 @@ fn raw_direct_write(dir: &Path, mib: u64) -> std::io::Result<f64> {
         .truncate(true)
         .custom_flags(libc::O_DIRECT)
         .open(&path)?;
-    let layout = Layout::from_size_align(MIB as usize, 4096).expect("a valid layout");
-    // SAFETY: the layout has a non-zero size; the buffer is freed below with the same layout.
-    let buffer = unsafe { alloc_zeroed(layout) };
-    assert!(!buffer.is_null(), "allocation of an aligned 1 MiB buffer");
-    // SAFETY: `buffer` points to MIB initialised (zeroed) bytes owned by this function.
-    let block = unsafe { std::slice::from_raw_parts_mut(buffer, MIB as usize) };
-    for (i, byte) in block.iter_mut().enumerate() {
+    let mut buffer = AlignedBuffer::zeroed(block as usize);
+    for (i, byte) in buffer.as_mut_slice().iter_mut().enumerate() {
         *byte = (i % 251) as u8;
     }
+    let writes = (mib * MIB).div_ceil(block);
     let start = Instant::now();
     let mut result = Ok(());
-    for i in 0..mib {
-        if let Err(error) = file.write_all_at(block, i * MIB) {
-            result = Err(error);
+    for i in 0..writes {
+        result = file.write_all_at(buffer.as_ref(), i * block);
+        if result.is_ok() && sync_each {
+            result = file.sync_data();
+        }
+        if result.is_err() {
             break;
         }
     }
     let result = result.and_then(|()| file.sync_data());
     let elapsed = start.elapsed().as_secs_f64();
-    // SAFETY: allocated above with this layout and not freed before.
-    unsafe { dealloc(buffer, layout) };
     let _ = std::fs::remove_file(&path);
-    result.map(|()| mib as f64 / elapsed)
+    result.map(|()| (writes * block) as f64 / MIB as f64 / elapsed)
 }
 
 struct RunStats {
+    bytes: u64,
     mib_per_s: f64,
     batches_per_s: f64,
     groups: u64,
@@ -188,6 +198,10 @@ async fn append_run(
     let batches = (cli.mib * MIB).div_ceil(batch_size);
     let next_op = Rc::new(std::cell::Cell::new(1u64));
     let start = Instant::now();
+    let committer = {
+        let log = log.clone();
+        monoio::spawn(async move { log.run_committer().await })
+    };
     let mut tasks = Vec::new();
     for _ in 0..producers {
         let (log, next_op, batch) = (log.clone(), next_op.clone(), batch.clone());
@@ -207,9 +221,7 @@ async fn append_run(
                     timestamp: op,
                 };
                 let sent = Instant::now();
-                let appending = log.submit(meta, batch.clone())?;
-                log.commit_queued().await;
-                appending.durable().await?;
+                log.submit(meta, batch.clone())?.durable().await?;
                 latency
                     .record(sent.elapsed().as_micros() as u64)
                     .expect("in range");
@@ -220,6 +232,8 @@ async fn append_run(
     for task in tasks {
         append.add(task.await?).expect("same bounds");
     }
+    log.stop_committer();
+    committer.await;
     let elapsed = start.elapsed().as_secs_f64();
     let written = batches * batch_size;
     let mut read = Histogram::<u64>::new(3).expect("a histogram");
@@ -237,6 +251,7 @@ async fn append_run(
         assert_eq!(record.meta.offset_first, offset);
     }
     Ok(RunStats {
+        bytes: written,
         mib_per_s: written as f64 / MIB as f64 / elapsed,
         batches_per_s: batches as f64 / elapsed,
         groups: log.groups_committed(),

@@ -38,11 +38,7 @@ fn main() -> std::process::ExitCode {
         eprintln!("cannot create {}: {error}", cli.dir.display());
         return std::process::ExitCode::FAILURE;
     }
-    let disk: &'static FileDisk = Box::leak(Box::new(if cli.epoll {
-        FileDisk::with_driver(&cli.dir, true)
-    } else {
-        FileDisk::new(&cli.dir)
-    }));
+    let disk: &'static FileDisk = Box::leak(Box::new(FileDisk::new(&cli.dir)));
     let (result, uring) = if cli.epoll {
         (block_on_epoll(run(disk, &cli)), false)
     } else {
@@ -75,19 +71,25 @@ async fn run(disk: &'static FileDisk, cli: &Cli) -> Result<(), galgo_storage::St
     let mut stdout = std::io::stdout().lock();
     let mut op = log.op_end();
     let stop = cli.ops.map_or(u64::MAX, |n| op + n);
+    let committer = {
+        let log = log.clone();
+        monoio::spawn(async move { log.run_committer().await })
+    };
     let mut inflight = std::collections::VecDeque::new();
-    while op < stop {
+    loop {
         while inflight.len() < cli.window && op < stop {
             let (meta, payload) = galgo_storage::workload::expected_batch(op);
             inflight.push_back((op, log.submit(meta, payload)?));
             op += 1;
         }
-        log.commit_queued().await;
-        while let Some((done, appending)) = inflight.pop_front() {
-            appending.durable().await?;
-            // Only printed once durable: the crash test holds the log to it.
-            writeln!(stdout, "{done}").and_then(|_| stdout.flush()).ok();
-        }
+        let Some((done, appending)) = inflight.pop_front() else {
+            break;
+        };
+        appending.durable().await?;
+        // Only printed once durable: the crash test holds the log to it.
+        writeln!(stdout, "{done}").and_then(|_| stdout.flush()).ok();
     }
+    log.stop_committer();
+    committer.await;
     Ok(())
 }
