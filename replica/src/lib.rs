@@ -6,5 +6,6 @@
 //! ordered, so every replica that applies the same operations holds the same state.
 
 pub mod codec;
+pub mod config;
 pub mod metadata;
 pub mod partition;

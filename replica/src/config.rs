@@ -1,0 +1,316 @@
+//! Node configuration: a TOML file (or the embedded `galgo dev` one), then environment
+//! variables `GALGO_<SECTION>_<KEY>` over it (a value is read as a TOML value, else as a
+//! string), then checks. Every error names the key (or the variable) that is wrong, and
+//! unknown keys are errors, so a typo never silently falls back to a default.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The configuration `galgo dev` runs with.
+pub const DEV_CONFIG: &str = include_str!("../config/dev.toml");
+
+pub const NODES_MAX: usize = 64;
+pub const SHARDS_MAX: u16 = 1024;
+pub const SEGMENT_SIZE_MIN: u64 = 1 << 20;
+pub const SEGMENT_SIZE_MAX: u64 = 1 << 30;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub cluster: ClusterConfig,
+    pub replica: ReplicaConfig,
+    pub storage: StorageConfig,
+    pub gateway: GatewayConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub id: u64,
+    /// Replicas per partition unless a topic says otherwise.
+    pub replication: u8,
+    pub nodes: Vec<NodeConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub id: u8,
+    /// host:port of its replica-to-replica listener.
+    pub address: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaConfig {
+    /// This node's id in `cluster.nodes`.
+    pub id: u8,
+    pub data_dir: PathBuf,
+    /// monoio shards (one per core when 0).
+    pub shards: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub segment_size: u64,
+    /// Write partition logs with O_DIRECT where the filesystem allows it.
+    pub direct_io: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Iggy binary protocol listener.
+    pub tcp_address: String,
+    /// HTTP: /livez, /readyz, /metrics.
+    pub http_address: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "bad configuration: {}", self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn error(text: impl Into<String>) -> ConfigError {
+    ConfigError(text.into())
+}
+
+impl Config {
+    /// Parses `text`, applies the `GALGO_*` variables of `env` over it, and checks the result.
+    pub fn load(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| error(e.to_string().trim_end().to_string()))?;
+        let mut overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("GALGO_"))
+            // Credentials for the gateway, not configuration keys.
+            .filter(|(name, _)| name != "GALGO_ROOT_USERNAME" && name != "GALGO_ROOT_PASSWORD")
+            .collect();
+        overrides.sort();
+        for (name, value) in overrides {
+            apply_override(&mut table, &name, &value)?;
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| error(e.to_string().trim_end().to_string()))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// The checks a parsed configuration must pass.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let nodes = &self.cluster.nodes;
+        if nodes.is_empty() || nodes.len() > NODES_MAX {
+            return Err(error(format!(
+                "cluster.nodes has {} nodes (1 to {NODES_MAX})",
+                nodes.len()
+            )));
+        }
+        let mut ids: Vec<u8> = nodes.iter().map(|n| n.id).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            return Err(error("cluster.nodes has two nodes with one id"));
+        }
+        for node in nodes {
+            parse_address(
+                &node.address,
+                &format!("cluster.nodes[id = {}].address", node.id),
+            )?;
+        }
+        if !ids.contains(&self.replica.id) {
+            return Err(error(format!(
+                "replica.id {} is not in cluster.nodes ({ids:?})",
+                self.replica.id
+            )));
+        }
+        let replication = self.cluster.replication;
+        if replication == 0 || usize::from(replication) > nodes.len() {
+            return Err(error(format!(
+                "cluster.replication {replication} with {} nodes (1 to the node count)",
+                nodes.len()
+            )));
+        }
+        if self.replica.data_dir.as_os_str().is_empty() {
+            return Err(error("replica.data_dir is empty"));
+        }
+        if self.replica.shards > SHARDS_MAX {
+            return Err(error(format!(
+                "replica.shards {} (0 for one per core, at most {SHARDS_MAX})",
+                self.replica.shards
+            )));
+        }
+        let segment_size = self.storage.segment_size;
+        if !(SEGMENT_SIZE_MIN..=SEGMENT_SIZE_MAX).contains(&segment_size) {
+            return Err(error(format!(
+                "storage.segment_size {segment_size} (from {SEGMENT_SIZE_MIN} to {SEGMENT_SIZE_MAX})"
+            )));
+        }
+        parse_address(&self.gateway.tcp_address, "gateway.tcp_address")?;
+        parse_address(&self.gateway.http_address, "gateway.http_address")?;
+        Ok(())
+    }
+
+    /// The address this node's replica listener binds.
+    pub fn own_address(&self) -> SocketAddr {
+        let node = self
+            .cluster
+            .nodes
+            .iter()
+            .find(|n| n.id == self.replica.id)
+            .expect("checked: replica.id is a node");
+        node.address.parse().expect("checked: a socket address")
+    }
+}
+
+fn parse_address(text: &str, key: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse()
+        .map_err(|_| error(format!("{key} '{text}' is not an ip:port address")))
+}
+
+/// Sets `section.key` from the variable `GALGO_SECTION_KEY`. The section is the first word;
+/// the rest is the key (keys may hold underscores: GALGO_REPLICA_DATA_DIR is replica.data_dir).
+fn apply_override(table: &mut toml::Table, name: &str, value: &str) -> Result<(), ConfigError> {
+    let rest = name["GALGO_".len()..].to_ascii_lowercase();
+    let Some((section, key)) = rest.split_once('_') else {
+        return Err(error(format!("{name}: expected GALGO_<SECTION>_<KEY>")));
+    };
+    let known = known_keys();
+    if !known.iter().any(|(s, k)| s == section && k == key) {
+        return Err(error(format!(
+            "{name}: there is no key {key} in section [{section}]"
+        )));
+    }
+    // A TOML value when it reads as one (3, true, [..]), else the text as a string.
+    let parsed = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let section_table = table
+        .entry(section.to_string())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let Some(section_table) = section_table.as_table_mut() else {
+        return Err(error(format!("[{section}] is not a table")));
+    };
+    section_table.insert(key.to_string(), parsed);
+    Ok(())
+}
+
+/// Every (section, key) a configuration has, read off the embedded one.
+fn known_keys() -> Vec<(String, String)> {
+    let table: toml::Table = DEV_CONFIG.parse().expect("the embedded config parses");
+    let mut keys = Vec::new();
+    for (section, value) in table {
+        for key in value.as_table().expect("sections are tables").keys() {
+            keys.push((section.clone(), key.clone()));
+        }
+    }
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_embedded_config_loads_and_variables_override_it() {
+        let config = Config::load(DEV_CONFIG, env(&[])).unwrap();
+        assert_eq!(config.replica.data_dir, PathBuf::from("galgo-data"));
+        assert_eq!(config.own_address(), "127.0.0.1:7000".parse().unwrap());
+        let config = Config::load(
+            DEV_CONFIG,
+            env(&[
+                ("GALGO_REPLICA_DATA_DIR", "/var/lib/galgo"),
+                ("GALGO_STORAGE_SEGMENT_SIZE", "2097152"),
+                ("GALGO_STORAGE_DIRECT_IO", "false"),
+                ("GALGO_GATEWAY_TCP_ADDRESS", "0.0.0.0:9090"),
+                (
+                    "GALGO_CLUSTER_NODES",
+                    r#"[{id = 0, address = "10.0.0.1:7000"}, {id = 1, address = "10.0.0.2:7000"}]"#,
+                ),
+                ("GALGO_ROOT_PASSWORD", "not a config key"),
+                ("PATH", "/usr/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.replica.data_dir, PathBuf::from("/var/lib/galgo"));
+        assert_eq!(config.storage.segment_size, 2 << 20);
+        assert!(!config.storage.direct_io);
+        assert_eq!(config.gateway.tcp_address, "0.0.0.0:9090");
+        assert_eq!(config.cluster.nodes.len(), 2);
+    }
+
+    #[test]
+    fn every_error_names_the_key() {
+        // (config text, variables, the key the error must name)
+        type Case = (String, Vec<(String, String)>, &'static str);
+        let cases: Vec<Case> = vec![
+            (
+                DEV_CONFIG.replace("shards = 0", "shard = 0"),
+                env(&[]),
+                "shard",
+            ),
+            (
+                DEV_CONFIG.replace("id = 0\n", "id = 5\n"),
+                env(&[]),
+                "replica.id",
+            ),
+            (
+                DEV_CONFIG.replace("replication = 1", "replication = 2"),
+                env(&[]),
+                "cluster.replication",
+            ),
+            (
+                DEV_CONFIG.to_string(),
+                env(&[("GALGO_STORAGE_SEGMENT_SIZE", "5")]),
+                "storage.segment_size",
+            ),
+            (
+                DEV_CONFIG.to_string(),
+                env(&[("GALGO_STORAGE_SEGMENTSIZE", "5")]),
+                "GALGO_STORAGE_SEGMENTSIZE",
+            ),
+            (
+                DEV_CONFIG.to_string(),
+                env(&[("GALGO_GATEWAY_HTTP_ADDRESS", "localhost")]),
+                "gateway.http_address",
+            ),
+            (
+                DEV_CONFIG.to_string(),
+                env(&[("GALGO_REPLICA_SHARDS", "lots")]),
+                "shards",
+            ),
+            ("[cluster\n".to_string(), env(&[]), "cluster"),
+            (
+                DEV_CONFIG.replace("127.0.0.1:7000", "nowhere"),
+                env(&[]),
+                "cluster.nodes[id = 0].address",
+            ),
+        ];
+        for (text, variables, key) in cases {
+            let message = Config::load(&text, variables).unwrap_err().to_string();
+            assert!(message.contains(key), "'{message}' should name {key}");
+        }
+    }
+}
