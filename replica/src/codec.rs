@@ -38,13 +38,40 @@ impl fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
-/// Appends fields to a byte vector.
+/// Why a value cannot be encoded (it breaks a limit of the format).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodeError(pub String);
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot encode: {}", self.0)
+    }
+}
+
+impl std::error::Error for EncodeError {}
+
+/// Appends fields to a byte vector. A field that breaks a limit of the format is recorded and
+/// `finish` returns the first such error instead of the bytes.
 #[derive(Default)]
 pub struct Writer {
     pub bytes: Vec<u8>,
+    error: Option<EncodeError>,
 }
 
 impl Writer {
+    /// Records that the value being encoded breaks a limit; `finish` will fail.
+    pub fn fail(&mut self, why: String) {
+        self.error.get_or_insert(EncodeError(why));
+    }
+
+    /// The bytes, or the first limit a field broke.
+    pub fn finish(self) -> Result<Vec<u8>, EncodeError> {
+        match self.error {
+            Some(error) => Err(error),
+            None => Ok(self.bytes),
+        }
+    }
+
     pub fn u8(&mut self, value: u8) {
         self.bytes.push(value);
     }
@@ -67,9 +94,19 @@ impl Writer {
 
     /// A string of at most 255 bytes, prefixed by its length as a u8.
     pub fn short_str(&mut self, value: &str) {
-        let len = u8::try_from(value.len()).expect("short strings are at most 255 bytes");
-        self.u8(len);
-        self.bytes.extend_from_slice(value.as_bytes());
+        match u8::try_from(value.len()) {
+            Ok(len) => {
+                self.u8(len);
+                self.bytes.extend_from_slice(value.as_bytes());
+            }
+            Err(_) => self.fail(format!("a string of {} bytes (at most 255)", value.len())),
+        }
+    }
+
+    /// An optional u64: a presence byte, then the value.
+    pub fn option_u64(&mut self, value: Option<u64>) {
+        self.bool(value.is_some());
+        self.u64(value.unwrap_or(0));
     }
 
     /// A byte string of at most u32::MAX bytes, prefixed by its length as a u32.
@@ -143,6 +180,12 @@ impl<'a> Reader<'a> {
         Ok(self.take(len as usize, field)?.to_vec())
     }
 
+    pub fn option_u64(&mut self, field: &'static str) -> Result<Option<u64>, DecodeError> {
+        let present = self.bool(field)?;
+        let value = self.u64(field)?;
+        Ok(present.then_some(value))
+    }
+
     /// A list count, checked against `max` before anything is allocated for it.
     pub fn count(&mut self, field: &'static str, max: u32) -> Result<u32, DecodeError> {
         let count = self.u32(field)?;
@@ -182,7 +225,9 @@ mod tests {
         writer.bool(true);
         writer.short_str("héllo");
         writer.long_bytes(b"abc");
-        let bytes = writer.bytes;
+        writer.option_u64(Some(u64::MAX));
+        writer.option_u64(None);
+        let bytes = writer.finish().unwrap();
         let mut reader = Reader::new(&bytes);
         assert_eq!(reader.u8("a").unwrap(), 7);
         assert_eq!(reader.u32("b").unwrap(), 70_000);
@@ -191,6 +236,8 @@ mod tests {
         assert!(reader.bool("e").unwrap());
         assert_eq!(reader.short_str("f").unwrap(), "héllo");
         assert_eq!(reader.long_bytes("g", 3).unwrap(), b"abc");
+        assert_eq!(reader.option_u64("h").unwrap(), Some(u64::MAX));
+        assert_eq!(reader.option_u64("i").unwrap(), None);
         reader.finish().unwrap();
 
         // Every truncation of the input fails cleanly.
@@ -203,7 +250,9 @@ mod tests {
                 reader.u128("d")?;
                 reader.bool("e")?;
                 reader.short_str("f")?;
-                reader.long_bytes("g", 3)
+                reader.long_bytes("g", 3)?;
+                reader.option_u64("h")?;
+                reader.option_u64("i")
             })();
             assert!(
                 matches!(result, Err(DecodeError::Short { .. })),
@@ -231,6 +280,13 @@ mod tests {
         assert_eq!(
             Reader::new(&[1]).finish(),
             Err(DecodeError::Trailing { bytes: 1 })
+        );
+        let mut writer = Writer::default();
+        writer.short_str(&"x".repeat(256));
+        writer.u8(1);
+        assert!(
+            writer.finish().is_err(),
+            "an over-long string is an error, not a panic"
         );
     }
 }

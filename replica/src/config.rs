@@ -97,8 +97,6 @@ impl Config {
         let mut overrides: Vec<(String, String)> = env
             .into_iter()
             .filter(|(name, _)| name.starts_with("GALGO_"))
-            // Credentials for the gateway, not configuration keys.
-            .filter(|(name, _)| name != "GALGO_ROOT_USERNAME" && name != "GALGO_ROOT_PASSWORD")
             .collect();
         overrides.sort();
         for (name, value) in overrides {
@@ -183,23 +181,44 @@ fn parse_address(text: &str, key: &str) -> Result<SocketAddr, ConfigError> {
 
 /// Sets `section.key` from the variable `GALGO_SECTION_KEY`. The section is the first word;
 /// the rest is the key (keys may hold underscores: GALGO_REPLICA_DATA_DIR is replica.data_dir).
+/// A variable whose first word is no section is not for us and is left alone; a known section
+/// with an unknown key is an error (a typo must not fall back to a default). The value is read
+/// as the key's type: strings verbatim, integers as plain decimal, booleans as true or false,
+/// lists (cluster.nodes) as a TOML value.
 fn apply_override(table: &mut toml::Table, name: &str, value: &str) -> Result<(), ConfigError> {
     let rest = name["GALGO_".len()..].to_ascii_lowercase();
+    let defaults: toml::Table = DEV_CONFIG.parse().expect("the embedded config parses");
     let Some((section, key)) = rest.split_once('_') else {
-        return Err(error(format!("{name}: expected GALGO_<SECTION>_<KEY>")));
+        return Ok(());
     };
-    let known = known_keys();
-    if !known.iter().any(|(s, k)| s == section && k == key) {
+    let Some(section_defaults) = defaults.get(section).and_then(|v| v.as_table()) else {
+        return Ok(());
+    };
+    let Some(default) = section_defaults.get(key) else {
         return Err(error(format!(
             "{name}: there is no key {key} in section [{section}]"
         )));
-    }
-    // A TOML value when it reads as one (3, true, [..]), else the text as a string.
-    let parsed = format!("v = {value}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    };
+    let wrong = |what: &str| error(format!("{name}: '{value}' is not {what} ({section}.{key})"));
+    let parsed = match default {
+        toml::Value::String(_) => toml::Value::String(value.to_string()),
+        toml::Value::Integer(_) => {
+            if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(wrong("a decimal integer"));
+            }
+            toml::Value::Integer(value.parse().map_err(|_| wrong("a decimal integer"))?)
+        }
+        toml::Value::Boolean(_) => match value {
+            "true" => toml::Value::Boolean(true),
+            "false" => toml::Value::Boolean(false),
+            _ => return Err(wrong("true or false")),
+        },
+        _ => format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .ok_or_else(|| wrong("a TOML value"))?,
+    };
     let section_table = table
         .entry(section.to_string())
         .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -208,18 +227,6 @@ fn apply_override(table: &mut toml::Table, name: &str, value: &str) -> Result<()
     };
     section_table.insert(key.to_string(), parsed);
     Ok(())
-}
-
-/// Every (section, key) a configuration has, read off the embedded one.
-fn known_keys() -> Vec<(String, String)> {
-    let table: toml::Table = DEV_CONFIG.parse().expect("the embedded config parses");
-    let mut keys = Vec::new();
-    for (section, value) in table {
-        for key in value.as_table().expect("sections are tables").keys() {
-            keys.push((section.clone(), key.clone()));
-        }
-    }
-    keys
 }
 
 #[cfg(test)]
@@ -250,6 +257,7 @@ mod tests {
                     r#"[{id = 0, address = "10.0.0.1:7000"}, {id = 1, address = "10.0.0.2:7000"}]"#,
                 ),
                 ("GALGO_ROOT_PASSWORD", "not a config key"),
+                ("GALGO_LOG", "debug"),
                 ("PATH", "/usr/bin"),
             ]),
         )
@@ -259,6 +267,18 @@ mod tests {
         assert!(!config.storage.direct_io);
         assert_eq!(config.gateway.tcp_address, "0.0.0.0:9090");
         assert_eq!(config.cluster.nodes.len(), 2);
+        // A string key takes the text as it is, whatever it looks like; integers are decimal.
+        let refused = Config::load(
+            DEV_CONFIG,
+            env(&[
+                ("GALGO_REPLICA_DATA_DIR", "123"),
+                ("GALGO_REPLICA_ID", "07"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(refused.0.contains("replica.id 7"), "{refused}");
+        let config = Config::load(DEV_CONFIG, env(&[("GALGO_REPLICA_DATA_DIR", r"C:\new")]));
+        assert_eq!(config.unwrap().replica.data_dir, PathBuf::from(r"C:\new"));
     }
 
     #[test]
@@ -299,7 +319,17 @@ mod tests {
             (
                 DEV_CONFIG.to_string(),
                 env(&[("GALGO_REPLICA_SHARDS", "lots")]),
-                "shards",
+                "GALGO_REPLICA_SHARDS",
+            ),
+            (
+                DEV_CONFIG.to_string(),
+                env(&[("GALGO_REPLICA_ID", "0x1")]),
+                "GALGO_REPLICA_ID",
+            ),
+            (
+                DEV_CONFIG.to_string(),
+                env(&[("GALGO_STORAGE_DIRECT_IO", "yes")]),
+                "GALGO_STORAGE_DIRECT_IO",
             ),
             ("[cluster\n".to_string(), env(&[]), "cluster"),
             (

@@ -25,6 +25,9 @@ use names::{lowest_free_id, validate_name};
 use ops::{SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
 use users::User;
 
+/// Nodes a cluster may have (a replica set's size must fit a u8 with room to spare).
+pub const NODES_MAX: usize = 64;
+
 /// Table sizes; an operation that would pass one is refused with `LimitReached`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -131,7 +134,7 @@ pub struct Metadata {
 impl Metadata {
     /// An empty state for a cluster of `nodes` (ascending, distinct, at least one).
     pub fn new(nodes: Vec<u8>, replication_default: u8, limits: Limits) -> Metadata {
-        assert!(!nodes.is_empty());
+        assert!(!nodes.is_empty() && nodes.len() <= NODES_MAX);
         assert!(
             nodes.windows(2).all(|w| w[0] < w[1]),
             "nodes ascending and distinct"
@@ -164,6 +167,12 @@ impl Metadata {
             MetadataOp::DeleteStream { stream } => {
                 let id = self.stream_id(stream)?;
                 self.streams.remove(&id);
+                // Ids are reused: grants on this one must not carry over to the next stream.
+                for user in self.users.values_mut() {
+                    if let Some(permissions) = &mut user.permissions {
+                        permissions.streams.remove(&id);
+                    }
+                }
                 Ok(Applied::Done)
             }
             MetadataOp::CreateTopic {
@@ -205,6 +214,15 @@ impl Metadata {
                     .expect("resolved")
                     .topics
                     .remove(&t);
+                for user in self.users.values_mut() {
+                    if let Some(stream) = user
+                        .permissions
+                        .as_mut()
+                        .and_then(|p| p.streams.get_mut(&s))
+                    {
+                        stream.topics.remove(&t);
+                    }
+                }
                 Ok(Applied::Done)
             }
             MetadataOp::CreatePartitions {

@@ -3,7 +3,7 @@
 //! bounded. Secrets arrive hashed (the gateway hashes passwords with Argon2 and tokens before
 //! it proposes), and time arrives with the prepare, so applying an operation is deterministic.
 
-use crate::codec::{DecodeError, Reader, Writer};
+use crate::codec::{DecodeError, EncodeError, Reader, Writer};
 
 use super::names::Ident;
 use super::permissions::Permissions;
@@ -248,7 +248,9 @@ fn get_permissions(r: &mut Reader) -> Result<Option<Permissions>, DecodeError> {
 }
 
 impl MetadataOp {
-    pub fn encode(&self) -> Vec<u8> {
+    /// The op's bytes, or why it breaks a limit of the format (a name over 255 bytes,
+    /// permissions for more than `PERMISSION_ENTRIES_MAX` streams).
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
         let mut w = Writer::default();
         w.u8(OPS_VERSION);
         match self {
@@ -371,7 +373,7 @@ impl MetadataOp {
                 put_ident(&mut w, user);
                 w.short_str(name);
                 w.short_str(token_hash);
-                w.u64(expires_at.unwrap_or(u64::MAX));
+                w.option_u64(*expires_at);
             }
             MetadataOp::DeleteToken { user, name } => {
                 w.u8(41);
@@ -428,7 +430,7 @@ impl MetadataOp {
                 w.u128(*member);
             }
         }
-        w.bytes
+        w.finish()
     }
 
     pub fn decode(bytes: &[u8]) -> Result<MetadataOp, DecodeError> {
@@ -512,7 +514,7 @@ impl MetadataOp {
                 user: get_ident(&mut r, "user")?,
                 name: r.short_str("name")?,
                 token_hash: r.short_str("token hash")?,
-                expires_at: Some(r.u64("expiry")?).filter(|e| *e != u64::MAX),
+                expires_at: r.option_u64("expiry")?,
             },
             41 => MetadataOp::DeleteToken {
                 user: get_ident(&mut r, "user")?,
@@ -634,6 +636,12 @@ pub(crate) mod tests {
                 token_hash: "def".into(),
                 expires_at: None,
             },
+            MetadataOp::CreateToken {
+                user: Ident::Id(1),
+                name: "far".into(),
+                token_hash: "ghi".into(),
+                expires_at: Some(u64::MAX),
+            },
             MetadataOp::DeleteToken {
                 user: Ident::Id(1),
                 name: "ci".into(),
@@ -668,7 +676,7 @@ pub(crate) mod tests {
     #[test]
     fn every_operation_round_trips_and_every_truncation_is_refused() {
         for op in every_op() {
-            let bytes = op.encode();
+            let bytes = op.encode().unwrap();
             assert_eq!(MetadataOp::decode(&bytes).unwrap(), op);
             for cut in 0..bytes.len() {
                 assert!(
@@ -691,5 +699,19 @@ pub(crate) mod tests {
             MetadataOp::decode(&[7, 1]),
             Err(DecodeError::UnknownTag { tag: 7, .. })
         ));
+        // Values past the format's limits are an error to encode, never a panic.
+        let long = MetadataOp::CreateStream {
+            name: "x".repeat(256),
+        };
+        assert!(long.encode().is_err());
+        let mut wide = Permissions::default();
+        for stream in 0..=crate::metadata::permissions::PERMISSION_ENTRIES_MAX {
+            wide.streams.insert(stream, Default::default());
+        }
+        let wide = MetadataOp::UpdatePermissions {
+            user: Ident::Id(1),
+            permissions: Some(wide),
+        };
+        assert!(wide.encode().is_err());
     }
 }

@@ -132,21 +132,37 @@ impl Permissions {
                     || stream(s).is_some_and(|p| p.manage_stream || p.manage_topics)
                     || topic(s, t).is_some_and(|p| p.manage_topic)
             }
+            // As Iggy: reading or managing topics or streams, at any level above, may poll.
             Action::Poll {
                 stream: s,
                 topic: t,
             } => {
                 g.poll_messages
-                    || stream(s).is_some_and(|p| p.poll_messages)
-                    || topic(s, t).is_some_and(|p| p.poll_messages)
+                    || g.read_topics
+                    || g.manage_topics
+                    || g.read_streams
+                    || g.manage_streams
+                    || stream(s).is_some_and(|p| {
+                        p.poll_messages
+                            || p.read_topics
+                            || p.manage_topics
+                            || p.read_stream
+                            || p.manage_stream
+                    })
+                    || topic(s, t)
+                        .is_some_and(|p| p.poll_messages || p.read_topic || p.manage_topic)
             }
+            // As Iggy: managing topics or streams, at any level above, may send.
             Action::Send {
                 stream: s,
                 topic: t,
             } => {
                 g.send_messages
-                    || stream(s).is_some_and(|p| p.send_messages)
-                    || topic(s, t).is_some_and(|p| p.send_messages)
+                    || g.manage_topics
+                    || g.manage_streams
+                    || stream(s)
+                        .is_some_and(|p| p.send_messages || p.manage_topics || p.manage_stream)
+                    || topic(s, t).is_some_and(|p| p.send_messages || p.manage_topic)
             }
         }
     }
@@ -167,7 +183,12 @@ impl Permissions {
         ] {
             w.bool(flag);
         }
-        assert!(self.streams.len() as u32 <= PERMISSION_ENTRIES_MAX);
+        if self.streams.len() > PERMISSION_ENTRIES_MAX as usize {
+            w.fail(format!(
+                "permissions for {} streams (at most {PERMISSION_ENTRIES_MAX})",
+                self.streams.len()
+            ));
+        }
         w.u32(self.streams.len() as u32);
         for (id, s) in &self.streams {
             w.u32(*id);
@@ -181,7 +202,12 @@ impl Permissions {
             ] {
                 w.bool(flag);
             }
-            assert!(s.topics.len() as u32 <= PERMISSION_ENTRIES_MAX);
+            if s.topics.len() > PERMISSION_ENTRIES_MAX as usize {
+                w.fail(format!(
+                    "permissions for {} topics of a stream (at most {PERMISSION_ENTRIES_MAX})",
+                    s.topics.len()
+                ));
+            }
             w.u32(s.topics.len() as u32);
             for (id, t) in &s.topics {
                 w.u32(*id);
@@ -304,15 +330,38 @@ mod tests {
             stream: 1,
             topic: 3
         }));
-        assert!(!p.allows(Action::Poll {
-            stream: 1,
-            topic: 2
-        }));
+        // Reading the stream allows polling its topics, not sending to them.
+        let poll = |stream, topic| Action::Poll { stream, topic };
+        let send = |stream, topic| Action::Send { stream, topic };
+        assert!(p.allows(poll(1, 2)));
+        assert!(!p.allows(poll(2, 2)));
         assert!(!p.allows(Action::CreateStream));
+        let mut managers = Permissions::default();
+        managers.global.manage_topics = true;
+        assert!(managers.allows(send(4, 4)));
+        assert!(managers.allows(poll(4, 4)));
+        assert!(!managers.allows(Action::ManageStream { stream: 4 }));
+        let mut topic_manager = Permissions::default();
+        topic_manager.streams.insert(
+            5,
+            StreamPermissions {
+                topics: BTreeMap::from([(
+                    6,
+                    TopicPermissions {
+                        manage_topic: true,
+                        ..Default::default()
+                    },
+                )]),
+                ..Default::default()
+            },
+        );
+        assert!(topic_manager.allows(send(5, 6)) && topic_manager.allows(poll(5, 6)));
+        assert!(!topic_manager.allows(send(5, 7)));
 
         let mut w = Writer::default();
         p.encode(&mut w);
-        let mut r = Reader::new(&w.bytes);
+        let bytes = w.finish().unwrap();
+        let mut r = Reader::new(&bytes);
         assert_eq!(Permissions::decode(&mut r).unwrap(), p);
         r.finish().unwrap();
     }

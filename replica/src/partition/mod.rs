@@ -29,6 +29,11 @@ pub enum PartitionError {
         epoch: u32,
         current: u32,
     },
+    /// A producer this partition does not know (never seen, or forgotten by eviction) sent a
+    /// batch other than its first: it must start a new epoch at sequence 0.
+    UnknownProducer {
+        producer: u64,
+    },
     /// A sequence number skipped ahead: batches in between are missing.
     OutOfOrderSequence {
         producer: u64,
@@ -49,6 +54,8 @@ pub enum PartitionError {
     ConsumerOffsetNotFound(ConsumerKey),
     /// The consumer offset table is full.
     TooManyConsumers,
+    /// A group's offset without its generation, or a single consumer's with one.
+    InvalidConsumer(String),
 }
 
 /// What the primary decided for an append request.
@@ -56,8 +63,13 @@ pub enum PartitionError {
 pub enum Stamp {
     /// Prepare it with these stamps.
     Fresh { base_offset: u64, timestamp: u64 },
-    /// A retry of the producer's last batch: reply with its offsets, prepare nothing.
-    Duplicate { base_offset: u64, count: u32 },
+    /// A retry of the producer's last batch, first prepared as op `op`: prepare nothing, and
+    /// reply with its offsets once `op` is committed (it may still be only prepared).
+    Duplicate {
+        base_offset: u64,
+        count: u32,
+        op: u64,
+    },
 }
 
 pub const MESSAGES_PER_BATCH_MAX: u32 = 1_000_000;
@@ -107,8 +119,16 @@ impl PartitionState {
         if let Some(producer) = producer {
             match self.producers.check(&producer)? {
                 ProducerCheck::Fresh => {}
-                ProducerCheck::Duplicate { base_offset, count } => {
-                    return Ok(Stamp::Duplicate { base_offset, count });
+                ProducerCheck::Duplicate {
+                    base_offset,
+                    count,
+                    op,
+                } => {
+                    return Ok(Stamp::Duplicate {
+                        base_offset,
+                        count,
+                        op,
+                    });
                 }
             }
         }
@@ -162,14 +182,32 @@ impl PartitionState {
                         end: self.next_offset,
                     });
                 }
-                if let (ConsumerKey::Group(group), Some(generation)) = (consumer, generation) {
-                    let current = self.group_generations.get(group).copied().unwrap_or(0);
-                    if *generation < current {
-                        return Err(PartitionError::StaleGeneration {
-                            group: *group,
-                            generation: *generation,
-                            current,
-                        });
+                let generation = match (consumer, generation) {
+                    (ConsumerKey::Group(group), Some(generation)) => Some((*group, *generation)),
+                    (ConsumerKey::Consumer(_), None) => None,
+                    _ => {
+                        return Err(PartitionError::InvalidConsumer(format!(
+                            "{consumer:?} with generation {generation:?}: a group's offset \
+                             carries its generation, a single consumer's none"
+                        )))
+                    }
+                };
+                // Fenced against the newest generation this partition has seen; the gateway
+                // also checks the member's generation and assignment against the metadata.
+                if let Some((group, generation)) = generation {
+                    match self.group_generations.get(&group) {
+                        Some(current) if generation < *current => {
+                            return Err(PartitionError::StaleGeneration {
+                                group,
+                                generation,
+                                current: *current,
+                            });
+                        }
+                        Some(_) => {}
+                        None if self.group_generations.len() as u32 >= self.consumers_max => {
+                            return Err(PartitionError::TooManyConsumers);
+                        }
+                        None => {}
                     }
                 }
                 if !self.consumer_offsets.contains_key(consumer)
@@ -177,8 +215,8 @@ impl PartitionState {
                 {
                     return Err(PartitionError::TooManyConsumers);
                 }
-                if let (ConsumerKey::Group(group), Some(generation)) = (consumer, generation) {
-                    self.group_generations.insert(*group, *generation);
+                if let Some((group, generation)) = generation {
+                    self.group_generations.insert(group, generation);
                 }
                 self.consumer_offsets.insert(*consumer, *offset);
                 Ok(())

@@ -109,7 +109,7 @@ impl PartitionOp {
                 w.u8(2);
                 put_consumer(&mut w, consumer);
                 w.u64(*offset);
-                w.u64(generation.unwrap_or(u64::MAX));
+                w.option_u64(*generation);
             }
             PartitionOp::DeleteConsumerOffset { consumer } => {
                 assert!(batch.is_empty());
@@ -163,7 +163,7 @@ impl PartitionOp {
                 let op = PartitionOp::StoreConsumerOffset {
                     consumer: get_consumer(&mut r)?,
                     offset: r.u64("offset")?,
-                    generation: Some(r.u64("generation")?).filter(|g| *g != u64::MAX),
+                    generation: r.option_u64("generation")?,
                 };
                 r.finish()?;
                 Ok((op, &[]))
@@ -224,7 +224,7 @@ mod tests {
                 PartitionOp::StoreConsumerOffset {
                     consumer: ConsumerKey::Group(3),
                     offset: 5,
-                    generation: Some(2),
+                    generation: Some(u64::MAX),
                 },
                 &[][..],
             ),

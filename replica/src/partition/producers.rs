@@ -27,10 +27,12 @@ pub struct ProducerTable {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProducerCheck {
     Fresh,
-    /// The producer's last batch again.
+    /// The producer's last batch again, first prepared as op `op` (reply with its offsets
+    /// once that op is committed, never before: a view change may still drop it).
     Duplicate {
         base_offset: u64,
         count: u32,
+        op: u64,
     },
 }
 
@@ -44,10 +46,18 @@ impl ProducerTable {
     }
 
     /// Whether a batch with `stamp` is new, the last batch again, or refused. A new producer
-    /// (or a new epoch) may start at any sequence; within an epoch sequences go up by one.
+    /// or a new epoch starts at sequence 0 (so a producer this table forgot, by eviction, is
+    /// told so instead of having a retry appended twice); within an epoch sequences go up by
+    /// one. Only the last batch is remembered: a retry of an earlier one is out of order.
     pub fn check(&self, stamp: &ProducerStamp) -> Result<ProducerCheck, PartitionError> {
         let Some(entry) = self.entries.get(&stamp.producer) else {
-            return Ok(ProducerCheck::Fresh);
+            return if stamp.sequence == 0 {
+                Ok(ProducerCheck::Fresh)
+            } else {
+                Err(PartitionError::UnknownProducer {
+                    producer: stamp.producer,
+                })
+            };
         };
         if stamp.epoch < entry.epoch {
             return Err(PartitionError::ProducerFenced {
@@ -57,13 +67,22 @@ impl ProducerTable {
             });
         }
         if stamp.epoch > entry.epoch {
-            return Ok(ProducerCheck::Fresh);
+            return if stamp.sequence == 0 {
+                Ok(ProducerCheck::Fresh)
+            } else {
+                Err(PartitionError::OutOfOrderSequence {
+                    producer: stamp.producer,
+                    expected: 0,
+                    got: stamp.sequence,
+                })
+            };
         }
-        let expected = entry.last_sequence.saturating_add(1);
+        let expected = entry.last_sequence + 1;
         if stamp.sequence == entry.last_sequence {
             Ok(ProducerCheck::Duplicate {
                 base_offset: entry.last_base_offset,
                 count: entry.last_count,
+                op: entry.last_op,
             })
         } else if stamp.sequence == expected {
             Ok(ProducerCheck::Fresh)

@@ -105,7 +105,8 @@ fn a_retried_batch_gets_its_original_offsets_in_flight_or_committed() {
         retry,
         Stamp::Duplicate {
             base_offset: 0,
-            count: 3
+            count: 3,
+            op: 1
         }
     );
     assert!(op.is_none(), "nothing is prepared for a duplicate");
@@ -129,8 +130,12 @@ fn a_retried_batch_gets_its_original_offsets_in_flight_or_committed() {
         projected.stamp(1, producer(7, 1, 0), 13),
         Err(PartitionError::OutOfOrderSequence { .. })
     ));
-    // A new epoch fences the old one and may start anywhere.
-    prepare(&mut projected, 3, 1, producer(7, 2, 100), 14).unwrap();
+    // A new epoch fences the old one and starts at 0.
+    assert!(matches!(
+        projected.stamp(1, producer(7, 2, 100), 14),
+        Err(PartitionError::OutOfOrderSequence { expected: 0, .. })
+    ));
+    prepare(&mut projected, 3, 1, producer(7, 2, 0), 14).unwrap();
     assert!(matches!(
         projected.stamp(1, producer(7, 1, 2), 15),
         Err(PartitionError::ProducerFenced {
@@ -145,7 +150,7 @@ fn a_retried_batch_gets_its_original_offsets_in_flight_or_committed() {
         base_offset: replica.next_offset,
         count: 1,
         timestamp: 20,
-        producer: producer(7, 2, 100),
+        producer: producer(7, 2, 0),
     };
     assert!(matches!(
         replica.apply(&duplicate, 4),
@@ -163,6 +168,15 @@ fn the_producer_table_evicts_the_longest_idle_producer() {
     prepare(&mut projected, 4, 1, producer(3, 0, 0), 0).unwrap();
     let ids: Vec<u64> = projected.producers.entries.keys().copied().collect();
     assert_eq!(ids, vec![1, 3], "producer 2 was idle longest");
+    // A forgotten producer is told so rather than having its retry appended again.
+    assert_eq!(
+        projected.stamp(1, producer(2, 0, 1), 0),
+        Err(PartitionError::UnknownProducer { producer: 2 })
+    );
+    assert_eq!(
+        projected.stamp(1, producer(9, 0, 4), 0),
+        Err(PartitionError::UnknownProducer { producer: 9 })
+    );
 }
 
 #[test]
@@ -190,6 +204,12 @@ fn consumer_offsets_stay_in_range_and_groups_are_fenced_by_generation() {
         })
     ));
     let group = ConsumerKey::Group(5);
+    for (consumer, generation) in [(group, None), (ConsumerKey::Consumer(1), Some(1))] {
+        assert!(matches!(
+            s.apply(&store(consumer, 4, generation), 5),
+            Err(PartitionError::InvalidConsumer(_))
+        ));
+    }
     s.apply(&store(group, 4, Some(3)), 5).unwrap();
     let before = s.clone();
     assert_eq!(
@@ -291,7 +311,12 @@ fn a_refused_op_changes_nothing_and_a_replica_applying_the_encoded_ops_agrees() 
                         ConsumerKey::Group(next(2) as u32)
                     },
                     offset: next(primary.next_offset + 3),
-                    generation: Some(next(4)),
+                    // Mostly right (a group's carries one), sometimes not.
+                    generation: match next(8) {
+                        0 => None,
+                        1 => Some(u64::MAX),
+                        g => Some(g),
+                    },
                 },
                 3 => PartitionOp::DeleteConsumerOffset {
                     consumer: ConsumerKey::Consumer(next(6) as u32),
