@@ -77,7 +77,8 @@ impl ProducerTable {
                 })
             };
         }
-        let expected = entry.last_sequence + 1;
+        // Saturating: 2^64 batches of one epoch cannot happen, and must not panic if forged.
+        let expected = entry.last_sequence.saturating_add(1);
         if stamp.sequence == entry.last_sequence {
             Ok(ProducerCheck::Duplicate {
                 base_offset: entry.last_base_offset,
