@@ -20,6 +20,8 @@ pub enum DecodeError {
     UnknownTag { field: &'static str, tag: u8 },
     /// Bytes left over after the last field.
     Trailing { bytes: usize },
+    /// Well-formed fields that break an invariant of what they encode.
+    Invalid(String),
 }
 
 impl fmt::Display for DecodeError {
@@ -32,6 +34,7 @@ impl fmt::Display for DecodeError {
             DecodeError::NotUtf8 { field } => write!(f, "{field} is not UTF-8"),
             DecodeError::UnknownTag { field, tag } => write!(f, "unknown {field} {tag}"),
             DecodeError::Trailing { bytes } => write!(f, "{bytes} bytes after the last field"),
+            DecodeError::Invalid(why) => write!(f, "invalid: {why}"),
         }
     }
 }

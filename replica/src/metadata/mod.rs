@@ -10,6 +10,7 @@ pub mod names;
 pub mod ops;
 pub mod permissions;
 pub mod placement;
+pub mod snapshot;
 pub mod users;
 
 use std::collections::BTreeMap;

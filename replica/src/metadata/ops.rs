@@ -196,7 +196,7 @@ fn get_durability(r: &mut Reader) -> Result<Durability, DecodeError> {
     }
 }
 
-fn put_options(w: &mut Writer, options: &TopicOptions) {
+pub(super) fn put_options(w: &mut Writer, options: &TopicOptions) {
     w.u64(options.message_expiry_us);
     w.u64(options.max_topic_size);
     w.u64(options.segment_size);
@@ -204,7 +204,7 @@ fn put_options(w: &mut Writer, options: &TopicOptions) {
     put_durability(w, options.consumer_offset_durability);
 }
 
-fn get_options(r: &mut Reader) -> Result<TopicOptions, DecodeError> {
+pub(super) fn get_options(r: &mut Reader) -> Result<TopicOptions, DecodeError> {
     Ok(TopicOptions {
         message_expiry_us: r.u64("message expiry")?,
         max_topic_size: r.u64("max topic size")?,
@@ -214,14 +214,14 @@ fn get_options(r: &mut Reader) -> Result<TopicOptions, DecodeError> {
     })
 }
 
-fn put_status(w: &mut Writer, status: UserStatus) {
+pub(super) fn put_status(w: &mut Writer, status: UserStatus) {
     w.u8(match status {
         UserStatus::Active => 1,
         UserStatus::Inactive => 2,
     });
 }
 
-fn get_status(r: &mut Reader) -> Result<UserStatus, DecodeError> {
+pub(super) fn get_status(r: &mut Reader) -> Result<UserStatus, DecodeError> {
     match r.u8("user status")? {
         1 => Ok(UserStatus::Active),
         2 => Ok(UserStatus::Inactive),
@@ -232,14 +232,14 @@ fn get_status(r: &mut Reader) -> Result<UserStatus, DecodeError> {
     }
 }
 
-fn put_permissions(w: &mut Writer, permissions: &Option<Permissions>) {
+pub(super) fn put_permissions(w: &mut Writer, permissions: &Option<Permissions>) {
     w.bool(permissions.is_some());
     if let Some(permissions) = permissions {
         permissions.encode(w);
     }
 }
 
-fn get_permissions(r: &mut Reader) -> Result<Option<Permissions>, DecodeError> {
+pub(super) fn get_permissions(r: &mut Reader) -> Result<Option<Permissions>, DecodeError> {
     if r.bool("has permissions")? {
         Ok(Some(Permissions::decode(r)?))
     } else {

@@ -542,6 +542,15 @@ fn refused_operations_change_nothing_and_replicas_agree() {
             let decoded = MetadataOp::decode(&op.encode().unwrap()).unwrap();
             assert_eq!(follower.apply(&decoded, step), result);
             assert_eq!(follower, leader, "seed {seed} step {step}");
+            leader
+                .check()
+                .unwrap_or_else(|why| panic!("seed {seed} step {step}: {why}"));
+            if step % 50 == 49 {
+                // A checkpoint decodes to the same state.
+                let bytes = leader.encode_snapshot().unwrap();
+                let decoded = Metadata::decode_snapshot(&bytes, Limits::default()).unwrap();
+                assert_eq!(decoded, leader, "seed {seed} step {step}");
+            }
             for topic in leader.streams.values().flat_map(|s| s.topics.values()) {
                 for group in topic.groups.values() {
                     let mut owned: Vec<u32> = group.members.values().flatten().copied().collect();
@@ -607,4 +616,102 @@ fn every_kind_of_operation_applies_to_a_state_that_has_what_it_names() {
         "{applied} of {}",
         every_op().len()
     );
+}
+
+#[test]
+fn a_snapshot_round_trips_refuses_truncation_and_is_checked() {
+    let mut m = cluster();
+    ok(&mut m, MetadataOp::CreateStream { name: "s".into() });
+    ok(&mut m, create_topic("s", "t", 3));
+    ok(
+        &mut m,
+        MetadataOp::CreateConsumerGroup {
+            stream: name("s"),
+            topic: name("t"),
+            name: "g".into(),
+        },
+    );
+    ok(
+        &mut m,
+        MetadataOp::JoinConsumerGroup {
+            stream: name("s"),
+            topic: name("t"),
+            group: name("g"),
+            member: 9,
+        },
+    );
+    ok(
+        &mut m,
+        MetadataOp::CreateUser {
+            username: "root".into(),
+            password_hash: "h".into(),
+            status: UserStatus::Active,
+            permissions: None,
+        },
+    );
+    m.apply(
+        &MetadataOp::CreateToken {
+            user: Ident::Id(0),
+            name: "ci".into(),
+            token_hash: "x".into(),
+            expires_at: Some(u64::MAX),
+        },
+        1,
+    )
+    .unwrap();
+    let bytes = m.encode_snapshot().unwrap();
+    assert_eq!(
+        Metadata::decode_snapshot(&bytes, Limits::default()).unwrap(),
+        m
+    );
+    for cut in 0..bytes.len() {
+        assert!(
+            Metadata::decode_snapshot(&bytes[..cut], Limits::default()).is_err(),
+            "cut {cut}"
+        );
+    }
+    // Tighter limits refuse a checkpoint that holds more.
+    let tight = Limits {
+        partitions_per_topic_max: 2,
+        ..Limits::default()
+    };
+    assert!(matches!(
+        Metadata::decode_snapshot(&bytes, tight),
+        Err(crate::codec::DecodeError::TooLong { .. })
+    ));
+    // Well-formed but impossible states are refused: the checker fires.
+    let mut broken = m.clone();
+    let topic = broken
+        .streams
+        .get_mut(&0)
+        .unwrap()
+        .topics
+        .get_mut(&0)
+        .unwrap();
+    topic.partitions[1].group = topic.partitions[0].group;
+    let bytes = broken.encode_snapshot().unwrap();
+    assert!(matches!(
+        Metadata::decode_snapshot(&bytes, Limits::default()),
+        Err(crate::codec::DecodeError::Invalid(_))
+    ));
+    let mut broken = m.clone();
+    let group = broken
+        .streams
+        .get_mut(&0)
+        .unwrap()
+        .topics
+        .get_mut(&0)
+        .unwrap();
+    group
+        .groups
+        .get_mut(&0)
+        .unwrap()
+        .members
+        .get_mut(&9)
+        .unwrap()
+        .pop();
+    assert!(broken.check().is_err(), "an unowned partition is caught");
+    let mut broken = m.clone();
+    broken.users.get_mut(&0).unwrap().id = 4;
+    assert!(broken.check().is_err(), "an id unlike its key is caught");
 }

@@ -8,6 +8,7 @@
 
 pub mod ops;
 pub mod producers;
+pub mod snapshot;
 
 use std::collections::BTreeMap;
 

@@ -344,10 +344,59 @@ fn a_refused_op_changes_nothing_and_a_replica_applying_the_encoded_ops_agrees() 
             let (decoded, _) = PartitionOp::decode(&bytes).unwrap();
             assert_eq!(replica.apply(&decoded, op_number), result);
             assert_eq!(replica, primary);
+            primary
+                .check()
+                .unwrap_or_else(|why| panic!("seed {seed} op {op_number}: {why}"));
+            if op_number % 40 == 0 {
+                let bytes = primary.encode_snapshot().unwrap();
+                let decoded = PartitionState::decode_snapshot(&bytes, 4, 2).unwrap();
+                assert_eq!(decoded, primary);
+            }
         }
     }
     assert!(
         applied > 1000 && refused > 500,
         "{applied} applied, {refused} refused"
+    );
+}
+
+#[test]
+fn a_checkpoint_round_trips_refuses_truncation_and_is_checked() {
+    let mut s = state();
+    prepare(&mut s, 1, 5, producer(3, 1, 0), 10).unwrap();
+    s.apply(
+        &PartitionOp::StoreConsumerOffset {
+            consumer: ConsumerKey::Group(2),
+            offset: 4,
+            generation: Some(7),
+        },
+        2,
+    )
+    .unwrap();
+    let bytes = s.encode_snapshot().unwrap();
+    assert_eq!(PartitionState::decode_snapshot(&bytes, 4, 2).unwrap(), s);
+    for cut in 0..bytes.len() {
+        assert!(PartitionState::decode_snapshot(&bytes[..cut], 4, 2).is_err());
+    }
+    assert!(
+        PartitionState::decode_snapshot(&bytes, 0, 2).is_err(),
+        "a smaller consumer limit refuses it"
+    );
+    let mut broken = s.clone();
+    broken.consumer_offsets.insert(ConsumerKey::Consumer(1), 5);
+    assert!(broken.check().is_err(), "an offset at the end is caught");
+    let mut broken = s.clone();
+    broken.first_offset = 6;
+    let bytes = broken.encode_snapshot().unwrap();
+    assert!(matches!(
+        PartitionState::decode_snapshot(&bytes, 4, 2),
+        Err(crate::codec::DecodeError::Invalid(_))
+    ));
+    let mut broken = s.clone();
+    broken.next_offset = 2;
+    broken.consumer_offsets.clear();
+    assert!(
+        broken.check().is_err(),
+        "a producer batch past the end is caught"
     );
 }
