@@ -22,6 +22,10 @@ pub enum SlotRead {
     /// Bytes present but the checksum (header or body) fails, or it is for another op.
     Corrupt,
     Valid(Header),
+    /// A log that keeps its own redundant record (partition segments: the index entry) says a
+    /// prepare was durable here, but it can be read neither from the prepare nor from that
+    /// record. Only in the header position.
+    Acknowledged,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +59,11 @@ pub fn decide(
 ) -> Decision {
     use SlotRead::*;
     match (header, prepare) {
+        (_, Acknowledged) => unreachable!("Acknowledged is a header-position read"),
+        // The prepare is intact: its own log already checked it against its record.
+        (Acknowledged, Valid(p)) => Decision::Clean(p),
+        // Durable once and maybe acknowledged, at the head too: repair, never nack or cut.
+        (Acknowledged, Empty | Corrupt) => Decision::Faulty(None),
         (Empty, Empty) => Decision::Nil,
         (Valid(h), Valid(p)) if h.checksum == p.checksum => Decision::Clean(p),
         // Both intact but different: a crash between a rewrite's prepare and header writes, or
@@ -298,6 +307,19 @@ mod tests {
         assert_eq!(decide(Empty, Corrupt, false, none), Decision::Nil);
         assert_eq!(decide(Corrupt, Empty, false, none), Decision::Nil);
         assert_eq!(decide(Corrupt, Corrupt, true, none), Decision::Cut);
+        // A segment log's faulty entry is never cut, even at the head.
+        assert_eq!(
+            decide(Acknowledged, Corrupt, true, none),
+            Decision::Faulty(None)
+        );
+        assert_eq!(
+            decide(Acknowledged, Empty, false, none),
+            Decision::Faulty(None)
+        );
+        assert_eq!(
+            decide(Acknowledged, Valid(a), true, none),
+            Decision::Clean(a)
+        );
         assert_eq!(
             decide(Corrupt, Corrupt, false, none),
             Decision::Faulty(None)

@@ -66,6 +66,11 @@ pub struct Config {
     pub clients_max: usize,
     /// Highest op the log may hold.
     pub ops_max: u64,
+    /// Write each prepare's header again in a separate redundant header zone after the
+    /// prepare (a slot journal). A log that keeps its own redundant record and makes it
+    /// durable with the prepare (partition segments) sets this false: a prepare's completion
+    /// then means both.
+    pub redundant_headers: bool,
     pub timeouts: Timeouts,
     pub bugs: Bugs,
 }
@@ -121,6 +126,9 @@ pub enum Action {
 #[derive(Clone, Debug)]
 pub enum Completion {
     Written,
+    /// A prepare write the log dropped without making it durable (a later write truncated
+    /// the log below it): the slot is free again.
+    Abandoned,
     /// The prepare read back and verified by the host, or `None` if unreadable or corrupt.
     Read(Option<Message>),
 }
@@ -294,6 +302,10 @@ impl<S: StateMachine> Replica<S> {
             .map(|h| h.timestamp)
             .unwrap_or(0);
         replica.repair_timeout.start();
+        assert!(
+            replica.config.redundant_headers || header_fixes.is_empty(),
+            "a log without a header zone has no header to fix"
+        );
         for op in header_fixes {
             // Rewrite the redundant header of an intact prepare (recovery's "fix").
             assert!(replica.journal.entry(op).present());
@@ -455,6 +467,9 @@ impl<S: StateMachine> Replica<S> {
         match (pending, completion) {
             (PendingIo::WritePrepare { op, checksum }, Completion::Written) => {
                 self.on_prepare_written(op, checksum)
+            }
+            (PendingIo::WritePrepare { op, .. }, Completion::Abandoned) => {
+                self.slot_write_abandoned(op)
             }
             (PendingIo::WriteHeader { op, checksum }, Completion::Written) => {
                 self.on_header_written(op, checksum)
@@ -1071,6 +1086,11 @@ impl<S: StateMachine> Replica<S> {
         if op > self.journal.head() || self.journal.entry(op).checksum() != Some(checksum) {
             // The slot was truncated or given another header meanwhile: write that instead.
             self.slot_write_abandoned(op);
+            return;
+        }
+        if !self.config.redundant_headers {
+            // The log made its own redundant record durable with the prepare.
+            self.on_header_written(op, checksum);
             return;
         }
         self.write_header(op);

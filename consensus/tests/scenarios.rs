@@ -100,6 +100,7 @@ impl Cluster {
             request_queue_max: 16,
             clients_max: 4,
             ops_max: OPS_MAX,
+            redundant_headers: true,
             timeouts: Timeouts::default(),
             bugs: self.bugs,
         }

@@ -7,5 +7,6 @@
 
 pub mod codec;
 pub mod config;
+pub mod journal;
 pub mod metadata;
 pub mod partition;

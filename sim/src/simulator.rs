@@ -123,6 +123,7 @@ impl Simulator {
             request_queue_max: self.options.clients_max,
             clients_max: self.options.clients_max,
             ops_max: OPS_MAX,
+            redundant_headers: true,
             timeouts: Timeouts::default(),
             bugs: self.bugs,
         }

@@ -489,6 +489,13 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
         self.state.borrow().durable_next().0
     }
 
+    /// What the next `submit` must carry: its op, its offset (unknown while the last op is
+    /// faulty) and a timestamp at least this. Queued appends count.
+    pub fn next_append(&self) -> (u64, Option<u64>, u64) {
+        let state = self.state.borrow();
+        (state.next_op, state.next_offset, state.timestamp_min)
+    }
+
     /// The offset the next message takes, when known (unknown while the last op is faulty).
     pub fn offset_end(&self) -> Option<u64> {
         self.state.borrow().durable_next().1

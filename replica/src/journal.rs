@@ -1,0 +1,463 @@
+//! `SegmentJournal`: a VSR group's journal kept in a partition log ("segment as WAL"). It runs
+//! the consensus core's prepare writes and reads against a `PartitionLog` and rebuilds the
+//! core's journal from it at open.
+//!
+//! The log is append-only by op, while the core writes a prepare whenever it has one: in
+//! order, into a gap above the log's end (repair fills the ops below later), or over an op
+//! the log holds (the same prepare again, a repair of a faulty one, or, after a view change,
+//! another prepare, which cuts the log there first). A write above the end waits, held in
+//! memory, for its turn; a cut drops the held writes above it, and they complete as
+//! `Abandoned`, never as written. A write completes as written only once its record and index
+//! entry are durable, so the core's "prepare and header durable" is one completion
+//! (`redundant_headers = false`).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+use galgo_consensus::recovery::{recover_journal, RecoveredJournal, RecoveryBugs, SlotRead};
+use galgo_consensus::{DurableState, Header, Message};
+use galgo_storage::{Disk, EntryMeta, LogConfig, PartitionLog, StorageError};
+
+/// Writes held above the log's end, at most: the core keeps at most this many slot writes in
+/// flight.
+pub const HELD_MAX: usize = 256;
+/// Executor turns a cut or repair waits, at most, for appends in flight to finish.
+const EXCLUSIVE_TURNS_MAX: u32 = 100_000;
+
+/// How a write ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The prepare is durable in the log.
+    Written,
+    /// A later write cut the log below this prepare before it was written.
+    Abandoned,
+}
+
+/// What a prepare's body means to the log: the first offset and the number of messages it
+/// appends (0 for every op that is not a message batch). Given the log's next offset.
+pub type MessagesOf = fn(&Message, u64) -> (u64, u32);
+
+/// Every op appends no messages: the metadata group and tests.
+pub fn no_messages(_: &Message, next_offset: u64) -> (u64, u32) {
+    (next_offset, 0)
+}
+
+struct Held {
+    turn: oneshot::Sender<WriteOutcome>,
+}
+
+pub struct SegmentJournal<'d, D: Disk> {
+    disk: &'d D,
+    log: PartitionLog<'d, D>,
+    messages_of: MessagesOf,
+    /// Writes waiting for the log to reach their op: told `Written` when it is their turn
+    /// to append, `Abandoned` when a cut drops them.
+    held: RefCell<BTreeMap<u64, Held>>,
+}
+
+impl<'d, D: Disk> SegmentJournal<'d, D> {
+    /// Opens the log in `config.dir` and rebuilds the core's journal from it and the durable
+    /// view state. Ops the rebuilt journal does not keep (a view change had replaced them
+    /// before the crash) are cut from the log.
+    pub async fn open(
+        disk: &'d D,
+        config: LogConfig,
+        durable: &DurableState,
+        root: Header,
+        ops_max: u64,
+        messages_of: MessagesOf,
+    ) -> Result<(SegmentJournal<'d, D>, RecoveredJournal), StorageError> {
+        let (log, report) = PartitionLog::open(disk, config, 1, 0).await?;
+        let faulty: Vec<u64> = report.faulty.iter().map(|f| f.op).collect();
+        let op_end = log.op_end();
+        let mut slots = Vec::with_capacity(op_end.saturating_sub(1) as usize);
+        for op in 1..op_end {
+            let read = if faulty.contains(&op) {
+                (SlotRead::Acknowledged, SlotRead::Corrupt)
+            } else {
+                match read_message(&log, op).await {
+                    Some(message) => (
+                        SlotRead::Valid(message.header),
+                        SlotRead::Valid(message.header),
+                    ),
+                    None => (SlotRead::Acknowledged, SlotRead::Corrupt),
+                }
+            };
+            slots.push(read);
+        }
+        let recovered = recover_journal(root, ops_max, durable, &slots, RecoveryBugs::default());
+        assert!(recovered.header_fixes.is_empty(), "no header zone to fix");
+        let journal = SegmentJournal {
+            disk,
+            log,
+            messages_of,
+            held: RefCell::new(BTreeMap::new()),
+        };
+        let head = recovered.journal.head();
+        if journal.log.op_end() > head + 1 {
+            journal.cut_after(head).await?;
+        }
+        Ok((journal, recovered))
+    }
+
+    pub fn log(&self) -> &PartitionLog<'d, D> {
+        &self.log
+    }
+
+    /// Makes `message` the durable prepare of its op (see the module comment).
+    pub async fn write_prepare(&self, message: Message) -> Result<WriteOutcome, StorageError> {
+        let op = message.header.op;
+        let checksum = message.header.checksum;
+        assert!(op >= 1, "the root prepare is never written");
+        // An op still queued in the log is waited for first, so what the log holds is known.
+        self.wait_while(|| op >= self.log.op_end() && op < self.log.next_append().0)
+            .await?;
+        let (next_op, _, _) = self.log.next_append();
+        if op < next_op {
+            // A faulty op's index entry may still read fine: ask the log's faulty list first.
+            let faulty = self.log.faulty().iter().any(|f| f.op == op);
+            let found = if faulty {
+                Err(StorageError::Faulty(op))
+            } else {
+                self.log.entry(op).await
+            };
+            match found {
+                Ok(entry) if entry.meta.checksum == checksum => return Ok(WriteOutcome::Written),
+                Err(StorageError::Faulty(_)) => match self.repair_meta(&message, op).await {
+                    Some(meta) => {
+                        // A damaged record of this same prepare: rewrite it in place.
+                        let payload = Bytes::from(message.encode());
+                        self.exclusively(|| self.log.repair(meta, payload.clone()))
+                            .await?;
+                        return Ok(WriteOutcome::Written);
+                    }
+                    // The damaged slot held another prepare: cut it like any replaced op.
+                    None => self.cut_after(op - 1).await?,
+                },
+                Ok(_) => {
+                    // Another prepare at this op: a view change replaced it and what follows.
+                    self.cut_after(op - 1).await?;
+                }
+                Err(error) => return Err(error),
+            }
+        } else if op > next_op {
+            let (turn, wait) = oneshot::channel();
+            {
+                let mut held = self.held.borrow_mut();
+                if let Some(replaced) = held.insert(op, Held { turn }) {
+                    let _ = replaced.turn.send(WriteOutcome::Abandoned);
+                }
+                assert!(
+                    held.len() <= HELD_MAX,
+                    "more held writes than the core issues"
+                );
+            }
+            // Told `Written` when the log's end reaches this op: then it appends.
+            if wait.await.unwrap_or(WriteOutcome::Abandoned) == WriteOutcome::Abandoned {
+                return Ok(WriteOutcome::Abandoned);
+            }
+            if self.log.next_append().0 != op {
+                return Ok(WriteOutcome::Abandoned);
+            }
+        }
+        assert_eq!(self.log.next_append().0, op);
+        let meta = self.meta_for(&message, op)?;
+        let appending = self.log.submit(meta, Bytes::from(message.encode()))?;
+        // The next held write may queue behind this one now, before it is durable.
+        self.give_turn(op + 1);
+        self.log.commit_queued().await;
+        appending.durable().await?;
+        Ok(WriteOutcome::Written)
+    }
+
+    /// The prepare of `op` read back and verified, or `None` if it is missing or damaged.
+    pub async fn read_prepare(&self, op: u64) -> Option<Message> {
+        read_message(&self.log, op).await
+    }
+
+    fn give_turn(&self, op: u64) {
+        let held = self.held.borrow_mut().remove(&op);
+        if let Some(held) = held {
+            let _ = held.turn.send(WriteOutcome::Written);
+        }
+    }
+
+    /// The meta a repair of faulty `op` with `message` must carry: the entry's own where the
+    /// index kept it (`None` if that names another prepare), else one that continues the
+    /// previous op (the log checks that it fits its neighbours).
+    async fn repair_meta(&self, message: &Message, op: u64) -> Option<EntryMeta> {
+        let known = self
+            .log
+            .faulty()
+            .into_iter()
+            .find(|f| f.op == op)
+            .and_then(|f| f.meta);
+        if let Some(meta) = known {
+            return (meta.checksum == message.header.checksum).then_some(meta);
+        }
+        let previous = self.log.entry(op - 1).await.ok();
+        let next_offset =
+            previous.map_or(0, |p| p.meta.offset_first + u64::from(p.meta.message_count));
+        let (offset_first, message_count) = (self.messages_of)(message, next_offset);
+        Some(EntryMeta {
+            op,
+            checksum: message.header.checksum,
+            offset_first,
+            message_count,
+            timestamp: message.header.timestamp,
+        })
+    }
+
+    /// Waits (a bounded number of executor turns) until `busy` is false.
+    async fn wait_while(&self, busy: impl Fn() -> bool) -> Result<(), StorageError> {
+        for _ in 0..EXCLUSIVE_TURNS_MAX {
+            if !busy() {
+                return Ok(());
+            }
+            self.disk.yield_now().await;
+        }
+        Err(StorageError::Busy)
+    }
+
+    fn meta_for(&self, message: &Message, op: u64) -> Result<EntryMeta, StorageError> {
+        let (_, next_offset, timestamp_min) = self.log.next_append();
+        let Some(next_offset) = next_offset else {
+            return Err(StorageError::Faulty(op - 1));
+        };
+        let (offset_first, message_count) = (self.messages_of)(message, next_offset);
+        Ok(EntryMeta {
+            op,
+            checksum: message.header.checksum,
+            offset_first,
+            message_count,
+            // The time index needs timestamps that never go back.
+            timestamp: message.header.timestamp.max(timestamp_min),
+        })
+    }
+
+    /// Cuts the log after `op` and abandons every held write above it.
+    async fn cut_after(&self, op: u64) -> Result<(), StorageError> {
+        let dropped: Vec<Held> = {
+            let mut held = self.held.borrow_mut();
+            let above = held.split_off(&(op + 1));
+            above.into_values().collect()
+        };
+        for held in dropped {
+            let _ = held.turn.send(WriteOutcome::Abandoned);
+        }
+        self.exclusively(|| self.log.truncate_after(op)).await
+    }
+
+    /// Runs an operation that needs the log idle, waiting (a bounded number of executor
+    /// turns) while appends are in flight.
+    async fn exclusively<F, Fut>(&self, operation: F) -> Result<(), StorageError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<(), StorageError>>,
+    {
+        for _ in 0..EXCLUSIVE_TURNS_MAX {
+            match operation().await {
+                Err(StorageError::Busy) => self.disk.yield_now().await,
+                other => return other,
+            }
+        }
+        Err(StorageError::Busy)
+    }
+}
+
+async fn read_message<D: Disk>(log: &PartitionLog<'_, D>, op: u64) -> Option<Message> {
+    let record = log.read(op).await.ok()?;
+    let message = Message::decode(&record.payload).ok()?;
+    (message.header.op == op && message.header.checksum == record.meta.checksum).then_some(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use galgo_consensus::Command;
+    use galgo_storage::file_disk::block_on;
+    use galgo_storage::futures::join;
+    use galgo_storage::MemoryDisk;
+
+    const OPS_MAX: u64 = 10_000;
+
+    fn root() -> Header {
+        Header::root(1, 7)
+    }
+
+    /// A chain of prepares 1..=count in `view`, each chained to the one before (`salt` makes
+    /// another chain).
+    fn chain(count: u64, view: u32, salt: u8) -> Vec<Message> {
+        let mut parent = root().checksum;
+        let mut chain = Vec::new();
+        for op in 1..=count {
+            let mut header = Header::new(Command::Prepare, 1, 7);
+            header.op = op;
+            header.view = view;
+            header.parent = parent;
+            header.timestamp = 1_000 + op;
+            let message = Message::new(header, vec![salt, op as u8, 3]);
+            parent = message.header.checksum;
+            chain.push(message);
+        }
+        chain
+    }
+
+    fn config() -> LogConfig {
+        LogConfig {
+            segment_size: 2048,
+            ..LogConfig::new("g7")
+        }
+    }
+
+    async fn open<'d>(
+        disk: &'d MemoryDisk,
+        durable: &DurableState,
+    ) -> (SegmentJournal<'d, MemoryDisk>, RecoveredJournal) {
+        SegmentJournal::open(disk, config(), durable, root(), OPS_MAX, no_messages)
+            .await
+            .unwrap()
+    }
+
+    #[test]
+    fn prepares_written_in_order_come_back_clean_after_a_crash() {
+        let disk = MemoryDisk::new(1);
+        let messages = chain(30, 0, 0);
+        block_on(async {
+            let durable = DurableState::initial();
+            let (journal, recovered) = open(&disk, &durable).await;
+            assert_eq!(recovered.journal.head(), 0);
+            for message in &messages {
+                assert_eq!(
+                    journal.write_prepare(message.clone()).await.unwrap(),
+                    WriteOutcome::Written
+                );
+            }
+            // The same prepare again is already durable.
+            assert_eq!(
+                journal.write_prepare(messages[4].clone()).await.unwrap(),
+                WriteOutcome::Written
+            );
+            assert!(journal.log().segments().len() > 1, "small segments roll");
+            drop(journal);
+            disk.crash();
+            let (journal, recovered) = open(&disk, &durable).await;
+            assert_eq!(recovered.journal.head(), 30);
+            for message in &messages {
+                let entry = recovered.journal.entry(message.header.op);
+                assert!(entry.present());
+                assert_eq!(entry.checksum(), Some(message.header.checksum));
+                assert_eq!(
+                    journal.read_prepare(message.header.op).await.unwrap(),
+                    *message
+                );
+            }
+        });
+    }
+
+    #[test]
+    fn a_write_above_a_gap_waits_for_the_ops_below() {
+        let disk = MemoryDisk::new(2);
+        let messages = chain(4, 0, 0);
+        block_on(async {
+            let (journal, _) = open(&disk, &DurableState::initial()).await;
+            let above = journal.write_prepare(messages[3].clone());
+            let below = async {
+                for message in &messages[..3] {
+                    journal.write_prepare(message.clone()).await.unwrap();
+                }
+            };
+            let (outcome, ()) = join(above, below).await;
+            assert_eq!(outcome.unwrap(), WriteOutcome::Written);
+            assert_eq!(journal.log().op_end(), 5);
+            assert_eq!(journal.read_prepare(4).await.unwrap(), messages[3]);
+        });
+    }
+
+    #[test]
+    fn another_prepare_cuts_the_log_and_abandons_held_writes_above_it() {
+        let disk = MemoryDisk::new(3);
+        let old = chain(5, 0, 0);
+        let new = chain(8, 1, 9);
+        block_on(async {
+            let (journal, _) = open(&disk, &DurableState::initial()).await;
+            for message in &old {
+                journal.write_prepare(message.clone()).await.unwrap();
+            }
+            // Op 8 of the new chain waits above a gap at 6 and 7...
+            let held = journal.write_prepare(new[7].clone());
+            let replace = async {
+                // ...when the new op 3 replaces the old one.
+                let outcome = journal.write_prepare(new[2].clone()).await.unwrap();
+                assert_eq!(outcome, WriteOutcome::Written);
+            };
+            let (held, ()) = join(held, replace).await;
+            assert_eq!(held.unwrap(), WriteOutcome::Abandoned, "never told written");
+            assert_eq!(journal.log().op_end(), 4);
+            assert_eq!(journal.read_prepare(3).await.unwrap(), new[2]);
+            assert!(journal.read_prepare(4).await.is_none());
+        });
+    }
+
+    #[test]
+    fn a_damaged_prepare_is_faulty_at_open_and_a_write_repairs_it() {
+        let disk = MemoryDisk::new(4);
+        let messages = chain(6, 0, 0);
+        block_on(async {
+            let durable = DurableState::initial();
+            let (journal, _) = open(&disk, &durable).await;
+            for message in &messages {
+                journal.write_prepare(message.clone()).await.unwrap();
+            }
+            let position = journal.log().entry(6).await.unwrap().position;
+            let base = journal
+                .log()
+                .segments()
+                .iter()
+                .rev()
+                .find(|s| s.base_op <= 6)
+                .unwrap()
+                .base_op;
+            drop(journal);
+            // A byte inside op 6's prepare, under its record header.
+            disk.corrupt(&format!("g7/{base:020}.log"), position + 64 + 100);
+            let (journal, recovered) = open(&disk, &durable).await;
+            // The head op is damaged under a valid index entry: faulty, never cut.
+            assert_eq!(recovered.journal.head(), 6);
+            let entry = recovered.journal.entry(6);
+            assert!(entry.faulty && !entry.present());
+            assert!(journal.read_prepare(6).await.is_none());
+            assert_eq!(
+                journal.write_prepare(messages[5].clone()).await.unwrap(),
+                WriteOutcome::Written
+            );
+            assert_eq!(journal.read_prepare(6).await.unwrap(), messages[5]);
+        });
+    }
+
+    #[test]
+    fn ops_a_view_change_replaced_before_a_crash_are_cut_at_open() {
+        let disk = MemoryDisk::new(5);
+        let messages = chain(5, 0, 0);
+        block_on(async {
+            let (journal, _) = open(&disk, &DurableState::initial()).await;
+            for message in &messages {
+                journal.write_prepare(message.clone()).await.unwrap();
+            }
+            drop(journal);
+            // The durable view state says log view 1 starts with op 3 as its head: ops 4 and 5,
+            // of view 0, were from a log that view change truncated.
+            let durable = DurableState {
+                view: 1,
+                log_view: 1,
+                commit_max: 0,
+                view_headers: vec![messages[2].header],
+            };
+            let (journal, recovered) = open(&disk, &durable).await;
+            assert_eq!(recovered.journal.head(), 3);
+            assert_eq!(journal.log().op_end(), 4, "the log follows the journal");
+        });
+    }
+}
