@@ -1071,6 +1071,16 @@ impl<S: StateMachine> Replica<S> {
         if self.slot_writes.len() >= SLOT_WRITES_MAX {
             return; // The repair timer retries.
         }
+        if !self.config.redundant_headers
+            && op > 1
+            && !self.journal.entry(op - 1).present()
+            && !self.slot_writes.contains(&(op - 1))
+        {
+            // An append-only log takes ops in order: a prepare above a gap would wait there
+            // and could land long after a view change replaced it, with no header zone to
+            // tell recovery it is stale. It is written once the op below is (`on_header_written`).
+            return;
+        }
         self.slot_writes.insert(op);
         let checksum = message.header.checksum;
         self.journal.entry_mut(op).state = SlotState::Writing;
@@ -1132,6 +1142,10 @@ impl<S: StateMachine> Replica<S> {
         entry.faulty = false;
         if !self.config.bugs.has(Bug::AckBeforeDurable) {
             self.on_prepare_durable(op, checksum);
+        }
+        if !self.config.redundant_headers && op < self.journal.head() {
+            // The op above may have waited for this one (an append-only log).
+            self.write_prepare(op + 1);
         }
         if self.log_chosen {
             self.try_become_normal_primary();

@@ -68,6 +68,7 @@ impl<'d, D: Disk> SegmentJournal<'d, D> {
         root: Header,
         ops_max: u64,
         messages_of: MessagesOf,
+        recovery_bugs: RecoveryBugs,
     ) -> Result<(SegmentJournal<'d, D>, RecoveredJournal), StorageError> {
         let (log, report) = PartitionLog::open(disk, config, 1, 0).await?;
         let faulty: Vec<u64> = report.faulty.iter().map(|f| f.op).collect();
@@ -87,7 +88,7 @@ impl<'d, D: Disk> SegmentJournal<'d, D> {
             };
             slots.push(read);
         }
-        let recovered = recover_journal(root, ops_max, durable, &slots, RecoveryBugs::default());
+        let recovered = recover_journal(root, ops_max, durable, &slots, recovery_bugs);
         assert!(recovered.header_fixes.is_empty(), "no header zone to fix");
         let journal = SegmentJournal {
             disk,
@@ -106,8 +107,19 @@ impl<'d, D: Disk> SegmentJournal<'d, D> {
         &self.log
     }
 
-    /// Makes `message` the durable prepare of its op (see the module comment).
+    /// Makes `message` the durable prepare of its op (see the module comment). While another
+    /// write cuts or repairs the log (it answers `Busy`), it waits its turn and tries again.
     pub async fn write_prepare(&self, message: Message) -> Result<WriteOutcome, StorageError> {
+        for _ in 0..EXCLUSIVE_TURNS_MAX {
+            match self.try_write_prepare(&message).await {
+                Err(StorageError::Busy) => self.disk.yield_now().await,
+                outcome => return outcome,
+            }
+        }
+        Err(StorageError::Busy)
+    }
+
+    async fn try_write_prepare(&self, message: &Message) -> Result<WriteOutcome, StorageError> {
         let op = message.header.op;
         let checksum = message.header.checksum;
         assert!(op >= 1, "the root prepare is never written");
@@ -125,12 +137,11 @@ impl<'d, D: Disk> SegmentJournal<'d, D> {
             };
             match found {
                 Ok(entry) if entry.meta.checksum == checksum => return Ok(WriteOutcome::Written),
-                Err(StorageError::Faulty(_)) => match self.repair_meta(&message, op).await {
+                Err(StorageError::Faulty(_)) => match self.repair_meta(message, op).await {
                     Some(meta) => {
                         // A damaged record of this same prepare: rewrite it in place.
-                        let payload = Bytes::from(message.encode());
-                        self.exclusively(|| self.log.repair(meta, payload.clone()))
-                            .await?;
+                        // `Busy` while appends are in flight: the caller decides again.
+                        self.log.repair(meta, Bytes::from(message.encode())).await?;
                         return Ok(WriteOutcome::Written);
                     }
                     // The damaged slot held another prepare: cut it like any replaced op.
@@ -163,7 +174,7 @@ impl<'d, D: Disk> SegmentJournal<'d, D> {
             }
         }
         assert_eq!(self.log.next_append().0, op);
-        let meta = self.meta_for(&message, op)?;
+        let meta = self.meta_for(message, op)?;
         let appending = self.log.submit(meta, Bytes::from(message.encode()))?;
         // The next held write may queue behind this one now, before it is durable.
         self.give_turn(op + 1);
@@ -237,7 +248,8 @@ impl<'d, D: Disk> SegmentJournal<'d, D> {
         })
     }
 
-    /// Cuts the log after `op` and abandons every held write above it.
+    /// Cuts the log after `op` and abandons every held write above it. `Busy` while appends
+    /// are in flight (the caller waits and decides again).
     async fn cut_after(&self, op: u64) -> Result<(), StorageError> {
         let dropped: Vec<Held> = {
             let mut held = self.held.borrow_mut();
@@ -247,23 +259,7 @@ impl<'d, D: Disk> SegmentJournal<'d, D> {
         for held in dropped {
             let _ = held.turn.send(WriteOutcome::Abandoned);
         }
-        self.exclusively(|| self.log.truncate_after(op)).await
-    }
-
-    /// Runs an operation that needs the log idle, waiting (a bounded number of executor
-    /// turns) while appends are in flight.
-    async fn exclusively<F, Fut>(&self, operation: F) -> Result<(), StorageError>
-    where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<(), StorageError>>,
-    {
-        for _ in 0..EXCLUSIVE_TURNS_MAX {
-            match operation().await {
-                Err(StorageError::Busy) => self.disk.yield_now().await,
-                other => return other,
-            }
-        }
-        Err(StorageError::Busy)
+        self.log.truncate_after(op).await
     }
 }
 
@@ -316,9 +312,17 @@ mod tests {
         disk: &'d MemoryDisk,
         durable: &DurableState,
     ) -> (SegmentJournal<'d, MemoryDisk>, RecoveredJournal) {
-        SegmentJournal::open(disk, config(), durable, root(), OPS_MAX, no_messages)
-            .await
-            .unwrap()
+        SegmentJournal::open(
+            disk,
+            config(),
+            durable,
+            root(),
+            OPS_MAX,
+            no_messages,
+            RecoveryBugs::default(),
+        )
+        .await
+        .unwrap()
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 
 use galgo_consensus::header::operation;
+use galgo_consensus::recovery::RecoveryBugs;
 use galgo_consensus::{
     Action, Bugs, Command, Completion, Config, DurableState, Header, Message, Peer, Replica,
     StateMachine, Timeouts,
@@ -69,10 +70,17 @@ struct Host<'d> {
 impl<'d> Host<'d> {
     async fn open(disk: &'d MemoryDisk, durable: DurableState) -> Host<'d> {
         let root = Header::root(CLUSTER, GROUP);
-        let (journal, recovered) =
-            SegmentJournal::open(disk, log_config(), &durable, root, OPS_MAX, no_messages)
-                .await
-                .unwrap();
+        let (journal, recovered) = SegmentJournal::open(
+            disk,
+            log_config(),
+            &durable,
+            root,
+            OPS_MAX,
+            no_messages,
+            RecoveryBugs::default(),
+        )
+        .await
+        .unwrap();
         let mut replica = Replica::open(config(), Bodies::default(), durable.clone(), recovered, 1);
         let actions = replica.on_tick(0);
         let mut host = Host {

@@ -118,6 +118,26 @@ impl Disk {
         }
     }
 
+    /// A write's latency in ticks, drawn as the slot disk's own (1 once faults stop).
+    pub fn write_latency(&mut self) -> u64 {
+        self.latency(
+            self.options.write_latency_min,
+            self.options.write_latency_mean,
+        )
+    }
+
+    pub fn read_latency(&mut self) -> u64 {
+        self.latency(
+            self.options.read_latency_min,
+            self.options.read_latency_mean,
+        )
+    }
+
+    /// Whether the atlas lets faults damage this replica's copy of `op` now.
+    pub fn allows_fault(&self, op: u64) -> bool {
+        self.faults_enabled && self.atlas.allows(self.replica, op)
+    }
+
     fn latency(&mut self, min: u64, mean: f64) -> u64 {
         if !self.faults_enabled {
             return 1;

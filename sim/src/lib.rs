@@ -7,6 +7,7 @@ pub mod client;
 pub mod disk;
 pub mod network;
 pub mod options;
+pub mod segments;
 pub mod simulator;
 pub mod state_machine;
 
@@ -26,7 +27,8 @@ pub fn describe(options: &Options) -> String {
     let n = &options.network;
     let s = &options.storage;
     format!(
-        "replicas={} offset={} clients={} clients_max={} pipeline={} requests={} body_max={} | net delay={}+exp({}) loss={:.3} replay={:.3}/old {:.3} straggle={:.3} misroute={:.3} cap={} clog={:.4}/{} flip={:.4} partition={:?}/{} p={:.4} | disk w={}+exp({}) read_fault={:.3} write_fault={:.3} misdirect={:.3} lost={:.3} tear={:.2} | crash={:.5} restart={:.4} pause={:.5}",
+        "journal={} replicas={} offset={} clients={} clients_max={} pipeline={} requests={} body_max={} | net delay={}+exp({}) loss={:.3} replay={:.3}/old {:.3} straggle={:.3} misroute={:.3} cap={} clog={:.4}/{} flip={:.4} partition={:?}/{} p={:.4} | disk w={}+exp({}) read_fault={:.3} write_fault={:.3} misdirect={:.3} lost={:.3} tear={:.2} | crash={:.5} restart={:.4} pause={:.5}",
+        if options.segment_journal { "segments" } else { "slots" },
         options.replica_count,
         options.placement_offset,
         options.clients,
@@ -70,9 +72,14 @@ pub fn run_seed(options: Options, bugs: Bugs) -> (Result<(), Failure>, RunStats,
     let torn: u64 = disks.iter().map(|d| d.torn).sum();
     let corrupted: u64 = disks.iter().map(|d| d.corrupted + d.latent).sum();
     let misdirected: u64 = disks.iter().map(|d| d.misdirected + d.lost).sum();
-    let faults = format!(
+    let mut faults = format!(
         "packets={} lost={} replayed={} flipped={} partitions={} | torn={} corrupt={} misdirected/lost={}",
         net.sent, net.lost, net.replayed, net.flipped, net.partitions, torn, corrupted, misdirected
     );
+    if let Some((records_damaged, memory_torn)) = simulator.segment_fault_stats() {
+        faults.push_str(&format!(
+            " | segments: records damaged={records_damaged} torn on crash={memory_torn}"
+        ));
+    }
     (result, simulator.stats.clone(), faults)
 }

@@ -66,6 +66,9 @@ pub struct Options {
     pub unpause_probability: f64,
     pub ticks_max_requests: u64,
     pub ticks_max_convergence: u64,
+    /// Each replica's journal is a `SegmentJournal` on the storage crate's `MemoryDisk`
+    /// instead of the simulator's slot disk (whose superblock it still uses).
+    pub segment_journal: bool,
 }
 
 impl Options {
@@ -134,11 +137,13 @@ impl Options {
             unpause_probability: percent(&mut prng, 2).max(0.001),
             ticks_max_requests: 40_000,
             ticks_max_convergence: 30_000,
+            segment_journal: false,
         };
         // Drawn last, so adding it left every earlier draw of a seed as it was.
         options.network.replay_old = percent(&mut prng, 5);
         options.network.straggler = percent(&mut prng, 2);
         options.network.misroute = percent(&mut prng, 2);
+        options.segment_journal = prng.chance(0.5);
         options
     }
 }

@@ -19,6 +19,7 @@ use crate::client::Client;
 use crate::disk::{Disk, FaultAtlas, WriteTarget, Zone};
 use crate::network::{Network, Node};
 use crate::options::Options;
+use crate::segments::SegmentStore;
 use crate::state_machine::TestStateMachine;
 
 const CLUSTER: u128 = 0x6a1_6a1;
@@ -46,6 +47,8 @@ pub struct Simulator {
     now: u64,
     network: Network,
     disks: Vec<Disk>,
+    /// Segment-journal mode: each replica's journal (the slot disks keep the superblocks).
+    segments: Option<Vec<SegmentStore>>,
     replicas: Vec<Option<Replica<TestStateMachine>>>,
     paused: Vec<bool>,
     superblock_sequence: Vec<u64>,
@@ -88,7 +91,13 @@ impl Simulator {
                 )
             })
             .collect();
+        let segments = options.segment_journal.then(|| {
+            (0..n)
+                .map(|_| SegmentStore::new(prng.next_u64(), options.storage.crash_tear))
+                .collect()
+        });
         let mut simulator = Simulator {
+            segments,
             checker: Checker::new(Header::root(CLUSTER, GROUP), n, quorums.replication),
             prepare_writes: BTreeMap::new(),
             options,
@@ -123,7 +132,7 @@ impl Simulator {
             request_queue_max: self.options.clients_max,
             clients_max: self.options.clients_max,
             ops_max: OPS_MAX,
-            redundant_headers: true,
+            redundant_headers: !self.options.segment_journal,
             timeouts: Timeouts::default(),
             bugs: self.bugs,
         }
@@ -146,6 +155,42 @@ impl Simulator {
         self.superblock_sequence[replica as usize] = sequence;
         disk.write_superblock_now(durable.encode(sequence));
 
+        let recovery_bugs = RecoveryBugs {
+            truncate_at_first_corrupt: self.bugs.has(Bug::TruncateAtFirstCorrupt),
+        };
+        let root = Header::root(CLUSTER, GROUP);
+        let recovered = match self.segments.as_mut() {
+            Some(segments) => {
+                segments[replica as usize].open(&durable, root, OPS_MAX, recovery_bugs)
+            }
+            None => {
+                let slots = self.read_slots(replica);
+                recover_journal(root, OPS_MAX, &durable, &slots, recovery_bugs)
+            }
+        };
+        // What recovery found intact is durable here, whether or not its write completed
+        // before the crash (an in-flight write may land).
+        for op in 1..=recovered.journal.head() {
+            let entry = recovered.journal.entry(op);
+            if entry.present() {
+                let checksum = entry.checksum().expect("present");
+                self.checker.on_prepare_durable(replica, op, checksum);
+            }
+        }
+        self.incarnation += 1;
+        let seed = self.options.seed ^ self.incarnation.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        Replica::open(
+            self.config(replica),
+            TestStateMachine::default(),
+            durable,
+            recovered,
+            seed,
+        )
+    }
+
+    /// What the slot disk holds for each op, read back as recovery sees it.
+    fn read_slots(&mut self, replica: u8) -> Vec<(SlotRead, SlotRead)> {
+        let disk = &mut self.disks[replica as usize];
         let slot_count = disk.slot_count().min(OPS_MAX + 1);
         let mut slots = Vec::with_capacity(slot_count as usize);
         for op in 1..slot_count {
@@ -177,34 +222,7 @@ impl Simulator {
             };
             slots.push((header, prepare));
         }
-        let recovery_bugs = RecoveryBugs {
-            truncate_at_first_corrupt: self.bugs.has(Bug::TruncateAtFirstCorrupt),
-        };
-        let recovered = recover_journal(
-            Header::root(CLUSTER, GROUP),
-            OPS_MAX,
-            &durable,
-            &slots,
-            recovery_bugs,
-        );
-        // What recovery found intact is durable here, whether or not its write completed
-        // before the crash (an in-flight write may land).
-        for op in 1..=recovered.journal.head() {
-            let entry = recovered.journal.entry(op);
-            if entry.present() {
-                let checksum = entry.checksum().expect("present");
-                self.checker.on_prepare_durable(replica, op, checksum);
-            }
-        }
-        self.incarnation += 1;
-        let seed = self.options.seed ^ self.incarnation.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        Replica::open(
-            self.config(replica),
-            TestStateMachine::default(),
-            durable,
-            recovered,
-            seed,
-        )
+        slots
     }
 
     fn execute(&mut self, replica: u8, actions: Vec<Action>) {
@@ -222,6 +240,11 @@ impl Simulator {
                     self.network
                         .send(self.now, Node::Replica(replica), to, message.encode());
                 }
+                Action::WritePrepare { io, message } if self.segments.is_some() => {
+                    let ready_at = self.now + self.disks[replica as usize].write_latency();
+                    let segments = self.segments.as_mut().expect("segment mode");
+                    segments[replica as usize].submit_write(io.0, ready_at, message);
+                }
                 Action::WritePrepare { io, message } => {
                     let op = message.header.op;
                     self.prepare_writes
@@ -236,6 +259,9 @@ impl Simulator {
                         message.encode(),
                     );
                 }
+                Action::WriteHeader { .. } if self.segments.is_some() => {
+                    panic!("a segment journal has no header zone (redundant_headers is off)")
+                }
                 Action::WriteHeader { io, header } => {
                     let mut sector = header.encode().to_vec();
                     sector.resize(512, 0);
@@ -248,6 +274,11 @@ impl Simulator {
                         },
                         sector,
                     );
+                }
+                Action::ReadPrepare { io, op } if self.segments.is_some() => {
+                    let ready_at = self.now + self.disks[replica as usize].read_latency();
+                    let segments = self.segments.as_mut().expect("segment mode");
+                    segments[replica as usize].submit_read(io.0, ready_at, op);
                 }
                 Action::ReadPrepare { io, op } => {
                     self.disks[replica as usize].submit_read(self.now, io.0, op)
@@ -332,6 +363,20 @@ impl Simulator {
                     .on_io_complete(IoId(io), Completion::Read(message));
                 self.execute(r, actions);
             }
+            let completed = match self.segments.as_mut() {
+                Some(segments) => segments[r as usize].step(self.now),
+                None => Vec::new(),
+            };
+            for done in completed {
+                if let Some((op, checksum)) = done.durable {
+                    self.checker.on_prepare_durable(r, op, checksum);
+                }
+                let actions = self.replicas[r as usize]
+                    .as_mut()
+                    .expect("alive")
+                    .on_io_complete(IoId(done.io), done.completion);
+                self.execute(r, actions);
+            }
         }
     }
 
@@ -372,6 +417,9 @@ impl Simulator {
                         self.replicas[index] = None;
                         self.paused[index] = false;
                         self.disks[index].crash();
+                        if let Some(segments) = self.segments.as_mut() {
+                            segments[index].crash();
+                        }
                         self.prepare_writes.retain(|(r, _), _| *r as usize != index);
                         self.stats.crashes += 1;
                     } else if self.paused[index] {
@@ -381,6 +429,15 @@ impl Simulator {
                     } else if self.prng.chance(pause_p) {
                         self.paused[index] = true;
                         self.stats.pauses += 1;
+                    }
+                    // Damage to durable records, where the atlas allows it.
+                    let damage_p = self.options.storage.write_fault / 10.0;
+                    if let Some(segments) = self.segments.as_mut() {
+                        if self.replicas[index].is_some() && self.prng.chance(damage_p) {
+                            let disk = &self.disks[index];
+                            segments[index]
+                                .inject_fault(&mut self.prng, |op| disk.allows_fault(op));
+                        }
                     }
                 }
                 None => {
@@ -540,6 +597,14 @@ impl Simulator {
 
     pub fn network_stats(&self) -> &crate::network::NetworkStats {
         &self.network.stats
+    }
+
+    /// In segment-journal mode: records damaged by faults, and writes torn by crashes.
+    pub fn segment_fault_stats(&self) -> Option<(u64, u64)> {
+        let segments = self.segments.as_ref()?;
+        let damaged = segments.iter().map(|s| s.faults_injected).sum();
+        let torn = segments.iter().map(|s| s.stats().torn).sum();
+        Some((damaged, torn))
     }
 
     pub fn disk_stats(&self) -> Vec<crate::disk::DiskStats> {

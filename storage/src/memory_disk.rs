@@ -91,6 +91,17 @@ impl MemoryDisk {
         }
     }
 
+    /// Forgets every file (the disk is empty again), keeping the fault options and the
+    /// random stream: frees what a finished simulation held.
+    pub fn clear(&self) {
+        let mut state = self.state.borrow_mut();
+        let prng = state.prng;
+        *state = State {
+            prng,
+            ..State::default()
+        };
+    }
+
     /// Loses what is not durable: every open handle becomes invalid.
     pub fn crash(&self) {
         let faults = *self.faults.borrow();
