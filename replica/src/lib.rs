@@ -5,6 +5,7 @@
 //! operation (the primary's prepare timestamp), secrets arrive already hashed, maps are
 //! ordered, so every replica that applies the same operations holds the same state.
 
+pub mod bus;
 pub mod codec;
 pub mod config;
 pub mod journal;

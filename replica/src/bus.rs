@@ -1,0 +1,414 @@
+//! The replica message bus: consensus messages between the nodes of a cluster over TCP, for
+//! every group at once (the header names the group).
+//!
+//! Each node dials every peer for what it sends and accepts what peers send it: one outgoing
+//! connection per peer, reconnected with a bounded backoff when it breaks, behind a bounded
+//! queue (full: the message is dropped and counted; VSR retransmits). A connection opens with a
+//! hello that names the cluster and the sending node; then frames are whole consensus messages,
+//! each checked (header checksum, size limit, body checksum) before it is delivered. A bad
+//! hello or frame closes that connection and nothing else. Inbound messages wait in one bounded
+//! queue for `recv`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use galgo_consensus::header::HEADER_SIZE;
+use galgo_consensus::message::BODY_SIZE_MAX;
+use galgo_consensus::{Header, Message};
+use monoio::io::{AsyncReadRentExt, AsyncWriteRentExt};
+use monoio::net::{TcpListener, TcpStream};
+
+const HELLO_MAGIC: u32 = 0x6761_6c62; // "galb"
+const HELLO_VERSION: u16 = 1;
+const HELLO_SIZE: usize = 32;
+const RECONNECT_DELAY_MIN: Duration = Duration::from_millis(10);
+const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(1);
+/// Tasks waiting for a stop, remembered at most.
+const STOP_WAITERS_MAX: usize = 4096;
+
+#[derive(Clone, Debug)]
+pub struct BusConfig {
+    pub cluster: u128,
+    pub node: u8,
+    /// Every other node and the address its bus listens on.
+    pub peers: Vec<(u8, SocketAddr)>,
+    /// Messages queued per peer while its connection is down or slow.
+    pub send_queue_max: usize,
+    /// Messages received and not yet taken by `recv`.
+    pub recv_queue_max: usize,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BusStats {
+    pub sent: u64,
+    pub received: u64,
+    /// Dropped because a queue was full.
+    pub dropped: u64,
+    /// Connections closed for a bad hello or frame.
+    pub rejected: u64,
+    pub connects: u64,
+}
+
+/// A bounded queue with one waiting consumer.
+struct Queue<T> {
+    items: VecDeque<T>,
+    max: usize,
+    waiter: Option<Waker>,
+}
+
+impl<T> Queue<T> {
+    fn new(max: usize) -> Queue<T> {
+        assert!(max > 0);
+        Queue {
+            items: VecDeque::new(),
+            max,
+            waiter: None,
+        }
+    }
+
+    /// Appends `item` unless full; wakes the consumer.
+    fn push(&mut self, item: T) -> bool {
+        if self.items.len() >= self.max {
+            return false;
+        }
+        self.items.push_back(item);
+        if let Some(waker) = self.waiter.take() {
+            waker.wake();
+        }
+        true
+    }
+}
+
+async fn pop<T>(queue: &RefCell<Queue<T>>, stopped: &Cell<bool>) -> Option<T> {
+    std::future::poll_fn(|cx| {
+        if stopped.get() {
+            return Poll::Ready(None);
+        }
+        let mut queue = queue.borrow_mut();
+        match queue.items.pop_front() {
+            Some(item) => Poll::Ready(Some(item)),
+            None => {
+                queue.waiter = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    })
+    .await
+}
+
+struct Shared {
+    config: BusConfig,
+    outgoing: BTreeMap<u8, RefCell<Queue<Vec<u8>>>>,
+    incoming: RefCell<Queue<(u8, Message)>>,
+    stats: RefCell<BusStats>,
+    stopped: Cell<bool>,
+    /// Wakers of tasks waiting on something `stop` must interrupt (accept, reconnect delay).
+    stop_waiters: RefCell<Vec<Waker>>,
+}
+
+/// A running bus; dropping it stops its tasks (they notice at their next wake).
+pub struct Bus {
+    shared: Rc<Shared>,
+    local: SocketAddr,
+}
+
+impl Bus {
+    /// Listens on `listen` (port 0 picks one: see `local_addr`) and starts a sender task per
+    /// peer and the accept loop. Must run inside a monoio runtime.
+    pub fn start(config: BusConfig, listen: SocketAddr) -> std::io::Result<Bus> {
+        assert!(config.send_queue_max > 0 && config.recv_queue_max > 0);
+        assert!(config.peers.iter().all(|(id, _)| *id != config.node));
+        let listener = TcpListener::bind(listen)?;
+        let local = listener.local_addr()?;
+        let outgoing = config
+            .peers
+            .iter()
+            .map(|(id, _)| (*id, RefCell::new(Queue::new(config.send_queue_max))))
+            .collect();
+        let shared = Rc::new(Shared {
+            incoming: RefCell::new(Queue::new(config.recv_queue_max)),
+            outgoing,
+            stats: RefCell::new(BusStats::default()),
+            stopped: Cell::new(false),
+            stop_waiters: RefCell::new(Vec::new()),
+            config,
+        });
+        for (peer, address) in shared.config.peers.clone() {
+            monoio::spawn(send_loop(shared.clone(), peer, address));
+        }
+        monoio::spawn(accept_loop(shared.clone(), listener));
+        Ok(Bus { shared, local })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Queues `message` for `peer`; a full queue or an unknown peer drops it (counted).
+    pub fn send(&self, peer: u8, message: &Message) {
+        let queued = match self.shared.outgoing.get(&peer) {
+            Some(queue) => queue.borrow_mut().push(message.encode()),
+            None => false,
+        };
+        if !queued {
+            self.shared.stats.borrow_mut().dropped += 1;
+        }
+    }
+
+    /// The next message from a peer: (its node id, the message).
+    pub async fn recv(&self) -> (u8, Message) {
+        pop(&self.shared.incoming, &self.shared.stopped)
+            .await
+            .expect("a running bus is not stopped")
+    }
+
+    pub fn stats(&self) -> BusStats {
+        self.shared.stats.borrow().clone()
+    }
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        self.shared.stopped.set(true);
+        for waker in self.shared.stop_waiters.borrow_mut().drain(..) {
+            waker.wake();
+        }
+        for queue in self.shared.outgoing.values() {
+            if let Some(waker) = queue.borrow_mut().waiter.take() {
+                waker.wake();
+            }
+        }
+    }
+}
+
+/// Runs `future` until it finishes or the bus stops (`None`).
+async fn unless_stopped<T>(shared: &Shared, future: impl Future<Output = T>) -> Option<T> {
+    let mut future = pin!(future);
+    std::future::poll_fn(|cx| {
+        if shared.stopped.get() {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(value) = future.as_mut().poll(cx) {
+            return Poll::Ready(Some(value));
+        }
+        let mut waiters = shared.stop_waiters.borrow_mut();
+        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            if waiters.len() >= STOP_WAITERS_MAX {
+                // Bounded: the oldest (mostly of finished tasks) go; a live task among them
+                // notices the stop at its next wake instead.
+                waiters.drain(..STOP_WAITERS_MAX / 2);
+            }
+            waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+fn hello(cluster: u128, node: u8) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(HELLO_SIZE);
+    bytes.extend_from_slice(&HELLO_MAGIC.to_le_bytes());
+    bytes.extend_from_slice(&HELLO_VERSION.to_le_bytes());
+    bytes.push(node);
+    bytes.resize(16, 0);
+    bytes.extend_from_slice(&cluster.to_le_bytes());
+    assert_eq!(bytes.len(), HELLO_SIZE);
+    bytes
+}
+
+/// The sending node a hello names, if it is one of ours for our cluster.
+fn parse_hello(bytes: &[u8], config: &BusConfig) -> Option<u8> {
+    assert_eq!(bytes.len(), HELLO_SIZE);
+    let magic = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
+    let version = u16::from_le_bytes(bytes[4..6].try_into().expect("2 bytes"));
+    let node = bytes[6];
+    let cluster = u128::from_le_bytes(bytes[16..32].try_into().expect("16 bytes"));
+    let known = config.peers.iter().any(|(id, _)| *id == node);
+    (magic == HELLO_MAGIC && version == HELLO_VERSION && cluster == config.cluster && known)
+        .then_some(node)
+}
+
+async fn send_loop(shared: Rc<Shared>, peer: u8, address: SocketAddr) {
+    let mut delay = RECONNECT_DELAY_MIN;
+    while !shared.stopped.get() {
+        let connected = unless_stopped(&shared, TcpStream::connect_addr(address)).await;
+        let mut stream = match connected {
+            None => return,
+            Some(Ok(stream)) => stream,
+            Some(Err(_)) => {
+                // Not up yet, or gone: try again later, backing off.
+                if unless_stopped(&shared, monoio::time::sleep(delay))
+                    .await
+                    .is_none()
+                {
+                    return;
+                }
+                delay = (delay * 2).min(RECONNECT_DELAY_MAX);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        shared.stats.borrow_mut().connects += 1;
+        let (result, _) = stream
+            .write_all(hello(shared.config.cluster, shared.config.node))
+            .await;
+        if result.is_err() {
+            continue;
+        }
+        delay = RECONNECT_DELAY_MIN;
+        let queue = &shared.outgoing[&peer];
+        while let Some(frame) = pop(queue, &shared.stopped).await {
+            let (result, _) = stream.write_all(frame).await;
+            if result.is_err() {
+                break; // The frame is lost with the connection; VSR retransmits.
+            }
+            shared.stats.borrow_mut().sent += 1;
+        }
+    }
+}
+
+async fn accept_loop(shared: Rc<Shared>, listener: TcpListener) {
+    while let Some(accepted) = unless_stopped(&shared, listener.accept()).await {
+        if let Ok((stream, _)) = accepted {
+            monoio::spawn(receive_loop(shared.clone(), stream));
+        }
+    }
+}
+
+async fn receive_loop(shared: Rc<Shared>, mut stream: TcpStream) {
+    let read = unless_stopped(&shared, stream.read_exact(vec![0u8; HELLO_SIZE])).await;
+    let Some((Ok(_), bytes)) = read else {
+        return;
+    };
+    let Some(peer) = parse_hello(&bytes, &shared.config) else {
+        shared.stats.borrow_mut().rejected += 1;
+        return;
+    };
+    loop {
+        let read = unless_stopped(&shared, stream.read_exact(vec![0u8; HEADER_SIZE])).await;
+        let Some((Ok(_), head)) = read else {
+            return; // Stopped, or the peer closed the connection.
+        };
+        let header_bytes: &[u8; HEADER_SIZE] = head[..].try_into().expect("a whole header");
+        let size = match Header::decode(header_bytes) {
+            Ok(header) if header.cluster == shared.config.cluster => header.size as usize,
+            _ => {
+                shared.stats.borrow_mut().rejected += 1;
+                return;
+            }
+        };
+        if !(HEADER_SIZE..=HEADER_SIZE + BODY_SIZE_MAX).contains(&size) {
+            shared.stats.borrow_mut().rejected += 1;
+            return;
+        }
+        let mut frame = head;
+        if size > HEADER_SIZE {
+            let body = vec![0u8; size - HEADER_SIZE];
+            let Some((Ok(_), body)) = unless_stopped(&shared, stream.read_exact(body)).await else {
+                return;
+            };
+            frame.extend_from_slice(&body);
+        }
+        let Ok(message) = Message::decode(&frame) else {
+            shared.stats.borrow_mut().rejected += 1;
+            return;
+        };
+        let queued = shared.incoming.borrow_mut().push((peer, message));
+        let mut stats = shared.stats.borrow_mut();
+        if queued {
+            stats.received += 1;
+        } else {
+            stats.dropped += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use galgo_consensus::Command;
+
+    fn message(group: u64, body: &[u8]) -> Message {
+        Message::new(Header::new(Command::Prepare, 9, group), body.to_vec())
+    }
+
+    fn config(node: u8, peers: Vec<(u8, SocketAddr)>) -> BusConfig {
+        BusConfig {
+            cluster: 9,
+            node,
+            peers,
+            send_queue_max: 1024,
+            recv_queue_max: 1024,
+        }
+    }
+
+    fn free_address() -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    }
+
+    #[test]
+    fn messages_cross_in_order_and_a_late_peer_is_reached_by_reconnecting() {
+        let (a_address, b_address) = (free_address(), free_address());
+        let ((), _) = galgo_storage::file_disk::block_on(async move {
+            let a = Bus::start(config(0, vec![(1, b_address)]), a_address).unwrap();
+            // B is not up yet: A queues and keeps trying.
+            for i in 0..100u32 {
+                a.send(1, &message(u64::from(i % 3), &i.to_le_bytes()));
+            }
+            monoio::time::sleep(Duration::from_millis(50)).await;
+            let b = Bus::start(config(1, vec![(0, a_address)]), b_address).unwrap();
+            for i in 0..100u32 {
+                let (from, received) = b.recv().await;
+                assert_eq!(from, 0);
+                assert_eq!(received.body, i.to_le_bytes());
+                assert_eq!(received.header.group, u64::from(i % 3));
+            }
+            b.send(0, &message(7, b"back"));
+            let (from, received) = a.recv().await;
+            assert_eq!((from, received.body.as_slice()), (1, b"back".as_slice()));
+            assert_eq!(a.stats().sent, 100);
+            assert!(a.stats().connects >= 1);
+            // An unknown peer or a full queue drops, and says so.
+            a.send(5, &message(0, b"nobody"));
+            assert_eq!(a.stats().dropped, 1);
+        });
+    }
+
+    #[test]
+    fn garbage_and_strangers_close_their_connection_and_nothing_else() {
+        let (a_address, b_address) = (free_address(), free_address());
+        let ((), _) = galgo_storage::file_disk::block_on(async move {
+            let b = Bus::start(config(1, vec![(0, a_address)]), b_address).unwrap();
+            // A stranger from another cluster.
+            let mut stranger = TcpStream::connect_addr(b_address).await.unwrap();
+            let _ = stranger.write_all(hello(8, 0)).await;
+            // A known node that then sends a frame with a broken checksum.
+            let mut liar = TcpStream::connect_addr(b_address).await.unwrap();
+            let _ = liar.write_all(hello(9, 0)).await;
+            let mut frame = message(1, b"abc").encode();
+            let last = frame.len() - 1;
+            frame[last] ^= 1; // A body byte: the body checksum fails.
+            let _ = liar.write_all(frame).await;
+            // An honest node still gets through.
+            let a = Bus::start(config(0, vec![(1, b_address)]), a_address).unwrap();
+            a.send(1, &message(1, b"fine"));
+            let (_, received) = b.recv().await;
+            assert_eq!(received.body, b"fine");
+            for _ in 0..100 {
+                if b.stats().rejected == 2 {
+                    break;
+                }
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(b.stats().rejected, 2);
+            assert_eq!(b.stats().received, 1);
+        });
+    }
+}
