@@ -1071,14 +1071,11 @@ impl<S: StateMachine> Replica<S> {
         if self.slot_writes.len() >= SLOT_WRITES_MAX {
             return; // The repair timer retries.
         }
-        if !self.config.redundant_headers
-            && op > 1
-            && !self.journal.entry(op - 1).present()
-            && !self.slot_writes.contains(&(op - 1))
-        {
-            // An append-only log takes ops in order: a prepare above a gap would wait there
-            // and could land long after a view change replaced it, with no header zone to
-            // tell recovery it is stale. It is written once the op below is (`on_header_written`).
+        if !self.config.redundant_headers && op > 1 && !self.below_is_written_chain(&message) {
+            // An append-only log takes ops in order: a prepare above a gap (or above another
+            // prepare than its parent) would wait there and could land long after a view
+            // change replaced it, with no header zone to tell recovery it is stale. It is
+            // written once the op below is (`on_header_written`).
             return;
         }
         self.slot_writes.insert(op);
@@ -1089,6 +1086,22 @@ impl<S: StateMachine> Replica<S> {
         if self.config.bugs.has(Bug::AckBeforeDurable) {
             self.on_prepare_durable(op, checksum);
         }
+    }
+
+    /// The op below `message` is its parent, durable here or being written.
+    fn below_is_written_chain(&self, message: &Message) -> bool {
+        let below = message.header.op - 1;
+        let Some(parent) = self.journal.header(below).map(|h| h.checksum) else {
+            return false;
+        };
+        if parent != message.header.parent {
+            return false;
+        }
+        self.journal.entry(below).present()
+            || self.ios.values().any(|io| {
+                matches!(io, PendingIo::WritePrepare { op, checksum }
+                    if *op == below && *checksum == parent)
+            })
     }
 
     fn on_prepare_written(&mut self, op: u64, checksum: u128) {

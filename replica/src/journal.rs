@@ -48,6 +48,13 @@ struct Held {
     turn: oneshot::Sender<WriteOutcome>,
 }
 
+/// What one attempt at a write decided.
+enum Step {
+    Done(WriteOutcome),
+    /// Wait until the op below is submitted, then try again.
+    Hold,
+}
+
 pub struct SegmentJournal<'d, D: Disk> {
     disk: &'d D,
     log: PartitionLog<'d, D>,
@@ -55,6 +62,11 @@ pub struct SegmentJournal<'d, D: Disk> {
     /// Writes waiting for the log to reach their op: told `Written` when it is their turn
     /// to append, `Abandoned` when a cut drops them.
     held: RefCell<BTreeMap<u64, Held>>,
+    /// Checksums of ops submitted and not yet durable.
+    queued: RefCell<BTreeMap<u64, u128>>,
+    /// Ops after which the log was cut since the last `take_cuts`.
+    cuts: RefCell<Vec<u64>>,
+    root_checksum: u128,
 }
 
 impl<'d, D: Disk> SegmentJournal<'d, D> {
@@ -71,7 +83,7 @@ impl<'d, D: Disk> SegmentJournal<'d, D> {
         recovery_bugs: RecoveryBugs,
     ) -> Result<(SegmentJournal<'d, D>, RecoveredJournal), StorageError> {
         let (log, report) = PartitionLog::open(disk, config, 1, 0).await?;
-        let faulty: Vec<u64> = report.faulty.iter().map(|f| f.op).collect();
+        let mut faulty: Vec<u64> = report.faulty.iter().map(|f| f.op).collect();
         let op_end = log.op_end();
         let mut slots = Vec::with_capacity(op_end.saturating_sub(1) as usize);
         for op in 1..op_end {
@@ -83,7 +95,12 @@ impl<'d, D: Disk> SegmentJournal<'d, D> {
                         SlotRead::Valid(message.header),
                         SlotRead::Valid(message.header),
                     ),
-                    None => (SlotRead::Acknowledged, SlotRead::Corrupt),
+                    None => {
+                        // Intact to the log, yet not this op's prepare: faulty, repair it.
+                        log.mark_faulty(op).await?;
+                        faulty.push(op);
+                        (SlotRead::Acknowledged, SlotRead::Corrupt)
+                    }
                 }
             };
             slots.push(read);
@@ -95,6 +112,9 @@ impl<'d, D: Disk> SegmentJournal<'d, D> {
             log,
             messages_of,
             held: RefCell::new(BTreeMap::new()),
+            queued: RefCell::new(BTreeMap::new()),
+            cuts: RefCell::new(Vec::new()),
+            root_checksum: root.checksum,
         };
         let head = recovered.journal.head();
         if journal.log.op_end() > head + 1 {
@@ -108,25 +128,48 @@ impl<'d, D: Disk> SegmentJournal<'d, D> {
     }
 
     /// Makes `message` the durable prepare of its op (see the module comment). While another
-    /// write cuts or repairs the log (it answers `Busy`), it waits its turn and tries again.
+    /// write cuts or repairs the log (it answers `Busy`), it waits its turn and tries again;
+    /// while the log's op below is not the one `message` chains to, it is held.
     pub async fn write_prepare(&self, message: Message) -> Result<WriteOutcome, StorageError> {
+        let op = message.header.op;
+        assert!(op >= 1, "the root prepare is never written");
         for _ in 0..EXCLUSIVE_TURNS_MAX {
             match self.try_write_prepare(&message).await {
+                Ok(Step::Done(outcome)) => return Ok(outcome),
+                Ok(Step::Hold) => {
+                    let (turn, wait) = oneshot::channel();
+                    {
+                        let mut held = self.held.borrow_mut();
+                        if let Some(replaced) = held.insert(op, Held { turn }) {
+                            let _ = replaced.turn.send(WriteOutcome::Abandoned);
+                        }
+                        assert!(
+                            held.len() <= HELD_MAX,
+                            "more held writes than the core issues"
+                        );
+                    }
+                    // Told `Written` when the op below is submitted: then it tries again.
+                    if wait.await.unwrap_or(WriteOutcome::Abandoned) == WriteOutcome::Abandoned {
+                        return Ok(WriteOutcome::Abandoned);
+                    }
+                }
                 Err(StorageError::Busy) => self.disk.yield_now().await,
-                outcome => return outcome,
+                Err(error) => return Err(error),
             }
         }
         Err(StorageError::Busy)
     }
 
-    async fn try_write_prepare(&self, message: &Message) -> Result<WriteOutcome, StorageError> {
+    async fn try_write_prepare(&self, message: &Message) -> Result<Step, StorageError> {
         let op = message.header.op;
         let checksum = message.header.checksum;
-        assert!(op >= 1, "the root prepare is never written");
         // An op still queued in the log is waited for first, so what the log holds is known.
         self.wait_while(|| op >= self.log.op_end() && op < self.log.next_append().0)
             .await?;
         let (next_op, _, _) = self.log.next_append();
+        if op > next_op {
+            return Ok(Step::Hold); // Above a gap.
+        }
         if op < next_op {
             // A faulty op's index entry may still read fine: ask the log's faulty list first.
             let faulty = self.log.faulty().iter().any(|f| f.op == op);
@@ -135,52 +178,75 @@ impl<'d, D: Disk> SegmentJournal<'d, D> {
             } else {
                 self.log.entry(op).await
             };
+            let mut repair = faulty;
             match found {
-                Ok(entry) if entry.meta.checksum == checksum => return Ok(WriteOutcome::Written),
-                Err(StorageError::Faulty(_)) => match self.repair_meta(message, op).await {
-                    Some(meta) => {
-                        // A damaged record of this same prepare: rewrite it in place.
-                        // `Busy` while appends are in flight: the caller decides again.
-                        self.log.repair(meta, Bytes::from(message.encode())).await?;
-                        return Ok(WriteOutcome::Written);
+                Ok(entry) if entry.meta.checksum == checksum => {
+                    // The same prepare: durable, if its record still reads back intact.
+                    if read_message(&self.log, op).await.is_some() {
+                        return Ok(Step::Done(WriteOutcome::Written));
                     }
-                    // The damaged slot held another prepare: cut it like any replaced op.
-                    None => self.cut_after(op - 1).await?,
-                },
-                Ok(_) => {
-                    // Another prepare at this op: a view change replaced it and what follows.
-                    self.cut_after(op - 1).await?;
+                    self.log.mark_faulty(op).await?;
+                    repair = true;
                 }
+                Ok(_) | Err(StorageError::Faulty(_)) | Err(StorageError::NotFound(_)) => {}
                 Err(error) => return Err(error),
             }
-        } else if op > next_op {
-            let (turn, wait) = oneshot::channel();
-            {
-                let mut held = self.held.borrow_mut();
-                if let Some(replaced) = held.insert(op, Held { turn }) {
-                    let _ = replaced.turn.send(WriteOutcome::Abandoned);
+            if repair {
+                if let Some(meta) = self.repair_meta(message, op).await {
+                    match self.log.repair(meta, Bytes::from(message.encode())).await {
+                        Ok(()) => return Ok(Step::Done(WriteOutcome::Written)),
+                        Err(StorageError::Busy) => return Err(StorageError::Busy),
+                        // The slot cannot take this prepare in place: replace it below.
+                        Err(_) => {}
+                    }
                 }
-                assert!(
-                    held.len() <= HELD_MAX,
-                    "more held writes than the core issues"
-                );
             }
-            // Told `Written` when the log's end reaches this op: then it appends.
-            if wait.await.unwrap_or(WriteOutcome::Abandoned) == WriteOutcome::Abandoned {
-                return Ok(WriteOutcome::Abandoned);
-            }
-            if self.log.next_append().0 != op {
-                return Ok(WriteOutcome::Abandoned);
-            }
+        }
+        // Append (after cutting whatever the log holds from `op` on), but only on top of the
+        // op this prepare chains to: a log may never hold a prepare above a stale one.
+        if self.checksum_at(op - 1).await? != Some(message.header.parent) {
+            return Ok(Step::Hold);
+        }
+        if op < next_op {
+            // Another prepare at this op: a view change replaced it and what follows.
+            self.cut_after(op - 1).await?;
         }
         assert_eq!(self.log.next_append().0, op);
         let meta = self.meta_for(message, op)?;
         let appending = self.log.submit(meta, Bytes::from(message.encode()))?;
+        self.queued.borrow_mut().insert(op, checksum);
         // The next held write may queue behind this one now, before it is durable.
         self.give_turn(op + 1);
         self.log.commit_queued().await;
         appending.durable().await?;
-        Ok(WriteOutcome::Written)
+        Ok(Step::Done(WriteOutcome::Written))
+    }
+
+    /// The checksum of the prepare the log holds at `op` (queued ones included), if known.
+    async fn checksum_at(&self, op: u64) -> Result<Option<u128>, StorageError> {
+        if op == 0 {
+            return Ok(Some(self.root_checksum));
+        }
+        let op_end = self.log.op_end();
+        {
+            let mut queued = self.queued.borrow_mut();
+            // Ops that became durable are read from the log from now on.
+            queued.retain(|queued_op, _| *queued_op >= op_end);
+            if let Some(checksum) = queued.get(&op) {
+                return Ok(Some(*checksum));
+            }
+        }
+        if op >= op_end {
+            return Ok(None);
+        }
+        if let Some(faulty) = self.log.faulty().into_iter().find(|f| f.op == op) {
+            return Ok(faulty.meta.map(|meta| meta.checksum));
+        }
+        match self.log.entry(op).await {
+            Ok(entry) => Ok(Some(entry.meta.checksum)),
+            Err(StorageError::Faulty(_)) | Err(StorageError::NotFound(_)) => Ok(None),
+            Err(error) => Err(error),
+        }
     }
 
     /// The prepare of `op` read back and verified, or `None` if it is missing or damaged.
@@ -248,9 +314,14 @@ impl<'d, D: Disk> SegmentJournal<'d, D> {
         })
     }
 
-    /// Cuts the log after `op` and abandons every held write above it. `Busy` while appends
-    /// are in flight (the caller waits and decides again).
+    /// Cuts the log after `op`, then abandons every held write above it. `Busy` while
+    /// appends are in flight (the caller waits and decides again).
     async fn cut_after(&self, op: u64) -> Result<(), StorageError> {
+        self.log.truncate_after(op).await?;
+        self.queued
+            .borrow_mut()
+            .retain(|queued_op, _| *queued_op <= op);
+        self.cuts.borrow_mut().push(op);
         let dropped: Vec<Held> = {
             let mut held = self.held.borrow_mut();
             let above = held.split_off(&(op + 1));
@@ -259,7 +330,12 @@ impl<'d, D: Disk> SegmentJournal<'d, D> {
         for held in dropped {
             let _ = held.turn.send(WriteOutcome::Abandoned);
         }
-        self.log.truncate_after(op).await
+        Ok(())
+    }
+
+    /// Ops after which the log was cut since the last call (the prepares above are gone).
+    pub fn take_cuts(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.cuts.borrow_mut())
     }
 }
 
@@ -286,9 +362,14 @@ mod tests {
     /// A chain of prepares 1..=count in `view`, each chained to the one before (`salt` makes
     /// another chain).
     fn chain(count: u64, view: u32, salt: u8) -> Vec<Message> {
-        let mut parent = root().checksum;
-        let mut chain = Vec::new();
-        for op in 1..=count {
+        fork(&[], count, view, salt)
+    }
+
+    /// `prefix`, then prepares up to op `count` chained on it.
+    fn fork(prefix: &[Message], count: u64, view: u32, salt: u8) -> Vec<Message> {
+        let mut parent = prefix.last().map_or(root().checksum, |m| m.header.checksum);
+        let mut chain = prefix.to_vec();
+        for op in prefix.len() as u64 + 1..=count {
             let mut header = Header::new(Command::Prepare, 1, 7);
             header.op = op;
             header.view = view;
@@ -384,13 +465,14 @@ mod tests {
     fn another_prepare_cuts_the_log_and_abandons_held_writes_above_it() {
         let disk = MemoryDisk::new(3);
         let old = chain(5, 0, 0);
-        let new = chain(8, 1, 9);
+        // The view change kept ops 1 and 2 and replaced everything from op 3.
+        let new = fork(&old[..2], 8, 1, 9);
         block_on(async {
             let (journal, _) = open(&disk, &DurableState::initial()).await;
             for message in &old {
                 journal.write_prepare(message.clone()).await.unwrap();
             }
-            // Op 8 of the new chain waits above a gap at 6 and 7...
+            // Op 8 of the new chain waits above a gap...
             let held = journal.write_prepare(new[7].clone());
             let replace = async {
                 // ...when the new op 3 replaces the old one.
@@ -462,6 +544,72 @@ mod tests {
             let (journal, recovered) = open(&disk, &durable).await;
             assert_eq!(recovered.journal.head(), 3);
             assert_eq!(journal.log().op_end(), 4, "the log follows the journal");
+        });
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+    use galgo_consensus::Command;
+    use galgo_storage::file_disk::block_on;
+    use galgo_storage::futures::join;
+    use galgo_storage::MemoryDisk;
+
+    fn message(op: u64, parent: u128, salt: u8) -> Message {
+        let mut header = Header::new(Command::Prepare, 1, 7);
+        header.op = op;
+        header.parent = parent;
+        header.timestamp = op;
+        Message::new(header, vec![salt, op as u8])
+    }
+
+    #[test]
+    fn a_prepare_never_lands_above_another_than_its_parent() {
+        // The log holds stale A1, A2; the new chain B1, B2 arrives with B2 first.
+        let disk = MemoryDisk::new(6);
+        let root = Header::root(1, 7);
+        let a1 = message(1, root.checksum, 0);
+        let a2 = message(2, a1.header.checksum, 0);
+        let b1 = message(1, root.checksum, 1);
+        let b2 = message(2, b1.header.checksum, 1);
+        block_on(async {
+            let (journal, _) = SegmentJournal::open(
+                &disk,
+                LogConfig::new("g"),
+                &DurableState::initial(),
+                root,
+                100,
+                no_messages,
+                RecoveryBugs::default(),
+            )
+            .await
+            .unwrap();
+            journal.write_prepare(a1.clone()).await.unwrap();
+            journal.write_prepare(a2.clone()).await.unwrap();
+            // B2 must not replace A2 on top of A1: it waits for B1, which cuts A1 and A2.
+            let (b2_outcome, b1_outcome) = join(
+                journal.write_prepare(b2.clone()),
+                journal.write_prepare(b1.clone()),
+            )
+            .await;
+            assert_eq!(b1_outcome.unwrap(), WriteOutcome::Written);
+            // B2 was held above the gap B1's cut made, then either appended on B1 or
+            // abandoned by that cut (the core writes it again): never written above A1.
+            match b2_outcome.unwrap() {
+                WriteOutcome::Written => {
+                    assert_eq!(journal.read_prepare(2).await.unwrap(), b2);
+                }
+                WriteOutcome::Abandoned => {
+                    assert_eq!(
+                        journal.write_prepare(b2.clone()).await.unwrap(),
+                        WriteOutcome::Written
+                    );
+                }
+            }
+            assert_eq!(journal.read_prepare(1).await.unwrap(), b1);
+            assert_eq!(journal.read_prepare(2).await.unwrap(), b2);
+            assert_eq!(journal.take_cuts(), vec![0]);
         });
     }
 }

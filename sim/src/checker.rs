@@ -59,6 +59,13 @@ impl Checker {
         *self.durable_prepares.entry((op, checksum)).or_default() |= 1 << replica;
     }
 
+    /// `replica`'s log no longer holds any prepare above `after_op` (it was cut there).
+    pub fn on_prepares_cut(&mut self, replica: u8, after_op: u64) {
+        for (_, holders) in self.durable_prepares.range_mut((after_op + 1, 0)..) {
+            *holders &= !(1 << replica);
+        }
+    }
+
     /// Checks ops that `replica` committed since the last call.
     pub fn check_commits(&mut self, replica: u8, committed: &[Header]) -> Result<(), Failure> {
         for header in committed {

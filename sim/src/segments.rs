@@ -251,6 +251,13 @@ impl SegmentStore {
         self.faults_injected += 1;
     }
 
+    /// Ops after which the journal cut its log since the last call.
+    pub fn take_cuts(&self) -> Vec<u64> {
+        self.journal
+            .as_ref()
+            .map_or_else(Vec::new, |j| j.take_cuts())
+    }
+
     pub fn stats(&self) -> galgo_storage::memory_disk::FaultStats {
         self.disk.stats.borrow().clone()
     }

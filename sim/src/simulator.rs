@@ -161,7 +161,12 @@ impl Simulator {
         let root = Header::root(CLUSTER, GROUP);
         let recovered = match self.segments.as_mut() {
             Some(segments) => {
-                segments[replica as usize].open(&durable, root, OPS_MAX, recovery_bugs)
+                let recovered =
+                    segments[replica as usize].open(&durable, root, OPS_MAX, recovery_bugs);
+                for after_op in segments[replica as usize].take_cuts() {
+                    self.checker.on_prepares_cut(replica, after_op);
+                }
+                recovered
             }
             None => {
                 let slots = self.read_slots(replica);
@@ -363,10 +368,16 @@ impl Simulator {
                     .on_io_complete(IoId(io), Completion::Read(message));
                 self.execute(r, actions);
             }
-            let completed = match self.segments.as_mut() {
-                Some(segments) => segments[r as usize].step(self.now),
-                None => Vec::new(),
+            let (completed, cuts) = match self.segments.as_mut() {
+                Some(segments) => {
+                    let completed = segments[r as usize].step(self.now);
+                    (completed, segments[r as usize].take_cuts())
+                }
+                None => (Vec::new(), Vec::new()),
             };
+            for after_op in cuts {
+                self.checker.on_prepares_cut(r, after_op);
+            }
             for done in completed {
                 if let Some((op, checksum)) = done.durable {
                     self.checker.on_prepare_durable(r, op, checksum);

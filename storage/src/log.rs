@@ -545,6 +545,14 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
         }
     }
 
+    /// Records that `op`'s record is damaged though it passed the log's own checks (a layer
+    /// above found its contents wrong), so that `repair` accepts a copy.
+    pub async fn mark_faulty(&self, op: u64) -> Result<(), StorageError> {
+        let entry = self.entry(op).await?;
+        let _ = self.found_faulty(entry);
+        Ok(())
+    }
+
     /// Records that a read found `entry`'s record damaged, so that `repair` accepts a copy.
     fn found_faulty(&self, entry: IndexEntry) -> StorageError {
         let op = entry.meta.op;
