@@ -11,3 +11,4 @@ pub mod config;
 pub mod journal;
 pub mod metadata;
 pub mod partition;
+pub mod view_state;

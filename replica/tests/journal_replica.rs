@@ -1,6 +1,6 @@
 //! The consensus core on a partition log: a one-replica group whose journal is a
-//! `SegmentJournal` on the in-memory disk takes requests, crashes (losing unsynced writes),
-//! reopens from the log and the durable view state, and goes on with every acknowledged
+//! `SegmentJournal` on the in-memory disk, its view state in a superblock on the same disk,
+//! takes requests, crashes (losing unsynced writes), reopens from both, and goes on with every acknowledged
 //! request applied exactly once, in order.
 
 use std::collections::VecDeque;
@@ -8,10 +8,11 @@ use std::collections::VecDeque;
 use galgo_consensus::header::operation;
 use galgo_consensus::recovery::RecoveryBugs;
 use galgo_consensus::{
-    Action, Bugs, Command, Completion, Config, DurableState, Header, Message, Peer, Replica,
-    StateMachine, Timeouts,
+    Action, Bugs, Command, Completion, Config, Header, Message, Peer, Replica, StateMachine,
+    Timeouts,
 };
 use galgo_replica::journal::{no_messages, SegmentJournal, WriteOutcome};
+use galgo_replica::view_state::ViewStateStore;
 use galgo_storage::file_disk::block_on;
 use galgo_storage::{LogConfig, MemoryDisk};
 
@@ -62,13 +63,16 @@ fn log_config() -> LogConfig {
 struct Host<'d> {
     replica: Replica<Bodies>,
     journal: SegmentJournal<'d, MemoryDisk>,
-    /// The superblock of this test: the durable view state.
-    durable: DurableState,
+    /// The durable view state, in a superblock on the same disk.
+    view_state: ViewStateStore<'d, MemoryDisk>,
     replies: Vec<Message>,
 }
 
 impl<'d> Host<'d> {
-    async fn open(disk: &'d MemoryDisk, durable: DurableState) -> Host<'d> {
+    async fn open(disk: &'d MemoryDisk) -> Host<'d> {
+        let (view_state, durable) = ViewStateStore::open(disk, "group-5.superblock")
+            .await
+            .unwrap();
         let root = Header::root(CLUSTER, GROUP);
         let (journal, recovered) = SegmentJournal::open(
             disk,
@@ -81,12 +85,12 @@ impl<'d> Host<'d> {
         )
         .await
         .unwrap();
-        let mut replica = Replica::open(config(), Bodies::default(), durable.clone(), recovered, 1);
+        let mut replica = Replica::open(config(), Bodies::default(), durable, recovered, 1);
         let actions = replica.on_tick(0);
         let mut host = Host {
             replica,
             journal,
-            durable,
+            view_state,
             replies: Vec::new(),
         };
         host.run(actions).await;
@@ -122,7 +126,7 @@ impl<'d> Host<'d> {
                     (io, Completion::Read(self.journal.read_prepare(op).await))
                 }
                 Action::PersistState { io, state } => {
-                    self.durable = state;
+                    self.view_state.persist(&state).await.unwrap();
                     (io, Completion::Written)
                 }
             };
@@ -174,7 +178,7 @@ fn a_replica_on_a_segment_journal_survives_crashes_without_losing_an_acknowledge
     let disk = MemoryDisk::new(11);
     disk.faults.borrow_mut().crash_tear = 0.5;
     block_on(async {
-        let mut host = Host::open(&disk, DurableState::initial()).await;
+        let mut host = Host::open(&disk).await;
         host.tick(20).await;
         let session = host.call(&register()).await.header.session;
         let mut acknowledged: Vec<Vec<u8>> = Vec::new();
@@ -191,11 +195,10 @@ fn a_replica_on_a_segment_journal_survives_crashes_without_losing_an_acknowledge
                 acknowledged,
                 "round {round}"
             );
-            // Crash: unsynced writes are lost or torn; the log and durable state stay.
-            let durable = host.durable.clone();
+            // Crash: unsynced writes are lost or torn; the log and the superblock stay.
             drop(host);
             disk.crash();
-            host = Host::open(&disk, durable).await;
+            host = Host::open(&disk).await;
             host.tick(50).await;
             // The reopened replica replays its log: every acknowledged request, once, in order.
             assert_eq!(

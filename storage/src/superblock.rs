@@ -6,7 +6,7 @@
 //! highest sequence that a quorum of intact, identical copies agrees on, not the highest copy:
 //! a lone copy (one torn write that happened to verify, or a misdirected write) cannot win.
 //!
-//! Copy layout (version 1, 4 KiB each): `[0..8 magic][8..12 version u32][12..16 payload length
+//! Copy layout (version 2, 8 KiB each, room for a VSR view state with its view headers): `[0..8 magic][8..12 version u32][12..16 payload length
 //! u32][16..24 sequence u64][24..56 zero][56..64 checksum of 0..56 and the payload][payload]`.
 
 use bytes::{Bytes, BytesMut};
@@ -18,11 +18,11 @@ use crate::error::StorageError;
 pub const SUPERBLOCK_COPIES: u64 = 4;
 /// Intact identical copies needed to trust a state.
 pub const SUPERBLOCK_QUORUM: usize = 2;
-pub const SUPERBLOCK_COPY_SIZE: u64 = 4096;
+pub const SUPERBLOCK_COPY_SIZE: u64 = 8192;
 const HEADER_SIZE: usize = 64;
 pub const SUPERBLOCK_PAYLOAD_MAX: usize = SUPERBLOCK_COPY_SIZE as usize - HEADER_SIZE;
 const MAGIC: [u8; 8] = *b"GALGOSB\0";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 pub struct Superblock<'d, D: Disk> {
     disk: &'d D,
