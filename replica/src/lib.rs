@@ -8,6 +8,7 @@
 pub mod bus;
 pub mod codec;
 pub mod config;
+pub mod group_host;
 pub mod journal;
 pub mod metadata;
 pub mod partition;

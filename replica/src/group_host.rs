@@ -1,0 +1,205 @@
+//! `GroupHost`: runs one VSR group's consensus core on a node. Everything that happens to the
+//! group (a tick, a message from a peer or a client, an I/O completion) is an event in one
+//! bounded inbox, handled in order by one task; the core's actions go out to the message bus,
+//! to spawned journal and superblock tasks, or to the clients' reply queue. Time enters only
+//! here (the tick timer and the wall clock handed to `on_tick`), never the core.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use galgo_consensus::{Action, Completion, IoId, Message, Peer, Replica, StateMachine};
+use galgo_storage::Disk;
+
+use crate::bus::Bus;
+use crate::journal::{SegmentJournal, WriteOutcome};
+use crate::view_state::ViewStateStore;
+
+pub const TICK: Duration = Duration::from_millis(10);
+/// Events waiting for the group's task, at most; a message that finds the inbox full is
+/// dropped (VSR retransmits), an I/O completion never is (it is counted in the bound).
+pub const INBOX_MAX: usize = 65_536;
+
+pub enum Event {
+    Tick,
+    Message(Message),
+    Completed(IoId, Completion),
+}
+
+pub struct Inbox {
+    events: VecDeque<Event>,
+    waiter: Option<Waker>,
+    pub dropped: u64,
+}
+
+impl Inbox {
+    fn push(&mut self, event: Event) {
+        let completion = matches!(event, Event::Completed(..));
+        if self.events.len() >= INBOX_MAX && !completion {
+            self.dropped += 1;
+            return;
+        }
+        self.events.push_back(event);
+        if let Some(waker) = self.waiter.take() {
+            waker.wake();
+        }
+    }
+}
+
+pub struct GroupHost<S: StateMachine, D: Disk + 'static> {
+    pub replica: RefCell<Replica<S>>,
+    journal: Rc<SegmentJournal<'static, D>>,
+    /// Taken by the one persist in flight (the core never issues two).
+    view_state: Rc<RefCell<Option<ViewStateStore<'static, D>>>>,
+    bus: Rc<Bus>,
+    inbox: RefCell<Inbox>,
+    /// Replies to clients, for the gateway (here: whoever drains it).
+    pub replies: RefCell<VecDeque<Message>>,
+    pub replies_max: usize,
+}
+
+impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
+    /// Starts the group's task and its ticker on the current monoio runtime.
+    pub fn start(
+        replica: Replica<S>,
+        journal: SegmentJournal<'static, D>,
+        view_state: ViewStateStore<'static, D>,
+        bus: Rc<Bus>,
+    ) -> Rc<GroupHost<S, D>> {
+        let host = Rc::new(GroupHost {
+            replica: RefCell::new(replica),
+            journal: Rc::new(journal),
+            view_state: Rc::new(RefCell::new(Some(view_state))),
+            bus,
+            inbox: RefCell::new(Inbox {
+                events: VecDeque::new(),
+                waiter: None,
+                dropped: 0,
+            }),
+            replies: RefCell::new(VecDeque::new()),
+            replies_max: 4096,
+        });
+        let ticker = Rc::downgrade(&host);
+        monoio::spawn(async move {
+            loop {
+                monoio::time::sleep(TICK).await;
+                let Some(host) = ticker.upgrade() else {
+                    return;
+                };
+                host.deliver(Event::Tick);
+            }
+        });
+        let runner = Rc::downgrade(&host);
+        monoio::spawn(async move {
+            loop {
+                let Some(host) = runner.upgrade() else {
+                    return;
+                };
+                let event = host.next_event().await;
+                host.handle(event);
+            }
+        });
+        host
+    }
+
+    /// Hands the group an event (a peer's or a client's message, a tick).
+    pub fn deliver(&self, event: Event) {
+        self.inbox.borrow_mut().push(event);
+    }
+
+    async fn next_event(&self) -> Event {
+        std::future::poll_fn(|cx| {
+            let mut inbox = self.inbox.borrow_mut();
+            match inbox.events.pop_front() {
+                Some(event) => Poll::Ready(event),
+                None => {
+                    inbox.waiter = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
+    fn handle(self: &Rc<Self>, event: Event) {
+        let actions = {
+            let mut replica = self.replica.borrow_mut();
+            match event {
+                Event::Tick => {
+                    let realtime = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as u64);
+                    replica.on_tick(realtime)
+                }
+                Event::Message(message) => replica.on_message(message),
+                Event::Completed(io, completion) => replica.on_io_complete(io, completion),
+            }
+        };
+        for action in actions {
+            self.execute(action);
+        }
+    }
+
+    fn execute(self: &Rc<Self>, action: Action) {
+        match action {
+            Action::Send {
+                to: Peer::Replica(peer),
+                message,
+            } => self.bus.send(peer, &message),
+            Action::Send {
+                to: Peer::Client(_),
+                message,
+            } => {
+                let mut replies = self.replies.borrow_mut();
+                if replies.len() < self.replies_max {
+                    replies.push_back(message);
+                }
+            }
+            Action::WritePrepare { io, message } => {
+                let (host, journal) = (Rc::downgrade(self), self.journal.clone());
+                monoio::spawn(async move {
+                    let completion = match journal.write_prepare(message).await {
+                        Ok(WriteOutcome::Written) => Completion::Written,
+                        Ok(WriteOutcome::Abandoned) => Completion::Abandoned,
+                        // The log is poisoned or broken: the process must stop; recovery
+                        // decides what survived.
+                        Err(error) => panic!("prepare write failed: {error}"),
+                    };
+                    if let Some(host) = host.upgrade() {
+                        host.deliver(Event::Completed(io, completion));
+                    }
+                });
+            }
+            Action::ReadPrepare { io, op } => {
+                let (host, journal) = (Rc::downgrade(self), self.journal.clone());
+                monoio::spawn(async move {
+                    let read = journal.read_prepare(op).await;
+                    if let Some(host) = host.upgrade() {
+                        host.deliver(Event::Completed(io, Completion::Read(read)));
+                    }
+                });
+            }
+            Action::WriteHeader { .. } => {
+                unreachable!("a segment journal runs without a header zone")
+            }
+            Action::PersistState { io, state } => {
+                let (host, store) = (Rc::downgrade(self), self.view_state.clone());
+                monoio::spawn(async move {
+                    let mut taken = store
+                        .borrow_mut()
+                        .take()
+                        .expect("the core keeps one view state write in flight");
+                    if let Err(error) = taken.persist(&state).await {
+                        panic!("view state write failed: {error}");
+                    }
+                    *store.borrow_mut() = Some(taken);
+                    if let Some(host) = host.upgrade() {
+                        host.deliver(Event::Completed(io, Completion::Written));
+                    }
+                });
+            }
+        }
+    }
+}
