@@ -1,6 +1,9 @@
 //! Three replicas of one VSR group in one process, each with its own directory of real files
 //! (`FileDisk`: O_DIRECT segment log and superblock) and its own message bus on 127.0.0.1: a
-//! client's requests are committed over TCP and every replica applies the same ones in order.
+//! client's requests are committed over TCP; the primary is killed (its tasks and bus go, its
+//! files stay) and the other two go on; it restarts from its files and catches up; every
+//! replica applies the same requests in order. Prints the time from the kill to the next
+//! acknowledged write.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -80,90 +83,141 @@ async fn call(hosts: &[Rc<GroupHost<Bodies, FileDisk>>], request: &Message) -> M
     panic!("no reply to request {}", request.header.request);
 }
 
+type Host = Rc<GroupHost<Bodies, FileDisk>>;
+
+/// Starts node `node`: its bus, superblock and journal on `dir`, its replica and host, and the
+/// dispatcher that hands the group every message from a peer. Retries the bind while a
+/// killed predecessor's listener is still closing.
+async fn start_node(
+    node: u8,
+    dir: &std::path::Path,
+    addresses: &[SocketAddr],
+) -> (Host, Rc<RefCell<Vec<Vec<u8>>>>) {
+    std::fs::create_dir_all(dir).unwrap();
+    let disk: &'static FileDisk = Box::leak(Box::new(FileDisk::new(dir)));
+    let peers: Vec<(u8, SocketAddr)> = (0..3u8)
+        .filter(|p| *p != node)
+        .map(|p| (p, addresses[p as usize]))
+        .collect();
+    let mut bus = None;
+    for _ in 0..200 {
+        let config = BusConfig {
+            cluster: CLUSTER,
+            node,
+            peers: peers.clone(),
+            send_queue_max: 4096,
+            recv_queue_max: 4096,
+        };
+        match Bus::start(config, addresses[node as usize]) {
+            Ok(started) => {
+                bus = Some(Rc::new(started));
+                break;
+            }
+            Err(_) => monoio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    let bus = bus.expect("the listener address frees up");
+    let (view_state, durable) = ViewStateStore::open(disk, "superblock").await.unwrap();
+    let (journal, recovered) = SegmentJournal::open(
+        disk,
+        LogConfig::new("group-1"),
+        &durable,
+        Header::root(CLUSTER, GROUP),
+        OPS_MAX,
+        no_messages,
+        RecoveryBugs::default(),
+    )
+    .await
+    .unwrap();
+    let bodies = Bodies::default();
+    let applied = bodies.applied.clone();
+    let config = Config {
+        cluster: CLUSTER,
+        group: GROUP,
+        replica_count: 3,
+        replica: node,
+        placement_offset: 0,
+        pipeline_max: 8,
+        request_queue_max: 64,
+        clients_max: 8,
+        ops_max: OPS_MAX,
+        redundant_headers: false,
+        timeouts: Timeouts::default(),
+        bugs: Bugs::none(),
+    };
+    let replica = Replica::open(config, bodies, durable, recovered, u64::from(node) + 1);
+    let host = GroupHost::start(replica, journal, view_state, bus.clone());
+    let dispatch = Rc::downgrade(&host);
+    monoio::spawn(async move {
+        loop {
+            let (_, message) = bus.recv().await;
+            // A killed node's dispatcher ends here, and its bus with it.
+            let Some(host) = dispatch.upgrade() else {
+                return;
+            };
+            host.deliver(Event::Message(message));
+        }
+    });
+    (host, applied)
+}
+
 #[test]
-fn three_replicas_over_tcp_and_real_disks_commit_the_same_requests() {
+fn three_replicas_over_tcp_and_real_disks_commit_survive_a_primary_kill_and_catch_up() {
     let root = std::env::temp_dir().join(format!("galgo-three-nodes-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let addresses: Vec<SocketAddr> = (0..3).map(|_| free_address()).collect();
-    let applied: Vec<Rc<RefCell<Vec<Vec<u8>>>>> = Vec::new();
     let root_for_run = root.clone();
     let ((), _) = block_on(async move {
-        let mut applied = applied;
-        let mut hosts = Vec::new();
+        let mut hosts: Vec<Option<Host>> = Vec::new();
+        let mut applied = Vec::new();
         for node in 0..3u8 {
-            let dir = root_for_run.join(node.to_string());
-            std::fs::create_dir_all(&dir).unwrap();
-            let disk: &'static FileDisk = Box::leak(Box::new(FileDisk::new(&dir)));
-            let peers = (0..3u8)
-                .filter(|p| *p != node)
-                .map(|p| (p, addresses[p as usize]))
-                .collect();
-            let bus = Rc::new(
-                Bus::start(
-                    BusConfig {
-                        cluster: CLUSTER,
-                        node,
-                        peers,
-                        send_queue_max: 4096,
-                        recv_queue_max: 4096,
-                    },
-                    addresses[node as usize],
-                )
-                .unwrap(),
-            );
-            let (view_state, durable) = ViewStateStore::open(disk, "superblock").await.unwrap();
-            let (journal, recovered) = SegmentJournal::open(
-                disk,
-                LogConfig::new("group-1"),
-                &durable,
-                Header::root(CLUSTER, GROUP),
-                OPS_MAX,
-                no_messages,
-                RecoveryBugs::default(),
-            )
-            .await
-            .unwrap();
-            let bodies = Bodies::default();
-            applied.push(bodies.applied.clone());
-            let config = Config {
-                cluster: CLUSTER,
-                group: GROUP,
-                replica_count: 3,
-                replica: node,
-                placement_offset: 0,
-                pipeline_max: 8,
-                request_queue_max: 64,
-                clients_max: 8,
-                ops_max: OPS_MAX,
-                redundant_headers: false,
-                timeouts: Timeouts::default(),
-                bugs: Bugs::none(),
-            };
-            let replica = Replica::open(config, bodies, durable, recovered, u64::from(node) + 1);
-            let host = GroupHost::start(replica, journal, view_state, bus.clone());
-            // The node's dispatcher: every message from a peer goes to its group.
-            let dispatch = Rc::downgrade(&host);
-            monoio::spawn(async move {
-                loop {
-                    let (_, message) = bus.recv().await;
-                    let Some(host) = dispatch.upgrade() else {
-                        return;
-                    };
-                    host.deliver(Event::Message(message));
-                }
-            });
-            hosts.push(host);
+            let (host, bodies) =
+                start_node(node, &root_for_run.join(node.to_string()), &addresses).await;
+            hosts.push(Some(host));
+            applied.push(bodies);
         }
-        let register = call(&hosts, &request(0, 0, operation::REGISTER)).await;
+        let running =
+            |hosts: &[Option<Host>]| -> Vec<Host> { hosts.iter().flatten().cloned().collect() };
+        let register = call(&running(&hosts), &request(0, 0, operation::REGISTER)).await;
         let session = register.header.session;
         let mut expected = Vec::new();
-        for number in 1..=40 {
+        for number in 1..=20 {
             let request = request(session, number, operation::APPLICATION_MIN);
-            call(&hosts, &request).await;
+            call(&running(&hosts), &request).await;
             expected.push(request.body.clone());
         }
-        // Every replica applies what the primary committed (backups learn it by heartbeat).
-        for _ in 0..400 {
+        // Kill the primary: its host, tasks and bus go; its files stay.
+        let primary = (0..3)
+            .find(|n| hosts[*n].as_ref().unwrap().replica.borrow().is_primary())
+            .expect("a primary");
+        hosts[primary] = None;
+        let killed = std::time::Instant::now();
+        let mut gap = None;
+        for number in 21..=40 {
+            let request = request(session, number, operation::APPLICATION_MIN);
+            call(&running(&hosts), &request).await;
+            gap.get_or_insert(killed.elapsed());
+            expected.push(request.body.clone());
+        }
+        eprintln!(
+            "primary {primary} killed: next acknowledged write after {:?}",
+            gap.unwrap()
+        );
+        // Restart it from its files: it catches up on what it missed.
+        let (host, bodies) = start_node(
+            primary as u8,
+            &root_for_run.join(primary.to_string()),
+            &addresses,
+        )
+        .await;
+        hosts[primary] = Some(host);
+        applied[primary] = bodies;
+        for number in 41..=45 {
+            let request = request(session, number, operation::APPLICATION_MIN);
+            call(&running(&hosts), &request).await;
+            expected.push(request.body.clone());
+        }
+        for _ in 0..1000 {
             if applied.iter().all(|a| *a.borrow() == expected) {
                 break;
             }
