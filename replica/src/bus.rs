@@ -29,8 +29,10 @@ const HELLO_VERSION: u16 = 1;
 const HELLO_SIZE: usize = 32;
 const RECONNECT_DELAY_MIN: Duration = Duration::from_millis(10);
 const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(1);
-/// Tasks waiting for a stop, remembered at most.
-const STOP_WAITERS_MAX: usize = 4096;
+/// A hello must arrive this soon after a connection opens, and a frame write finish this soon.
+const IO_DEADLINE: Duration = Duration::from_secs(5);
+/// Inbound connections open at once, at most (peers need one each; the rest are strays).
+const INBOUND_MAX: usize = 256;
 
 #[derive(Clone, Debug)]
 pub struct BusConfig {
@@ -53,6 +55,8 @@ pub struct BusStats {
     /// Connections closed for a bad hello or frame.
     pub rejected: u64,
     pub connects: u64,
+    /// Inbound connections refused because `INBOUND_MAX` were open.
+    pub refused: u64,
 }
 
 /// A bounded queue with one waiting consumer.
@@ -108,8 +112,7 @@ struct Shared {
     incoming: RefCell<Queue<(u8, Message)>>,
     stats: RefCell<BusStats>,
     stopped: Cell<bool>,
-    /// Wakers of tasks waiting on something `stop` must interrupt (accept, reconnect delay).
-    stop_waiters: RefCell<Vec<Waker>>,
+    inbound: Cell<usize>,
 }
 
 /// A running bus; dropping it stops its tasks (they notice at their next wake).
@@ -124,7 +127,10 @@ impl Bus {
     pub fn start(config: BusConfig, listen: SocketAddr) -> std::io::Result<Bus> {
         assert!(config.send_queue_max > 0 && config.recv_queue_max > 0);
         assert!(config.peers.iter().all(|(id, _)| *id != config.node));
-        let listener = TcpListener::bind(listen)?;
+        // No SO_REUSEPORT (monoio's default): a second bus on one address must fail to bind,
+        // not share the port and split the connections.
+        let options = monoio::net::ListenerOpts::default().reuse_port(false);
+        let listener = TcpListener::bind_with_config(listen, &options)?;
         let local = listener.local_addr()?;
         let outgoing = config
             .peers
@@ -136,7 +142,7 @@ impl Bus {
             outgoing,
             stats: RefCell::new(BusStats::default()),
             stopped: Cell::new(false),
-            stop_waiters: RefCell::new(Vec::new()),
+            inbound: Cell::new(0),
             config,
         });
         for (peer, address) in shared.config.peers.clone() {
@@ -176,9 +182,10 @@ impl Bus {
 impl Drop for Bus {
     fn drop(&mut self) {
         self.shared.stopped.set(true);
-        for waker in self.shared.stop_waiters.borrow_mut().drain(..) {
-            waker.wake();
-        }
+        // The accept loop waits for a connection: give it one, so it sees the stop and closes
+        // the listener. Other tasks see it at their next wake (a frame, a closed connection,
+        // the end of a delay or deadline).
+        let _ = std::net::TcpStream::connect_timeout(&self.local, Duration::from_millis(100));
         for queue in self.shared.outgoing.values() {
             if let Some(waker) = queue.borrow_mut().waiter.take() {
                 waker.wake();
@@ -187,28 +194,24 @@ impl Drop for Bus {
     }
 }
 
-/// Runs `future` until it finishes or the bus stops (`None`).
+/// Runs `future` until it finishes, unless the bus has stopped (`None`, checked whenever the
+/// task wakes).
 async fn unless_stopped<T>(shared: &Shared, future: impl Future<Output = T>) -> Option<T> {
     let mut future = pin!(future);
     std::future::poll_fn(|cx| {
         if shared.stopped.get() {
             return Poll::Ready(None);
         }
-        if let Poll::Ready(value) = future.as_mut().poll(cx) {
-            return Poll::Ready(Some(value));
-        }
-        let mut waiters = shared.stop_waiters.borrow_mut();
-        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
-            if waiters.len() >= STOP_WAITERS_MAX {
-                // Bounded: the oldest (mostly of finished tasks) go; a live task among them
-                // notices the stop at its next wake instead.
-                waiters.drain(..STOP_WAITERS_MAX / 2);
-            }
-            waiters.push(cx.waker().clone());
-        }
-        Poll::Pending
+        future.as_mut().poll(cx).map(Some)
     })
     .await
+}
+
+/// `future`, unless the bus stops or `IO_DEADLINE` passes first (both `None`).
+async fn within_deadline<T>(shared: &Shared, future: impl Future<Output = T>) -> Option<T> {
+    unless_stopped(shared, monoio::time::timeout(IO_DEADLINE, future))
+        .await
+        .and_then(Result::ok)
 }
 
 fn hello(cluster: u128, node: u8) -> Vec<u8> {
@@ -237,52 +240,61 @@ fn parse_hello(bytes: &[u8], config: &BusConfig) -> Option<u8> {
 async fn send_loop(shared: Rc<Shared>, peer: u8, address: SocketAddr) {
     let mut delay = RECONNECT_DELAY_MIN;
     while !shared.stopped.get() {
-        let connected = unless_stopped(&shared, TcpStream::connect_addr(address)).await;
-        let mut stream = match connected {
-            None => return,
-            Some(Ok(stream)) => stream,
-            Some(Err(_)) => {
-                // Not up yet, or gone: try again later, backing off.
-                if unless_stopped(&shared, monoio::time::sleep(delay))
-                    .await
-                    .is_none()
-                {
-                    return;
+        if let Some(Ok(mut stream)) =
+            within_deadline(&shared, TcpStream::connect_addr(address)).await
+        {
+            let _ = stream.set_nodelay(true);
+            shared.stats.borrow_mut().connects += 1;
+            let hello = hello(shared.config.cluster, shared.config.node);
+            if let Some((Ok(_), _)) = within_deadline(&shared, stream.write_all(hello)).await {
+                let queue = &shared.outgoing[&peer];
+                while let Some(frame) = pop(queue, &shared.stopped).await {
+                    match within_deadline(&shared, stream.write_all(frame)).await {
+                        Some((Ok(_), _)) => {
+                            shared.stats.borrow_mut().sent += 1;
+                            // A connection that carries frames resets the backoff.
+                            delay = RECONNECT_DELAY_MIN;
+                        }
+                        // Lost with the connection (or stuck past the deadline); VSR
+                        // retransmits.
+                        _ => break,
+                    }
                 }
-                delay = (delay * 2).min(RECONNECT_DELAY_MAX);
-                continue;
             }
-        };
-        let _ = stream.set_nodelay(true);
-        shared.stats.borrow_mut().connects += 1;
-        let (result, _) = stream
-            .write_all(hello(shared.config.cluster, shared.config.node))
-            .await;
-        if result.is_err() {
-            continue;
         }
-        delay = RECONNECT_DELAY_MIN;
-        let queue = &shared.outgoing[&peer];
-        while let Some(frame) = pop(queue, &shared.stopped).await {
-            let (result, _) = stream.write_all(frame).await;
-            if result.is_err() {
-                break; // The frame is lost with the connection; VSR retransmits.
-            }
-            shared.stats.borrow_mut().sent += 1;
+        // Not up yet, refused, or gone: try again later, backing off.
+        if unless_stopped(&shared, monoio::time::sleep(delay))
+            .await
+            .is_none()
+        {
+            return;
         }
+        delay = (delay * 2).min(RECONNECT_DELAY_MAX);
     }
 }
 
 async fn accept_loop(shared: Rc<Shared>, listener: TcpListener) {
     while let Some(accepted) = unless_stopped(&shared, listener.accept()).await {
-        if let Ok((stream, _)) = accepted {
-            monoio::spawn(receive_loop(shared.clone(), stream));
+        let Ok((stream, _)) = accepted else {
+            // Out of descriptors, say: wait a little rather than spin.
+            let _ = unless_stopped(&shared, monoio::time::sleep(RECONNECT_DELAY_MIN)).await;
+            continue;
+        };
+        if shared.inbound.get() >= INBOUND_MAX {
+            shared.stats.borrow_mut().refused += 1;
+            continue; // Dropping the stream closes it.
         }
+        shared.inbound.set(shared.inbound.get() + 1);
+        let task_shared = shared.clone();
+        monoio::spawn(async move {
+            receive_loop(&task_shared, stream).await;
+            task_shared.inbound.set(task_shared.inbound.get() - 1);
+        });
     }
 }
 
-async fn receive_loop(shared: Rc<Shared>, mut stream: TcpStream) {
-    let read = unless_stopped(&shared, stream.read_exact(vec![0u8; HELLO_SIZE])).await;
+async fn receive_loop(shared: &Shared, mut stream: TcpStream) {
+    let read = within_deadline(shared, stream.read_exact(vec![0u8; HELLO_SIZE])).await;
     let Some((Ok(_), bytes)) = read else {
         return;
     };
@@ -291,7 +303,7 @@ async fn receive_loop(shared: Rc<Shared>, mut stream: TcpStream) {
         return;
     };
     loop {
-        let read = unless_stopped(&shared, stream.read_exact(vec![0u8; HEADER_SIZE])).await;
+        let read = unless_stopped(shared, stream.read_exact(vec![0u8; HEADER_SIZE])).await;
         let Some((Ok(_), head)) = read else {
             return; // Stopped, or the peer closed the connection.
         };
@@ -310,7 +322,7 @@ async fn receive_loop(shared: Rc<Shared>, mut stream: TcpStream) {
         let mut frame = head;
         if size > HEADER_SIZE {
             let body = vec![0u8; size - HEADER_SIZE];
-            let Some((Ok(_), body)) = unless_stopped(&shared, stream.read_exact(body)).await else {
+            let Some((Ok(_), body)) = unless_stopped(shared, stream.read_exact(body)).await else {
                 return;
             };
             frame.extend_from_slice(&body);

@@ -54,10 +54,13 @@ pub struct GroupHost<S: StateMachine, D: Disk + 'static> {
     /// Taken by the one persist in flight (the core never issues two).
     view_state: Rc<RefCell<Option<ViewStateStore<'static, D>>>>,
     bus: Rc<Bus>,
-    inbox: RefCell<Inbox>,
+    /// Its own `Rc`, so the group's task can wait on it without keeping the host alive: a
+    /// host dropped by its node stops before the next event.
+    inbox: Rc<RefCell<Inbox>>,
     /// Replies to clients, for the gateway (here: whoever drains it).
     pub replies: RefCell<VecDeque<Message>>,
     pub replies_max: usize,
+    pub replies_dropped: std::cell::Cell<u64>,
 }
 
 impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
@@ -73,13 +76,14 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
             journal: Rc::new(journal),
             view_state: Rc::new(RefCell::new(Some(view_state))),
             bus,
-            inbox: RefCell::new(Inbox {
+            inbox: Rc::new(RefCell::new(Inbox {
                 events: VecDeque::new(),
                 waiter: None,
                 dropped: 0,
-            }),
+            })),
             replies: RefCell::new(VecDeque::new()),
             replies_max: 4096,
+            replies_dropped: std::cell::Cell::new(0),
         });
         let ticker = Rc::downgrade(&host);
         monoio::spawn(async move {
@@ -91,13 +95,13 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
                 host.deliver(Event::Tick);
             }
         });
-        let runner = Rc::downgrade(&host);
+        let (runner, inbox) = (Rc::downgrade(&host), host.inbox.clone());
         monoio::spawn(async move {
             loop {
+                let event = next_event(&inbox).await;
                 let Some(host) = runner.upgrade() else {
                     return;
                 };
-                let event = host.next_event().await;
                 host.handle(event);
             }
         });
@@ -109,25 +113,13 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
         self.inbox.borrow_mut().push(event);
     }
 
-    async fn next_event(&self) -> Event {
-        std::future::poll_fn(|cx| {
-            let mut inbox = self.inbox.borrow_mut();
-            match inbox.events.pop_front() {
-                Some(event) => Poll::Ready(event),
-                None => {
-                    inbox.waiter = Some(cx.waker().clone());
-                    Poll::Pending
-                }
-            }
-        })
-        .await
-    }
-
     fn handle(self: &Rc<Self>, event: Event) {
         let actions = {
             let mut replica = self.replica.borrow_mut();
             match event {
                 Event::Tick => {
+                    // The simulator's checker reads the journal's cuts; a node does not.
+                    let _ = self.journal.take_cuts();
                     let realtime = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.as_nanos() as u64);
@@ -155,6 +147,8 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
                 let mut replies = self.replies.borrow_mut();
                 if replies.len() < self.replies_max {
                     replies.push_back(message);
+                } else {
+                    self.replies_dropped.set(self.replies_dropped.get() + 1);
                 }
             }
             Action::WritePrepare { io, message } => {
@@ -202,4 +196,18 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
             }
         }
     }
+}
+
+async fn next_event(inbox: &RefCell<Inbox>) -> Event {
+    std::future::poll_fn(|cx| {
+        let mut inbox = inbox.borrow_mut();
+        match inbox.events.pop_front() {
+            Some(event) => Poll::Ready(event),
+            None => {
+                inbox.waiter = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    })
+    .await
 }
