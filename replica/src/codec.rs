@@ -189,6 +189,14 @@ impl<'a> Reader<'a> {
         Ok(present.then_some(value))
     }
 
+    /// A format's version byte, which must be `expected`.
+    pub fn version(&mut self, field: &'static str, expected: u8) -> Result<(), DecodeError> {
+        match self.u8(field)? {
+            version if version == expected => Ok(()),
+            tag => Err(DecodeError::UnknownTag { field, tag }),
+        }
+    }
+
     /// A list count, checked against `max` before anything is allocated for it.
     pub fn count(&mut self, field: &'static str, max: u32) -> Result<u32, DecodeError> {
         let count = self.u32(field)?;

@@ -59,11 +59,7 @@ pub(super) fn rebalance_all(topic: &mut Topic) {
 }
 
 fn group_id(topic: &Topic, group: &Ident) -> Result<u32, MetadataError> {
-    let found = match group {
-        Ident::Id(id) => topic.groups.get(id),
-        Ident::Name(name) => topic.groups.values().find(|g| g.name == *name),
-    };
-    found
+    super::names::find(&topic.groups, group, |g| &g.name)
         .map(|g| g.id)
         .ok_or_else(|| MetadataError::ConsumerGroupNotFound(group.to_string()))
 }
@@ -80,15 +76,20 @@ impl Metadata {
         Ok(&topic.groups[&id])
     }
 
-    fn topic_mut(&mut self, stream: &Ident, topic: &Ident) -> Result<&mut Topic, MetadataError> {
-        let (s, t) = self.topic_id(stream, topic)?;
-        Ok(self
-            .streams
-            .get_mut(&s)
-            .expect("resolved")
-            .topics
-            .get_mut(&t)
-            .expect("resolved"))
+    /// The group `group` of a topic, and the topic's partition count.
+    fn group_mut(
+        &mut self,
+        stream: &Ident,
+        topic: &Ident,
+        group: &Ident,
+    ) -> Result<(&mut ConsumerGroup, u32), MetadataError> {
+        let topic = self.topic_mut(stream, topic)?;
+        let partition_count = topic.partitions.len() as u32;
+        let id = group_id(topic, group)?;
+        Ok((
+            topic.groups.get_mut(&id).expect("resolved"),
+            partition_count,
+        ))
     }
 
     pub(super) fn apply_group_op(&mut self, op: &MetadataOp) -> Result<Applied, MetadataError> {
@@ -139,10 +140,7 @@ impl Metadata {
                 group,
                 member,
             } => {
-                let topic = self.topic_mut(stream, topic)?;
-                let partition_count = topic.partitions.len() as u32;
-                let id = group_id(topic, group)?;
-                let group = topic.groups.get_mut(&id).expect("resolved");
+                let (group, partition_count) = self.group_mut(stream, topic, group)?;
                 // Joining again changes nothing: the reply repeats the member's assignment.
                 if !group.members.contains_key(member) {
                     if group.members.len() as u32 >= members_max {
@@ -164,10 +162,7 @@ impl Metadata {
                 group,
                 member,
             } => {
-                let topic = self.topic_mut(stream, topic)?;
-                let partition_count = topic.partitions.len() as u32;
-                let id = group_id(topic, group)?;
-                let group = topic.groups.get_mut(&id).expect("resolved");
+                let (group, partition_count) = self.group_mut(stream, topic, group)?;
                 if group.members.remove(member).is_none() {
                     return Err(MetadataError::MemberNotFound(*member));
                 }

@@ -253,11 +253,7 @@ impl Metadata {
     }
 
     pub fn stream_id(&self, stream: &Ident) -> Result<u32, MetadataError> {
-        let found = match stream {
-            Ident::Id(id) => self.streams.get(id),
-            Ident::Name(name) => self.streams.values().find(|s| s.name == *name),
-        };
-        found
+        names::find(&self.streams, stream, |s| &s.name)
             .map(|s| s.id)
             .ok_or_else(|| MetadataError::StreamNotFound(stream.to_string()))
     }
@@ -265,14 +261,20 @@ impl Metadata {
     /// (stream id, topic id).
     pub fn topic_id(&self, stream: &Ident, topic: &Ident) -> Result<(u32, u32), MetadataError> {
         let s = self.stream_id(stream)?;
-        let topics = &self.streams[&s].topics;
-        let found = match topic {
-            Ident::Id(id) => topics.get(id),
-            Ident::Name(name) => topics.values().find(|t| t.name == *name),
-        };
-        found
+        names::find(&self.streams[&s].topics, topic, |t| &t.name)
             .map(|t| (s, t.id))
             .ok_or_else(|| MetadataError::TopicNotFound(topic.to_string()))
+    }
+
+    /// The topic with resolved ids `s` and `t`.
+    fn topic_at_mut(&mut self, s: u32, t: u32) -> &mut Topic {
+        let stream = self.streams.get_mut(&s).expect("a resolved stream");
+        stream.topics.get_mut(&t).expect("a resolved topic")
+    }
+
+    fn topic_mut(&mut self, stream: &Ident, topic: &Ident) -> Result<&mut Topic, MetadataError> {
+        let (s, t) = self.topic_id(stream, topic)?;
+        Ok(self.topic_at_mut(s, t))
     }
 
     pub fn topic(&self, stream: &Ident, topic: &Ident) -> Result<&Topic, MetadataError> {
@@ -397,13 +399,7 @@ impl Metadata {
             });
             self.partition_group_next += 1;
         }
-        let topic = self
-            .streams
-            .get_mut(&s)
-            .expect("resolved")
-            .topics
-            .get_mut(&t)
-            .expect("resolved");
+        let topic = self.topic_at_mut(s, t);
         topic.partitions.extend(added);
         groups::rebalance_all(topic);
     }
@@ -442,13 +438,7 @@ impl Metadata {
             )));
         }
         self.check_partition_request(count, 0)?;
-        let topic = self
-            .streams
-            .get_mut(&s)
-            .expect("resolved")
-            .topics
-            .get_mut(&t)
-            .expect("resolved");
+        let topic = self.topic_at_mut(s, t);
         topic.partitions.truncate((existing - count) as usize);
         groups::rebalance_all(topic);
         Ok(Applied::Done)

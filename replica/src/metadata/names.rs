@@ -21,6 +21,18 @@ impl std::fmt::Display for Ident {
     }
 }
 
+/// The entry of `map` that `ident` names: by key, or by the name `name_of` reads off it.
+pub fn find<'a, V>(
+    map: &'a std::collections::BTreeMap<u32, V>,
+    ident: &Ident,
+    name_of: impl Fn(&V) -> &str,
+) -> Option<&'a V> {
+    match ident {
+        Ident::Id(id) => map.get(id),
+        Ident::Name(name) => map.values().find(|v| name_of(v) == name),
+    }
+}
+
 /// 1 to 255 bytes of UTF-8 without control characters.
 pub fn validate_name(name: &str) -> Result<(), MetadataError> {
     if name.is_empty() || name.len() > NAME_LEN_MAX {

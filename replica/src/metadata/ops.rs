@@ -435,13 +435,7 @@ impl MetadataOp {
 
     pub fn decode(bytes: &[u8]) -> Result<MetadataOp, DecodeError> {
         let mut r = Reader::new(bytes);
-        let version = r.u8("ops version")?;
-        if version != OPS_VERSION {
-            return Err(DecodeError::UnknownTag {
-                field: "ops version",
-                tag: version,
-            });
-        }
+        r.version("ops version", OPS_VERSION)?;
         let op = match r.u8("operation kind")? {
             1 => MetadataOp::CreateStream {
                 name: r.short_str("name")?,

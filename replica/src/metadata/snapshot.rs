@@ -61,13 +61,7 @@ impl Metadata {
     /// Decodes a checkpoint written by `encode_snapshot`, under `limits`, and checks it.
     pub fn decode_snapshot(bytes: &[u8], limits: Limits) -> Result<Metadata, DecodeError> {
         let mut r = Reader::new(bytes);
-        let version = r.u8("snapshot version")?;
-        if version != SNAPSHOT_VERSION {
-            return Err(DecodeError::UnknownTag {
-                field: "snapshot version",
-                tag: version,
-            });
-        }
+        r.version("snapshot version", SNAPSHOT_VERSION)?;
         let node_count = r.count("nodes", NODES_MAX as u32)?;
         let mut nodes = Vec::with_capacity(node_count as usize);
         for _ in 0..node_count {

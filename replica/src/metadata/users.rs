@@ -53,11 +53,7 @@ fn validate_hash(hash: &str) -> Result<(), MetadataError> {
 
 impl Metadata {
     pub fn user_id(&self, user: &Ident) -> Result<u32, MetadataError> {
-        let found = match user {
-            Ident::Id(id) => self.users.get(id),
-            Ident::Name(name) => self.users.values().find(|u| u.username == *name),
-        };
-        found
+        super::names::find(&self.users, user, |u| &u.username)
             .map(|u| u.id)
             .ok_or_else(|| MetadataError::UserNotFound(user.to_string()))
     }

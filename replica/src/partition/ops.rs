@@ -47,7 +47,7 @@ pub enum PartitionOp {
     },
 }
 
-fn put_consumer(w: &mut Writer, consumer: &ConsumerKey) {
+pub(super) fn put_consumer(w: &mut Writer, consumer: &ConsumerKey) {
     match consumer {
         ConsumerKey::Consumer(id) => {
             w.u8(1);
@@ -60,7 +60,7 @@ fn put_consumer(w: &mut Writer, consumer: &ConsumerKey) {
     }
 }
 
-fn get_consumer(r: &mut Reader) -> Result<ConsumerKey, DecodeError> {
+pub(super) fn get_consumer(r: &mut Reader) -> Result<ConsumerKey, DecodeError> {
     match r.u8("consumer kind")? {
         1 => Ok(ConsumerKey::Consumer(r.u32("consumer id")?)),
         2 => Ok(ConsumerKey::Group(r.u32("consumer group id")?)),
@@ -128,13 +128,7 @@ impl PartitionOp {
     /// The op and, for an append, the batch bytes after its head.
     pub fn decode(bytes: &[u8]) -> Result<(PartitionOp, &[u8]), DecodeError> {
         let mut r = Reader::new(bytes);
-        let version = r.u8("partition ops version")?;
-        if version != PARTITION_OPS_VERSION {
-            return Err(DecodeError::UnknownTag {
-                field: "partition ops version",
-                tag: version,
-            });
-        }
+        r.version("partition ops version", PARTITION_OPS_VERSION)?;
         match r.u8("partition operation kind")? {
             1 => {
                 let base_offset = r.u64("base offset")?;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::codec::{DecodeError, EncodeError, Reader, Writer};
 
-use super::ops::ConsumerKey;
+use super::ops::{get_consumer, put_consumer};
 use super::producers::{ProducerEntry, ProducerTable};
 use super::PartitionState;
 
@@ -21,12 +21,7 @@ impl PartitionState {
         w.u64(self.last_timestamp);
         w.u32(self.consumer_offsets.len() as u32);
         for (consumer, offset) in &self.consumer_offsets {
-            let (kind, id) = match consumer {
-                ConsumerKey::Consumer(id) => (1, *id),
-                ConsumerKey::Group(id) => (2, *id),
-            };
-            w.u8(kind);
-            w.u32(id);
+            put_consumer(&mut w, consumer);
             w.u64(*offset);
         }
         w.u32(self.group_generations.len() as u32);
@@ -53,28 +48,13 @@ impl PartitionState {
         producers_max: u32,
     ) -> Result<PartitionState, DecodeError> {
         let mut r = Reader::new(bytes);
-        let version = r.u8("partition snapshot version")?;
-        if version != PARTITION_SNAPSHOT_VERSION {
-            return Err(DecodeError::UnknownTag {
-                field: "partition snapshot version",
-                tag: version,
-            });
-        }
+        r.version("partition snapshot version", PARTITION_SNAPSHOT_VERSION)?;
         let mut state = PartitionState::new(consumers_max, producers_max);
         state.next_offset = r.u64("next offset")?;
         state.first_offset = r.u64("first offset")?;
         state.last_timestamp = r.u64("last timestamp")?;
         for _ in 0..r.count("consumer offsets", consumers_max)? {
-            let consumer = match r.u8("consumer kind")? {
-                1 => ConsumerKey::Consumer(r.u32("consumer id")?),
-                2 => ConsumerKey::Group(r.u32("consumer group id")?),
-                tag => {
-                    return Err(DecodeError::UnknownTag {
-                        field: "consumer kind",
-                        tag,
-                    })
-                }
-            };
+            let consumer = get_consumer(&mut r)?;
             let offset = r.u64("consumer offset")?;
             if state.consumer_offsets.insert(consumer, offset).is_some() {
                 return Err(DecodeError::Invalid(format!("{consumer:?} twice")));
