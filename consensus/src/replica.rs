@@ -869,10 +869,17 @@ impl<S: StateMachine> Replica<S> {
         self.commit_max = self.commit_max.max(header.commit);
         let op = header.op;
         if op <= self.commit_min {
-            // Our view's primary does not know we committed it yet: it needs our ack.
             let entry = self.journal.entry(op);
-            if entry.present() && entry.checksum() == Some(header.checksum) {
+            if entry.checksum() != Some(header.checksum) {
+                return;
+            }
+            if entry.present() {
+                // Our view's primary does not know we committed it yet: it needs our ack.
                 self.send_prepare_ok(op);
+            } else {
+                // We applied it from memory before it was durable here, and it left the
+                // cache: this is the primary answering our repair request.
+                self.accept_repaired_prepare(message);
             }
             return;
         }
