@@ -26,6 +26,20 @@ use crate::view_change::{choose_log, ChoiceParams, Dvc, DvcEntry, LogChoice, DVC
 pub trait StateMachine {
     /// Executes one committed operation and returns the reply body.
     fn apply(&mut self, op: u64, timestamp: u64, operation: u8, body: &[u8]) -> Vec<u8>;
+
+    /// On the primary only: turns a client's request body into the body prepared as op `op`
+    /// (an application's stamps: offsets, a decision on a retried batch), against a projected
+    /// state, the committed state with every op this primary prepared since the last
+    /// `reset_projection` applied. The result must fit in a message body. By default the
+    /// request body is prepared unchanged.
+    fn prepare(&mut self, op: u64, timestamp: u64, operation: u8, body: Vec<u8>) -> Vec<u8> {
+        let _ = (op, timestamp, operation);
+        body
+    }
+
+    /// The projection starts again from the committed state: called on a primary before its
+    /// first `prepare` of a view, once every op it inherited from earlier views is applied.
+    fn reset_projection(&mut self) {}
 }
 
 #[derive(Clone, Debug)]
@@ -171,6 +185,9 @@ pub struct Replica<S: StateMachine> {
     config: Config,
     quorums: Quorums,
     state_machine: S,
+    /// The state machine's projection covers every op in the pipeline: the primary may
+    /// prepare. False from the start of each view until the inherited ops are applied.
+    projection_ready: bool,
     prng: Prng,
 
     status: Status,
@@ -249,6 +266,7 @@ impl<S: StateMachine> Replica<S> {
         let mut replica = Replica {
             quorums,
             state_machine,
+            projection_ready: false,
             prng: Prng::from_seed(seed ^ u64::from(config.replica).wrapping_mul(0x9e37_79b9)),
             status: Status::Normal,
             view: durable.view,
@@ -692,11 +710,41 @@ impl<S: StateMachine> Replica<S> {
                 Classification::Drop => return,
             }
         }
-        if self.pipeline.len() < self.config.pipeline_max {
+        if self.pipeline.len() < self.config.pipeline_max && self.may_prepare(&request.header) {
             self.prepare(request);
         } else if self.request_queue.len() < self.config.request_queue_max {
             self.request_queue.push_back(request);
         }
+    }
+
+    /// Whether `request` may be prepared now. An application request is stamped by the state
+    /// machine's projection, which must then know the outcome of every op before it: none
+    /// inherited from an earlier view still unapplied, and no registration in the pipeline
+    /// (one may evict a session, and the request would then not execute).
+    fn may_prepare(&mut self, request: &Header) -> bool {
+        if request.operation == operation::REGISTER {
+            return true;
+        }
+        let registering = self.pipeline.iter().any(|entry| {
+            self.journal
+                .header(entry.op)
+                .is_some_and(|h| h.operation == operation::REGISTER)
+        });
+        !registering && self.ready_to_prepare()
+    }
+
+    /// Whether the state machine's projection may stamp a new prepare; makes it so once every
+    /// op inherited from an earlier view is applied (the pipeline then holds only our ops).
+    fn ready_to_prepare(&mut self) -> bool {
+        if self.projection_ready {
+            return true;
+        }
+        if !self.pipeline.is_empty() || self.commit_min != self.commit_max {
+            return false;
+        }
+        self.state_machine.reset_projection();
+        self.projection_ready = true;
+        true
     }
 
     fn prepare(&mut self, request: Message) {
@@ -723,7 +771,15 @@ impl<S: StateMachine> Replica<S> {
         header.op = op;
         header.commit = self.commit_max;
         header.timestamp = self.prepare_timestamp;
-        let message = Message::new(header, request.body);
+        let body = if header.operation >= operation::APPLICATION_MIN {
+            assert!(self.projection_ready);
+            // `Message::new` asserts the body still fits a message.
+            self.state_machine
+                .prepare(op, header.timestamp, header.operation, request.body)
+        } else {
+            request.body
+        };
+        let message = Message::new(header, body);
         let checksum = message.header.checksum;
         self.journal.set_header(message.header);
         self.cache_insert(message.clone());
@@ -782,9 +838,20 @@ impl<S: StateMachine> Replica<S> {
             assert!(self.pipeline.front().is_none_or(|e| e.op > op));
         }
         while self.commit_min == self.commit_max && self.pipeline.len() < self.config.pipeline_max {
-            let Some(request) = self.request_queue.pop_front() else {
+            let Some(front) = self.request_queue.front() else {
                 break;
             };
+            if !self.may_prepare(&front.header.clone()) {
+                break;
+            }
+            let request = self.request_queue.pop_front().expect("front exists");
+            if request.header.operation != operation::REGISTER
+                && !self.sessions.should_execute(&request.header)
+            {
+                // A registration committed while it waited and changed its session: it would
+                // not execute. Dropped; the client retries or registers again.
+                continue;
+            }
             self.prepare(request);
         }
         if self.pipeline.is_empty() {
@@ -1716,6 +1783,7 @@ impl<S: StateMachine> Replica<S> {
         }
         self.log_chosen = false;
         self.status = Status::Normal;
+        self.projection_ready = false;
         self.dvcs.clear();
         self.repair_sources.clear();
         let own = self.bit(self.config.replica);

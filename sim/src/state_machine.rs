@@ -1,19 +1,44 @@
 //! The test state machine: an append-only log of client payloads, summarised by a running hash.
 //! Its history of (op, state hash) lets the checker compare replicas op by op.
+//!
+//! It also exercises the primary's projection: `prepare` stamps each application op with the
+//! number of application ops before it, counted on the projected state, and `apply` asserts
+//! the stamp equals the committed count. A primary that stamped against a stale projection
+//! (after a view change, say) fails that assertion on every replica that applies the op.
 
 use galgo_consensus::checksum::checksum;
+use galgo_consensus::header::operation;
 use galgo_consensus::StateMachine;
+
+/// Bytes of the stamp `prepare` puts before the request body.
+pub const STAMP_SIZE: usize = 8;
 
 #[derive(Default, Clone, Debug)]
 pub struct TestStateMachine {
     pub count: u64,
     pub hash: u128,
+    /// Application ops applied.
+    pub applications: u64,
+    /// Application ops applied or prepared on the projected state (primary only).
+    projected_applications: u64,
     /// (op, hash after op) for every executed op, drained by the checker.
     pub history: Vec<(u64, u128)>,
 }
 
 impl StateMachine for TestStateMachine {
     fn apply(&mut self, op: u64, timestamp: u64, operation: u8, body: &[u8]) -> Vec<u8> {
+        if operation >= operation::APPLICATION_MIN {
+            assert!(
+                body.len() >= STAMP_SIZE,
+                "op {op}: an application op carries its stamp"
+            );
+            let stamp = u64::from_le_bytes(body[..STAMP_SIZE].try_into().expect("8 bytes"));
+            assert_eq!(
+                stamp, self.applications,
+                "op {op}: stamped on a projection that does not match the committed state"
+            );
+            self.applications += 1;
+        }
         let mut input = Vec::with_capacity(body.len() + 41);
         input.extend_from_slice(&self.hash.to_le_bytes());
         input.extend_from_slice(&op.to_le_bytes());
@@ -27,5 +52,49 @@ impl StateMachine for TestStateMachine {
         reply.extend_from_slice(&self.count.to_le_bytes());
         reply.extend_from_slice(&self.hash.to_le_bytes());
         reply
+    }
+
+    fn prepare(&mut self, _op: u64, _timestamp: u64, _operation: u8, body: Vec<u8>) -> Vec<u8> {
+        let mut stamped = Vec::with_capacity(STAMP_SIZE + body.len());
+        stamped.extend_from_slice(&self.projected_applications.to_le_bytes());
+        stamped.extend_from_slice(&body);
+        self.projected_applications += 1;
+        stamped
+    }
+
+    fn reset_projection(&mut self) {
+        self.projected_applications = self.applications;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn projected_stamps_apply_in_order() {
+        let mut primary = TestStateMachine::default();
+        let mut backup = TestStateMachine::default();
+        primary.reset_projection();
+        let first = primary.prepare(1, 1, operation::APPLICATION_MIN, b"a".to_vec());
+        let second = primary.prepare(2, 2, operation::APPLICATION_MIN, b"b".to_vec());
+        for machine in [&mut primary, &mut backup] {
+            machine.apply(1, 1, operation::APPLICATION_MIN, &first);
+            machine.apply(2, 2, operation::APPLICATION_MIN, &second);
+        }
+        assert_eq!(primary.hash, backup.hash);
+        assert_eq!(backup.applications, 2);
+    }
+
+    #[test]
+    #[should_panic(expected = "stamped on a projection")]
+    fn a_stamp_from_a_stale_projection_fires() {
+        let mut primary = TestStateMachine::default();
+        primary.reset_projection();
+        let _dropped = primary.prepare(1, 1, operation::APPLICATION_MIN, b"a".to_vec());
+        // A new view dropped op 1, but the projection was not reset: op 1 again is stamped 1.
+        let stale = primary.prepare(1, 2, operation::APPLICATION_MIN, b"b".to_vec());
+        let mut backup = TestStateMachine::default();
+        backup.apply(1, 2, operation::APPLICATION_MIN, &stale);
     }
 }
