@@ -175,6 +175,8 @@ struct PipelineEntry {
 }
 
 const REPAIR_BUDGET: usize = 8;
+/// Prepare requests out at once between two repair timeouts, at most.
+const REPAIR_REQUESTED_MAX: usize = 64;
 const HEADERS_PER_MESSAGE_MAX: u64 = 64;
 const READS_COMMIT_MAX: usize = 8;
 const READS_SERVE_MAX: usize = 4;
@@ -237,6 +239,8 @@ pub struct Replica<S: StateMachine> {
     view_change_message_timeout: Timeout,
     view_change_status_timeout: Timeout,
     repair_timeout: Timeout,
+    /// Ops whose prepare was requested since the last repair timeout.
+    repair_requested: BTreeSet<u64>,
 
     actions: Vec<Action>,
     /// Headers of ops committed (applied) since the host last drained them.
@@ -310,6 +314,7 @@ impl<S: StateMachine> Replica<S> {
                 timeouts.view_change_status,
             ),
             repair_timeout: Timeout::new("repair", timeouts.repair),
+            repair_requested: BTreeSet::new(),
             actions: Vec::new(),
             committed: Vec::new(),
             config,
@@ -361,6 +366,9 @@ impl<S: StateMachine> Replica<S> {
 
     pub fn replica(&self) -> u8 {
         self.config.replica
+    }
+    pub fn replica_count(&self) -> u8 {
+        self.config.replica_count
     }
     pub fn status(&self) -> Status {
         self.status
@@ -450,6 +458,8 @@ impl<S: StateMachine> Replica<S> {
         }
         if self.repair_timeout.fired() {
             self.repair_timeout.start();
+            // Whatever is still missing is requested again.
+            self.repair_requested.clear();
             self.repair();
         }
         std::mem::take(&mut self.actions)
@@ -681,6 +691,26 @@ impl<S: StateMachine> Replica<S> {
         }
         if request.header.operation == operation::REGISTER {
             if request.header.request != 0 || !request.body.is_empty() {
+                return;
+            }
+            if let Some(session) = self
+                .sessions
+                .get(request.header.client)
+                .filter(|s| s.request == 0)
+            {
+                // A retry of a registration that committed (its reply was lost or late): the
+                // same session again, not a second one that would evict the first.
+                let mut reply = self.header(Command::Reply);
+                reply.client = request.header.client;
+                reply.session = session.session;
+                reply.op = session.session;
+                reply.commit = session.session;
+                reply.context = request.header.checksum;
+                reply.operation = operation::REGISTER;
+                self.actions.push(Action::Send {
+                    to: Peer::Client(request.header.client),
+                    message: Message::new(reply, Vec::new()),
+                });
                 return;
             }
         } else {
@@ -972,6 +1002,8 @@ impl<S: StateMachine> Replica<S> {
             SlotState::Missing => self.write_prepare(op),
             SlotState::Writing => {}
         }
+        // An answer to our repair request (the primary re-sends its own view's prepares).
+        self.repair_onwards(op);
         self.commit_progress();
     }
 
@@ -1004,6 +1036,7 @@ impl<S: StateMachine> Replica<S> {
                 self.write_prepare(op);
             }
         }
+        self.repair_onwards(op);
         self.commit_progress();
         if self.log_chosen {
             self.try_become_normal_primary();
@@ -1951,8 +1984,51 @@ impl<S: StateMachine> Replica<S> {
             }
         }
         // Prepares: oldest first, from the lowest op the chain covers.
-        let mut op = floor.max(1);
-        while op <= head && budget > 0 {
+        self.repair_prepares(floor.max(1), head, budget, trusted_primary);
+        self.commit_progress();
+        if self.log_chosen {
+            self.try_become_normal_primary();
+        }
+    }
+
+    /// A repaired prepare of `op` arrived: request the next missing ones at once rather than
+    /// at the next repair timeout, keeping up to `REPAIR_REQUESTED_MAX` requests out (catch-up
+    /// runs at the speed of round trips, not of the timer).
+    fn repair_onwards(&mut self, op: u64) {
+        if !self.repair_requested.remove(&op) || self.status != Status::Normal {
+            return;
+        }
+        let trusted_primary = (!self.is_primary()).then_some(self.primary_index(self.view));
+        // A window from the lowest request still out: prepares above a gap wait in the cache
+        // until it is filled, so the window bounds what catch-up holds in memory.
+        let from = self
+            .repair_requested
+            .first()
+            .copied()
+            .unwrap_or(op + 1)
+            .min(op + 1);
+        let to = self
+            .journal
+            .head()
+            .min(from.saturating_add(REPAIR_REQUESTED_MAX as u64));
+        self.repair_prepares(from, to, REPAIR_BUDGET, trusted_primary);
+    }
+
+    /// Writes or requests the missing prepares in `from..=to` whose checksum is known, up to
+    /// `budget` requests, skipping ops already requested since the last repair timeout.
+    fn repair_prepares(
+        &mut self,
+        from: u64,
+        to: u64,
+        mut budget: usize,
+        trusted_primary: Option<u8>,
+    ) {
+        let mut op = from;
+        while op <= to && budget > 0 && self.repair_requested.len() < REPAIR_REQUESTED_MAX {
+            if self.repair_requested.contains(&op) {
+                op += 1;
+                continue;
+            }
             let entry = self.journal.entry(op);
             if !entry.present() && entry.state != SlotState::Writing {
                 if let Some(checksum) = entry.checksum() {
@@ -1971,16 +2047,13 @@ impl<S: StateMachine> Replica<S> {
                         };
                         if let Some(target) = target {
                             self.send_request_prepare(target, op, checksum);
+                            self.repair_requested.insert(op);
                             budget -= 1;
                         }
                     }
                 }
             }
             op += 1;
-        }
-        self.commit_progress();
-        if self.log_chosen {
-            self.try_become_normal_primary();
         }
     }
 
@@ -2067,6 +2140,8 @@ impl<S: StateMachine> Replica<S> {
             && header.replica == self.primary_index(self.view)
             && self.status == Status::Normal
             && !self.is_primary();
+        let floor_before = self.journal.chain_floor(0);
+        let covered_before = (self.journal.head() + 1).saturating_sub(floor_before);
         for candidate in headers.iter().rev() {
             let op = candidate.op;
             if op == 0 || op > self.config.ops_max {
@@ -2095,6 +2170,15 @@ impl<S: StateMachine> Replica<S> {
         }
         if trusted {
             self.commit_max = self.commit_max.max(header.commit.min(self.journal.head()));
+            // Catching up: while each batch lengthens the chain, ask for the one below it at
+            // once instead of at the next repair timeout.
+            let floor = self.journal.chain_floor(0);
+            let covered = (self.journal.head() + 1).saturating_sub(floor);
+            if covered > covered_before && floor > 1 {
+                let broken = floor - 1;
+                let low = broken.saturating_sub(HEADERS_PER_MESSAGE_MAX - 1).max(1);
+                self.send_request_headers(header.replica, low, broken);
+            }
         }
         self.commit_progress();
     }

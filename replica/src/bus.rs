@@ -18,9 +18,9 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use galgo_consensus::header::HEADER_SIZE;
-use galgo_consensus::message::BODY_SIZE_MAX;
-use galgo_consensus::{Header, Message};
+use galgo_consensus::Message;
+
+use crate::frame::{read_frame, FrameRead};
 use monoio::io::{AsyncReadRentExt, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 
@@ -303,34 +303,16 @@ async fn receive_loop(shared: &Shared, mut stream: TcpStream) {
         return;
     };
     loop {
-        let read = unless_stopped(shared, stream.read_exact(vec![0u8; HEADER_SIZE])).await;
-        let Some((Ok(_), head)) = read else {
-            return; // Stopped, or the peer closed the connection.
-        };
-        let header_bytes: &[u8; HEADER_SIZE] = head[..].try_into().expect("a whole header");
-        let size = match Header::decode(header_bytes) {
-            Ok(header) if header.cluster == shared.config.cluster => header.size as usize,
-            _ => {
-                shared.stats.borrow_mut().rejected += 1;
-                return;
-            }
-        };
-        if !(HEADER_SIZE..=HEADER_SIZE + BODY_SIZE_MAX).contains(&size) {
-            shared.stats.borrow_mut().rejected += 1;
-            return;
-        }
-        let mut frame = head;
-        if size > HEADER_SIZE {
-            let body = vec![0u8; size - HEADER_SIZE];
-            let Some((Ok(_), body)) = unless_stopped(shared, stream.read_exact(body)).await else {
-                return;
+        let message =
+            match unless_stopped(shared, read_frame(&mut stream, shared.config.cluster)).await {
+                Some(FrameRead::Message(message)) => message,
+                // Stopped, or the peer closed the connection.
+                None | Some(FrameRead::Closed) => return,
+                Some(FrameRead::Rejected) => {
+                    shared.stats.borrow_mut().rejected += 1;
+                    return;
+                }
             };
-            frame.extend_from_slice(&body);
-        }
-        let Ok(message) = Message::decode(&frame) else {
-            shared.stats.borrow_mut().rejected += 1;
-            return;
-        };
         let queued = shared.incoming.borrow_mut().push((peer, message));
         let mut stats = shared.stats.borrow_mut();
         if queued {
@@ -344,7 +326,7 @@ async fn receive_loop(shared: &Shared, mut stream: TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use galgo_consensus::Command;
+    use galgo_consensus::{Command, Header};
 
     fn message(group: u64, body: &[u8]) -> Message {
         Message::new(Header::new(Command::Prepare, 9, group), body.to_vec())

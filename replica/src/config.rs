@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 /// The configuration `galgo dev` runs with.
 pub const DEV_CONFIG: &str = include_str!("../config/dev.toml");
 
-pub const NODES_MAX: usize = 64;
+/// Nodes in a cluster, at most: the metadata group runs on every node, and a group has at
+/// most the consensus core's `REPLICAS_MAX` replicas.
+pub const NODES_MAX: usize = galgo_consensus::quorums::REPLICAS_MAX as usize;
 pub const SHARDS_MAX: u16 = 1024;
 pub const SEGMENT_SIZE_MIN: u64 = 1 << 20;
 pub const SEGMENT_SIZE_MAX: u64 = 1 << 30;
@@ -41,6 +43,8 @@ pub struct NodeConfig {
     pub id: u8,
     /// host:port of its replica-to-replica listener.
     pub address: String,
+    /// host:port of its client port (routing clients and gateways).
+    pub client_address: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +132,10 @@ impl Config {
                 &node.address,
                 &format!("cluster.nodes[id = {}].address", node.id),
             )?;
+            parse_address(
+                &node.client_address,
+                &format!("cluster.nodes[id = {}].client_address", node.id),
+            )?;
         }
         if !ids.contains(&self.replica.id) {
             return Err(error(format!(
@@ -164,13 +172,26 @@ impl Config {
 
     /// The address this node's replica listener binds.
     pub fn own_address(&self) -> SocketAddr {
-        let node = self
-            .cluster
+        self.own_node()
+            .address
+            .parse()
+            .expect("checked: a socket address")
+    }
+
+    /// The address this node's client port binds.
+    pub fn own_client_address(&self) -> SocketAddr {
+        self.own_node()
+            .client_address
+            .parse()
+            .expect("checked: a socket address")
+    }
+
+    fn own_node(&self) -> &NodeConfig {
+        self.cluster
             .nodes
             .iter()
             .find(|n| n.id == self.replica.id)
-            .expect("checked: replica.id is a node");
-        node.address.parse().expect("checked: a socket address")
+            .expect("checked: replica.id is a node")
     }
 }
 
@@ -254,7 +275,8 @@ mod tests {
                 ("GALGO_GATEWAY_TCP_ADDRESS", "0.0.0.0:9090"),
                 (
                     "GALGO_CLUSTER_NODES",
-                    r#"[{id = 0, address = "10.0.0.1:7000"}, {id = 1, address = "10.0.0.2:7000"}]"#,
+                    r#"[{id = 0, address = "10.0.0.1:7000", client_address = "10.0.0.1:7100"},
+                        {id = 1, address = "10.0.0.2:7000", client_address = "10.0.0.2:7100"}]"#,
                 ),
                 ("GALGO_ROOT_PASSWORD", "not a config key"),
                 ("GALGO_LOG", "debug"),
@@ -336,6 +358,11 @@ mod tests {
                 DEV_CONFIG.replace("127.0.0.1:7000", "nowhere"),
                 env(&[]),
                 "cluster.nodes[id = 0].address",
+            ),
+            (
+                DEV_CONFIG.replace("127.0.0.1:7100", "nowhere"),
+                env(&[]),
+                "cluster.nodes[id = 0].client_address",
             ),
         ];
         for (text, variables, key) in cases {

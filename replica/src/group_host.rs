@@ -48,16 +48,23 @@ impl Inbox {
     }
 }
 
+/// Takes each reply to a client (the node hands it to the client's connection).
+pub type ReplySink = Rc<dyn Fn(Message)>;
+
 pub struct GroupHost<S: StateMachine, D: Disk + 'static> {
     pub replica: RefCell<Replica<S>>,
     journal: Rc<SegmentJournal<'static, D>>,
     /// Taken by the one persist in flight (the core never issues two).
     view_state: Rc<RefCell<Option<ViewStateStore<'static, D>>>>,
     bus: Rc<Bus>,
+    /// The node of each replica index of this group (`Peer::Replica(i)` is `members[i]`).
+    members: Vec<u8>,
     /// Its own `Rc`, so the group's task can wait on it without keeping the host alive: a
     /// host dropped by its node stops before the next event.
     inbox: Rc<RefCell<Inbox>>,
-    /// Replies to clients, for the gateway (here: whoever drains it).
+    /// Where replies to clients go; without one they wait in `replies`.
+    reply_sink: Option<ReplySink>,
+    /// Replies to clients when there is no sink (whoever drains it).
     pub replies: RefCell<VecDeque<Message>>,
     pub replies_max: usize,
     pub replies_dropped: std::cell::Cell<u64>,
@@ -70,12 +77,17 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
         journal: SegmentJournal<'static, D>,
         view_state: ViewStateStore<'static, D>,
         bus: Rc<Bus>,
+        members: Vec<u8>,
+        reply_sink: Option<ReplySink>,
     ) -> Rc<GroupHost<S, D>> {
+        assert_eq!(members.len(), usize::from(replica.replica_count()));
         let host = Rc::new(GroupHost {
             replica: RefCell::new(replica),
             journal: Rc::new(journal),
             view_state: Rc::new(RefCell::new(Some(view_state))),
             bus,
+            members,
+            reply_sink,
             inbox: Rc::new(RefCell::new(Inbox {
                 events: VecDeque::new(),
                 waiter: None,
@@ -118,8 +130,10 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
             let mut replica = self.replica.borrow_mut();
             match event {
                 Event::Tick => {
-                    // The simulator's checker reads the journal's cuts; a node does not.
+                    // The simulator's checker reads the journal's cuts and the committed
+                    // headers; a node does not, and must not let them pile up.
                     let _ = self.journal.take_cuts();
+                    let _ = replica.take_committed();
                     let realtime = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.as_nanos() as u64);
@@ -139,11 +153,15 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
             Action::Send {
                 to: Peer::Replica(peer),
                 message,
-            } => self.bus.send(peer, &message),
+            } => self.bus.send(self.members[usize::from(peer)], &message),
             Action::Send {
                 to: Peer::Client(_),
                 message,
             } => {
+                if let Some(sink) = &self.reply_sink {
+                    sink(message);
+                    return;
+                }
                 let mut replies = self.replies.borrow_mut();
                 if replies.len() < self.replies_max {
                     replies.push_back(message);

@@ -6,10 +6,15 @@
 //! ordered, so every replica that applies the same operations holds the same state.
 
 pub mod bus;
+pub mod client_port;
+pub mod client_protocol;
 pub mod codec;
 pub mod config;
+pub mod frame;
 pub mod group_host;
 pub mod journal;
 pub mod metadata;
+pub mod node;
 pub mod partition;
+pub mod routing;
 pub mod view_state;

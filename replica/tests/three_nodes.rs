@@ -146,7 +146,14 @@ async fn start_node(
         bugs: Bugs::none(),
     };
     let replica = Replica::open(config, bodies, durable, recovered, u64::from(node) + 1);
-    let host = GroupHost::start(replica, journal, view_state, bus.clone());
+    let host = GroupHost::start(
+        replica,
+        journal,
+        view_state,
+        bus.clone(),
+        vec![0, 1, 2],
+        None,
+    );
     let dispatch = Rc::downgrade(&host);
     monoio::spawn(async move {
         loop {

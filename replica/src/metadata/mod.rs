@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod groups;
+pub mod machine;
 pub mod names;
 pub mod ops;
 pub mod permissions;
@@ -28,6 +29,8 @@ use users::User;
 
 /// Nodes a cluster may have (a replica set's size must fit a u8 with room to spare).
 pub const NODES_MAX: usize = 64;
+/// Replicas of one group, at most (the consensus core's limit).
+pub const REPLICATION_MAX: usize = galgo_consensus::quorums::REPLICAS_MAX as usize;
 
 /// Table sizes; an operation that would pass one is refused with `LimitReached`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -316,10 +319,13 @@ impl Metadata {
         self.check_partition_request(partitions, 0)?;
         let node_count = self.nodes.len() as u8;
         let replication_factor = match replication_factor {
-            0 => self.replication_default.min(node_count),
-            r if r > node_count => {
+            0 => self
+                .replication_default
+                .min(node_count)
+                .min(REPLICATION_MAX as u8),
+            r if r > node_count || usize::from(r) > REPLICATION_MAX => {
                 return Err(MetadataError::InvalidValue(format!(
-                    "replication factor {r} with {node_count} nodes"
+                    "replication factor {r} with {node_count} nodes (at most {REPLICATION_MAX})"
                 )))
             }
             r => r,

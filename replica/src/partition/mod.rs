@@ -6,8 +6,10 @@
 //! (per consumer and per consumer group, the latter fenced by generation), the idempotent
 //! producer table, and retention cuts as committed ops.
 
+pub mod machine;
 pub mod ops;
 pub mod producers;
+pub mod reply;
 pub mod snapshot;
 
 use std::collections::BTreeMap;
@@ -238,6 +240,8 @@ impl PartitionState {
                 self.first_offset = *first_offset;
                 Ok(())
             }
+            // Decided on the primary; changes nothing.
+            PartitionOp::Answer { .. } => Ok(()),
         }
     }
 }

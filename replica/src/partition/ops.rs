@@ -45,7 +45,16 @@ pub enum PartitionOp {
     RetentionCut {
         first_offset: u64,
     },
+    /// A request the primary answered without changing the partition (a retried batch, or a
+    /// refusal), prepared so the answer is in the log like every other: `reply` is an encoded
+    /// `PartitionReply`, returned as is on apply.
+    Answer {
+        reply: Vec<u8>,
+    },
 }
+
+/// Longest encoded reply an `Answer` carries.
+pub const ANSWER_LEN_MAX: u32 = 1024;
 
 pub(super) fn put_consumer(w: &mut Writer, consumer: &ConsumerKey) {
     match consumer {
@@ -121,6 +130,12 @@ impl PartitionOp {
                 w.u8(4);
                 w.u64(*first_offset);
             }
+            PartitionOp::Answer { reply } => {
+                assert!(batch.is_empty());
+                assert!(reply.len() <= ANSWER_LEN_MAX as usize);
+                w.u8(5);
+                w.long_bytes(reply);
+            }
         }
         w.bytes
     }
@@ -172,6 +187,13 @@ impl PartitionOp {
             4 => {
                 let op = PartitionOp::RetentionCut {
                     first_offset: r.u64("first offset")?,
+                };
+                r.finish()?;
+                Ok((op, &[]))
+            }
+            5 => {
+                let op = PartitionOp::Answer {
+                    reply: r.long_bytes("answer", ANSWER_LEN_MAX)?,
                 };
                 r.finish()?;
                 Ok((op, &[]))
@@ -237,6 +259,12 @@ mod tests {
                 &[][..],
             ),
             (PartitionOp::RetentionCut { first_offset: 4 }, &[][..]),
+            (
+                PartitionOp::Answer {
+                    reply: b"an encoded reply".to_vec(),
+                },
+                &[][..],
+            ),
         ];
         for (op, batch) in cases {
             let bytes = op.encode(batch);

@@ -1,0 +1,220 @@
+//! A node's client port: TCP connections from routing clients (and, later, the gateway).
+//! Each connection reads whole consensus messages (checked by `frame::read_frame`) and hands
+//! requests to the node; replies come back through the `ClientTable`, which maps a client id
+//! to the connection it last spoke on, and wait in that connection's bounded queue for its
+//! writer. A connection that sends a bad frame is closed; so is one whose queue overflows
+//! (a client that does not read its replies).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::{Rc, Weak};
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use galgo_consensus::Message;
+use monoio::io::{AsyncWriteRentExt, Splitable};
+use monoio::net::{TcpListener, TcpStream};
+
+use crate::frame::{read_frame, FrameRead};
+
+/// Connections open at once, at most.
+pub const CONNECTIONS_MAX: usize = 256;
+/// Client ids one connection may speak for, at most.
+const IDS_PER_CONNECTION_MAX: usize = 64;
+/// Reply bytes waiting for one connection's writer, at most.
+const REPLY_BYTES_QUEUED_MAX: usize = 64 << 20;
+/// A connection that sends no whole frame for this long is closed.
+const IDLE_MAX: Duration = Duration::from_secs(600);
+/// Client ids the table routes replies to, at most.
+pub const CLIENT_IDS_MAX: usize = 16_384;
+/// Replies waiting for one connection's writer, at most.
+const REPLIES_QUEUED_MAX: usize = 4096;
+/// A reply write must finish this soon.
+const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+
+pub struct Connection {
+    id: u64,
+    replies: RefCell<VecDeque<Vec<u8>>>,
+    replies_bytes: Cell<usize>,
+    /// Client ids this connection spoke for.
+    ids: Cell<usize>,
+    waiter: RefCell<Option<Waker>>,
+    closed: Cell<bool>,
+}
+
+impl Connection {
+    fn push(&self, frame: Vec<u8>) {
+        let mut replies = self.replies.borrow_mut();
+        if replies.len() >= REPLIES_QUEUED_MAX
+            || self.replies_bytes.get() + frame.len() > REPLY_BYTES_QUEUED_MAX
+        {
+            // A client that does not read its replies.
+            drop(replies);
+            self.close();
+            return;
+        }
+        self.replies_bytes
+            .set(self.replies_bytes.get() + frame.len());
+        replies.push_back(frame);
+        if let Some(waker) = self.waiter.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    fn close(&self) {
+        self.closed.set(true);
+        if let Some(waker) = self.waiter.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    async fn next_reply(&self) -> Option<Vec<u8>> {
+        std::future::poll_fn(|cx| {
+            if self.closed.get() {
+                return Poll::Ready(None);
+            }
+            match self.replies.borrow_mut().pop_front() {
+                Some(frame) => {
+                    self.replies_bytes
+                        .set(self.replies_bytes.get() - frame.len());
+                    Poll::Ready(Some(frame))
+                }
+                None => {
+                    *self.waiter.borrow_mut() = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+}
+
+/// Which connection each client id's replies go to.
+#[derive(Default)]
+pub struct ClientTable {
+    routes: RefCell<BTreeMap<u128, Weak<Connection>>>,
+    open: Cell<usize>,
+    next_id: Cell<u64>,
+    /// Replies for a client with no open connection, dropped (the client retries).
+    pub dropped: Cell<u64>,
+}
+
+impl ClientTable {
+    /// Sends `reply` to the connection its client last spoke on.
+    pub fn deliver(&self, reply: &Message) {
+        let connection = self
+            .routes
+            .borrow()
+            .get(&reply.header.client)
+            .and_then(Weak::upgrade);
+        match connection {
+            Some(connection) if !connection.closed.get() => connection.push(reply.encode()),
+            _ => self.dropped.set(self.dropped.get() + 1),
+        }
+    }
+
+    fn register(&self, client: u128, connection: &Rc<Connection>) {
+        let mut routes = self.routes.borrow_mut();
+        let known = routes
+            .get(&client)
+            .and_then(Weak::upgrade)
+            .is_some_and(|c| c.id == connection.id);
+        if known {
+            return;
+        }
+        if connection.ids.get() >= IDS_PER_CONNECTION_MAX {
+            return; // Its replies for more ids are dropped.
+        }
+        connection.ids.set(connection.ids.get() + 1);
+        if routes.len() >= CLIENT_IDS_MAX && !routes.contains_key(&client) {
+            // Forget the ids of closed connections first; if none, this client gets no replies.
+            routes.retain(|_, c| c.upgrade().is_some_and(|c| !c.closed.get()));
+            if routes.len() >= CLIENT_IDS_MAX {
+                return;
+            }
+        }
+        routes.insert(client, Rc::downgrade(connection));
+    }
+
+    fn forget(&self, connection: &Connection) {
+        self.routes
+            .borrow_mut()
+            .retain(|_, c| c.upgrade().is_some_and(|c| c.id != connection.id));
+    }
+}
+
+/// What the node does with a client's message; `Some(reply)` is answered at once.
+pub type RequestHandler = Rc<dyn Fn(Message) -> Option<Message>>;
+
+/// Accepts client connections on `listener` until the table's node goes away.
+pub async fn serve(
+    listener: TcpListener,
+    table: Rc<ClientTable>,
+    cluster: u128,
+    handler: RequestHandler,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            monoio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        if table.open.get() >= CONNECTIONS_MAX {
+            continue; // Dropping the stream closes it.
+        }
+        let _ = stream.set_nodelay(true);
+        table.open.set(table.open.get() + 1);
+        let id = table.next_id.get();
+        table.next_id.set(id + 1);
+        let connection = Rc::new(Connection {
+            id,
+            replies: RefCell::new(VecDeque::new()),
+            replies_bytes: Cell::new(0),
+            ids: Cell::new(0),
+            waiter: RefCell::new(None),
+            closed: Cell::new(false),
+        });
+        let (table, handler) = (table.clone(), handler.clone());
+        monoio::spawn(async move {
+            run_connection(stream, &table, &connection, cluster, &handler).await;
+            connection.close();
+            table.forget(&connection);
+            table.open.set(table.open.get() - 1);
+        });
+    }
+}
+
+async fn run_connection(
+    stream: TcpStream,
+    table: &Rc<ClientTable>,
+    connection: &Rc<Connection>,
+    cluster: u128,
+    handler: &RequestHandler,
+) {
+    let (mut reader, mut writer) = stream.into_split();
+    let writing = connection.clone();
+    let writer_task = monoio::spawn(async move {
+        while let Some(frame) = writing.next_reply().await {
+            let written = monoio::time::timeout(WRITE_DEADLINE, writer.write_all(frame)).await;
+            if !matches!(written, Ok((Ok(_), _))) {
+                writing.close();
+                return;
+            }
+        }
+    });
+    // Ends when the client closes, sends a bad frame, or its replies overflowed.
+    while !connection.closed.get() {
+        let message = match monoio::time::timeout(IDLE_MAX, read_frame(&mut reader, cluster)).await
+        {
+            Ok(FrameRead::Message(message)) => message,
+            Ok(FrameRead::Closed | FrameRead::Rejected) | Err(_) => break,
+        };
+        if message.header.client != 0 {
+            table.register(message.header.client, connection);
+        }
+        if let Some(reply) = handler(message) {
+            connection.push(reply.encode());
+        }
+    }
+    connection.close();
+    writer_task.await;
+}

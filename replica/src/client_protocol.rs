@@ -1,0 +1,298 @@
+//! What crosses a node's client port besides VSR requests and replies: the operation numbers
+//! of the broker's requests, and the one query a node answers itself (where a topic's
+//! partition groups are), with its encoding. Frames are whole consensus messages.
+
+use crate::codec::{DecodeError, EncodeError, Reader, Writer};
+
+/// A metadata op (`MetadataOp` encoding) to group 0, or a partition op (`PartitionOp`
+/// encoding) to a partition's group.
+pub const OPERATION_BROKER: u8 = 16;
+/// To group 0, answered by the node from its applied metadata (not replicated, may lag):
+/// body `TopicQuery`, reply body `TopicRoutes`.
+pub const OPERATION_TOPIC_ROUTES: u8 = 250;
+
+/// To group 0, answered by the node itself: how its replica of one group stands. Body
+/// `GroupStatusQuery`, reply body `GroupStatus`.
+pub const OPERATION_GROUP_STATUS: u8 = 251;
+
+const QUERY_VERSION: u8 = 1;
+/// Partitions one `TopicRoutes` page lists, at most (16 bytes or fewer each: a page stays far
+/// below a message body's limit).
+pub const ROUTES_PER_PAGE: u32 = 10_000;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicQuery {
+    pub stream: String,
+    pub topic: String,
+    /// The first partition of the page asked for.
+    pub first: u32,
+}
+
+impl TopicQuery {
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        let mut w = Writer::default();
+        w.u8(QUERY_VERSION);
+        w.short_str(&self.stream);
+        w.short_str(&self.topic);
+        w.u32(self.first);
+        w.finish()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<TopicQuery, DecodeError> {
+        let mut r = Reader::new(bytes);
+        r.version("topic query version", QUERY_VERSION)?;
+        let query = TopicQuery {
+            stream: r.short_str("stream")?,
+            topic: r.short_str("topic")?,
+            first: r.u32("first partition")?,
+        };
+        r.finish()?;
+        Ok(query)
+    }
+}
+
+/// One partition's replication group: `members[(view + placement_offset) % n]` leads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionRoute {
+    pub group: u64,
+    pub members: Vec<u8>,
+    pub placement_offset: u8,
+}
+
+/// One page of a topic's partitions, in order: `routes[i]` is partition `first + i`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoutesPage {
+    /// Partitions the topic has.
+    pub total: u32,
+    pub first: u32,
+    pub routes: Vec<PartitionRoute>,
+}
+
+/// A node's answer to a `TopicQuery`, or `None` when the node does not know the topic (yet).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicRoutes(pub Option<RoutesPage>);
+
+impl TopicRoutes {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u8(QUERY_VERSION);
+        w.bool(self.0.is_some());
+        let (total, first, routes) = match &self.0 {
+            Some(page) => (page.total, page.first, page.routes.as_slice()),
+            None => (0, 0, &[][..]),
+        };
+        assert!(routes.len() <= ROUTES_PER_PAGE as usize);
+        w.u32(total);
+        w.u32(first);
+        w.u32(routes.len() as u32);
+        for route in routes {
+            w.u64(route.group);
+            w.u8(route.placement_offset);
+            w.u8(u8::try_from(route.members.len()).expect("at most 64 nodes"));
+            for member in &route.members {
+                w.u8(*member);
+            }
+        }
+        w.finish().expect("no field can pass a limit")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<TopicRoutes, DecodeError> {
+        let mut r = Reader::new(bytes);
+        r.version("topic routes version", QUERY_VERSION)?;
+        let known = r.bool("topic known")?;
+        let total = r.u32("partitions in the topic")?;
+        let first = r.u32("first partition")?;
+        let count = r.count("partitions", ROUTES_PER_PAGE)?;
+        let mut routes = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let group = r.u64("group")?;
+            let placement_offset = r.u8("placement offset")?;
+            let members = r.u8("members")?;
+            if usize::from(members) > crate::config::NODES_MAX {
+                return Err(DecodeError::Invalid(format!("{members} members")));
+            }
+            let members: Vec<u8> = (0..members)
+                .map(|_| r.u8("member"))
+                .collect::<Result<_, _>>()?;
+            if members.is_empty() || usize::from(placement_offset) >= members.len() {
+                return Err(DecodeError::Invalid(format!(
+                    "placement offset {placement_offset} of {} members",
+                    members.len()
+                )));
+            }
+            routes.push(PartitionRoute {
+                group,
+                members,
+                placement_offset,
+            });
+        }
+        r.finish()?;
+        if !known && (total != 0 || first != 0 || !routes.is_empty()) {
+            return Err(DecodeError::Invalid(
+                "routes listed for an unknown topic".to_string(),
+            ));
+        }
+        if u64::from(first) + routes.len() as u64 > u64::from(total) {
+            return Err(DecodeError::Invalid(format!(
+                "partitions {first}..+{} of {total}",
+                routes.len()
+            )));
+        }
+        Ok(TopicRoutes(known.then_some(RoutesPage {
+            total,
+            first,
+            routes,
+        })))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupStatusQuery {
+    pub group: u64,
+}
+
+impl GroupStatusQuery {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u8(QUERY_VERSION);
+        w.u64(self.group);
+        w.finish().expect("fixed size")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<GroupStatusQuery, DecodeError> {
+        let mut r = Reader::new(bytes);
+        r.version("group status query version", QUERY_VERSION)?;
+        let query = GroupStatusQuery {
+            group: r.u64("group")?,
+        };
+        r.finish()?;
+        Ok(query)
+    }
+}
+
+/// One node's replica of a group, as that node sees it (`None`: it does not run the group).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    pub view: u32,
+    pub normal: bool,
+    pub primary: bool,
+    pub commit_min: u64,
+    pub commit_max: u64,
+    pub head: u64,
+    /// Every op up to this one is durable in the node's log.
+    pub durable_through: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupStatus(pub Option<ReplicaStatus>);
+
+impl GroupStatus {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u8(QUERY_VERSION);
+        w.bool(self.0.is_some());
+        if let Some(status) = self.0 {
+            w.u32(status.view);
+            w.bool(status.normal);
+            w.bool(status.primary);
+            w.u64(status.commit_min);
+            w.u64(status.commit_max);
+            w.u64(status.head);
+            w.u64(status.durable_through);
+        }
+        w.finish().expect("fixed size")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<GroupStatus, DecodeError> {
+        let mut r = Reader::new(bytes);
+        r.version("group status version", QUERY_VERSION)?;
+        let status = if r.bool("group known")? {
+            Some(ReplicaStatus {
+                view: r.u32("view")?,
+                normal: r.bool("normal")?,
+                primary: r.bool("primary")?,
+                commit_min: r.u64("commit min")?,
+                commit_max: r.u64("commit max")?,
+                head: r.u64("head")?,
+                durable_through: r.u64("durable through")?,
+            })
+        } else {
+            None
+        };
+        r.finish()?;
+        Ok(GroupStatus(status))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_status_round_trips_and_truncations_are_refused() {
+        let query = GroupStatusQuery { group: 9 };
+        assert_eq!(GroupStatusQuery::decode(&query.encode()).unwrap(), query);
+        for status in [
+            GroupStatus(None),
+            GroupStatus(Some(ReplicaStatus {
+                view: 3,
+                normal: true,
+                primary: false,
+                commit_min: 10,
+                commit_max: 12,
+                head: 13,
+                durable_through: 11,
+            })),
+        ] {
+            let bytes = status.encode();
+            assert_eq!(GroupStatus::decode(&bytes).unwrap(), status);
+            for cut in 0..bytes.len() {
+                assert!(GroupStatus::decode(&bytes[..cut]).is_err(), "cut {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn queries_and_routes_round_trip_and_truncations_are_refused() {
+        let query = TopicQuery {
+            stream: "orders".into(),
+            topic: "eu".into(),
+            first: 7,
+        };
+        let bytes = query.encode().unwrap();
+        assert_eq!(TopicQuery::decode(&bytes).unwrap(), query);
+        for cut in 0..bytes.len() {
+            assert!(TopicQuery::decode(&bytes[..cut]).is_err());
+        }
+        for routes in [
+            TopicRoutes(None),
+            TopicRoutes(Some(RoutesPage {
+                total: 0,
+                first: 0,
+                routes: vec![],
+            })),
+            TopicRoutes(Some(RoutesPage {
+                total: 9,
+                first: 7,
+                routes: vec![
+                    PartitionRoute {
+                        group: 1,
+                        members: vec![0, 1, 2],
+                        placement_offset: 2,
+                    },
+                    PartitionRoute {
+                        group: 2,
+                        members: vec![1],
+                        placement_offset: 0,
+                    },
+                ],
+            })),
+        ] {
+            let bytes = routes.encode();
+            assert_eq!(TopicRoutes::decode(&bytes).unwrap(), routes);
+            for cut in 0..bytes.len() {
+                assert!(TopicRoutes::decode(&bytes[..cut]).is_err(), "cut {cut}");
+            }
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! Reading one consensus message off a stream (monoio), checked before anyone sees it:
+//! the header's checksum and cluster, a size within limits, then the body's checksum. Shared
+//! by the replica bus and the client port.
+
+use galgo_consensus::header::HEADER_SIZE;
+use galgo_consensus::message::BODY_SIZE_MAX;
+use galgo_consensus::{Header, Message};
+use monoio::io::{AsyncReadRent, AsyncReadRentExt};
+
+// Returned once per frame and matched at once: boxing the message would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+pub enum FrameRead {
+    Message(Message),
+    /// The peer closed the connection, or reading failed.
+    Closed,
+    /// A frame that is not a valid message of this cluster: close the connection.
+    Rejected,
+}
+
+pub async fn read_frame<S: AsyncReadRent>(stream: &mut S, cluster: u128) -> FrameRead {
+    let (read, head) = stream.read_exact(vec![0u8; HEADER_SIZE]).await;
+    if read.is_err() {
+        return FrameRead::Closed;
+    }
+    let header_bytes: &[u8; HEADER_SIZE] = head[..].try_into().expect("a whole header");
+    let size = match Header::decode(header_bytes) {
+        Ok(header) if header.cluster == cluster => header.size as usize,
+        _ => return FrameRead::Rejected,
+    };
+    if !(HEADER_SIZE..=HEADER_SIZE + BODY_SIZE_MAX).contains(&size) {
+        return FrameRead::Rejected;
+    }
+    let mut frame = head;
+    if size > HEADER_SIZE {
+        let (read, body) = stream.read_exact(vec![0u8; size - HEADER_SIZE]).await;
+        if read.is_err() {
+            return FrameRead::Closed;
+        }
+        frame.extend_from_slice(&body);
+    }
+    match Message::decode(&frame) {
+        Ok(message) => FrameRead::Message(message),
+        Err(_) => FrameRead::Rejected,
+    }
+}

@@ -1,0 +1,502 @@
+//! A Galgo node (`galgo replica`, and the replica half of `galgo dev`): one process holding its
+//! replica of the metadata group (group 0, over every node) and of each partition group the
+//! metadata places on it, all on one monoio thread for now. It owns the data directory (one
+//! segment log and one superblock per group), the replica bus (messages routed to groups by
+//! the header's group), and the client port (requests routed the same way, replies back to
+//! the client's connection). Partition groups start when the applied metadata places them
+//! here and stop when it no longer does; their files stay.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::rc::{Rc, Weak};
+
+use galgo_consensus::recovery::RecoveryBugs;
+use galgo_consensus::{
+    Bugs, Command, Config as GroupConfig, Header, Message, Replica, StateMachine, Timeouts,
+};
+use galgo_storage::{FileDisk, LogConfig, StorageError};
+
+use crate::bus::{Bus, BusConfig};
+use crate::client_port::{self, ClientTable, RequestHandler};
+use crate::client_protocol::{
+    GroupStatus, GroupStatusQuery, PartitionRoute, ReplicaStatus, RoutesPage, TopicQuery,
+    TopicRoutes, OPERATION_BROKER, OPERATION_GROUP_STATUS, OPERATION_TOPIC_ROUTES, ROUTES_PER_PAGE,
+};
+use crate::config::Config;
+use crate::group_host::{Event, GroupHost, ReplySink, TICK};
+use crate::journal::{MessagesOf, SegmentJournal};
+use crate::metadata::machine::MetadataMachine;
+use crate::metadata::{Ident, Limits, Metadata, Placement};
+use crate::partition::machine::PartitionMachine;
+use crate::partition::PartitionState;
+use crate::view_state::ViewStateStore;
+
+/// The metadata group's id.
+pub const METADATA_GROUP: u64 = 0;
+/// Highest op a group's log may hold (the journal keeps every op's header in memory until
+/// compaction is built, so this is also a memory bound).
+pub const OPS_MAX: u64 = 1 << 32;
+const PIPELINE_MAX: usize = 8;
+const REQUEST_QUEUE_MAX: usize = 256;
+/// Client sessions per group.
+const CLIENTS_MAX: usize = 1024;
+/// Consumers and idempotent producers a partition remembers.
+const CONSUMERS_MAX: u32 = 10_000;
+const PRODUCERS_MAX: u32 = 10_000;
+/// How long the node waits for its listen addresses to become free at start.
+const BIND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+/// Messages queued per peer on the bus, and received but not yet routed.
+const BUS_QUEUE_MAX: usize = 65_536;
+
+#[derive(Debug)]
+pub enum NodeError {
+    Io(String, std::io::Error),
+    Storage(String, StorageError),
+}
+
+impl fmt::Display for NodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeError::Io(what, error) => write!(f, "{what}: {error}"),
+            NodeError::Storage(what, error) => write!(f, "{what}: {error:?}"),
+        }
+    }
+}
+
+impl std::error::Error for NodeError {}
+
+pub type MetadataHost = Rc<GroupHost<MetadataMachine, FileDisk>>;
+pub type PartitionHost = Rc<GroupHost<PartitionMachine, FileDisk>>;
+
+pub struct Node {
+    pub config: Config,
+    cluster: u128,
+    disk: &'static FileDisk,
+    bus: Rc<Bus>,
+    clients: Rc<ClientTable>,
+    pub metadata: MetadataHost,
+    pub partitions: RefCell<BTreeMap<u64, PartitionHost>>,
+    /// Partition groups being opened.
+    starting: RefCell<BTreeSet<u64>>,
+    placements_seen: Cell<Option<u64>>,
+    pub client_address: SocketAddr,
+}
+
+fn metadata_messages(_: &Message, next_offset: u64) -> (u64, u32) {
+    (next_offset, 0)
+}
+
+/// Seeds a group's consensus randomness (timeout jitter); not a source of state.
+fn seed(node: u8, group: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (u64::from(node) << 56) ^ group.rotate_left(17)
+}
+
+impl Node {
+    /// Opens the data directory and every group's files, binds the bus and the client port,
+    /// and starts the node's tasks on the current monoio runtime.
+    pub async fn start(config: Config) -> Result<Rc<Node>, NodeError> {
+        let data_dir = config.replica.data_dir.clone();
+        std::fs::create_dir_all(&data_dir)
+            .map_err(|e| NodeError::Io(format!("creating {}", data_dir.display()), e))?;
+        let disk = FileDisk::new(&data_dir);
+        let disk: &'static FileDisk = Box::leak(Box::new(if config.storage.direct_io {
+            disk
+        } else {
+            disk.buffered()
+        }));
+        let cluster = u128::from(config.cluster.id);
+        let me = config.replica.id;
+        let mut nodes: Vec<u8> = config.cluster.nodes.iter().map(|n| n.id).collect();
+        nodes.sort_unstable();
+        let peers = config
+            .cluster
+            .nodes
+            .iter()
+            .filter(|n| n.id != me)
+            .map(|n| (n.id, n.address.parse().expect("checked: a socket address")))
+            .collect();
+        let bus_config = BusConfig {
+            cluster,
+            node: me,
+            peers,
+            send_queue_max: BUS_QUEUE_MAX,
+            recv_queue_max: BUS_QUEUE_MAX,
+        };
+        let bus_address = config.own_address();
+        let bus = Rc::new(
+            bind_with_patience(&format!("the replica bus on {bus_address}"), || {
+                Bus::start(bus_config.clone(), bus_address)
+            })
+            .await?,
+        );
+        let client_address = config.own_client_address();
+        let client_options = monoio::net::ListenerOpts::default().reuse_port(false);
+        let listener = bind_with_patience(&format!("the client port on {client_address}"), || {
+            monoio::net::TcpListener::bind_with_config(client_address, &client_options)
+        })
+        .await?;
+        let clients = Rc::new(ClientTable::default());
+        let metadata_machine = MetadataMachine::new(Metadata::new(
+            nodes.clone(),
+            config.cluster.replication,
+            Limits::default(),
+        ));
+        let metadata = open_group(
+            disk,
+            cluster,
+            METADATA_GROUP,
+            me,
+            &Placement {
+                members: nodes,
+                placement_offset: 0,
+            },
+            metadata_machine,
+            metadata_messages,
+            config.storage.segment_size,
+            bus.clone(),
+            reply_sink(&clients),
+        )
+        .await?;
+        let node = Rc::new(Node {
+            config,
+            cluster,
+            disk,
+            bus: bus.clone(),
+            clients: clients.clone(),
+            metadata,
+            partitions: RefCell::new(BTreeMap::new()),
+            starting: RefCell::new(BTreeSet::new()),
+            placements_seen: Cell::new(None),
+            client_address,
+        });
+        let dispatcher = Rc::downgrade(&node);
+        monoio::spawn(async move {
+            loop {
+                let (_, message) = bus.recv().await;
+                let Some(node) = dispatcher.upgrade() else {
+                    return;
+                };
+                node.route(message);
+            }
+        });
+        let syncer = Rc::downgrade(&node);
+        monoio::spawn(async move {
+            loop {
+                monoio::time::sleep(TICK).await;
+                let Some(node) = syncer.upgrade() else {
+                    return;
+                };
+                node.sync_partitions();
+            }
+        });
+        let handler_node = Rc::downgrade(&node);
+        let handler: RequestHandler = Rc::new(move |message| {
+            let node = handler_node.upgrade()?;
+            node.on_client_message(message)
+        });
+        monoio::spawn(client_port::serve(listener, clients, cluster, handler));
+        Ok(node)
+    }
+
+    /// A message from a peer: to its group, if this node runs it (else dropped: VSR
+    /// retransmits, and the group may be starting).
+    fn route(&self, message: Message) {
+        if message.header.group == METADATA_GROUP {
+            self.metadata.deliver(Event::Message(message));
+        } else if let Some(host) = self.partitions.borrow().get(&message.header.group) {
+            host.deliver(Event::Message(message));
+        }
+    }
+
+    fn on_client_message(&self, message: Message) -> Option<Message> {
+        if message.header.command != Command::Request {
+            return None;
+        }
+        if message.header.group == METADATA_GROUP {
+            match message.header.operation {
+                OPERATION_TOPIC_ROUTES => return Some(self.answer_topic_routes(&message)),
+                OPERATION_GROUP_STATUS => return Some(self.answer_group_status(&message)),
+                _ => {}
+            }
+        }
+        let operation = message.header.operation;
+        if operation == OPERATION_BROKER
+            || operation == galgo_consensus::header::operation::REGISTER
+        {
+            self.route(message);
+        }
+        None
+    }
+
+    /// How this node's replica of a group stands.
+    fn answer_group_status(&self, request: &Message) -> Message {
+        let status = GroupStatusQuery::decode(&request.body)
+            .ok()
+            .and_then(|query| self.replica_status(query.group));
+        self.node_reply(
+            request,
+            OPERATION_GROUP_STATUS,
+            GroupStatus(status).encode(),
+        )
+    }
+
+    pub fn replica_status(&self, group: u64) -> Option<ReplicaStatus> {
+        fn status<S: StateMachine>(replica: &Replica<S>) -> ReplicaStatus {
+            ReplicaStatus {
+                view: replica.view(),
+                normal: replica.status() == galgo_consensus::Status::Normal,
+                primary: replica.is_primary(),
+                commit_min: replica.commit_min(),
+                commit_max: replica.commit_max(),
+                head: replica.head(),
+                // A scan of the journal: fine for a status query, not for a hot path.
+                durable_through: (1..=replica.head())
+                    .find(|op| !replica.journal().entry(*op).present())
+                    .map_or(replica.head(), |op| op - 1),
+            }
+        }
+        if group == METADATA_GROUP {
+            return Some(status(&self.metadata.replica.borrow()));
+        }
+        let partitions = self.partitions.borrow();
+        let host = partitions.get(&group)?;
+        let replica = host.replica.borrow();
+        Some(status(&replica))
+    }
+
+    /// A reply the node makes itself (not through a group), to the requesting client.
+    fn node_reply(&self, request: &Message, operation: u8, body: Vec<u8>) -> Message {
+        let mut header = Header::new(Command::Reply, self.cluster, METADATA_GROUP);
+        header.client = request.header.client;
+        header.context = request.header.checksum;
+        header.request = request.header.request;
+        header.session = request.header.session;
+        header.operation = operation;
+        header.view = self.metadata.replica.borrow().view();
+        Message::new(header, body)
+    }
+
+    /// The routes of a topic, from this node's applied metadata.
+    fn answer_topic_routes(&self, request: &Message) -> Message {
+        let routes = match TopicQuery::decode(&request.body) {
+            Ok(query) => {
+                let replica = self.metadata.replica.borrow();
+                let metadata = &replica.state_machine().metadata;
+                metadata
+                    .topic(&Ident::Name(query.stream), &Ident::Name(query.topic))
+                    .ok()
+                    .map(|topic| RoutesPage {
+                        total: topic.partitions.len() as u32,
+                        first: query.first.min(topic.partitions.len() as u32),
+                        routes: topic
+                            .partitions
+                            .iter()
+                            .skip(query.first as usize)
+                            .take(ROUTES_PER_PAGE as usize)
+                            .map(|p| PartitionRoute {
+                                group: p.group,
+                                members: p.placement.members.clone(),
+                                placement_offset: p.placement.placement_offset,
+                            })
+                            .collect(),
+                    })
+            }
+            Err(_) => None,
+        };
+        self.node_reply(
+            request,
+            OPERATION_TOPIC_ROUTES,
+            TopicRoutes(routes).encode(),
+        )
+    }
+
+    /// Starts the partition groups the applied metadata places here, stops the others.
+    fn sync_partitions(self: &Rc<Self>) {
+        let version = self
+            .metadata
+            .replica
+            .borrow()
+            .state_machine()
+            .placements_version;
+        if self.placements_seen.get() == Some(version) {
+            return;
+        }
+        let me = self.config.replica.id;
+        let wanted: BTreeMap<u64, Placement> = {
+            let replica = self.metadata.replica.borrow();
+            let metadata = &replica.state_machine().metadata;
+            metadata
+                .streams
+                .values()
+                .flat_map(|stream| stream.topics.values())
+                .flat_map(|topic| topic.partitions.iter())
+                .filter(|partition| partition.placement.members.contains(&me))
+                .map(|partition| (partition.group, partition.placement.clone()))
+                .collect()
+        };
+        self.partitions
+            .borrow_mut()
+            .retain(|group, _| wanted.contains_key(group));
+        for (group, placement) in wanted {
+            if self.partitions.borrow().contains_key(&group)
+                || !self.starting.borrow_mut().insert(group)
+            {
+                continue;
+            }
+            let node = Rc::downgrade(self);
+            let (disk, cluster, bus, sink) = (
+                self.disk,
+                self.cluster,
+                self.bus.clone(),
+                reply_sink(&self.clients),
+            );
+            let segment_size = self.config.storage.segment_size;
+            monoio::spawn(async move {
+                let machine =
+                    PartitionMachine::new(PartitionState::new(CONSUMERS_MAX, PRODUCERS_MAX));
+                let opened = open_group(
+                    disk,
+                    cluster,
+                    group,
+                    me,
+                    &placement,
+                    machine,
+                    crate::partition::machine::messages_of,
+                    segment_size,
+                    bus,
+                    sink,
+                )
+                .await;
+                let Some(node) = node.upgrade() else {
+                    return;
+                };
+                node.starting.borrow_mut().remove(&group);
+                match opened {
+                    Ok(host) => {
+                        node.partitions.borrow_mut().insert(group, host);
+                        // Look at the placements again next tick: they may have moved on
+                        // while this group opened (a group no longer placed here stops).
+                        node.placements_seen.set(None);
+                    }
+                    // A group that cannot open its files: the node runs on without it and the
+                    // operator sees why (the other replicas keep the group available).
+                    Err(error) => {
+                        eprintln!("galgo: partition group {group} did not start: {error}")
+                    }
+                }
+            });
+        }
+        self.placements_seen.set(Some(version));
+    }
+
+    /// The partition groups this node runs, with whether it leads each.
+    pub fn partition_roles(&self) -> Vec<(u64, bool)> {
+        self.partitions
+            .borrow()
+            .iter()
+            .map(|(group, host)| (*group, host.replica.borrow().is_primary()))
+            .collect()
+    }
+}
+
+/// Binds with `bind`, retrying while the address is in use for up to `BIND_PATIENCE`: a
+/// predecessor killed a moment ago may still hold its listener (with io_uring, the kernel
+/// closes a dead process's ring, and the sockets it holds, after the process is gone).
+async fn bind_with_patience<T>(
+    what: &str,
+    mut bind: impl FnMut() -> std::io::Result<T>,
+) -> Result<T, NodeError> {
+    let started = std::time::Instant::now();
+    let mut said = false;
+    loop {
+        match bind() {
+            Ok(bound) => return Ok(bound),
+            Err(error)
+                if error.kind() == std::io::ErrorKind::AddrInUse
+                    && started.elapsed() < BIND_PATIENCE =>
+            {
+                if !said {
+                    eprintln!("galgo: {what} is in use; retrying for up to {BIND_PATIENCE:?}");
+                    said = true;
+                }
+                monoio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(error) => return Err(NodeError::Io(format!("binding {what}"), error)),
+        }
+    }
+}
+
+fn reply_sink(clients: &Rc<ClientTable>) -> ReplySink {
+    let clients: Weak<ClientTable> = Rc::downgrade(clients);
+    Rc::new(move |reply: Message| {
+        if let Some(clients) = clients.upgrade() {
+            clients.deliver(&reply);
+        }
+    })
+}
+
+/// Opens one group's superblock and log, recovers its journal and starts its host.
+#[allow(clippy::too_many_arguments)]
+async fn open_group<S: StateMachine + 'static>(
+    disk: &'static FileDisk,
+    cluster: u128,
+    group: u64,
+    me: u8,
+    placement: &Placement,
+    machine: S,
+    messages_of: MessagesOf,
+    segment_size: u64,
+    bus: Rc<Bus>,
+    sink: ReplySink,
+) -> Result<Rc<GroupHost<S, FileDisk>>, NodeError> {
+    let replica_index = placement
+        .members
+        .iter()
+        .position(|m| *m == me)
+        .expect("placed on this node") as u8;
+    let (view_state, durable) = ViewStateStore::open(disk, &format!("superblock-{group}"))
+        .await
+        .map_err(|e| NodeError::Storage(format!("group {group}: superblock"), e))?;
+    let (journal, recovered) = SegmentJournal::open(
+        disk,
+        LogConfig {
+            segment_size,
+            ..LogConfig::new(format!("group-{group}"))
+        },
+        &durable,
+        Header::root(cluster, group),
+        OPS_MAX,
+        messages_of,
+        RecoveryBugs::default(),
+    )
+    .await
+    .map_err(|e| NodeError::Storage(format!("group {group}: log"), e))?;
+    let config = GroupConfig {
+        cluster,
+        group,
+        replica_count: placement.members.len() as u8,
+        replica: replica_index,
+        placement_offset: placement.placement_offset,
+        pipeline_max: PIPELINE_MAX,
+        request_queue_max: REQUEST_QUEUE_MAX,
+        clients_max: CLIENTS_MAX,
+        ops_max: OPS_MAX,
+        redundant_headers: false,
+        timeouts: Timeouts::default(),
+        bugs: Bugs::none(),
+    };
+    let replica = Replica::open(config, machine, durable, recovered, seed(me, group));
+    Ok(GroupHost::start(
+        replica,
+        journal,
+        view_state,
+        bus,
+        placement.members.clone(),
+        Some(sink),
+    ))
+}

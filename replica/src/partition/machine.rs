@@ -1,0 +1,258 @@
+//! A partition group's state machine as the consensus core drives it. A request is an encoded
+//! `PartitionOp`; for an append the client's offset and timestamp fields are placeholders.
+//! On the primary, `prepare` decides the request against the projected state: a fresh batch
+//! is stamped with its base offset and timestamp; a retried batch, or a request the state
+//! would refuse, becomes an `Answer` op carrying the reply, so every replica answers alike.
+//! `apply` applies committed ops to the committed state and returns the encoded reply.
+
+use galgo_consensus::{Message, StateMachine};
+
+use super::ops::{PartitionOp, ANSWER_LEN_MAX};
+use super::reply::PartitionReply;
+use super::{PartitionState, Stamp};
+use crate::client_protocol::OPERATION_BROKER;
+
+pub struct PartitionMachine {
+    committed: PartitionState,
+    /// The primary's view: `committed` with every op it prepared since the last reset.
+    projected: PartitionState,
+}
+
+impl PartitionMachine {
+    pub fn new(state: PartitionState) -> PartitionMachine {
+        PartitionMachine {
+            projected: state.clone(),
+            committed: state,
+        }
+    }
+
+    pub fn state(&self) -> &PartitionState {
+        &self.committed
+    }
+}
+
+fn answer(reply: PartitionReply) -> Vec<u8> {
+    let reply = reply.encode();
+    assert!(reply.len() <= ANSWER_LEN_MAX as usize);
+    PartitionOp::Answer { reply }.encode(&[])
+}
+
+/// The log's view of a prepare of a partition group: the first offset and the number of
+/// messages it appends. The same rule as `apply`: only a broker op's append adds messages.
+pub fn messages_of(message: &Message, next_offset: u64) -> (u64, u32) {
+    if message.header.operation != OPERATION_BROKER {
+        return (next_offset, 0);
+    }
+    match PartitionOp::decode(&message.body) {
+        Ok((
+            PartitionOp::Append {
+                base_offset, count, ..
+            },
+            _,
+        )) => (base_offset, count),
+        _ => (next_offset, 0),
+    }
+}
+
+/// Prepare timestamps are nanoseconds; partitions keep microseconds.
+fn micros(timestamp_ns: u64) -> u64 {
+    timestamp_ns / 1000
+}
+
+impl StateMachine for PartitionMachine {
+    fn prepare(&mut self, op: u64, timestamp: u64, operation: u8, body: Vec<u8>) -> Vec<u8> {
+        if operation != OPERATION_BROKER {
+            return answer(PartitionReply::refused(format!(
+                "unknown operation {operation}"
+            )));
+        }
+        let (request, batch) = match PartitionOp::decode(&body) {
+            Ok(decoded) => decoded,
+            Err(error) => return answer(PartitionReply::refused(format!("bad request: {error}"))),
+        };
+        match request {
+            PartitionOp::Append {
+                count, producer, ..
+            } => match self.projected.stamp(count, producer, micros(timestamp)) {
+                Ok(Stamp::Fresh {
+                    base_offset,
+                    timestamp,
+                }) => {
+                    let stamped = PartitionOp::Append {
+                        base_offset,
+                        count,
+                        timestamp,
+                        producer,
+                    };
+                    self.projected
+                        .apply(&stamped, op)
+                        .expect("a fresh stamp continues the projected log");
+                    stamped.encode(batch)
+                }
+                Ok(Stamp::Duplicate {
+                    base_offset, count, ..
+                }) => answer(PartitionReply::Appended { base_offset, count }),
+                Err(error) => answer(PartitionReply::refused(format!("{error:?}"))),
+            },
+            PartitionOp::RetentionCut { .. } | PartitionOp::Answer { .. } => answer(
+                PartitionReply::refused("retention cuts and answers are decided by the primary"),
+            ),
+            other => match self.projected.apply(&other, op) {
+                Ok(()) => body,
+                Err(error) => answer(PartitionReply::refused(format!("{error:?}"))),
+            },
+        }
+    }
+
+    fn reset_projection(&mut self) {
+        self.projected = self.committed.clone();
+    }
+
+    fn apply(&mut self, op: u64, _timestamp: u64, operation: u8, body: &[u8]) -> Vec<u8> {
+        if operation != OPERATION_BROKER {
+            // Prepared as a refusal; changes nothing (and `messages_of` counts no messages).
+            return PartitionReply::refused(format!("unknown operation {operation}")).encode();
+        }
+        let decoded = match PartitionOp::decode(body) {
+            Ok((decoded, _batch)) => decoded,
+            // Only a primary bug could commit this; every replica refuses it alike.
+            Err(error) => return PartitionReply::refused(format!("bad op: {error}")).encode(),
+        };
+        if let PartitionOp::Answer { reply } = &decoded {
+            return reply.clone();
+        }
+        match self.committed.apply(&decoded, op) {
+            Ok(()) => match decoded {
+                PartitionOp::Append {
+                    base_offset, count, ..
+                } => PartitionReply::Appended { base_offset, count },
+                _ => PartitionReply::Done,
+            },
+            Err(error) => PartitionReply::refused(format!("{error:?}")),
+        }
+        .encode()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::partition::ops::{ConsumerKey, ProducerStamp};
+
+    fn append(count: u32, producer: Option<ProducerStamp>) -> Vec<u8> {
+        PartitionOp::Append {
+            base_offset: 0,
+            count,
+            timestamp: 0,
+            producer,
+        }
+        .encode(b"batch")
+    }
+
+    fn reply(bytes: &[u8]) -> PartitionReply {
+        PartitionReply::decode(bytes).unwrap()
+    }
+
+    #[test]
+    fn the_primary_stamps_on_its_projection_and_replicas_apply_alike() {
+        let mut primary = PartitionMachine::new(PartitionState::new(16, 16));
+        let mut backup = PartitionMachine::new(PartitionState::new(16, 16));
+        primary.reset_projection();
+        let producer = Some(ProducerStamp {
+            producer: 9,
+            epoch: 1,
+            sequence: 0,
+        });
+        let first = primary.prepare(1, 5_000, 16, append(3, producer));
+        // Prepared before op 1 commits: the projection already counts op 1's messages.
+        let second = primary.prepare(2, 6_000, 16, append(2, None));
+        // A retry of the producer's last batch: answered with its offsets, nothing appended.
+        let retry = primary.prepare(3, 7_000, 16, append(3, producer));
+        let stale = PartitionOp::StoreConsumerOffset {
+            consumer: ConsumerKey::Consumer(1),
+            offset: 99,
+            generation: None,
+        }
+        .encode(&[]);
+        let refused = primary.prepare(4, 8_000, 16, stale);
+        for machine in [&mut primary, &mut backup] {
+            assert_eq!(
+                reply(&machine.apply(1, 5_000, 16, &first)),
+                PartitionReply::Appended {
+                    base_offset: 0,
+                    count: 3
+                }
+            );
+            assert_eq!(
+                reply(&machine.apply(2, 6_000, 16, &second)),
+                PartitionReply::Appended {
+                    base_offset: 3,
+                    count: 2
+                }
+            );
+            assert_eq!(
+                reply(&machine.apply(3, 7_000, 16, &retry)),
+                PartitionReply::Appended {
+                    base_offset: 0,
+                    count: 3
+                }
+            );
+            assert!(matches!(
+                reply(&machine.apply(4, 8_000, 16, &refused)),
+                PartitionReply::Refused { .. }
+            ));
+        }
+        assert_eq!(primary.state(), backup.state());
+        assert_eq!(backup.state().next_offset, 5);
+        assert_eq!(backup.state().last_timestamp, 6);
+    }
+
+    #[test]
+    fn an_append_under_another_operation_is_refused_and_counts_no_messages() {
+        let mut primary = PartitionMachine::new(PartitionState::new(4, 4));
+        primary.reset_projection();
+        let prepared = primary.prepare(1, 1, OPERATION_BROKER + 1, append(3, None));
+        assert!(matches!(
+            reply(&primary.apply(1, 1, OPERATION_BROKER + 1, &prepared)),
+            PartitionReply::Refused { .. }
+        ));
+        assert_eq!(primary.state().next_offset, 0);
+        let mut header = galgo_consensus::Header::new(galgo_consensus::Command::Prepare, 1, 1);
+        header.operation = OPERATION_BROKER + 1;
+        let message = Message::new(header, append(3, None));
+        assert_eq!(messages_of(&message, 0), (0, 0));
+        header.operation = OPERATION_BROKER;
+        let message = Message::new(header, append(3, None));
+        assert_eq!(messages_of(&message, 0), (0, 3));
+        // The next real append continues at offset 0, where the log is.
+        let next = primary.prepare(2, 2, OPERATION_BROKER, append(1, None));
+        assert_eq!(
+            reply(&primary.apply(2, 2, OPERATION_BROKER, &next)),
+            PartitionReply::Appended {
+                base_offset: 0,
+                count: 1
+            }
+        );
+    }
+
+    #[test]
+    fn garbage_and_primary_only_ops_are_refused_not_applied() {
+        let mut primary = PartitionMachine::new(PartitionState::new(4, 4));
+        primary.reset_projection();
+        for body in [
+            b"not an op".to_vec(),
+            PartitionOp::RetentionCut { first_offset: 0 }.encode(&[]),
+            PartitionOp::Answer {
+                reply: PartitionReply::Done.encode(),
+            }
+            .encode(&[]),
+        ] {
+            let prepared = primary.prepare(1, 1, 16, body);
+            assert!(matches!(
+                reply(&primary.apply(1, 1, 16, &prepared)),
+                PartitionReply::Refused { .. }
+            ));
+        }
+        assert_eq!(primary.state(), &PartitionState::new(4, 4));
+    }
+}

@@ -1,0 +1,381 @@
+//! The routing client: how a gateway (or a test, or a tool) reaches a Galgo cluster's groups
+//! through the nodes' client ports. It keeps one VSR client session per group, sends each
+//! request to the node it believes leads the group (from the group's placement and the view
+//! of the last reply), and on silence, a closed connection or a refused one tries the next
+//! member, with the same request identity (client, session, request number): the group's
+//! session table makes a retried request execute at most once, and a retry of a request that
+//! already committed gets the original reply. Blocking (std sockets), one request in flight
+//! per client; the gateway will run one per worker.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use galgo_consensus::header::{operation, HEADER_SIZE};
+use galgo_consensus::message::BODY_SIZE_MAX;
+use galgo_consensus::{Command, Header, Message};
+
+use crate::client_protocol::{
+    GroupStatus, GroupStatusQuery, PartitionRoute, ReplicaStatus, TopicQuery, TopicRoutes,
+    OPERATION_BROKER, OPERATION_GROUP_STATUS, OPERATION_TOPIC_ROUTES,
+};
+use crate::node::METADATA_GROUP;
+
+/// How long one node gets to answer before the next member is tried.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long a call keeps trying before it gives up.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
+/// The pause after a round of members that all failed to answer.
+const RETRY_PAUSE: Duration = Duration::from_millis(10);
+
+#[derive(Debug)]
+pub enum RoutingError {
+    /// No member answered within the deadline.
+    Timeout { group: u64, attempts: u32 },
+    /// The group dropped this client's session (its table was full): register again.
+    Evicted { group: u64 },
+    /// A node does not know of the node id a placement names.
+    UnknownNode(u8),
+    /// A request that cannot be encoded, or a reply that does not decode.
+    Protocol(String),
+}
+
+impl fmt::Display for RoutingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RoutingError::Timeout { group, attempts } => write!(
+                f,
+                "group {group}: no answer after {attempts} attempts in {CALL_DEADLINE:?}"
+            ),
+            RoutingError::Evicted { group } => write!(f, "group {group}: session evicted"),
+            RoutingError::UnknownNode(node) => write!(f, "node {node} is not in the client's list"),
+            RoutingError::Protocol(why) => write!(f, "protocol error: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for RoutingError {}
+
+struct Session {
+    session: u64,
+    request: u32,
+}
+
+pub struct RoutingClient {
+    cluster: u128,
+    client: u128,
+    nodes: BTreeMap<u8, SocketAddr>,
+    connections: BTreeMap<u8, TcpStream>,
+    sessions: BTreeMap<u64, Session>,
+    /// The last view each group replied in: its primary is `members[(view + offset) % n]`.
+    views: BTreeMap<u64, u32>,
+    /// Attempts made by every call so far (a retry count, for reports).
+    pub attempts: u64,
+    /// Queries sent so far (node-answered requests take their request number from it).
+    queries: u32,
+}
+
+/// The reply to `request`, and the view it came from.
+pub struct Reply {
+    pub body: Vec<u8>,
+    pub view: u32,
+    pub op: u64,
+}
+
+impl RoutingClient {
+    /// A client with identity `client` (non-zero, unique per client: the groups' session
+    /// tables key on it) for a cluster whose nodes' client ports are `nodes`.
+    pub fn new(cluster: u128, client: u128, nodes: Vec<(u8, SocketAddr)>) -> RoutingClient {
+        assert!(client != 0, "client 0 is reserved");
+        RoutingClient {
+            cluster,
+            client,
+            nodes: nodes.into_iter().collect(),
+            connections: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            views: BTreeMap::new(),
+            attempts: 0,
+            queries: 0,
+        }
+    }
+
+    /// The view of the last reply from `group`, if it ever replied.
+    pub fn last_view(&self, group: u64) -> Option<u32> {
+        self.views.get(&group).copied()
+    }
+
+    /// Where a topic's partitions are, from the first node that knows the topic (paged; all
+    /// pages from that node).
+    pub fn topic_routes(
+        &mut self,
+        stream: &str,
+        topic: &str,
+    ) -> Result<Option<Vec<PartitionRoute>>, RoutingError> {
+        let nodes: Vec<u8> = self.nodes.keys().copied().collect();
+        let mut answered = false;
+        'nodes: for node in nodes {
+            let mut routes: Vec<PartitionRoute> = Vec::new();
+            // One page per round; a topic has at most u32::MAX partitions.
+            loop {
+                let query = TopicQuery {
+                    stream: stream.to_string(),
+                    topic: topic.to_string(),
+                    first: routes.len() as u32,
+                };
+                let body = query.encode().map_err(|e| RoutingError::Protocol(e.0))?;
+                let request = self.query(OPERATION_TOPIC_ROUTES, body);
+                let Some(reply) = self.exchange(node, &request) else {
+                    continue 'nodes;
+                };
+                match TopicRoutes::decode(&reply.body) {
+                    Ok(TopicRoutes(Some(page))) if page.first as usize == routes.len() => {
+                        let done = page.routes.is_empty()
+                            || page.first as usize + page.routes.len() >= page.total as usize;
+                        routes.extend(page.routes);
+                        if done {
+                            return Ok(Some(routes));
+                        }
+                    }
+                    Ok(TopicRoutes(None)) => {
+                        answered = true;
+                        continue 'nodes;
+                    }
+                    // A page that does not follow (the topic changed meanwhile) or garbage.
+                    _ => continue 'nodes,
+                }
+            }
+        }
+        if answered {
+            return Ok(None);
+        }
+        Err(RoutingError::Timeout {
+            group: METADATA_GROUP,
+            attempts: self.nodes.len() as u32,
+        })
+    }
+
+    /// A query a node answers itself; each gets its own request number, so a late answer to
+    /// an earlier query is never taken for this one's.
+    fn query(&mut self, operation: u8, body: Vec<u8>) -> Message {
+        self.queries = self.queries.wrapping_add(1);
+        let mut header = Header::new(Command::Request, self.cluster, METADATA_GROUP);
+        header.client = self.client;
+        header.operation = operation;
+        header.request = self.queries;
+        Message::new(header, body)
+    }
+
+    /// How `node`'s replica of `group` stands (`Ok(None)`: the node does not run it);
+    /// `Err` when the node does not answer within one attempt.
+    pub fn group_status(
+        &mut self,
+        node: u8,
+        group: u64,
+    ) -> Result<Option<ReplicaStatus>, RoutingError> {
+        let request = self.query(OPERATION_GROUP_STATUS, GroupStatusQuery { group }.encode());
+        let reply = self.exchange(node, &request).ok_or(RoutingError::Timeout {
+            group: METADATA_GROUP,
+            attempts: 1,
+        })?;
+        GroupStatus::decode(&reply.body)
+            .map(|status| status.0)
+            .map_err(|e| RoutingError::Protocol(e.to_string()))
+    }
+
+    /// A metadata op (an encoded `MetadataOp`) through group 0, over every node.
+    pub fn call_metadata(&mut self, body: Vec<u8>) -> Result<Reply, RoutingError> {
+        let members: Vec<u8> = self.nodes.keys().copied().collect();
+        self.call(METADATA_GROUP, &members, 0, body)
+    }
+
+    /// One request to a group: registers a session first if there is none, then sends until
+    /// a member replies.
+    pub fn call(
+        &mut self,
+        group: u64,
+        members: &[u8],
+        placement_offset: u8,
+        body: Vec<u8>,
+    ) -> Result<Reply, RoutingError> {
+        assert!(!members.is_empty() && usize::from(placement_offset) < members.len());
+        if !self.sessions.contains_key(&group) {
+            let mut header = Header::new(Command::Request, self.cluster, group);
+            header.client = self.client;
+            header.operation = operation::REGISTER;
+            let register = Message::new(header, Vec::new());
+            let reply = self.send_until_reply(group, members, placement_offset, &register)?;
+            self.sessions.insert(
+                group,
+                Session {
+                    session: reply.op,
+                    request: 0,
+                },
+            );
+        }
+        let session = &self.sessions[&group];
+        let mut header = Header::new(Command::Request, self.cluster, group);
+        header.client = self.client;
+        header.session = session.session;
+        header.request = session.request + 1;
+        header.operation = OPERATION_BROKER;
+        let request = Message::new(header, body);
+        let reply = self.send_until_reply(group, members, placement_offset, &request);
+        match &reply {
+            Ok(_) => self.sessions.get_mut(&group).expect("registered").request += 1,
+            // After a timeout the request may yet commit: its number is spent, and a different
+            // request under it would be dropped as a mismatched duplicate for good. A new
+            // session starts afresh (an idempotent producer's stamps still dedupe the batch).
+            Err(RoutingError::Evicted { .. } | RoutingError::Timeout { .. }) => {
+                self.sessions.remove(&group);
+            }
+            Err(_) => {}
+        }
+        reply
+    }
+
+    fn send_until_reply(
+        &mut self,
+        group: u64,
+        members: &[u8],
+        placement_offset: u8,
+        request: &Message,
+    ) -> Result<Reply, RoutingError> {
+        for member in members {
+            if !self.nodes.contains_key(member) {
+                return Err(RoutingError::UnknownNode(*member));
+            }
+        }
+        let started = Instant::now();
+        let n = members.len() as u64;
+        let view = u64::from(self.views.get(&group).copied().unwrap_or(0));
+        let mut attempt = 0u32;
+        while started.elapsed() < CALL_DEADLINE {
+            let index = (view + u64::from(placement_offset) + u64::from(attempt)) % n;
+            let node = members[index as usize];
+            attempt += 1;
+            self.attempts += 1;
+            if attempt > 1 && (attempt - 1).is_multiple_of(members.len() as u32) {
+                // Every member tried without an answer (down, or electing): pause before the
+                // next round rather than spin on refused connections.
+                std::thread::sleep(RETRY_PAUSE);
+            }
+            match self.exchange(node, request) {
+                Some(reply) if reply.header.command == Command::Eviction => {
+                    return Err(RoutingError::Evicted { group });
+                }
+                Some(reply) => {
+                    self.views.insert(group, reply.header.view);
+                    return Ok(Reply {
+                        view: reply.header.view,
+                        op: if request.header.operation == operation::REGISTER {
+                            reply.header.session
+                        } else {
+                            reply.header.op
+                        },
+                        body: reply.body,
+                    });
+                }
+                None => {}
+            }
+        }
+        Err(RoutingError::Timeout {
+            group,
+            attempts: attempt,
+        })
+    }
+
+    /// Sends `request` to `node` and waits up to `ATTEMPT_TIMEOUT` for its reply (or this
+    /// client's eviction); `None` on silence or a broken connection.
+    fn exchange(&mut self, node: u8, request: &Message) -> Option<Message> {
+        let stream = self.connection(node)?;
+        if stream.write_all(&request.encode()).is_err() {
+            self.connections.remove(&node);
+            return None;
+        }
+        let deadline = Instant::now() + ATTEMPT_TIMEOUT;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let stream = self.connections.get_mut(&node)?;
+            if stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .is_err()
+            {
+                self.connections.remove(&node);
+                return None;
+            }
+            match read_message(stream, self.cluster) {
+                Ok(message) => {
+                    let answers = message.header.context == request.header.checksum
+                        && message.header.command == Command::Reply;
+                    let evicts = message.header.command == Command::Eviction
+                        && message.header.client == self.client
+                        && message.header.group == request.header.group;
+                    if answers || evicts {
+                        return Some(message);
+                    }
+                    // A late reply to an earlier attempt: skip it.
+                }
+                Err(ReadFailure::TimedOut) => return None,
+                Err(ReadFailure::Broken) => {
+                    self.connections.remove(&node);
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn connection(&mut self, node: u8) -> Option<&mut TcpStream> {
+        if !self.connections.contains_key(&node) {
+            let address = self.nodes.get(&node)?;
+            let stream = TcpStream::connect_timeout(address, CONNECT_TIMEOUT).ok()?;
+            let _ = stream.set_nodelay(true);
+            self.connections.insert(node, stream);
+        }
+        self.connections.get_mut(&node)
+    }
+}
+
+enum ReadFailure {
+    TimedOut,
+    Broken,
+}
+
+/// One whole, checked message (a timeout only before its first byte is clean; one in the
+/// middle of a frame breaks the connection, since the stream is then out of step).
+fn read_message(stream: &mut TcpStream, cluster: u128) -> Result<Message, ReadFailure> {
+    let mut head = [0u8; HEADER_SIZE];
+    let mut filled = 0;
+    while filled < HEADER_SIZE {
+        match stream.read(&mut head[filled..]) {
+            Ok(0) => return Err(ReadFailure::Broken),
+            Ok(read) => filled += read,
+            Err(e)
+                if filled == 0
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+            {
+                return Err(ReadFailure::TimedOut)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(ReadFailure::Broken),
+        }
+    }
+    let header = Header::decode(&head).map_err(|_| ReadFailure::Broken)?;
+    let size = header.size as usize;
+    if header.cluster != cluster || !(HEADER_SIZE..=HEADER_SIZE + BODY_SIZE_MAX).contains(&size) {
+        return Err(ReadFailure::Broken);
+    }
+    let mut frame = head.to_vec();
+    frame.resize(size, 0);
+    // The rest of the frame is on its way: wait for it without the attempt's deadline.
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    stream
+        .read_exact(&mut frame[HEADER_SIZE..])
+        .map_err(|_| ReadFailure::Broken)?;
+    Message::decode(&frame).map_err(|_| ReadFailure::Broken)
+}

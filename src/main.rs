@@ -1,0 +1,179 @@
+//! The `galgo` binary: `galgo replica` runs one node of a cluster from a configuration file;
+//! `galgo dev` runs a one-node cluster on the embedded configuration, for development, and
+//! sets a root user on first start.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use galgo_replica::config::{Config, DEV_CONFIG};
+use galgo_replica::metadata::machine::MetadataReply;
+use galgo_replica::metadata::{MetadataOp, UserStatus};
+use galgo_replica::node::Node;
+use galgo_replica::routing::RoutingClient;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "galgo",
+    version,
+    about = "Galgo: a replicated message-streaming broker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one node of a cluster. Every key of the file can be overridden by an environment
+    /// variable GALGO_<SECTION>_<KEY> (GALGO_REPLICA_DATA_DIR=/var/lib/galgo).
+    Replica {
+        /// The node's TOML configuration ([cluster], [replica], [storage], [gateway]).
+        #[arg(long)]
+        config: std::path::PathBuf,
+        /// This node's id in cluster.nodes (overrides replica.id).
+        #[arg(long)]
+        id: Option<u8>,
+    },
+    /// Run a one-node development cluster on the embedded configuration. Sets a root user on
+    /// first start (password from GALGO_ROOT_PASSWORD, else generated and printed).
+    Dev {
+        /// Where the data lives (default ./galgo-data).
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut env: Vec<(String, String)> = std::env::vars().collect();
+    let (text, dev) = match &cli.command {
+        Command::Replica { config, id } => {
+            let text = match std::fs::read_to_string(config) {
+                Ok(text) => text,
+                Err(error) => {
+                    eprintln!("galgo: cannot read {}: {error}", config.display());
+                    return ExitCode::from(2);
+                }
+            };
+            if let Some(id) = id {
+                env.retain(|(name, _)| name != "GALGO_REPLICA_ID");
+                env.push(("GALGO_REPLICA_ID".to_string(), id.to_string()));
+            }
+            (text, false)
+        }
+        Command::Dev { data_dir } => {
+            if let Some(dir) = data_dir {
+                env.retain(|(name, _)| name != "GALGO_REPLICA_DATA_DIR");
+                env.push((
+                    "GALGO_REPLICA_DATA_DIR".to_string(),
+                    dir.display().to_string(),
+                ));
+            }
+            (DEV_CONFIG.to_string(), true)
+        }
+    };
+    let config = match Config::load(&text, env) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("galgo: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    run(config, dev)
+}
+
+fn run(config: Config, dev: bool) -> ExitCode {
+    let (outcome, uring) = galgo_storage::file_disk::block_on(async move {
+        let node = Node::start(config.clone()).await?;
+        println!(
+            "galgo: node {} of cluster {} ({} nodes); replica bus on {}, client port on {}; data in {}",
+            config.replica.id,
+            config.cluster.id,
+            config.cluster.nodes.len(),
+            config.own_address(),
+            node.client_address,
+            config.replica.data_dir.display()
+        );
+        if dev {
+            let nodes = vec![(config.replica.id, node.client_address)];
+            let cluster = u128::from(config.cluster.id);
+            std::thread::spawn(move || set_root_user(cluster, nodes));
+        }
+        loop {
+            monoio::time::sleep(Duration::from_secs(3600)).await;
+            // The node's tasks run on; the process ends on a signal. Everything acknowledged
+            // is already durable, so a kill loses nothing acknowledged.
+            let _ = &node;
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), galgo_replica::node::NodeError>(())
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!(
+                "galgo: {error} (runtime: {})",
+                if uring { "io_uring" } else { "epoll" }
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Creates the root user (the first user is root) unless one exists, and prints what it set.
+fn set_root_user(cluster: u128, nodes: Vec<(u8, std::net::SocketAddr)>) {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let generated = std::env::var("GALGO_ROOT_PASSWORD").is_err();
+    let password = std::env::var("GALGO_ROOT_PASSWORD").unwrap_or_else(|_| random_password());
+    let salt = SaltString::generate(&mut rand_core::OsRng);
+    let hash = match argon2::Argon2::default().hash_password(password.as_bytes(), &salt) {
+        Ok(hash) => hash.to_string(),
+        Err(error) => {
+            eprintln!("galgo: hashing the root password failed: {error}");
+            return;
+        }
+    };
+    let op = MetadataOp::CreateUser {
+        username: "root".to_string(),
+        password_hash: hash,
+        status: UserStatus::Active,
+        permissions: None,
+    };
+    let body = op.encode().expect("a root user encodes");
+    let mut client = RoutingClient::new(cluster, random_u128(), nodes);
+    match client.call_metadata(body) {
+        Ok(reply) => match MetadataReply::decode(&reply.body) {
+            Ok(MetadataReply::Applied(_)) if generated => {
+                println!("galgo: root user set: username root, password {password}")
+            }
+            Ok(MetadataReply::Applied(_)) => {
+                println!("galgo: root user set: username root, password from GALGO_ROOT_PASSWORD")
+            }
+            Ok(MetadataReply::Refused(reason)) => {
+                println!("galgo: root user kept as it was ({reason})")
+            }
+            Err(error) => eprintln!("galgo: unreadable reply setting the root user: {error}"),
+        },
+        Err(error) => eprintln!("galgo: setting the root user failed: {error}"),
+    }
+}
+
+fn random_u128() -> u128 {
+    use rand_core::RngCore;
+    let mut bytes = [0u8; 16];
+    rand_core::OsRng.fill_bytes(&mut bytes);
+    u128::from_le_bytes(bytes).max(1)
+}
+
+fn random_password() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut value = random_u128();
+    (0..20)
+        .map(|_| {
+            let index = (value % ALPHABET.len() as u128) as usize;
+            value /= ALPHABET.len() as u128;
+            ALPHABET[index] as char
+        })
+        .collect()
+}

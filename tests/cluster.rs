@@ -1,0 +1,319 @@
+//! Three `galgo replica` processes on 127.0.0.1: a topic is created through the metadata
+//! group, a producer appends continuously to one partition through the routing client, the
+//! primary of that partition's group is SIGKILLed and production goes on; the killed node
+//! restarts and catches up. At the end every node is stopped and its partition log read from
+//! disk: every acknowledged message is there exactly once, at its acknowledged offset, in
+//! order, on all three. Prints the time from the kill to the next acknowledged write.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use galgo_consensus::Message;
+use galgo_replica::client_protocol::{PartitionRoute, OPERATION_BROKER};
+use galgo_replica::metadata::machine::MetadataReply;
+use galgo_replica::metadata::{Ident, MetadataOp, TopicOptions};
+use galgo_replica::partition::ops::{PartitionOp, ProducerStamp};
+use galgo_replica::partition::reply::PartitionReply;
+use galgo_replica::routing::RoutingClient;
+use galgo_storage::file_disk::block_on;
+use galgo_storage::{FileDisk, LogConfig, PartitionLog};
+
+const CLUSTER: u64 = 77;
+
+/// A free port below the ephemeral range (which starts at 32768 on Linux): a port the kernel
+/// hands out to outgoing connections could be taken by one while a killed node restarts.
+fn free_address() -> SocketAddr {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 500) as u16 * 20;
+    loop {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 2_000;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().unwrap();
+        }
+    }
+}
+
+struct Cluster {
+    root: PathBuf,
+    config: PathBuf,
+    clients: Vec<(u8, SocketAddr)>,
+    processes: Vec<Option<Child>>,
+}
+
+impl Cluster {
+    fn new(root: &Path) -> Cluster {
+        let _ = std::fs::remove_dir_all(root);
+        std::fs::create_dir_all(root).unwrap();
+        let mut nodes = String::new();
+        let mut clients = Vec::new();
+        for id in 0..3u8 {
+            let (bus, client) = (free_address(), free_address());
+            nodes.push_str(&format!(
+                "{{ id = {id}, address = \"{bus}\", client_address = \"{client}\" }}, "
+            ));
+            clients.push((id, client));
+        }
+        let text = format!(
+            "[cluster]\nid = {CLUSTER}\nreplication = 3\nnodes = [{nodes}]\n\n\
+             [replica]\nid = 0\ndata_dir = \"unused\"\nshards = 1\n\n\
+             [storage]\nsegment_size = 4194304\ndirect_io = true\n\n\
+             [gateway]\ntcp_address = \"127.0.0.1:0\"\nhttp_address = \"127.0.0.1:0\"\n"
+        );
+        let config = root.join("cluster.toml");
+        std::fs::write(&config, text).unwrap();
+        Cluster {
+            root: root.to_path_buf(),
+            config,
+            clients,
+            processes: (0..3).map(|_| None).collect(),
+        }
+    }
+
+    fn data_dir(&self, id: u8) -> PathBuf {
+        self.root.join(format!("node-{id}"))
+    }
+
+    fn start(&mut self, id: u8) {
+        let log = std::fs::File::create(self.root.join(format!("node-{id}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_galgo"))
+            .args(["replica", "--config"])
+            .arg(&self.config)
+            .args(["--id", &id.to_string()])
+            .env("GALGO_REPLICA_DATA_DIR", self.data_dir(id))
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("galgo starts");
+        self.processes[id as usize] = Some(child);
+    }
+
+    fn kill(&mut self, id: u8) {
+        if let Some(mut child) = self.processes[id as usize].take() {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for id in 0..3 {
+            self.kill(id);
+        }
+    }
+}
+
+fn metadata(client: &mut RoutingClient, op: MetadataOp) -> MetadataReply {
+    let reply = client
+        .call_metadata(op.encode().unwrap())
+        .expect("metadata reply");
+    MetadataReply::decode(&reply.body).unwrap()
+}
+
+/// Appends one message (`payload`) as sequence `sequence` of producer 1; its offset.
+fn produce(
+    client: &mut RoutingClient,
+    route: &PartitionRoute,
+    sequence: u64,
+    payload: &[u8],
+) -> u64 {
+    let op = PartitionOp::Append {
+        base_offset: 0,
+        count: 1,
+        timestamp: 0,
+        producer: Some(ProducerStamp {
+            producer: 1,
+            epoch: 1,
+            sequence,
+        }),
+    };
+    let reply = client
+        .call(
+            route.group,
+            &route.members,
+            route.placement_offset,
+            op.encode(payload),
+        )
+        .expect("an acknowledgement");
+    match PartitionReply::decode(&reply.body).unwrap() {
+        PartitionReply::Appended { base_offset, count } => {
+            assert_eq!(count, 1);
+            base_offset
+        }
+        other => panic!("append {sequence} refused: {other:?}"),
+    }
+}
+
+/// The messages of a partition log on disk: (offset, payload) of every append, in log order.
+fn read_partition(dir: &Path, group: u64) -> Vec<(u64, Vec<u8>)> {
+    let disk = FileDisk::new(dir);
+    let (messages, _) = block_on(async {
+        let (log, _report) =
+            PartitionLog::open(&disk, LogConfig::new(format!("group-{group}")), 1, 0)
+                .await
+                .expect("the log opens");
+        let mut messages = Vec::new();
+        for op in log.first_op()..log.op_end() {
+            let record = log.read(op).await.expect("a readable record");
+            let prepare = Message::decode(&record.payload).expect("a prepare");
+            if prepare.header.operation != OPERATION_BROKER {
+                continue;
+            }
+            if let Ok((PartitionOp::Append { base_offset, .. }, batch)) =
+                PartitionOp::decode(&prepare.body)
+            {
+                messages.push((base_offset, batch.to_vec()));
+            }
+        }
+        messages
+    });
+    messages
+}
+
+#[test]
+fn three_processes_survive_a_primary_kill_and_keep_every_acknowledged_message() {
+    let root = std::env::temp_dir().join(format!("galgo-cluster-{}", std::process::id()));
+    let mut cluster = Cluster::new(&root);
+    for id in 0..3 {
+        cluster.start(id);
+    }
+    let mut client = RoutingClient::new(u128::from(CLUSTER), 0xC11E, cluster.clients.clone());
+    assert!(matches!(
+        metadata(
+            &mut client,
+            MetadataOp::CreateStream {
+                name: "orders".into()
+            }
+        ),
+        MetadataReply::Applied(_)
+    ));
+    assert!(matches!(
+        metadata(
+            &mut client,
+            MetadataOp::CreateTopic {
+                stream: Ident::Name("orders".into()),
+                name: "eu".into(),
+                partitions: 3,
+                replication_factor: 3,
+                options: TopicOptions::default(),
+            }
+        ),
+        MetadataReply::Applied(_)
+    ));
+    let routes = client
+        .topic_routes("orders", "eu")
+        .unwrap()
+        .expect("the topic is known");
+    assert_eq!(routes.len(), 3);
+    let preferred: Vec<u8> = routes
+        .iter()
+        .map(|r| r.members[usize::from(r.placement_offset)])
+        .collect();
+    let mut sorted = preferred.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        vec![0, 1, 2],
+        "each node leads one of three partitions"
+    );
+    let route = routes[0].clone();
+
+    let mut acked: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut sequence = 0u64;
+    let mut produce_n = |client: &mut RoutingClient, n: usize, acked: &mut Vec<(u64, Vec<u8>)>| {
+        for _ in 0..n {
+            let payload = format!("message {sequence}").into_bytes();
+            let offset = produce(client, &route, sequence, &payload);
+            acked.push((offset, payload));
+            sequence += 1;
+        }
+    };
+    produce_n(&mut client, 200, &mut acked);
+
+    // Kill the primary of the partition's group (the node its last reply came from leads).
+    let view = client_view(&mut client, &route);
+    let primary = route.members[((u64::from(view) + u64::from(route.placement_offset))
+        % route.members.len() as u64) as usize];
+    cluster.kill(primary);
+    let killed = Instant::now();
+    produce_n(&mut client, 1, &mut acked);
+    let gap = killed.elapsed();
+    eprintln!(
+        "primary node {primary} of group {} SIGKILLed: next acknowledged write after {gap:?}",
+        route.group
+    );
+    produce_n(&mut client, 199, &mut acked);
+
+    cluster.start(primary);
+    let restarted = Instant::now();
+    produce_n(&mut client, 200, &mut acked);
+    // The restarted node repairs what it missed while production goes on, up to what the
+    // group's primary has committed.
+    let target = route
+        .members
+        .iter()
+        .filter_map(|node| client.group_status(*node, route.group).ok().flatten())
+        .find(|status| status.primary && status.normal)
+        .expect("the group has a primary")
+        .commit_min;
+    assert!(
+        target > acked.len() as u64,
+        "a registration and every append are committed"
+    );
+    let caught_up = loop {
+        let status = client.group_status(primary, route.group).ok().flatten();
+        if let Some(status) = status {
+            // Every acknowledged message's op is applied and durable in its log.
+            if status.commit_min >= target && status.durable_through >= target && status.normal {
+                break restarted.elapsed();
+            }
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(60),
+            "node {primary} never caught up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let leads = client
+        .group_status(primary, route.group)
+        .ok()
+        .flatten()
+        .is_some_and(|s| s.primary);
+    eprintln!(
+        "node {primary} restarted: caught up {caught_up:?} after its restart; leads its group again: {leads}"
+    );
+    for id in 0..3 {
+        cluster.kill(id);
+    }
+    for (index, (offset, _)) in acked.iter().enumerate() {
+        assert_eq!(
+            *offset, index as u64,
+            "offsets are dense and in acknowledgement order"
+        );
+    }
+    for id in 0..3u8 {
+        let messages = read_partition(&cluster.data_dir(id), route.group);
+        assert!(
+            messages.len() >= acked.len(),
+            "node {id} holds {} messages of {} acknowledged",
+            messages.len(),
+            acked.len()
+        );
+        assert_eq!(&messages[..acked.len()], &acked[..], "node {id}");
+        for (offset, payload) in &messages[acked.len()..] {
+            assert!(
+                !acked.iter().any(|(_, p)| p == payload),
+                "node {id}: offset {offset} repeats an acknowledged message"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// The view of the group's last reply, as the routing client saw it.
+fn client_view(client: &mut RoutingClient, route: &PartitionRoute) -> u32 {
+    client.last_view(route.group).expect("the group replied")
+}

@@ -1,0 +1,240 @@
+//! `galgo dev` SIGKILLed 30 times under load: a producer thread appends continuously through
+//! the routing client (each call retries, with the same request identity, until the restarted
+//! node answers) while the main thread kills the process at random moments and starts it
+//! again. At the end the partition log is read from disk: every acknowledged message is there
+//! exactly once at its acknowledged offset, offsets are dense, and no offset was handed out
+//! twice.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use galgo_consensus::prng::Prng;
+use galgo_consensus::Message;
+use galgo_replica::client_protocol::OPERATION_BROKER;
+use galgo_replica::metadata::machine::MetadataReply;
+use galgo_replica::metadata::{Ident, MetadataOp, TopicOptions};
+use galgo_replica::partition::ops::{PartitionOp, ProducerStamp};
+use galgo_replica::partition::reply::PartitionReply;
+use galgo_replica::routing::RoutingClient;
+use galgo_storage::file_disk::block_on;
+use galgo_storage::{FileDisk, LogConfig, PartitionLog};
+
+const ROUNDS: usize = 30;
+
+/// (offset, payload) of every acknowledged message, in acknowledgement order.
+type Acked = Vec<(u64, Vec<u8>)>;
+/// galgo dev's cluster id (the embedded configuration).
+const CLUSTER: u128 = 1;
+
+/// A free port below the ephemeral range (which starts at 32768 on Linux): a port the kernel
+/// hands out to outgoing connections could be taken by one while a killed node restarts.
+fn free_address() -> SocketAddr {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 500) as u16 * 20;
+    loop {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 2_000;
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().unwrap();
+        }
+    }
+}
+
+fn start(data_dir: &Path, bus: SocketAddr, client: SocketAddr, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_galgo"))
+        .arg("dev")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env(
+            "GALGO_CLUSTER_NODES",
+            format!("[{{ id = 0, address = \"{bus}\", client_address = \"{client}\" }}]"),
+        )
+        .env("GALGO_ROOT_PASSWORD", "kill-loop")
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("galgo dev starts")
+}
+
+fn read_partition(dir: &Path, group: u64) -> Vec<(u64, Vec<u8>)> {
+    let disk = FileDisk::new(dir);
+    let (messages, _) = block_on(async {
+        let (log, _report) =
+            PartitionLog::open(&disk, LogConfig::new(format!("group-{group}")), 1, 0)
+                .await
+                .expect("the log opens");
+        let mut messages = Vec::new();
+        for op in log.first_op()..log.op_end() {
+            let record = log.read(op).await.expect("a readable record");
+            let prepare = Message::decode(&record.payload).expect("a prepare");
+            if prepare.header.operation != OPERATION_BROKER {
+                continue;
+            }
+            if let Ok((PartitionOp::Append { base_offset, .. }, batch)) =
+                PartitionOp::decode(&prepare.body)
+            {
+                messages.push((base_offset, batch.to_vec()));
+            }
+        }
+        messages
+    });
+    messages
+}
+
+#[test]
+fn sigkill_loop_on_galgo_dev_loses_no_acknowledged_message() {
+    let root: PathBuf =
+        std::env::temp_dir().join(format!("galgo-kill-loop-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let data_dir = root.join("data");
+    let log = root.join("galgo.log");
+    let (bus, client_address) = (free_address(), free_address());
+    let mut child = start(&data_dir, bus, client_address, &log);
+
+    let mut client = RoutingClient::new(CLUSTER, 0xD1E, vec![(0, client_address)]);
+    let create_stream = MetadataOp::CreateStream {
+        name: "loop".into(),
+    };
+    let reply = client
+        .call_metadata(create_stream.encode().unwrap())
+        .unwrap();
+    assert!(matches!(
+        MetadataReply::decode(&reply.body).unwrap(),
+        MetadataReply::Applied(_)
+    ));
+    let create_topic = MetadataOp::CreateTopic {
+        stream: Ident::Name("loop".into()),
+        name: "t".into(),
+        partitions: 1,
+        replication_factor: 1,
+        options: TopicOptions::default(),
+    };
+    let reply = client
+        .call_metadata(create_topic.encode().unwrap())
+        .unwrap();
+    assert!(matches!(
+        MetadataReply::decode(&reply.body).unwrap(),
+        MetadataReply::Applied(_)
+    ));
+    let route = loop {
+        if let Ok(Some(routes)) = client.topic_routes("loop", "t") {
+            break routes[0].clone();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+
+    let acked: Arc<Mutex<Acked>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (acked, stop) = (acked.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut sequence = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let payload = format!("message {sequence}").into_bytes();
+                let op = PartitionOp::Append {
+                    base_offset: 0,
+                    count: 1,
+                    timestamp: 0,
+                    producer: Some(ProducerStamp {
+                        producer: 7,
+                        epoch: 1,
+                        sequence,
+                    }),
+                };
+                let reply = client
+                    .call(
+                        route.group,
+                        &route.members,
+                        route.placement_offset,
+                        op.encode(&payload),
+                    )
+                    .expect("every call is answered once the node is back");
+                match PartitionReply::decode(&reply.body).unwrap() {
+                    PartitionReply::Appended { base_offset, count } => {
+                        assert_eq!(count, 1);
+                        acked.lock().unwrap().push((base_offset, payload));
+                    }
+                    other => panic!("append {sequence} refused: {other:?}"),
+                }
+                sequence += 1;
+            }
+            (route.group, client.attempts)
+        })
+    };
+
+    let mut prng = Prng::from_seed(u64::from(std::process::id()));
+    let mut acked_at_kill = Vec::new();
+    let mut restart_to_ack = Vec::new();
+    for _ in 0..ROUNDS {
+        // Under load: the restarted node acknowledges again before it is killed again.
+        let before = acked.lock().unwrap().len();
+        let restarted = std::time::Instant::now();
+        while acked.lock().unwrap().len() == before {
+            assert!(
+                restarted.elapsed() < Duration::from_secs(30),
+                "no acknowledgement after a restart"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        restart_to_ack.push(restarted.elapsed());
+        std::thread::sleep(Duration::from_millis(prng.range_inclusive(20, 300)));
+        child.kill().unwrap(); // SIGKILL, mid-stream
+        child.wait().unwrap();
+        acked_at_kill.push(acked.lock().unwrap().len());
+        child = start(&data_dir, bus, client_address, &log);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let (group, attempts) = producer.join().expect("the producer never failed");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let acked = acked.lock().unwrap().clone();
+    restart_to_ack.sort();
+    eprintln!(
+        "start to first acknowledgement: median {:?}, max {:?}",
+        restart_to_ack[restart_to_ack.len() / 2],
+        restart_to_ack[restart_to_ack.len() - 1]
+    );
+    eprintln!(
+        "{ROUNDS} SIGKILL rounds: {} messages acknowledged, {attempts} attempts (acknowledged before each kill: {acked_at_kill:?})",
+        acked.len()
+    );
+    for (index, (offset, _)) in acked.iter().enumerate() {
+        assert_eq!(
+            *offset, index as u64,
+            "an offset handed out twice or skipped"
+        );
+    }
+    let messages = read_partition(&data_dir, group);
+    assert!(
+        messages.len() >= acked.len(),
+        "{} on disk, {} acknowledged",
+        messages.len(),
+        acked.len()
+    );
+    assert_eq!(
+        &messages[..acked.len()],
+        &acked[..],
+        "acknowledged messages on disk, in order"
+    );
+    for (index, (offset, payload)) in messages.iter().enumerate() {
+        assert_eq!(*offset, index as u64, "dense offsets on disk");
+        assert_eq!(
+            messages.iter().filter(|(_, p)| p == payload).count(),
+            1,
+            "a message stored twice"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
