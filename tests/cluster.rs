@@ -1,7 +1,7 @@
 //! Three `galgo replica` processes on 127.0.0.1: a topic is created through the metadata
 //! group, a producer appends continuously to one partition through the routing client, the
 //! primary of that partition's group is SIGKILLed and production goes on; the killed node
-//! restarts and catches up. At the end every node is stopped and its partition log read from
+//! restarts, catches up and leads its group again. At the end every node is stopped and its partition log read from
 //! disk: every acknowledged message is there exactly once, at its acknowledged offset, in
 //! order, on all three. Prints the time from the kill to the next acknowledged write.
 
@@ -233,14 +233,29 @@ fn three_processes_survive_a_primary_kill_and_keep_every_acknowledged_message() 
     };
     produce_n(&mut client, 200, &mut acked);
 
-    // Kill the primary of the partition's group (the node its last reply came from leads).
-    let view = client_view(&mut client, &route);
-    let primary = route.members[((u64::from(view) + u64::from(route.placement_offset))
-        % route.members.len() as u64) as usize];
+    // A new group's first view is led by the replica after the preferred one (a primary
+    // never resumes view 0 on open); leadership moves to the preferred one once it has kept
+    // up for a second. Kill it when it leads: it is the node that must get leadership back.
+    let primary = route.members[usize::from(route.placement_offset)];
+    let started = Instant::now();
+    while !client
+        .group_status(primary, route.group)
+        .ok()
+        .flatten()
+        .is_some_and(|s| s.primary && s.normal)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the preferred node never led"
+        );
+        produce_n(&mut client, 1, &mut acked);
+    }
+    produce_n(&mut client, 20, &mut acked);
     cluster.kill(primary);
     let killed = Instant::now();
     produce_n(&mut client, 1, &mut acked);
     let gap = killed.elapsed();
+
     eprintln!(
         "primary node {primary} of group {} SIGKILLed: next acknowledged write after {gap:?}",
         route.group
@@ -277,13 +292,21 @@ fn three_processes_survive_a_primary_kill_and_keep_every_acknowledged_message() 
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    let leads = client
-        .group_status(primary, route.group)
-        .ok()
-        .flatten()
-        .is_some_and(|s| s.primary);
+    // Leadership returns to it.
+    let led_again = loop {
+        let status = client.group_status(primary, route.group).ok().flatten();
+        if status.is_some_and(|s| s.primary && s.normal) {
+            break restarted.elapsed();
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(60),
+            "leadership never returned to node {primary}"
+        );
+        produce_n(&mut client, 1, &mut acked);
+    };
+    produce_n(&mut client, 100, &mut acked);
     eprintln!(
-        "node {primary} restarted: caught up {caught_up:?} after its restart; leads its group again: {leads}"
+        "node {primary} restarted: caught up {caught_up:?} and led its group again {led_again:?} after its restart"
     );
     for id in 0..3 {
         cluster.kill(id);
@@ -311,9 +334,4 @@ fn three_processes_survive_a_primary_kill_and_keep_every_acknowledged_message() 
         }
     }
     let _ = std::fs::remove_dir_all(&root);
-}
-
-/// The view of the group's last reply, as the routing client saw it.
-fn client_view(client: &mut RoutingClient, route: &PartitionRoute) -> u32 {
-    client.last_view(route.group).expect("the group replied")
 }

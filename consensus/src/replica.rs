@@ -51,6 +51,8 @@ pub struct Timeouts {
     pub view_change_message: u64,
     pub view_change_status: u64,
     pub repair: u64,
+    /// How long the preferred primary must stay caught up before leadership returns to it.
+    pub leadership_return: u64,
 }
 
 impl Default for Timeouts {
@@ -63,6 +65,7 @@ impl Default for Timeouts {
             view_change_message: 20,
             view_change_status: 200,
             repair: 10,
+            leadership_return: 100,
         }
     }
 }
@@ -85,6 +88,10 @@ pub struct Config {
     /// durable with the prepare (partition segments) sets this false: a prepare's completion
     /// then means both.
     pub redundant_headers: bool,
+    /// Leadership returns to the preferred primary (`placement_offset`, the primary of view 0)
+    /// once it has stayed caught up for `timeouts.leadership_return` ticks: the primary starts
+    /// a view change to the next view it leads.
+    pub return_leadership: bool,
     pub timeouts: Timeouts,
     pub bugs: Bugs,
 }
@@ -239,6 +246,9 @@ pub struct Replica<S: StateMachine> {
     view_change_message_timeout: Timeout,
     view_change_status_timeout: Timeout,
     repair_timeout: Timeout,
+    leadership_return_timeout: Timeout,
+    /// Each replica's `commit_min` as its latest PrepareOk of this view reported it.
+    peer_commit: [u64; REPLICAS_MAX as usize],
     /// Ops whose prepare was requested since the last repair timeout.
     repair_requested: BTreeSet<u64>,
 
@@ -315,6 +325,11 @@ impl<S: StateMachine> Replica<S> {
             ),
             repair_timeout: Timeout::new("repair", timeouts.repair),
             repair_requested: BTreeSet::new(),
+            leadership_return_timeout: Timeout::new(
+                "leadership return",
+                timeouts.leadership_return,
+            ),
+            peer_commit: [0; REPLICAS_MAX as usize],
             actions: Vec::new(),
             committed: Vec::new(),
             config,
@@ -430,6 +445,7 @@ impl<S: StateMachine> Replica<S> {
             &mut self.view_change_message_timeout,
             &mut self.view_change_status_timeout,
             &mut self.repair_timeout,
+            &mut self.leadership_return_timeout,
         ] {
             timeout.tick();
         }
@@ -456,6 +472,7 @@ impl<S: StateMachine> Replica<S> {
         if self.view_change_status_timeout.fired() {
             self.on_view_change_status_timeout();
         }
+        self.check_leadership_return();
         if self.repair_timeout.fired() {
             self.repair_timeout.start();
             // Whatever is still missing is requested again.
@@ -659,7 +676,45 @@ impl<S: StateMachine> Replica<S> {
 
     // ----- normal operation: primary -----
 
+    /// On a primary that is not the preferred one: once the preferred replica has stayed
+    /// caught up (its acks report a commit within a pipeline of ours) for the return timeout,
+    /// start a view change to the next view it leads. Backups join a view change above their
+    /// view, so leadership moves in one view change, with no timeout to wait out.
+    fn check_leadership_return(&mut self) {
+        let preferred = self.config.placement_offset;
+        let eligible = self.config.return_leadership
+            && self.status == Status::Normal
+            && self.is_primary()
+            && self.config.replica != preferred;
+        if !eligible {
+            self.leadership_return_timeout.stop();
+            return;
+        }
+        let caught_up = self.peer_commit[usize::from(preferred)]
+            .saturating_add(self.config.pipeline_max as u64)
+            >= self.commit_min;
+        if !caught_up {
+            self.leadership_return_timeout.stop();
+            return;
+        }
+        if !self.leadership_return_timeout.running {
+            self.leadership_return_timeout.start();
+            return;
+        }
+        if !self.leadership_return_timeout.fired() {
+            return;
+        }
+        self.leadership_return_timeout.stop();
+        let n = u32::from(self.config.replica_count);
+        let view = (self.view + 1..=self.view + n)
+            .find(|v| self.primary_index(*v) == preferred)
+            .expect("every replica leads one of n consecutive views");
+        self.transition_to_view_change(view);
+    }
+
     fn start_primary_timers(&mut self) {
+        self.peer_commit = [0; REPLICAS_MAX as usize];
+        self.leadership_return_timeout.stop();
         self.normal_heartbeat_timeout.stop();
         self.view_change_message_timeout.stop();
         self.view_change_status_timeout.stop();
@@ -833,6 +888,10 @@ impl<S: StateMachine> Replica<S> {
         let old_view_bug = self.config.bugs.has(Bug::CountOldViewPrepareOks);
         if header.view != self.view && !(old_view_bug && header.view < self.view) {
             return;
+        }
+        if header.view == self.view && header.replica < self.config.replica_count {
+            let commit = &mut self.peer_commit[usize::from(header.replica)];
+            *commit = (*commit).max(header.commit);
         }
         let from = self.bit(header.replica);
         let matched_by_op_only = old_view_bug && header.view < self.view;

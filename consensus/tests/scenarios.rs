@@ -101,6 +101,7 @@ impl Cluster {
             clients_max: 4,
             ops_max: OPS_MAX,
             redundant_headers: true,
+            return_leadership: false,
             timeouts: Timeouts::default(),
             bugs: self.bugs,
         }

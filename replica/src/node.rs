@@ -487,6 +487,7 @@ async fn open_group<S: StateMachine + 'static>(
         clients_max: CLIENTS_MAX,
         ops_max: OPS_MAX,
         redundant_headers: false,
+        return_leadership: true,
         timeouts: Timeouts::default(),
         bugs: Bugs::none(),
     };

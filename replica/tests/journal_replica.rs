@@ -47,6 +47,7 @@ fn config() -> Config {
         clients_max: 4,
         ops_max: OPS_MAX,
         redundant_headers: false,
+        return_leadership: false,
         timeouts: Timeouts::default(),
         bugs: Bugs::none(),
     }

@@ -142,6 +142,7 @@ async fn start_node(
         clients_max: 8,
         ops_max: OPS_MAX,
         redundant_headers: false,
+        return_leadership: false,
         timeouts: Timeouts::default(),
         bugs: Bugs::none(),
     };

@@ -69,6 +69,8 @@ pub struct Options {
     /// Each replica's journal is a `SegmentJournal` on the storage crate's `MemoryDisk`
     /// instead of the simulator's slot disk (whose superblock it still uses).
     pub segment_journal: bool,
+    /// Primaries hand leadership back to the preferred replica once it has caught up.
+    pub return_leadership: bool,
 }
 
 impl Options {
@@ -138,12 +140,14 @@ impl Options {
             ticks_max_requests: 40_000,
             ticks_max_convergence: 30_000,
             segment_journal: false,
+            return_leadership: false,
         };
         // Drawn last, so adding it left every earlier draw of a seed as it was.
         options.network.replay_old = percent(&mut prng, 5);
         options.network.straggler = percent(&mut prng, 2);
         options.network.misroute = percent(&mut prng, 2);
         options.segment_journal = prng.chance(0.5);
+        options.return_leadership = prng.chance(0.5);
         options
     }
 }

@@ -133,6 +133,7 @@ impl Simulator {
             clients_max: self.options.clients_max,
             ops_max: OPS_MAX,
             redundant_headers: !self.options.segment_journal,
+            return_leadership: self.options.return_leadership,
             timeouts: Timeouts::default(),
             bugs: self.bugs,
         }
