@@ -268,6 +268,8 @@ mod tests {
             request: 1,
             op: 1,
             request_checksum: 7,
+            reply: Vec::new(),
+            batch: None,
         };
         assert!(matches!(
             checker.on_ack(wrong),
@@ -279,6 +281,8 @@ mod tests {
             request: 1,
             op: 9,
             request_checksum: 7,
+            reply: Vec::new(),
+            batch: None,
         };
         assert!(matches!(
             checker.on_ack(missing),

@@ -1,9 +1,14 @@
 //! A simulated client: registers a session, then sends one request at a time with a random
 //! payload, retrying (same request, same bytes) until a reply arrives; re-registers if evicted.
+//! In the broker workload each request is an idempotent producer's append (producer = the
+//! client, one epoch, sequence numbers counting its batches); a batch whose session was
+//! evicted is sent again, with the same stamp, in the next session, so the partition's
+//! producer table (not the VSR session) must keep it from being appended twice.
 
 use galgo_consensus::header::operation;
 use galgo_consensus::prng::Prng;
 use galgo_consensus::{Command, Header, Message};
+use galgo_replica::partition::ops::{PartitionOp, ProducerStamp};
 
 #[derive(Clone, Debug)]
 pub struct Ack {
@@ -12,6 +17,10 @@ pub struct Ack {
     pub request: u32,
     pub op: u64,
     pub request_checksum: u128,
+    /// The reply body.
+    pub reply: Vec<u8>,
+    /// In the broker workload: the batch's producer sequence.
+    pub batch: Option<u64>,
 }
 
 pub struct Client {
@@ -29,6 +38,11 @@ pub struct Client {
     attempts: u32,
     pub evictions: u64,
     pub replies: u64,
+    broker: bool,
+    /// Broker workload: the sequence of the next new batch, and the batch in flight (kept
+    /// across an eviction, to be sent again).
+    batch_next: u64,
+    batch: Option<(u64, Vec<u8>)>,
 }
 
 const RETRY_TICKS: u64 = 40;
@@ -41,6 +55,7 @@ impl Client {
         replica_count: u8,
         placement_offset: u8,
         body_max: usize,
+        broker: bool,
     ) -> Client {
         assert!(id != 0);
         Client {
@@ -58,7 +73,31 @@ impl Client {
             attempts: 0,
             evictions: 0,
             replies: 0,
+            broker,
+            batch_next: 0,
+            batch: None,
         }
+    }
+
+    /// The next append: the one an eviction interrupted, or a new batch of 1 to 3 messages.
+    fn next_batch(&mut self, payload: Vec<u8>, prng: &mut Prng) -> Vec<u8> {
+        if let Some((_, body)) = &self.batch {
+            return body.clone();
+        }
+        let sequence = self.batch_next;
+        let op = PartitionOp::Append {
+            base_offset: 0,
+            count: prng.range_inclusive(1, 3) as u32,
+            timestamp: 0,
+            producer: Some(ProducerStamp {
+                producer: self.id as u64,
+                epoch: 1,
+                sequence,
+            }),
+        };
+        let body = op.encode(&payload);
+        self.batch = Some((sequence, body.clone()));
+        body
     }
 
     pub fn idle(&self) -> bool {
@@ -92,7 +131,12 @@ impl Client {
             } else {
                 prng.below(self.body_max as u64 + 1) as usize
             };
-            (0..size).map(|_| prng.below(256) as u8).collect()
+            let payload: Vec<u8> = (0..size).map(|_| prng.below(256) as u8).collect();
+            if self.broker {
+                self.next_batch(payload, prng)
+            } else {
+                payload
+            }
         };
         let message = Message::new(header, body);
         self.in_flight = Some(message.clone());
@@ -147,12 +191,18 @@ impl Client {
                     return None;
                 }
                 self.request = header.request;
+                let batch = self.batch.take().map(|(sequence, _)| sequence);
+                if let Some(sequence) = batch {
+                    self.batch_next = sequence + 1;
+                }
                 Some(Ack {
                     client: self.id,
                     session: header.session,
                     request: header.request,
                     op: header.op,
                     request_checksum,
+                    reply: message.body.clone(),
+                    batch,
                 })
             }
             Command::Eviction => {

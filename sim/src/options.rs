@@ -71,6 +71,9 @@ pub struct Options {
     pub segment_journal: bool,
     /// Primaries hand leadership back to the preferred replica once it has caught up.
     pub return_leadership: bool,
+    /// The group runs Galgo's partition state machine under an idempotent-producer workload
+    /// (and the broker checks), instead of the plain test state machine.
+    pub broker: bool,
 }
 
 impl Options {
@@ -141,6 +144,7 @@ impl Options {
             ticks_max_convergence: 30_000,
             segment_journal: false,
             return_leadership: false,
+            broker: false,
         };
         // Drawn last, so adding it left every earlier draw of a seed as it was.
         options.network.replay_old = percent(&mut prng, 5);
@@ -148,6 +152,7 @@ impl Options {
         options.network.misroute = percent(&mut prng, 2);
         options.segment_journal = prng.chance(0.5);
         options.return_leadership = prng.chance(0.5);
+        options.broker = prng.chance(0.5);
         options
     }
 }

@@ -14,6 +14,7 @@ use galgo_consensus::{
     Timeouts,
 };
 
+use crate::broker_checker::BrokerChecker;
 use crate::checker::{Checker, Failure};
 use crate::client::Client;
 use crate::disk::{Disk, FaultAtlas, WriteTarget, Zone};
@@ -55,6 +56,7 @@ pub struct Simulator {
     incarnation: u64,
     clients: Vec<Client>,
     checker: Checker,
+    broker_checker: BrokerChecker,
     /// Prepare writes in flight: (replica, io) → (op, checksum), for the durability checker.
     prepare_writes: BTreeMap<(u8, u64), (u64, u128)>,
     faults: bool,
@@ -88,6 +90,7 @@ impl Simulator {
                     n,
                     options.placement_offset,
                     options.request_body_max,
+                    options.broker,
                 )
             })
             .collect();
@@ -99,6 +102,7 @@ impl Simulator {
         let mut simulator = Simulator {
             segments,
             checker: Checker::new(Header::root(CLUSTER, GROUP), n, quorums.replication),
+            broker_checker: BrokerChecker::default(),
             prepare_writes: BTreeMap::new(),
             options,
             bugs,
@@ -187,7 +191,7 @@ impl Simulator {
         let seed = self.options.seed ^ self.incarnation.wrapping_mul(0x2545_f491_4f6c_dd1d);
         Replica::open(
             self.config(replica),
-            TestStateMachine::default(),
+            TestStateMachine::new(self.options.broker),
             durable,
             recovered,
             seed,
@@ -331,6 +335,7 @@ impl Simulator {
                 Node::Client(index) => {
                     if let Some(ack) = self.clients[index].on_message(&message) {
                         self.stats.acks += 1;
+                        self.broker_checker.on_ack(&ack)?;
                         self.checker.on_ack(ack)?;
                     }
                 }
@@ -604,6 +609,16 @@ impl Simulator {
             .map(|r| (r.replica(), r.commit_min()))
             .collect();
         self.checker.check_final(&commit_mins)?;
+        let next_offsets: Vec<(u8, u64)> = self
+            .replicas
+            .iter()
+            .flatten()
+            .filter_map(|r| {
+                let partition = r.state_machine().partition.as_ref()?;
+                Some((r.replica(), partition.state().next_offset))
+            })
+            .collect();
+        self.broker_checker.check_final(&next_offsets)?;
         Ok(())
     }
 

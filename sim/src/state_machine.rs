@@ -5,15 +5,27 @@
 //! number of application ops before it, counted on the projected state, and `apply` asserts
 //! the stamp equals the committed count. A primary that stamped against a stale projection
 //! (after a view change, say) fails that assertion on every replica that applies the op.
+//!
+//! In the broker workload it also runs Galgo's partition state machine behind the stamp: the
+//! reply is the partition's, and a stamped append that applying refuses (offsets that do not
+//! continue the log, a producer stamp the state disagrees with) fails an assertion.
 
 use galgo_consensus::checksum::checksum;
 use galgo_consensus::header::operation;
 use galgo_consensus::StateMachine;
+use galgo_replica::partition::machine::PartitionMachine;
+use galgo_replica::partition::ops::PartitionOp;
+use galgo_replica::partition::reply::PartitionReply;
+use galgo_replica::partition::PartitionState;
 
 /// Bytes of the stamp `prepare` puts before the request body.
 pub const STAMP_SIZE: usize = 8;
 
-#[derive(Default, Clone, Debug)]
+/// Consumers and producers the simulated partition remembers: more than the clients, so no
+/// producer is ever forgotten.
+const PARTITION_TABLES_MAX: u32 = 64;
+
+#[derive(Default)]
 pub struct TestStateMachine {
     pub count: u64,
     pub hash: u128,
@@ -23,6 +35,22 @@ pub struct TestStateMachine {
     projected_applications: u64,
     /// (op, hash after op) for every executed op, drained by the checker.
     pub history: Vec<(u64, u128)>,
+    /// The broker workload's partition.
+    pub partition: Option<PartitionMachine>,
+}
+
+impl TestStateMachine {
+    pub fn new(broker: bool) -> TestStateMachine {
+        TestStateMachine {
+            partition: broker.then(|| {
+                PartitionMachine::new(PartitionState::new(
+                    PARTITION_TABLES_MAX,
+                    PARTITION_TABLES_MAX,
+                ))
+            }),
+            ..TestStateMachine::default()
+        }
+    }
 }
 
 impl StateMachine for TestStateMachine {
@@ -48,13 +76,39 @@ impl StateMachine for TestStateMachine {
         self.hash = checksum(&input);
         self.count += 1;
         self.history.push((op, self.hash));
+        if let (Some(partition), true) = (
+            self.partition.as_mut(),
+            operation >= operation::APPLICATION_MIN,
+        ) {
+            let request = &body[STAMP_SIZE..];
+            let reply = partition.apply(op, timestamp, operation, request);
+            let stamped_append = matches!(
+                PartitionOp::decode(request),
+                Ok((PartitionOp::Append { .. }, _))
+            );
+            if stamped_append {
+                assert!(
+                    !matches!(
+                        PartitionReply::decode(&reply),
+                        Ok(PartitionReply::Refused { .. })
+                    ),
+                    "op {op}: a stamped append was refused on apply: {:?}",
+                    PartitionReply::decode(&reply)
+                );
+            }
+            return reply;
+        }
         let mut reply = Vec::with_capacity(24);
         reply.extend_from_slice(&self.count.to_le_bytes());
         reply.extend_from_slice(&self.hash.to_le_bytes());
         reply
     }
 
-    fn prepare(&mut self, _op: u64, _timestamp: u64, _operation: u8, body: Vec<u8>) -> Vec<u8> {
+    fn prepare(&mut self, op: u64, timestamp: u64, operation: u8, body: Vec<u8>) -> Vec<u8> {
+        let body = match self.partition.as_mut() {
+            Some(partition) => partition.prepare(op, timestamp, operation, body),
+            None => body,
+        };
         let mut stamped = Vec::with_capacity(STAMP_SIZE + body.len());
         stamped.extend_from_slice(&self.projected_applications.to_le_bytes());
         stamped.extend_from_slice(&body);
@@ -64,6 +118,9 @@ impl StateMachine for TestStateMachine {
 
     fn reset_projection(&mut self) {
         self.projected_applications = self.applications;
+        if let Some(partition) = self.partition.as_mut() {
+            partition.reset_projection();
+        }
     }
 }
 
