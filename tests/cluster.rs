@@ -335,3 +335,88 @@ fn three_processes_survive_a_primary_kill_and_keep_every_acknowledged_message() 
     }
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// A backup loses its whole data directory and comes back empty: it repairs the metadata
+/// group, learns the topic, starts the partition's group and repairs every op of it while
+/// production goes on, and ends with every acknowledged message, like the other two.
+#[test]
+fn a_node_that_lost_its_disk_repairs_everything_without_stopping_the_cluster() {
+    let root = std::env::temp_dir().join(format!("galgo-lost-disk-{}", std::process::id()));
+    let mut cluster = Cluster::new(&root);
+    for id in 0..3 {
+        cluster.start(id);
+    }
+    let mut client = RoutingClient::new(u128::from(CLUSTER), 0xD15C, cluster.clients.clone());
+    let stream = MetadataOp::CreateStream {
+        name: "logs".into(),
+    };
+    assert!(matches!(
+        metadata(&mut client, stream),
+        MetadataReply::Applied(_)
+    ));
+    let topic = MetadataOp::CreateTopic {
+        stream: Ident::Name("logs".into()),
+        name: "app".into(),
+        partitions: 1,
+        replication_factor: 3,
+        options: TopicOptions::default(),
+    };
+    assert!(matches!(
+        metadata(&mut client, topic),
+        MetadataReply::Applied(_)
+    ));
+    let route = client
+        .topic_routes("logs", "app")
+        .unwrap()
+        .expect("the topic is known")[0]
+        .clone();
+    let mut acked = Vec::new();
+    for sequence in 0..300u64 {
+        let payload = format!("line {sequence}").into_bytes();
+        acked.push((produce(&mut client, &route, sequence, &payload), payload));
+    }
+    let view = client.last_view(route.group).expect("the group replied");
+    let n = route.members.len() as u64;
+    let primary =
+        route.members[((u64::from(view) + u64::from(route.placement_offset)) % n) as usize];
+    let wiped = *route
+        .members
+        .iter()
+        .find(|m| **m != primary)
+        .expect("a backup");
+    cluster.kill(wiped);
+    std::fs::remove_dir_all(cluster.data_dir(wiped)).unwrap();
+    cluster.start(wiped);
+    let restarted = Instant::now();
+    for sequence in 300..600u64 {
+        let payload = format!("line {sequence}").into_bytes();
+        acked.push((produce(&mut client, &route, sequence, &payload), payload));
+    }
+    let target = route
+        .members
+        .iter()
+        .filter_map(|node| client.group_status(*node, route.group).ok().flatten())
+        .find(|status| status.primary && status.normal)
+        .expect("the group has a primary")
+        .commit_min;
+    let repaired = loop {
+        let status = client.group_status(wiped, route.group).ok().flatten();
+        if status.is_some_and(|s| s.durable_through >= target && s.normal) {
+            break restarted.elapsed();
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(60),
+            "node {wiped} never repaired its log: {status:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("node {wiped} lost its disk: {target} ops repaired {repaired:?} after its restart");
+    for id in 0..3 {
+        cluster.kill(id);
+    }
+    for id in 0..3u8 {
+        let messages = read_partition(&cluster.data_dir(id), route.group);
+        assert_eq!(&messages[..acked.len()], &acked[..], "node {id}");
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
