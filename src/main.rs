@@ -1,6 +1,9 @@
 //! The `galgo` binary: `galgo replica` runs one node of a cluster from a configuration file;
 //! `galgo dev` runs a one-node cluster on the embedded configuration, for development, and
-//! sets a root user on first start.
+//! sets a root user on first start; `galgo bench` measures durable produce throughput against
+//! a running cluster.
+
+mod bench;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -42,11 +45,86 @@ enum Command {
         #[arg(long)]
         data_dir: Option<std::path::PathBuf>,
     },
+    /// Produce to a fresh topic of a running cluster (default: a `galgo dev` on this machine)
+    /// and print throughput and per-batch latency.
+    Bench {
+        /// The cluster's configuration (its nodes' client addresses); default: galgo dev's.
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        /// Producer threads, each with its own client and partition.
+        #[arg(long, default_value_t = 4)]
+        producers: usize,
+        /// Partitions of the bench topic (producer i writes to partition i mod this).
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
+        /// Replicas per partition (0: the cluster's default).
+        #[arg(long, default_value_t = 0)]
+        replication: u8,
+        /// Batches each producer sends.
+        #[arg(long, default_value_t = 500)]
+        batches: u64,
+        #[arg(long, default_value_t = 1000)]
+        messages_per_batch: u32,
+        /// Bytes per message (a batch holds at most 1 000 000 bytes).
+        #[arg(long, default_value_t = 1000)]
+        message_size: usize,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut env: Vec<(String, String)> = std::env::vars().collect();
+    if let Command::Bench {
+        config,
+        producers,
+        partitions,
+        replication,
+        batches,
+        messages_per_batch,
+        message_size,
+    } = &cli.command
+    {
+        let text = match config {
+            None => DEV_CONFIG.to_string(),
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(text) => text,
+                Err(error) => {
+                    eprintln!("galgo: cannot read {}: {error}", path.display());
+                    return ExitCode::from(2);
+                }
+            },
+        };
+        let config = match Config::load(&text, env) {
+            Ok(config) => config,
+            Err(error) => {
+                eprintln!("galgo: {error}");
+                return ExitCode::from(2);
+            }
+        };
+        let nodes = config
+            .cluster
+            .nodes
+            .iter()
+            .map(|n| (n.id, n.client_address.parse().expect("checked: an address")))
+            .collect();
+        let options = bench::BenchOptions {
+            cluster: u128::from(config.cluster.id),
+            nodes,
+            producers: *producers,
+            partitions: *partitions,
+            replication: *replication,
+            batches: *batches,
+            messages_per_batch: *messages_per_batch,
+            message_size: *message_size,
+        };
+        return match bench::run(options, random_u128) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("galgo bench: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let (text, dev) = match &cli.command {
         Command::Replica { config, id } => {
             let text = match std::fs::read_to_string(config) {
@@ -72,6 +150,7 @@ fn main() -> ExitCode {
             }
             (DEV_CONFIG.to_string(), true)
         }
+        Command::Bench { .. } => unreachable!("handled above"),
     };
     let config = match Config::load(&text, env) {
         Ok(config) => config,

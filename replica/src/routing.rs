@@ -76,6 +76,8 @@ pub struct RoutingClient {
     pub attempts: u64,
     /// Queries sent so far (node-answered requests take their request number from it).
     queries: u32,
+    /// How long one node gets to answer before the next member is tried.
+    attempt_timeout: Duration,
 }
 
 /// The reply to `request`, and the view it came from.
@@ -99,7 +101,16 @@ impl RoutingClient {
             views: BTreeMap::new(),
             attempts: 0,
             queries: 0,
+            attempt_timeout: ATTEMPT_TIMEOUT,
         }
+    }
+
+    /// Waits `timeout` for each node's answer instead of `ATTEMPT_TIMEOUT` (large requests
+    /// to a node whose disk is slow need longer before another member is worth trying).
+    pub fn with_attempt_timeout(mut self, timeout: Duration) -> RoutingClient {
+        assert!(timeout > Duration::ZERO);
+        self.attempt_timeout = timeout;
+        self
     }
 
     /// The view of the last reply from `group`, if it ever replied.
@@ -201,20 +212,7 @@ impl RoutingClient {
         body: Vec<u8>,
     ) -> Result<Reply, RoutingError> {
         assert!(!members.is_empty() && usize::from(placement_offset) < members.len());
-        if !self.sessions.contains_key(&group) {
-            let mut header = Header::new(Command::Request, self.cluster, group);
-            header.client = self.client;
-            header.operation = operation::REGISTER;
-            let register = Message::new(header, Vec::new());
-            let reply = self.send_until_reply(group, members, placement_offset, &register)?;
-            self.sessions.insert(
-                group,
-                Session {
-                    session: reply.op,
-                    request: 0,
-                },
-            );
-        }
+        self.register(group, members, placement_offset)?;
         let session = &self.sessions[&group];
         let mut header = Header::new(Command::Request, self.cluster, group);
         header.client = self.client;
@@ -234,6 +232,31 @@ impl RoutingClient {
             Err(_) => {}
         }
         reply
+    }
+
+    /// Opens a session with `group` unless one is open (`call` does this on its first use).
+    pub fn register(
+        &mut self,
+        group: u64,
+        members: &[u8],
+        placement_offset: u8,
+    ) -> Result<(), RoutingError> {
+        if self.sessions.contains_key(&group) {
+            return Ok(());
+        }
+        let mut header = Header::new(Command::Request, self.cluster, group);
+        header.client = self.client;
+        header.operation = operation::REGISTER;
+        let register = Message::new(header, Vec::new());
+        let reply = self.send_until_reply(group, members, placement_offset, &register)?;
+        self.sessions.insert(
+            group,
+            Session {
+                session: reply.op,
+                request: 0,
+            },
+        );
+        Ok(())
     }
 
     fn send_until_reply(
@@ -287,7 +310,7 @@ impl RoutingClient {
         })
     }
 
-    /// Sends `request` to `node` and waits up to `ATTEMPT_TIMEOUT` for its reply (or this
+    /// Sends `request` to `node` and waits up to the attempt timeout for its reply (or this
     /// client's eviction); `None` on silence or a broken connection.
     fn exchange(&mut self, node: u8, request: &Message) -> Option<Message> {
         let stream = self.connection(node)?;
@@ -295,7 +318,7 @@ impl RoutingClient {
             self.connections.remove(&node);
             return None;
         }
-        let deadline = Instant::now() + ATTEMPT_TIMEOUT;
+        let deadline = Instant::now() + self.attempt_timeout;
         loop {
             let left = deadline.checked_duration_since(Instant::now())?;
             let stream = self.connections.get_mut(&node)?;
