@@ -92,7 +92,7 @@ pub fn run(options: BenchOptions, client_id: impl Fn() -> u128) -> Result<(), St
             let (options, ready) = (options.clone(), ready.clone());
             std::thread::spawn(move || {
                 let registered = client
-                    .register(route.group, &route.members, route.placement_offset)
+                    .register_route(&route)
                     .map_err(|e| format!("producer {index}: {e}"));
                 ready.wait();
                 registered?;
@@ -157,7 +157,7 @@ fn produce(
         let body = op.encode(&payload);
         let sent = Instant::now();
         let reply = client
-            .call(route.group, &route.members, route.placement_offset, body)
+            .call_route(&route, body)
             .map_err(|e| format!("producer {producer}: {e}"))?;
         latencies.push(sent.elapsed().as_micros() as u64);
         match PartitionReply::decode(&reply.body) {

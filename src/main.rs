@@ -6,13 +6,14 @@
 mod bench;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use galgo_replica::config::{Config, DEV_CONFIG};
 use galgo_replica::metadata::machine::MetadataReply;
 use galgo_replica::metadata::{MetadataOp, UserStatus};
-use galgo_replica::node::Node;
+use galgo_replica::node::{Node, SharedPlacements};
 use galgo_replica::routing::RoutingClient;
 
 #[derive(Parser, Debug)]
@@ -163,40 +164,69 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config, dev: bool) -> ExitCode {
-    let (outcome, uring) = galgo_storage::file_disk::block_on(async move {
-        let node = Node::start(config.clone()).await?;
-        println!(
-            "galgo: node {} of cluster {} ({} nodes); replica bus on {}, client port on {}; data in {}",
-            config.replica.id,
-            config.cluster.id,
-            config.cluster.nodes.len(),
-            config.own_address(),
-            node.client_address,
-            config.replica.data_dir.display()
-        );
-        if dev {
-            let nodes = vec![(config.replica.id, node.client_address)];
-            let cluster = u128::from(config.cluster.id);
-            std::thread::spawn(move || set_root_user(cluster, nodes));
+    let shards = config.shard_count();
+    let placements = Arc::new(SharedPlacements::default());
+    let started = Arc::new(std::sync::Barrier::new(usize::from(shards) + 1));
+    let mut threads = Vec::new();
+    for shard in 0..shards {
+        let (config, placements, started) = (config.clone(), placements.clone(), started.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("galgo-shard-{shard}"))
+            .spawn(move || run_shard(config, shard, shards, placements, started))
+            .expect("a shard thread starts");
+        threads.push(thread);
+    }
+    started.wait();
+    println!(
+        "galgo: node {} of cluster {} ({} nodes, {shards} shards); replica bus on {}, client port on {} (shard s: port + s); data in {}",
+        config.replica.id,
+        config.cluster.id,
+        config.cluster.nodes.len(),
+        config.own_address(),
+        config.own_client_address(),
+        config.replica.data_dir.display()
+    );
+    if dev {
+        let nodes = vec![(config.replica.id, config.own_client_address())];
+        let cluster = u128::from(config.cluster.id);
+        std::thread::spawn(move || set_root_user(cluster, nodes));
+    }
+    for thread in threads {
+        // A shard runs until the process ends; one that returns failed to start.
+        if thread.join().is_err() {
+            return ExitCode::FAILURE;
         }
+    }
+    ExitCode::FAILURE
+}
+
+/// One shard: its runtime, its node half, until the process ends. A shard that cannot start
+/// ends the process (a node without one of its shards would silently lose its groups).
+fn run_shard(
+    config: Config,
+    shard: u16,
+    shards: u16,
+    placements: Arc<SharedPlacements>,
+    started: Arc<std::sync::Barrier>,
+) {
+    let (outcome, uring) = galgo_storage::file_disk::block_on(async move {
+        let node = Node::start(config, shard, shards, placements).await?;
+        started.wait();
         loop {
             monoio::time::sleep(Duration::from_secs(3600)).await;
-            // The node's tasks run on; the process ends on a signal. Everything acknowledged
+            // The shard's tasks run on; the process ends on a signal. Everything acknowledged
             // is already durable, so a kill loses nothing acknowledged.
             let _ = &node;
         }
         #[allow(unreachable_code)]
         Ok::<(), galgo_replica::node::NodeError>(())
     });
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!(
-                "galgo: {error} (runtime: {})",
-                if uring { "io_uring" } else { "epoll" }
-            );
-            ExitCode::FAILURE
-        }
+    if let Err(error) = outcome {
+        eprintln!(
+            "galgo: shard {shard}: {error} (runtime: {})",
+            if uring { "io_uring" } else { "epoll" }
+        );
+        std::process::exit(1);
     }
 }
 

@@ -24,14 +24,20 @@ const CLUSTER: u64 = 77;
 
 /// A free port below the ephemeral range (which starts at 32768 on Linux): a port the kernel
 /// hands out to outgoing connections could be taken by one while a killed node restarts.
+/// Ports each node address needs free: one per shard.
+const SHARD_PORTS: u16 = 4;
+
 fn free_address() -> SocketAddr {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 20_000 + (std::process::id() % 500) as u16 * 20;
+    let base = 20_000 + (std::process::id() % 5) as u16 * 2_000;
     loop {
-        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 2_000;
-        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-            return listener.local_addr().unwrap();
+        // Ten ports apart: a node's shards listen on the port and the ones after it.
+        let port = base + (NEXT.fetch_add(1, Ordering::Relaxed) % 200) * 10;
+        let free = (port..port + SHARD_PORTS)
+            .all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if free {
+            return SocketAddr::from(([127, 0, 0, 1], port));
         }
     }
 }
@@ -58,7 +64,7 @@ impl Cluster {
         }
         let text = format!(
             "[cluster]\nid = {CLUSTER}\nreplication = 3\nnodes = [{nodes}]\n\n\
-             [replica]\nid = 0\ndata_dir = \"unused\"\nshards = 1\n\n\
+             [replica]\nid = 0\ndata_dir = \"unused\"\nshards = 2\n\n\
              [storage]\nsegment_size = 4194304\ndirect_io = true\n\n\
              [gateway]\ntcp_address = \"127.0.0.1:0\"\nhttp_address = \"127.0.0.1:0\"\n"
         );
@@ -131,12 +137,7 @@ fn produce(
         }),
     };
     let reply = client
-        .call(
-            route.group,
-            &route.members,
-            route.placement_offset,
-            op.encode(payload),
-        )
+        .call_route(route, op.encode(payload))
         .expect("an acknowledgement");
     match PartitionReply::decode(&reply.body).unwrap() {
         PartitionReply::Appended { base_offset, count } => {

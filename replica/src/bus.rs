@@ -26,7 +26,7 @@ use monoio::io::{AsyncReadRentExt, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 
 const HELLO_MAGIC: u32 = 0x6761_6c62; // "galb"
-const HELLO_VERSION: u16 = 1;
+const HELLO_VERSION: u16 = 2;
 const HELLO_SIZE: usize = 32;
 const RECONNECT_DELAY_MIN: Duration = Duration::from_millis(10);
 const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(1);
@@ -39,6 +39,9 @@ const INBOUND_MAX: usize = 256;
 pub struct BusConfig {
     pub cluster: u128,
     pub node: u8,
+    /// This bus's shard of its node, and the node's shard count (every node runs as many).
+    pub shard: u16,
+    pub shards: u16,
     /// Every other node and the address its bus listens on.
     pub peers: Vec<(u8, SocketAddr)>,
     /// Messages queued per peer while its connection is down or slow.
@@ -235,26 +238,37 @@ async fn within_deadline<T>(shared: &Shared, future: impl Future<Output = T>) ->
         .and_then(Result::ok)
 }
 
-fn hello(cluster: u128, node: u8) -> Vec<u8> {
+fn hello(config: &BusConfig) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(HELLO_SIZE);
     bytes.extend_from_slice(&HELLO_MAGIC.to_le_bytes());
     bytes.extend_from_slice(&HELLO_VERSION.to_le_bytes());
-    bytes.push(node);
+    bytes.push(config.node);
+    bytes.extend_from_slice(&config.shard.to_le_bytes());
+    bytes.extend_from_slice(&config.shards.to_le_bytes());
     bytes.resize(16, 0);
+    let cluster = config.cluster;
     bytes.extend_from_slice(&cluster.to_le_bytes());
     assert_eq!(bytes.len(), HELLO_SIZE);
     bytes
 }
 
-/// The sending node a hello names, if it is one of ours for our cluster.
+/// The sending node a hello names, if it is one of ours for our cluster and the same shard
+/// of a node with as many shards (shard s of every node talks to shard s of the others).
 fn parse_hello(bytes: &[u8], config: &BusConfig) -> Option<u8> {
     assert_eq!(bytes.len(), HELLO_SIZE);
     let magic = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
     let version = u16::from_le_bytes(bytes[4..6].try_into().expect("2 bytes"));
     let node = bytes[6];
+    let shard = u16::from_le_bytes(bytes[7..9].try_into().expect("2 bytes"));
+    let shards = u16::from_le_bytes(bytes[9..11].try_into().expect("2 bytes"));
     let cluster = u128::from_le_bytes(bytes[16..32].try_into().expect("16 bytes"));
     let known = config.peers.iter().any(|(id, _)| *id == node);
-    (magic == HELLO_MAGIC && version == HELLO_VERSION && cluster == config.cluster && known)
+    (magic == HELLO_MAGIC
+        && version == HELLO_VERSION
+        && cluster == config.cluster
+        && known
+        && shard == config.shard
+        && shards == config.shards)
         .then_some(node)
 }
 
@@ -266,7 +280,7 @@ async fn send_loop(shared: Rc<Shared>, peer: u8, address: SocketAddr) {
         {
             let _ = stream.set_nodelay(true);
             shared.stats.borrow_mut().connects += 1;
-            let hello = hello(shared.config.cluster, shared.config.node);
+            let hello = hello(&shared.config);
             if let Some((Ok(_), _)) = within_deadline(&shared, stream.write_all(hello)).await {
                 let queue = &shared.outgoing[&peer];
                 while let Some(first) = pop(queue, &shared.stopped).await {
@@ -360,6 +374,8 @@ mod tests {
         BusConfig {
             cluster: 9,
             node,
+            shard: 0,
+            shards: 1,
             peers,
             send_queue_max: 1024,
             recv_queue_max: 1024,
@@ -406,10 +422,22 @@ mod tests {
             let b = Bus::start(config(1, vec![(0, a_address)]), b_address).unwrap();
             // A stranger from another cluster.
             let mut stranger = TcpStream::connect_addr(b_address).await.unwrap();
-            let _ = stranger.write_all(hello(8, 0)).await;
+            let other_cluster = BusConfig {
+                cluster: 8,
+                ..config(0, vec![])
+            };
+            let _ = stranger.write_all(hello(&other_cluster)).await;
+            // A known node whose shards do not pair with ours.
+            let mut unpaired = TcpStream::connect_addr(b_address).await.unwrap();
+            let other_shards = BusConfig {
+                shard: 1,
+                shards: 2,
+                ..config(0, vec![])
+            };
+            let _ = unpaired.write_all(hello(&other_shards)).await;
             // A known node that then sends a frame with a broken checksum.
             let mut liar = TcpStream::connect_addr(b_address).await.unwrap();
-            let _ = liar.write_all(hello(9, 0)).await;
+            let _ = liar.write_all(hello(&config(0, vec![]))).await;
             let mut frame = message(1, b"abc").encode();
             let last = frame.len() - 1;
             frame[last] ^= 1; // A body byte: the body checksum fails.
@@ -420,12 +448,12 @@ mod tests {
             let (_, received) = b.recv().await;
             assert_eq!(received.body, b"fine");
             for _ in 0..100 {
-                if b.stats().rejected == 2 {
+                if b.stats().rejected == 3 {
                     break;
                 }
                 monoio::time::sleep(Duration::from_millis(10)).await;
             }
-            assert_eq!(b.stats().rejected, 2);
+            assert_eq!(b.stats().rejected, 3);
             assert_eq!(b.stats().received, 1);
         });
     }

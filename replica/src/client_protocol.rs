@@ -57,6 +57,8 @@ pub struct PartitionRoute {
     pub group: u64,
     pub members: Vec<u8>,
     pub placement_offset: u8,
+    /// The shard of each member that runs the group: its client port is the node's + shard.
+    pub shard: u16,
 }
 
 /// One page of a topic's partitions, in order: `routes[i]` is partition `first + i`.
@@ -88,6 +90,7 @@ impl TopicRoutes {
         for route in routes {
             w.u64(route.group);
             w.u8(route.placement_offset);
+            w.u16(route.shard);
             w.u8(u8::try_from(route.members.len()).expect("at most 64 nodes"));
             for member in &route.members {
                 w.u8(*member);
@@ -107,6 +110,7 @@ impl TopicRoutes {
         for _ in 0..count {
             let group = r.u64("group")?;
             let placement_offset = r.u8("placement offset")?;
+            let shard = r.u16("shard")?;
             let members = r.u8("members")?;
             if usize::from(members) > crate::config::NODES_MAX {
                 return Err(DecodeError::Invalid(format!("{members} members")));
@@ -124,6 +128,7 @@ impl TopicRoutes {
                 group,
                 members,
                 placement_offset,
+                shard,
             });
         }
         r.finish()?;
@@ -279,11 +284,13 @@ mod tests {
                         group: 1,
                         members: vec![0, 1, 2],
                         placement_offset: 2,
+                        shard: 1,
                     },
                     PartitionRoute {
                         group: 2,
                         members: vec![1],
                         placement_offset: 0,
+                        shard: 0,
                     },
                 ],
             })),

@@ -79,6 +79,10 @@ impl Writer {
         self.bytes.push(value);
     }
 
+    pub fn u16(&mut self, value: u16) {
+        self.bytes.extend_from_slice(&value.to_le_bytes());
+    }
+
     pub fn u32(&mut self, value: u32) {
         self.bytes.extend_from_slice(&value.to_le_bytes());
     }
@@ -140,6 +144,11 @@ impl<'a> Reader<'a> {
 
     pub fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
         Ok(self.take(1, field)?[0])
+    }
+
+    pub fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError> {
+        let bytes = self.take(2, field)?;
+        Ok(u16::from_le_bytes(bytes.try_into().expect("2 bytes")))
     }
 
     pub fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {

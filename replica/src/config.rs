@@ -165,9 +165,36 @@ impl Config {
                 "storage.segment_size {segment_size} (from {SEGMENT_SIZE_MIN} to {SEGMENT_SIZE_MAX})"
             )));
         }
+        let shards = self.shard_count();
+        for node in nodes {
+            for (key, address) in [
+                ("address", &node.address),
+                ("client_address", &node.client_address),
+            ] {
+                let port = parse_address(address, key)?.port();
+                if u32::from(port) + u32::from(shards) > 65_536 {
+                    return Err(error(format!(
+                        "cluster.nodes[id = {}].{key} port {port}: its {shards} shards use ports up to {}",
+                        node.id,
+                        u32::from(port) + u32::from(shards) - 1
+                    )));
+                }
+            }
+        }
         parse_address(&self.gateway.tcp_address, "gateway.tcp_address")?;
         parse_address(&self.gateway.http_address, "gateway.http_address")?;
         Ok(())
+    }
+
+    /// The shards this node runs: `replica.shards`, or one per core when that is 0. Every node
+    /// of a cluster must run as many (shard s talks to shard s): set it in a cluster.
+    pub fn shard_count(&self) -> u16 {
+        match self.replica.shards {
+            0 => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(usize::from(SHARDS_MAX)) as u16,
+            shards => shards,
+        }
     }
 
     /// The address this node's replica listener binds.

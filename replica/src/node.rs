@@ -1,16 +1,19 @@
-//! A Galgo node (`galgo replica`, and the replica half of `galgo dev`): one process holding its
-//! replica of the metadata group (group 0, over every node) and of each partition group the
-//! metadata places on it, all on one monoio thread for now. It owns the data directory (one
-//! segment log and one superblock per group), the replica bus (messages routed to groups by
-//! the header's group), and the client port (requests routed the same way, replies back to
-//! the client's connection). Partition groups start when the applied metadata places them
-//! here and stop when it no longer does; their files stay.
+//! A Galgo node's shard (`galgo replica`, and the replica half of `galgo dev`): a node runs one
+//! shard per configured shard, each a monoio runtime on its own thread owning its groups and
+//! their files. Shard 0 holds the node's replica of the metadata group (group 0, over every
+//! node); partition group `g` lives on shard `g % shards` of each node it is placed on. Each
+//! shard has its own replica bus (port + shard, talking to the same shard of the other nodes)
+//! and client port (port + shard): nothing on the data path crosses threads. Shard 0 publishes
+//! the groups the applied metadata places on this node (`SharedPlacements`, a lock taken only
+//! when they change); every shard starts and stops its own. A stopped group's files stay.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use galgo_consensus::recovery::RecoveryBugs;
 use galgo_consensus::{
@@ -70,17 +73,54 @@ impl std::error::Error for NodeError {}
 pub type MetadataHost = Rc<GroupHost<MetadataMachine, FileDisk>>;
 pub type PartitionHost = Rc<GroupHost<PartitionMachine, FileDisk>>;
 
+/// The partition groups the applied metadata places on this node, published by shard 0 for
+/// every shard (the control path: read only when `version` moves).
+#[derive(Default)]
+pub struct SharedPlacements {
+    version: AtomicU64,
+    groups: Mutex<BTreeMap<u64, Placement>>,
+}
+
+impl SharedPlacements {
+    fn publish(&self, groups: BTreeMap<u64, Placement>) {
+        *self.groups.lock().expect("no shard panics holding it") = groups;
+        self.version.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// `address` with its port moved up by `shard`.
+pub fn shard_address(address: SocketAddr, shard: u16) -> SocketAddr {
+    let port = address
+        .port()
+        .checked_add(shard)
+        .expect("checked: shard ports fit under 65536");
+    SocketAddr::new(address.ip(), port)
+}
+
+/// The shard of a node that runs partition group `group`.
+pub fn shard_of(group: u64, shards: u16) -> u16 {
+    assert!(shards >= 1);
+    (group % u64::from(shards)) as u16
+}
+
 pub struct Node {
     pub config: Config,
+    pub shard: u16,
+    pub shards: u16,
+    placements: Arc<SharedPlacements>,
     cluster: u128,
     disk: &'static FileDisk,
     bus: Rc<Bus>,
     clients: Rc<ClientTable>,
-    pub metadata: MetadataHost,
+    /// Shard 0 only.
+    pub metadata: Option<MetadataHost>,
     pub partitions: RefCell<BTreeMap<u64, PartitionHost>>,
     /// Partition groups being opened.
     starting: RefCell<BTreeSet<u64>>,
+    /// The published placements version this shard last started and stopped groups for.
     placements_seen: Cell<Option<u64>>,
+    /// Shard 0: the metadata's placements version last published.
+    metadata_placements_seen: Cell<Option<u64>>,
     pub client_address: SocketAddr,
 }
 
@@ -99,7 +139,13 @@ fn seed(node: u8, group: u64) -> u64 {
 impl Node {
     /// Opens the data directory and every group's files, binds the bus and the client port,
     /// and starts the node's tasks on the current monoio runtime.
-    pub async fn start(config: Config) -> Result<Rc<Node>, NodeError> {
+    pub async fn start(
+        config: Config,
+        shard: u16,
+        shards: u16,
+        placements: Arc<SharedPlacements>,
+    ) -> Result<Rc<Node>, NodeError> {
+        assert!(shard < shards);
         let data_dir = config.replica.data_dir.clone();
         std::fs::create_dir_all(&data_dir)
             .map_err(|e| NodeError::Io(format!("creating {}", data_dir.display()), e))?;
@@ -118,23 +164,28 @@ impl Node {
             .nodes
             .iter()
             .filter(|n| n.id != me)
-            .map(|n| (n.id, n.address.parse().expect("checked: a socket address")))
+            .map(|n| {
+                let address = n.address.parse().expect("checked: a socket address");
+                (n.id, shard_address(address, shard))
+            })
             .collect();
         let bus_config = BusConfig {
             cluster,
             node: me,
+            shard,
+            shards,
             peers,
             send_queue_max: BUS_QUEUE_MAX,
             recv_queue_max: BUS_QUEUE_MAX,
         };
-        let bus_address = config.own_address();
+        let bus_address = shard_address(config.own_address(), shard);
         let bus = Rc::new(
             bind_with_patience(&format!("the replica bus on {bus_address}"), || {
                 Bus::start(bus_config.clone(), bus_address)
             })
             .await?,
         );
-        let client_address = config.own_client_address();
+        let client_address = shard_address(config.own_client_address(), shard);
         let client_options = monoio::net::ListenerOpts::default().reuse_port(false);
         let listener = bind_with_patience(&format!("the client port on {client_address}"), || {
             monoio::net::TcpListener::bind_with_config(client_address, &client_options)
@@ -146,24 +197,32 @@ impl Node {
             config.cluster.replication,
             Limits::default(),
         ));
-        let metadata = open_group(
-            disk,
-            cluster,
-            METADATA_GROUP,
-            me,
-            &Placement {
-                members: nodes,
-                placement_offset: 0,
-            },
-            metadata_machine,
-            metadata_messages,
-            config.storage.segment_size,
-            bus.clone(),
-            reply_sink(&clients),
-        )
-        .await?;
+        let metadata = if shard == 0 {
+            let host = open_group(
+                disk,
+                cluster,
+                METADATA_GROUP,
+                me,
+                &Placement {
+                    members: nodes,
+                    placement_offset: 0,
+                },
+                metadata_machine,
+                metadata_messages,
+                config.storage.segment_size,
+                bus.clone(),
+                reply_sink(&clients),
+            )
+            .await?;
+            Some(host)
+        } else {
+            None
+        };
         let node = Rc::new(Node {
             config,
+            shard,
+            shards,
+            placements,
             cluster,
             disk,
             bus: bus.clone(),
@@ -172,6 +231,7 @@ impl Node {
             partitions: RefCell::new(BTreeMap::new()),
             starting: RefCell::new(BTreeSet::new()),
             placements_seen: Cell::new(None),
+            metadata_placements_seen: Cell::new(None),
             client_address,
         });
         let dispatcher = Rc::downgrade(&node);
@@ -207,7 +267,9 @@ impl Node {
     /// retransmits, and the group may be starting).
     fn route(&self, message: Message) {
         if message.header.group == METADATA_GROUP {
-            self.metadata.deliver(Event::Message(message));
+            if let Some(metadata) = &self.metadata {
+                metadata.deliver(Event::Message(message));
+            }
         } else if let Some(host) = self.partitions.borrow().get(&message.header.group) {
             host.deliver(Event::Message(message));
         }
@@ -261,7 +323,10 @@ impl Node {
             }
         }
         if group == METADATA_GROUP {
-            return Some(status(&self.metadata.replica.borrow()));
+            return self
+                .metadata
+                .as_ref()
+                .map(|metadata| status(&metadata.replica.borrow()));
         }
         let partitions = self.partitions.borrow();
         let host = partitions.get(&group)?;
@@ -277,15 +342,18 @@ impl Node {
         header.request = request.header.request;
         header.session = request.header.session;
         header.operation = operation;
-        header.view = self.metadata.replica.borrow().view();
+        header.view = self
+            .metadata
+            .as_ref()
+            .map_or(0, |metadata| metadata.replica.borrow().view());
         Message::new(header, body)
     }
 
     /// The routes of a topic, from this node's applied metadata.
     fn answer_topic_routes(&self, request: &Message) -> Message {
-        let routes = match TopicQuery::decode(&request.body) {
-            Ok(query) => {
-                let replica = self.metadata.replica.borrow();
+        let routes = match (TopicQuery::decode(&request.body), &self.metadata) {
+            (Ok(query), Some(metadata)) => {
+                let replica = metadata.replica.borrow();
                 let metadata = &replica.state_machine().metadata;
                 metadata
                     .topic(&Ident::Name(query.stream), &Ident::Name(query.topic))
@@ -302,11 +370,12 @@ impl Node {
                                 group: p.group,
                                 members: p.placement.members.clone(),
                                 placement_offset: p.placement.placement_offset,
+                                shard: shard_of(p.group, self.shards),
                             })
                             .collect(),
                     })
             }
-            Err(_) => None,
+            _ => None,
         };
         self.node_reply(
             request,
@@ -315,20 +384,19 @@ impl Node {
         )
     }
 
-    /// Starts the partition groups the applied metadata places here, stops the others.
-    fn sync_partitions(self: &Rc<Self>) {
-        let version = self
-            .metadata
-            .replica
-            .borrow()
-            .state_machine()
-            .placements_version;
-        if self.placements_seen.get() == Some(version) {
+    /// On shard 0: publishes the groups the applied metadata places on this node when they
+    /// may have changed.
+    fn publish_placements(&self) {
+        let Some(metadata) = &self.metadata else {
+            return;
+        };
+        let version = metadata.replica.borrow().state_machine().placements_version;
+        if self.metadata_placements_seen.get() == Some(version) {
             return;
         }
         let me = self.config.replica.id;
-        let wanted: BTreeMap<u64, Placement> = {
-            let replica = self.metadata.replica.borrow();
+        let placed: BTreeMap<u64, Placement> = {
+            let replica = metadata.replica.borrow();
             let metadata = &replica.state_machine().metadata;
             metadata
                 .streams
@@ -339,6 +407,28 @@ impl Node {
                 .map(|partition| (partition.group, partition.placement.clone()))
                 .collect()
         };
+        self.placements.publish(placed);
+        self.metadata_placements_seen.set(Some(version));
+    }
+
+    /// Starts this shard's partition groups that the published placements hold, stops the
+    /// others.
+    fn sync_partitions(self: &Rc<Self>) {
+        self.publish_placements();
+        let version = self.placements.version.load(Ordering::Acquire);
+        if self.placements_seen.get() == Some(version) {
+            return;
+        }
+        let me = self.config.replica.id;
+        let wanted: BTreeMap<u64, Placement> = self
+            .placements
+            .groups
+            .lock()
+            .expect("no shard panics holding it")
+            .iter()
+            .filter(|(group, _)| shard_of(**group, self.shards) == self.shard)
+            .map(|(group, placement)| (*group, placement.clone()))
+            .collect();
         self.partitions
             .borrow_mut()
             .retain(|group, _| wanted.contains_key(group));

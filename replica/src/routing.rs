@@ -21,7 +21,7 @@ use crate::client_protocol::{
     GroupStatus, GroupStatusQuery, PartitionRoute, ReplicaStatus, TopicQuery, TopicRoutes,
     OPERATION_BROKER, OPERATION_GROUP_STATUS, OPERATION_TOPIC_ROUTES,
 };
-use crate::node::METADATA_GROUP;
+use crate::node::{shard_address, METADATA_GROUP};
 
 /// How long one node gets to answer before the next member is tried.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(100);
@@ -68,7 +68,10 @@ pub struct RoutingClient {
     cluster: u128,
     client: u128,
     nodes: BTreeMap<u8, SocketAddr>,
-    connections: BTreeMap<u8, TcpStream>,
+    /// One connection per (node, shard): shard s of a node listens on its port + s.
+    connections: BTreeMap<(u8, u16), TcpStream>,
+    /// The shard that runs each partition group (from its route; 0 when unknown).
+    shards: BTreeMap<u64, u16>,
     sessions: BTreeMap<u64, Session>,
     /// The last view each group replied in: its primary is `members[(view + offset) % n]`.
     views: BTreeMap<u64, u32>,
@@ -97,6 +100,7 @@ impl RoutingClient {
             client,
             nodes: nodes.into_iter().collect(),
             connections: BTreeMap::new(),
+            shards: BTreeMap::new(),
             sessions: BTreeMap::new(),
             views: BTreeMap::new(),
             attempts: 0,
@@ -138,13 +142,16 @@ impl RoutingClient {
                 };
                 let body = query.encode().map_err(|e| RoutingError::Protocol(e.0))?;
                 let request = self.query(OPERATION_TOPIC_ROUTES, body);
-                let Some(reply) = self.exchange(node, &request) else {
+                let Some(reply) = self.exchange(node, 0, &request) else {
                     continue 'nodes;
                 };
                 match TopicRoutes::decode(&reply.body) {
                     Ok(TopicRoutes(Some(page))) if page.first as usize == routes.len() => {
                         let done = page.routes.is_empty()
                             || page.first as usize + page.routes.len() >= page.total as usize;
+                        for route in &page.routes {
+                            self.shards.insert(route.group, route.shard);
+                        }
                         routes.extend(page.routes);
                         if done {
                             return Ok(Some(routes));
@@ -187,10 +194,13 @@ impl RoutingClient {
         group: u64,
     ) -> Result<Option<ReplicaStatus>, RoutingError> {
         let request = self.query(OPERATION_GROUP_STATUS, GroupStatusQuery { group }.encode());
-        let reply = self.exchange(node, &request).ok_or(RoutingError::Timeout {
-            group: METADATA_GROUP,
-            attempts: 1,
-        })?;
+        let shard = self.shard(group);
+        let reply = self
+            .exchange(node, shard, &request)
+            .ok_or(RoutingError::Timeout {
+                group: METADATA_GROUP,
+                attempts: 1,
+            })?;
         GroupStatus::decode(&reply.body)
             .map(|status| status.0)
             .map_err(|e| RoutingError::Protocol(e.to_string()))
@@ -285,7 +295,8 @@ impl RoutingClient {
                 // next round rather than spin on refused connections.
                 std::thread::sleep(RETRY_PAUSE);
             }
-            match self.exchange(node, request) {
+            let shard = self.shard(group);
+            match self.exchange(node, shard, request) {
                 Some(reply) if reply.header.command == Command::Eviction => {
                     return Err(RoutingError::Evicted { group });
                 }
@@ -312,21 +323,21 @@ impl RoutingClient {
 
     /// Sends `request` to `node` and waits up to the attempt timeout for its reply (or this
     /// client's eviction); `None` on silence or a broken connection.
-    fn exchange(&mut self, node: u8, request: &Message) -> Option<Message> {
-        let stream = self.connection(node)?;
+    fn exchange(&mut self, node: u8, shard: u16, request: &Message) -> Option<Message> {
+        let stream = self.connection(node, shard)?;
         if stream.write_all(&request.encode()).is_err() {
-            self.connections.remove(&node);
+            self.connections.remove(&(node, shard));
             return None;
         }
         let deadline = Instant::now() + self.attempt_timeout;
         loop {
             let left = deadline.checked_duration_since(Instant::now())?;
-            let stream = self.connections.get_mut(&node)?;
+            let stream = self.connections.get_mut(&(node, shard))?;
             if stream
                 .set_read_timeout(Some(left.max(Duration::from_millis(1))))
                 .is_err()
             {
-                self.connections.remove(&node);
+                self.connections.remove(&(node, shard));
                 return None;
             }
             match read_message(stream, self.cluster) {
@@ -343,21 +354,42 @@ impl RoutingClient {
                 }
                 Err(ReadFailure::TimedOut) => return None,
                 Err(ReadFailure::Broken) => {
-                    self.connections.remove(&node);
+                    self.connections.remove(&(node, shard));
                     return None;
                 }
             }
         }
     }
 
-    fn connection(&mut self, node: u8) -> Option<&mut TcpStream> {
-        if !self.connections.contains_key(&node) {
-            let address = self.nodes.get(&node)?;
-            let stream = TcpStream::connect_timeout(address, CONNECT_TIMEOUT).ok()?;
+    fn connection(&mut self, node: u8, shard: u16) -> Option<&mut TcpStream> {
+        if !self.connections.contains_key(&(node, shard)) {
+            let address = shard_address(*self.nodes.get(&node)?, shard);
+            let stream = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT).ok()?;
             let _ = stream.set_nodelay(true);
-            self.connections.insert(node, stream);
+            self.connections.insert((node, shard), stream);
         }
-        self.connections.get_mut(&node)
+        self.connections.get_mut(&(node, shard))
+    }
+
+    /// The shard that runs `group` on its nodes (the metadata group's is 0).
+    fn shard(&self, group: u64) -> u16 {
+        self.shards.get(&group).copied().unwrap_or(0)
+    }
+
+    /// `call` for a partition, through its route (which names the shard that runs it).
+    pub fn call_route(
+        &mut self,
+        route: &PartitionRoute,
+        body: Vec<u8>,
+    ) -> Result<Reply, RoutingError> {
+        self.shards.insert(route.group, route.shard);
+        self.call(route.group, &route.members, route.placement_offset, body)
+    }
+
+    /// `register` for a partition, through its route.
+    pub fn register_route(&mut self, route: &PartitionRoute) -> Result<(), RoutingError> {
+        self.shards.insert(route.group, route.shard);
+        self.register(route.group, &route.members, route.placement_offset)
     }
 }
 

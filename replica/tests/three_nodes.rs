@@ -104,6 +104,8 @@ async fn start_node(
         let config = BusConfig {
             cluster: CLUSTER,
             node,
+            shard: 0,
+            shards: 1,
             peers: peers.clone(),
             send_queue_max: 4096,
             recv_queue_max: 4096,
