@@ -73,6 +73,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A panic anywhere (a shard's thread included) ends the process: a node missing a shard
+    // would silently drop that shard's groups, and recovery decides what survived a crash.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        std::process::abort();
+    }));
     let cli = Cli::parse();
     let mut env: Vec<(String, String)> = std::env::vars().collect();
     if let Command::Bench {

@@ -5,42 +5,23 @@
 //! disk: every acknowledged message is there exactly once, at its acknowledged offset, in
 //! order, on all three. Prints the time from the kill to the next acknowledged write.
 
+mod common;
+
+use common::{free_address, read_partition};
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use galgo_consensus::Message;
-use galgo_replica::client_protocol::{PartitionRoute, OPERATION_BROKER};
+use galgo_replica::client_protocol::PartitionRoute;
 use galgo_replica::metadata::machine::MetadataReply;
 use galgo_replica::metadata::{Ident, MetadataOp, TopicOptions};
 use galgo_replica::partition::ops::{PartitionOp, ProducerStamp};
 use galgo_replica::partition::reply::PartitionReply;
 use galgo_replica::routing::RoutingClient;
-use galgo_storage::file_disk::block_on;
-use galgo_storage::{FileDisk, LogConfig, PartitionLog};
 
 const CLUSTER: u64 = 77;
-
-/// A free port below the ephemeral range (which starts at 32768 on Linux): a port the kernel
-/// hands out to outgoing connections could be taken by one while a killed node restarts.
-/// Ports each node address needs free: one per shard.
-const SHARD_PORTS: u16 = 4;
-
-fn free_address() -> SocketAddr {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 20_000 + (std::process::id() % 5) as u16 * 2_000;
-    loop {
-        // Ten ports apart: a node's shards listen on the port and the ones after it.
-        let port = base + (NEXT.fetch_add(1, Ordering::Relaxed) % 200) * 10;
-        let free = (port..port + SHARD_PORTS)
-            .all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
-        if free {
-            return SocketAddr::from(([127, 0, 0, 1], port));
-        }
-    }
-}
 
 struct Cluster {
     root: PathBuf,
@@ -112,6 +93,17 @@ impl Drop for Cluster {
     }
 }
 
+/// What the group's primary has committed (its `commit_min`).
+fn primary_commit(client: &mut RoutingClient, route: &PartitionRoute) -> u64 {
+    route
+        .members
+        .iter()
+        .filter_map(|node| client.group_status(*node, route.group).ok().flatten())
+        .find(|status| status.primary && status.normal)
+        .expect("the group has a primary")
+        .commit_min
+}
+
 fn metadata(client: &mut RoutingClient, op: MetadataOp) -> MetadataReply {
     let reply = client
         .call_metadata(op.encode().unwrap())
@@ -146,32 +138,6 @@ fn produce(
         }
         other => panic!("append {sequence} refused: {other:?}"),
     }
-}
-
-/// The messages of a partition log on disk: (offset, payload) of every append, in log order.
-fn read_partition(dir: &Path, group: u64) -> Vec<(u64, Vec<u8>)> {
-    let disk = FileDisk::new(dir);
-    let (messages, _) = block_on(async {
-        let (log, _report) =
-            PartitionLog::open(&disk, LogConfig::new(format!("group-{group}")), 1, 0)
-                .await
-                .expect("the log opens");
-        let mut messages = Vec::new();
-        for op in log.first_op()..log.op_end() {
-            let record = log.read(op).await.expect("a readable record");
-            let prepare = Message::decode(&record.payload).expect("a prepare");
-            if prepare.header.operation != OPERATION_BROKER {
-                continue;
-            }
-            if let Ok((PartitionOp::Append { base_offset, .. }, batch)) =
-                PartitionOp::decode(&prepare.body)
-            {
-                messages.push((base_offset, batch.to_vec()));
-            }
-        }
-        messages
-    });
-    messages
 }
 
 #[test]
@@ -268,13 +234,7 @@ fn three_processes_survive_a_primary_kill_and_keep_every_acknowledged_message() 
     produce_n(&mut client, 200, &mut acked);
     // The restarted node repairs what it missed while production goes on, up to what the
     // group's primary has committed.
-    let target = route
-        .members
-        .iter()
-        .filter_map(|node| client.group_status(*node, route.group).ok().flatten())
-        .find(|status| status.primary && status.normal)
-        .expect("the group has a primary")
-        .commit_min;
+    let target = primary_commit(&mut client, &route);
     assert!(
         target > acked.len() as u64,
         "a registration and every append are committed"
@@ -393,13 +353,7 @@ fn a_node_that_lost_its_disk_repairs_everything_without_stopping_the_cluster() {
         let payload = format!("line {sequence}").into_bytes();
         acked.push((produce(&mut client, &route, sequence, &payload), payload));
     }
-    let target = route
-        .members
-        .iter()
-        .filter_map(|node| client.group_status(*node, route.group).ok().flatten())
-        .find(|status| status.primary && status.normal)
-        .expect("the group has a primary")
-        .commit_min;
+    let target = primary_commit(&mut client, &route);
     let repaired = loop {
         let status = client.group_status(wiped, route.group).ok().flatten();
         if status.is_some_and(|s| s.durable_through >= target && s.normal) {

@@ -5,6 +5,10 @@
 //! exactly once at its acknowledged offset, offsets are dense, and no offset was handed out
 //! twice.
 
+mod common;
+
+use common::{free_address, read_partition};
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,15 +17,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use galgo_consensus::prng::Prng;
-use galgo_consensus::Message;
-use galgo_replica::client_protocol::OPERATION_BROKER;
 use galgo_replica::metadata::machine::MetadataReply;
 use galgo_replica::metadata::{Ident, MetadataOp, TopicOptions};
 use galgo_replica::partition::ops::{PartitionOp, ProducerStamp};
 use galgo_replica::partition::reply::PartitionReply;
 use galgo_replica::routing::RoutingClient;
-use galgo_storage::file_disk::block_on;
-use galgo_storage::{FileDisk, LogConfig, PartitionLog};
 
 const ROUNDS: usize = 30;
 
@@ -29,26 +29,6 @@ const ROUNDS: usize = 30;
 type Acked = Vec<(u64, Vec<u8>)>;
 /// galgo dev's cluster id (the embedded configuration).
 const CLUSTER: u128 = 1;
-
-/// A free port below the ephemeral range (which starts at 32768 on Linux): a port the kernel
-/// hands out to outgoing connections could be taken by one while a killed node restarts.
-/// Ports each node address needs free: one per shard.
-const SHARD_PORTS: u16 = 4;
-
-fn free_address() -> SocketAddr {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 20_000 + (std::process::id() % 5) as u16 * 2_000;
-    loop {
-        // Ten ports apart: a node's shards listen on the port and the ones after it.
-        let port = base + (NEXT.fetch_add(1, Ordering::Relaxed) % 200) * 10;
-        let free = (port..port + SHARD_PORTS)
-            .all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
-        if free {
-            return SocketAddr::from(([127, 0, 0, 1], port));
-        }
-    }
-}
 
 fn start(data_dir: &Path, bus: SocketAddr, client: SocketAddr, log: &Path) -> Child {
     let log = std::fs::OpenOptions::new()
@@ -65,35 +45,12 @@ fn start(data_dir: &Path, bus: SocketAddr, client: SocketAddr, log: &Path) -> Ch
             format!("[{{ id = 0, address = \"{bus}\", client_address = \"{client}\" }}]"),
         )
         .env("GALGO_ROOT_PASSWORD", "kill-loop")
+        // Two shards whatever the machine: the test's addresses leave room for four.
+        .env("GALGO_REPLICA_SHARDS", "2")
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log))
         .spawn()
         .expect("galgo dev starts")
-}
-
-fn read_partition(dir: &Path, group: u64) -> Vec<(u64, Vec<u8>)> {
-    let disk = FileDisk::new(dir);
-    let (messages, _) = block_on(async {
-        let (log, _report) =
-            PartitionLog::open(&disk, LogConfig::new(format!("group-{group}")), 1, 0)
-                .await
-                .expect("the log opens");
-        let mut messages = Vec::new();
-        for op in log.first_op()..log.op_end() {
-            let record = log.read(op).await.expect("a readable record");
-            let prepare = Message::decode(&record.payload).expect("a prepare");
-            if prepare.header.operation != OPERATION_BROKER {
-                continue;
-            }
-            if let Ok((PartitionOp::Append { base_offset, .. }, batch)) =
-                PartitionOp::decode(&prepare.body)
-            {
-                messages.push((base_offset, batch.to_vec()));
-            }
-        }
-        messages
-    });
-    messages
 }
 
 #[test]

@@ -272,6 +272,23 @@ fn parse_hello(bytes: &[u8], config: &BusConfig) -> Option<u8> {
         .then_some(node)
 }
 
+/// Why a hello from a node of our cluster was refused for its shards, if that is why.
+fn shard_mismatch(bytes: &[u8], config: &BusConfig) -> Option<String> {
+    let cluster = u128::from_le_bytes(bytes[16..32].try_into().expect("16 bytes"));
+    let magic = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
+    if magic != HELLO_MAGIC || cluster != config.cluster {
+        return None;
+    }
+    let shard = u16::from_le_bytes(bytes[7..9].try_into().expect("2 bytes"));
+    let shards = u16::from_le_bytes(bytes[9..11].try_into().expect("2 bytes"));
+    (shard != config.shard || shards != config.shards).then(|| {
+        format!(
+            "node {} connected as shard {shard} of {shards} to our shard {} of {}: every node must run the same replica.shards",
+            bytes[6], config.shard, config.shards
+        )
+    })
+}
+
 async fn send_loop(shared: Rc<Shared>, peer: u8, address: SocketAddr) {
     let mut delay = RECONNECT_DELAY_MIN;
     while !shared.stopped.get() {
@@ -338,6 +355,10 @@ async fn receive_loop(shared: &Shared, mut stream: TcpStream) {
     };
     let Some(peer) = parse_hello(&bytes, &shared.config) else {
         shared.stats.borrow_mut().rejected += 1;
+        if let Some(why) = shard_mismatch(&bytes, &shared.config) {
+            // A misconfigured cluster never forms: say why where the operator looks.
+            eprintln!("galgo: bus: {why}");
+        }
         return;
     };
     loop {

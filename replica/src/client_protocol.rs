@@ -15,7 +15,8 @@ pub const OPERATION_TOPIC_ROUTES: u8 = 250;
 /// `GroupStatusQuery`, reply body `GroupStatus`.
 pub const OPERATION_GROUP_STATUS: u8 = 251;
 
-const QUERY_VERSION: u8 = 1;
+/// Version 2: routes name their shard.
+const QUERY_VERSION: u8 = 2;
 /// Partitions one `TopicRoutes` page lists, at most (16 bytes or fewer each: a page stays far
 /// below a message body's limit).
 pub const ROUTES_PER_PAGE: u32 = 10_000;

@@ -16,6 +16,9 @@ pub const DEV_CONFIG: &str = include_str!("../config/dev.toml");
 /// most the consensus core's `REPLICAS_MAX` replicas.
 pub const NODES_MAX: usize = galgo_consensus::quorums::REPLICAS_MAX as usize;
 pub const SHARDS_MAX: u16 = 1024;
+/// Shards `replica.shards = 0` (one per core) runs at most: the embedded configuration's bus
+/// and client ports are 100 apart.
+pub const AUTO_SHARDS_MAX: u16 = 64;
 pub const SEGMENT_SIZE_MIN: u64 = 1 << 20;
 pub const SEGMENT_SIZE_MAX: u64 = 1 << 30;
 
@@ -165,20 +168,43 @@ impl Config {
                 "storage.segment_size {segment_size} (from {SEGMENT_SIZE_MIN} to {SEGMENT_SIZE_MAX})"
             )));
         }
+        if self.replica.shards == 0 && nodes.len() > 1 {
+            return Err(error(
+                "replica.shards is 0 (one per core) in a cluster of several nodes: every node \
+                 must run the same number of shards, so set it explicitly",
+            ));
+        }
         let shards = self.shard_count();
+        // Each address takes one port per shard; no two ranges may meet on one host.
+        let mut ranges: Vec<(String, SocketAddr, u32)> = Vec::new();
         for node in nodes {
             for (key, address) in [
                 ("address", &node.address),
                 ("client_address", &node.client_address),
             ] {
-                let port = parse_address(address, key)?.port();
-                if u32::from(port) + u32::from(shards) > 65_536 {
+                let key = format!("cluster.nodes[id = {}].{key}", node.id);
+                let address = parse_address(address, &key)?;
+                let port = address.port();
+                if port == 0 || u32::from(port) + u32::from(shards) > 65_536 {
                     return Err(error(format!(
-                        "cluster.nodes[id = {}].{key} port {port}: its {shards} shards use ports up to {}",
-                        node.id,
+                        "{key} port {port}: its {shards} shards need ports {port} to {}, within 1..=65535",
                         u32::from(port) + u32::from(shards) - 1
                     )));
                 }
+                for (other, other_address, other_end) in &ranges {
+                    let same_host = other_address.ip() == address.ip()
+                        || other_address.ip().is_unspecified()
+                        || address.ip().is_unspecified();
+                    let end = u32::from(port) + u32::from(shards);
+                    let overlap =
+                        u32::from(port) < *other_end && u32::from(other_address.port()) < end;
+                    if same_host && overlap {
+                        return Err(error(format!(
+                            "{key} {address} and {other} {other_address} overlap with {shards} shards (one port each)"
+                        )));
+                    }
+                }
+                ranges.push((key, address, u32::from(port) + u32::from(shards)));
             }
         }
         parse_address(&self.gateway.tcp_address, "gateway.tcp_address")?;
@@ -192,7 +218,7 @@ impl Config {
         match self.replica.shards {
             0 => std::thread::available_parallelism()
                 .map_or(1, |n| n.get())
-                .min(usize::from(SHARDS_MAX)) as u16,
+                .min(usize::from(AUTO_SHARDS_MAX)) as u16,
             shards => shards,
         }
     }
@@ -305,6 +331,7 @@ mod tests {
                     r#"[{id = 0, address = "10.0.0.1:7000", client_address = "10.0.0.1:7100"},
                         {id = 1, address = "10.0.0.2:7000", client_address = "10.0.0.2:7100"}]"#,
                 ),
+                ("GALGO_REPLICA_SHARDS", "2"),
                 ("GALGO_ROOT_PASSWORD", "not a config key"),
                 ("GALGO_LOG", "debug"),
                 ("PATH", "/usr/bin"),
@@ -390,6 +417,20 @@ mod tests {
                 DEV_CONFIG.replace("127.0.0.1:7100", "nowhere"),
                 env(&[]),
                 "cluster.nodes[id = 0].client_address",
+            ),
+            (
+                DEV_CONFIG.replace("127.0.0.1:7100", "127.0.0.1:7001"),
+                env(&[("GALGO_REPLICA_SHARDS", "2")]),
+                "cluster.nodes[id = 0].client_address",
+            ),
+            (
+                DEV_CONFIG.to_string(),
+                env(&[(
+                    "GALGO_CLUSTER_NODES",
+                    r#"[{id = 0, address = "10.0.0.1:7000", client_address = "10.0.0.1:7100"},
+                        {id = 1, address = "10.0.0.2:7000", client_address = "10.0.0.2:7100"}]"#,
+                )]),
+                "replica.shards",
             ),
         ];
         for (text, variables, key) in cases {

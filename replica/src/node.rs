@@ -88,13 +88,10 @@ impl SharedPlacements {
     }
 }
 
-/// `address` with its port moved up by `shard`.
-pub fn shard_address(address: SocketAddr, shard: u16) -> SocketAddr {
-    let port = address
-        .port()
-        .checked_add(shard)
-        .expect("checked: shard ports fit under 65536");
-    SocketAddr::new(address.ip(), port)
+/// `address` with its port moved up by `shard`; `None` past port 65535.
+pub fn shard_address(address: SocketAddr, shard: u16) -> Option<SocketAddr> {
+    let port = address.port().checked_add(shard)?;
+    Some(SocketAddr::new(address.ip(), port))
 }
 
 /// The shard of a node that runs partition group `group`.
@@ -166,7 +163,9 @@ impl Node {
             .filter(|n| n.id != me)
             .map(|n| {
                 let address = n.address.parse().expect("checked: a socket address");
-                (n.id, shard_address(address, shard))
+                let address =
+                    shard_address(address, shard).expect("checked: shard ports fit under 65536");
+                (n.id, address)
             })
             .collect();
         let bus_config = BusConfig {
@@ -178,14 +177,16 @@ impl Node {
             send_queue_max: BUS_QUEUE_MAX,
             recv_queue_max: BUS_QUEUE_MAX,
         };
-        let bus_address = shard_address(config.own_address(), shard);
+        let bus_address =
+            shard_address(config.own_address(), shard).expect("checked: shard ports fit");
         let bus = Rc::new(
             bind_with_patience(&format!("the replica bus on {bus_address}"), || {
                 Bus::start(bus_config.clone(), bus_address)
             })
             .await?,
         );
-        let client_address = shard_address(config.own_client_address(), shard);
+        let client_address =
+            shard_address(config.own_client_address(), shard).expect("checked: shard ports fit");
         let client_options = monoio::net::ListenerOpts::default().reuse_port(false);
         let listener = bind_with_patience(&format!("the client port on {client_address}"), || {
             monoio::net::TcpListener::bind_with_config(client_address, &client_options)

@@ -194,7 +194,7 @@ impl RoutingClient {
         group: u64,
     ) -> Result<Option<ReplicaStatus>, RoutingError> {
         let request = self.query(OPERATION_GROUP_STATUS, GroupStatusQuery { group }.encode());
-        let shard = self.shard(group);
+        let shard = self.shard(group)?;
         let reply = self
             .exchange(node, shard, &request)
             .ok_or(RoutingError::Timeout {
@@ -281,6 +281,7 @@ impl RoutingClient {
                 return Err(RoutingError::UnknownNode(*member));
             }
         }
+        let shard = self.shard(group)?;
         let started = Instant::now();
         let n = members.len() as u64;
         let view = u64::from(self.views.get(&group).copied().unwrap_or(0));
@@ -295,7 +296,6 @@ impl RoutingClient {
                 // next round rather than spin on refused connections.
                 std::thread::sleep(RETRY_PAUSE);
             }
-            let shard = self.shard(group);
             match self.exchange(node, shard, request) {
                 Some(reply) if reply.header.command == Command::Eviction => {
                     return Err(RoutingError::Evicted { group });
@@ -363,7 +363,7 @@ impl RoutingClient {
 
     fn connection(&mut self, node: u8, shard: u16) -> Option<&mut TcpStream> {
         if !self.connections.contains_key(&(node, shard)) {
-            let address = shard_address(*self.nodes.get(&node)?, shard);
+            let address = shard_address(*self.nodes.get(&node)?, shard)?;
             let stream = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT).ok()?;
             let _ = stream.set_nodelay(true);
             self.connections.insert((node, shard), stream);
@@ -371,9 +371,17 @@ impl RoutingClient {
         self.connections.get_mut(&(node, shard))
     }
 
-    /// The shard that runs `group` on its nodes (the metadata group's is 0).
-    fn shard(&self, group: u64) -> u16 {
-        self.shards.get(&group).copied().unwrap_or(0)
+    /// The shard that runs `group` on its nodes (the metadata group's is 0); an error for a
+    /// partition group whose route this client has not seen.
+    fn shard(&self, group: u64) -> Result<u16, RoutingError> {
+        if group == METADATA_GROUP {
+            return Ok(0);
+        }
+        self.shards.get(&group).copied().ok_or_else(|| {
+            RoutingError::Protocol(format!(
+                "the shard of group {group} is unknown: use its route (call_route, register_route) or topic_routes first"
+            ))
+        })
     }
 
     /// `call` for a partition, through its route (which names the shard that runs it).

@@ -1,0 +1,59 @@
+//! Helpers shared by the tests that start `galgo` processes: free listen addresses for nodes
+//! (room for their shards' ports), and reading a partition's messages back from a node's data
+//! directory once the node is stopped.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use galgo_consensus::Message;
+use galgo_replica::client_protocol::OPERATION_BROKER;
+use galgo_replica::partition::ops::PartitionOp;
+use galgo_storage::file_disk::block_on;
+use galgo_storage::{FileDisk, LogConfig, PartitionLog};
+
+/// Ports each node address needs free: one per shard.
+const SHARD_PORTS: u16 = 4;
+
+/// A free address whose next `SHARD_PORTS - 1` ports are free too, below the ephemeral range
+/// (which starts at 32768 on Linux): a port the kernel hands out to outgoing connections could
+/// be taken by one while a killed node restarts.
+pub fn free_address() -> SocketAddr {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 5) as u16 * 2_000;
+    loop {
+        // Ten ports apart: a node's shards listen on the port and the ones after it.
+        let port = base + (NEXT.fetch_add(1, Ordering::Relaxed) % 200) * 10;
+        let free = (port..port + SHARD_PORTS)
+            .all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if free {
+            return SocketAddr::from(([127, 0, 0, 1], port));
+        }
+    }
+}
+
+/// The messages of a partition log on disk: (offset, payload) of every append, in log order.
+pub fn read_partition(dir: &Path, group: u64) -> Vec<(u64, Vec<u8>)> {
+    let disk = FileDisk::new(dir);
+    let (messages, _) = block_on(async {
+        let (log, _report) =
+            PartitionLog::open(&disk, LogConfig::new(format!("group-{group}")), 1, 0)
+                .await
+                .expect("the log opens");
+        let mut messages = Vec::new();
+        for op in log.first_op()..log.op_end() {
+            let record = log.read(op).await.expect("a readable record");
+            let prepare = Message::decode(&record.payload).expect("a prepare");
+            if prepare.header.operation != OPERATION_BROKER {
+                continue;
+            }
+            if let Ok((PartitionOp::Append { base_offset, .. }, batch)) =
+                PartitionOp::decode(&prepare.body)
+            {
+                messages.push((base_offset, batch.to_vec()));
+            }
+        }
+        messages
+    });
+    messages
+}
