@@ -48,6 +48,16 @@ impl Inbox {
     }
 }
 
+/// Where a group's ticks come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ticks {
+    /// Its own timer task.
+    Own,
+    /// Whoever hosts it delivers `Event::Tick` every `TICK` (a node: one timer per shard for
+    /// all its groups).
+    Delivered,
+}
+
 /// Takes each reply to a client (the node hands it to the client's connection).
 pub type ReplySink = Rc<dyn Fn(Message)>;
 
@@ -79,6 +89,7 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
         bus: Rc<Bus>,
         members: Vec<u8>,
         reply_sink: Option<ReplySink>,
+        ticks: Ticks,
     ) -> Rc<GroupHost<S, D>> {
         assert_eq!(members.len(), usize::from(replica.replica_count()));
         let host = Rc::new(GroupHost {
@@ -97,16 +108,18 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
             replies_max: 4096,
             replies_dropped: std::cell::Cell::new(0),
         });
-        let ticker = Rc::downgrade(&host);
-        monoio::spawn(async move {
-            loop {
-                monoio::time::sleep(TICK).await;
-                let Some(host) = ticker.upgrade() else {
-                    return;
-                };
-                host.deliver(Event::Tick);
-            }
-        });
+        if ticks == Ticks::Own {
+            let ticker = Rc::downgrade(&host);
+            monoio::spawn(async move {
+                loop {
+                    monoio::time::sleep(TICK).await;
+                    let Some(host) = ticker.upgrade() else {
+                        return;
+                    };
+                    host.deliver(Event::Tick);
+                }
+            });
+        }
         let (runner, inbox) = (Rc::downgrade(&host), host.inbox.clone());
         monoio::spawn(async move {
             loop {

@@ -28,7 +28,7 @@ use crate::client_protocol::{
     TopicRoutes, OPERATION_BROKER, OPERATION_GROUP_STATUS, OPERATION_TOPIC_ROUTES, ROUTES_PER_PAGE,
 };
 use crate::config::Config;
-use crate::group_host::{Event, GroupHost, ReplySink, TICK};
+use crate::group_host::{Event, GroupHost, ReplySink, Ticks, TICK};
 use crate::journal::{MessagesOf, SegmentJournal};
 use crate::metadata::machine::MetadataMachine;
 use crate::metadata::{Ident, Limits, Metadata, Placement};
@@ -252,6 +252,8 @@ impl Node {
                 let Some(node) = syncer.upgrade() else {
                     return;
                 };
+                // One timer per shard ticks every group it runs.
+                node.tick_groups();
                 node.sync_partitions();
             }
         });
@@ -383,6 +385,15 @@ impl Node {
             OPERATION_TOPIC_ROUTES,
             TopicRoutes(routes).encode(),
         )
+    }
+
+    fn tick_groups(&self) {
+        if let Some(metadata) = &self.metadata {
+            metadata.deliver(Event::Tick);
+        }
+        for host in self.partitions.borrow().values() {
+            host.deliver(Event::Tick);
+        }
     }
 
     /// On shard 0: publishes the groups the applied metadata places on this node when they
@@ -590,5 +601,6 @@ async fn open_group<S: StateMachine + 'static>(
         bus,
         placement.members.clone(),
         Some(sink),
+        Ticks::Delivered,
     ))
 }

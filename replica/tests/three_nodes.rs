@@ -14,7 +14,7 @@ use galgo_consensus::header::operation;
 use galgo_consensus::recovery::RecoveryBugs;
 use galgo_consensus::{Bugs, Command, Config, Header, Message, Replica, StateMachine, Timeouts};
 use galgo_replica::bus::{Bus, BusConfig};
-use galgo_replica::group_host::{Event, GroupHost};
+use galgo_replica::group_host::{Event, GroupHost, Ticks};
 use galgo_replica::journal::{no_messages, SegmentJournal};
 use galgo_replica::view_state::ViewStateStore;
 use galgo_storage::file_disk::block_on;
@@ -156,6 +156,7 @@ async fn start_node(
         bus.clone(),
         vec![0, 1, 2],
         None,
+        Ticks::Own,
     );
     let dispatch = Rc::downgrade(&host);
     monoio::spawn(async move {
