@@ -8,7 +8,10 @@
 use galgo_consensus::header::operation;
 use galgo_consensus::prng::Prng;
 use galgo_consensus::{Command, Header, Message};
+use galgo_replica::metadata::{Ident, MetadataOp, TopicOptions, UserStatus};
 use galgo_replica::partition::ops::{PartitionOp, ProducerStamp};
+
+use crate::options::Workload;
 
 #[derive(Clone, Debug)]
 pub struct Ack {
@@ -38,7 +41,7 @@ pub struct Client {
     attempts: u32,
     pub evictions: u64,
     pub replies: u64,
-    broker: bool,
+    workload: Workload,
     /// Broker workload: the sequence of the next new batch, and the batch in flight (kept
     /// across an eviction, to be sent again).
     batch_next: u64,
@@ -55,7 +58,7 @@ impl Client {
         replica_count: u8,
         placement_offset: u8,
         body_max: usize,
-        broker: bool,
+        workload: Workload,
     ) -> Client {
         assert!(id != 0);
         Client {
@@ -73,7 +76,7 @@ impl Client {
             attempts: 0,
             evictions: 0,
             replies: 0,
-            broker,
+            workload,
             batch_next: 0,
             batch: None,
         }
@@ -132,10 +135,12 @@ impl Client {
                 prng.below(self.body_max as u64 + 1) as usize
             };
             let payload: Vec<u8> = (0..size).map(|_| prng.below(256) as u8).collect();
-            if self.broker {
-                self.next_batch(payload, prng)
-            } else {
-                payload
+            match self.workload {
+                Workload::Test => payload,
+                Workload::Broker => self.next_batch(payload, prng),
+                Workload::Metadata => metadata_op(self.id, prng)
+                    .encode()
+                    .expect("generated ops are within the format's limits"),
             }
         };
         let message = Message::new(header, body);
@@ -218,6 +223,54 @@ impl Client {
             }
             _ => None,
         }
+    }
+}
+
+/// A random metadata operation over a few names, so creates, deletes and conflicts meet.
+fn metadata_op(client: u128, prng: &mut Prng) -> MetadataOp {
+    const NAMES: [&str; 3] = ["a", "b", "c"];
+    let mut name = || NAMES[prng.below(NAMES.len() as u64) as usize].to_string();
+    let (stream, topic, other) = (name(), name(), name());
+    let (stream, topic) = (Ident::Name(stream), Ident::Name(topic));
+    let count = prng.range_inclusive(1, 3) as u32;
+    match prng.below(10) {
+        0 => MetadataOp::CreateStream { name: other },
+        1 => MetadataOp::DeleteStream { stream },
+        2 | 3 => MetadataOp::CreateTopic {
+            stream,
+            name: other,
+            partitions: count,
+            replication_factor: 0,
+            options: TopicOptions::default(),
+        },
+        4 => MetadataOp::DeleteTopic { stream, topic },
+        5 => MetadataOp::CreatePartitions {
+            stream,
+            topic,
+            count,
+        },
+        6 => MetadataOp::DeletePartitions {
+            stream,
+            topic,
+            count,
+        },
+        7 => MetadataOp::CreateUser {
+            username: other,
+            password_hash: "hash".to_string(),
+            status: UserStatus::Active,
+            permissions: None,
+        },
+        8 => MetadataOp::CreateConsumerGroup {
+            stream,
+            topic,
+            name: other,
+        },
+        _ => MetadataOp::JoinConsumerGroup {
+            stream,
+            topic,
+            group: Ident::Name(other),
+            member: client,
+        },
     }
 }
 

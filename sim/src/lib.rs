@@ -30,7 +30,7 @@ pub fn describe(options: &Options) -> String {
     format!(
         "journal={} workload={} return_leadership={} replicas={} offset={} clients={} clients_max={} pipeline={} requests={} body_max={} | net delay={}+exp({}) loss={:.3} replay={:.3}/old {:.3} straggle={:.3} misroute={:.3} cap={} clog={:.4}/{} flip={:.4} partition={:?}/{} p={:.4} | disk w={}+exp({}) read_fault={:.3} write_fault={:.3} misdirect={:.3} lost={:.3} tear={:.2} | crash={:.5} restart={:.4} pause={:.5}",
         if options.segment_journal { "segments" } else { "slots" },
-        if options.broker { "broker" } else { "test" },
+        options.workload.name(),
         options.return_leadership,
         options.replica_count,
         options.placement_offset,

@@ -71,9 +71,29 @@ pub struct Options {
     pub segment_journal: bool,
     /// Primaries hand leadership back to the preferred replica once it has caught up.
     pub return_leadership: bool,
-    /// The group runs Galgo's partition state machine under an idempotent-producer workload
-    /// (and the broker checks), instead of the plain test state machine.
-    pub broker: bool,
+    /// What the group runs: the plain test state machine, or one of Galgo's broker state
+    /// machines under its own workload (and checks).
+    pub workload: Workload,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    Test,
+    /// The partition state machine; clients are idempotent producers.
+    Broker,
+    /// The metadata state machine; clients send random streams, topics, partitions, users
+    /// and consumer-group operations.
+    Metadata,
+}
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Test => "test",
+            Workload::Broker => "broker",
+            Workload::Metadata => "metadata",
+        }
+    }
 }
 
 impl Options {
@@ -144,7 +164,7 @@ impl Options {
             ticks_max_convergence: 30_000,
             segment_journal: false,
             return_leadership: false,
-            broker: false,
+            workload: Workload::Test,
         };
         // Drawn last, so adding it left every earlier draw of a seed as it was.
         options.network.replay_old = percent(&mut prng, 5);
@@ -152,7 +172,15 @@ impl Options {
         options.network.misroute = percent(&mut prng, 2);
         options.segment_journal = prng.chance(0.5);
         options.return_leadership = prng.chance(0.5);
-        options.broker = prng.chance(0.5);
+        options.workload = *pick(
+            &mut prng,
+            &[
+                Workload::Test,
+                Workload::Broker,
+                Workload::Broker,
+                Workload::Metadata,
+            ],
+        );
         options
     }
 }

@@ -90,7 +90,7 @@ impl Simulator {
                     n,
                     options.placement_offset,
                     options.request_body_max,
-                    options.broker,
+                    options.workload,
                 )
             })
             .collect();
@@ -191,7 +191,7 @@ impl Simulator {
         let seed = self.options.seed ^ self.incarnation.wrapping_mul(0x2545_f491_4f6c_dd1d);
         Replica::open(
             self.config(replica),
-            TestStateMachine::new(self.options.broker),
+            TestStateMachine::new(self.options.workload),
             durable,
             recovered,
             seed,

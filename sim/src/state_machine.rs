@@ -13,10 +13,14 @@
 use galgo_consensus::checksum::checksum;
 use galgo_consensus::header::operation;
 use galgo_consensus::StateMachine;
+use galgo_replica::metadata::machine::MetadataMachine;
+use galgo_replica::metadata::{Limits, Metadata};
 use galgo_replica::partition::machine::PartitionMachine;
 use galgo_replica::partition::ops::PartitionOp;
 use galgo_replica::partition::reply::PartitionReply;
 use galgo_replica::partition::PartitionState;
+
+use crate::options::Workload;
 
 /// Bytes of the stamp `prepare` puts before the request body.
 pub const STAMP_SIZE: usize = 8;
@@ -37,17 +41,21 @@ pub struct TestStateMachine {
     pub history: Vec<(u64, u128)>,
     /// The broker workload's partition.
     pub partition: Option<PartitionMachine>,
+    /// The metadata workload's metadata.
+    pub metadata: Option<MetadataMachine>,
 }
 
 impl TestStateMachine {
-    pub fn new(broker: bool) -> TestStateMachine {
+    pub fn new(workload: Workload) -> TestStateMachine {
         TestStateMachine {
-            partition: broker.then(|| {
+            partition: (workload == Workload::Broker).then(|| {
                 PartitionMachine::new(PartitionState::new(
                     PARTITION_TABLES_MAX,
                     PARTITION_TABLES_MAX,
                 ))
             }),
+            metadata: (workload == Workload::Metadata)
+                .then(|| MetadataMachine::new(Metadata::new(vec![0, 1, 2], 3, Limits::default()))),
             ..TestStateMachine::default()
         }
     }
@@ -95,6 +103,18 @@ impl StateMachine for TestStateMachine {
                     "op {op}: a stamped append was refused on apply: {:?}",
                     PartitionReply::decode(&reply)
                 );
+            }
+            return reply;
+        }
+        if let (Some(metadata), true) = (
+            self.metadata.as_mut(),
+            operation >= operation::APPLICATION_MIN,
+        ) {
+            let reply = metadata.apply(op, timestamp, operation, &body[STAMP_SIZE..]);
+            // Every reachable state keeps the metadata's invariants (ids, names, placements,
+            // group assignments): checked after every op on every replica.
+            if let Err(broken) = metadata.metadata.check() {
+                panic!("op {op}: the metadata broke an invariant: {broken}");
             }
             return reply;
         }
