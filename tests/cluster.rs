@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use galgo_replica::client_protocol::PartitionRoute;
+use galgo_replica::client_protocol::{PartitionRoute, PollQuery};
 use galgo_replica::metadata::machine::MetadataReply;
 use galgo_replica::metadata::{Ident, MetadataOp, TopicOptions};
 use galgo_replica::partition::ops::{PartitionOp, ProducerStamp};
@@ -268,6 +268,39 @@ fn three_processes_survive_a_primary_kill_and_keep_every_acknowledged_message() 
     produce_n(&mut client, 100, &mut acked);
     eprintln!(
         "node {primary} restarted: caught up {caught_up:?} and led its group again {led_again:?} after its restart"
+    );
+    // Polling reads back every acknowledged message, in pages, and nothing past the commit.
+    let mut polled = Vec::new();
+    let polling = Instant::now();
+    loop {
+        let query = PollQuery {
+            offset: polled.len() as u64,
+            batches_max: 100,
+            bytes_max: 4096,
+        };
+        let (end, batches) = client.poll(&route, query).expect("a poll answer");
+        assert!(
+            end >= acked.len() as u64,
+            "the committed end covers every acknowledgement"
+        );
+        for batch in &batches {
+            assert_eq!(
+                batch.base_offset,
+                polled.len() as u64,
+                "polled batches are dense"
+            );
+            polled.push((batch.base_offset, batch.bytes.clone()));
+        }
+        if polled.len() >= acked.len() {
+            break;
+        }
+        assert!(!batches.is_empty() || polling.elapsed() < Duration::from_secs(10));
+    }
+    assert_eq!(&polled[..acked.len()], &acked[..], "polled = acknowledged");
+    eprintln!(
+        "polled {} messages back in {:?}",
+        polled.len(),
+        polling.elapsed()
     );
     for id in 0..3 {
         cluster.kill(id);

@@ -17,6 +17,111 @@ pub const OPERATION_GROUP_STATUS: u8 = 251;
 
 /// Version 2: routes name their shard.
 const QUERY_VERSION: u8 = 2;
+
+/// To a partition's group (header group = the partition's), answered by the node from its
+/// committed log: messages from an offset. Body `PollQuery`, reply body `PollReply`.
+pub const OPERATION_POLL: u8 = 252;
+/// Batches one poll reply carries, at most.
+pub const POLL_BATCHES_MAX: u32 = 1024;
+/// Message bytes one poll reply carries, at most (within a message body with room to spare).
+pub const POLL_BYTES_MAX: u32 = 1_000_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PollQuery {
+    /// The first offset wanted.
+    pub offset: u64,
+    /// Batches at most (1 to `POLL_BATCHES_MAX`).
+    pub batches_max: u32,
+    /// Batch bytes at most (the first batch is sent whole even past it, within
+    /// `POLL_BYTES_MAX`).
+    pub bytes_max: u32,
+}
+
+impl PollQuery {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u8(QUERY_VERSION);
+        w.u64(self.offset);
+        w.u32(self.batches_max);
+        w.u32(self.bytes_max);
+        w.finish().expect("fixed size")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<PollQuery, DecodeError> {
+        let mut r = Reader::new(bytes);
+        r.version("poll query version", QUERY_VERSION)?;
+        let query = PollQuery {
+            offset: r.u64("offset")?,
+            batches_max: r.u32("batches max")?,
+            bytes_max: r.u32("bytes max")?,
+        };
+        r.finish()?;
+        if query.batches_max == 0 || query.batches_max > POLL_BATCHES_MAX {
+            return Err(DecodeError::Invalid(format!(
+                "{} batches (1 to {POLL_BATCHES_MAX})",
+                query.batches_max
+            )));
+        }
+        Ok(query)
+    }
+}
+
+/// One committed batch: `count` messages from `base_offset`, and its bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolledBatch {
+    pub base_offset: u64,
+    pub count: u32,
+    pub bytes: Vec<u8>,
+}
+
+/// A node's answer to a poll: `None` when it does not run the group; else the committed end
+/// (the next offset to be appended) and the committed batches from the asked offset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PollReply(pub Option<(u64, Vec<PolledBatch>)>);
+
+impl PollReply {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u8(QUERY_VERSION);
+        w.bool(self.0.is_some());
+        let (end, batches) = match &self.0 {
+            Some((end, batches)) => (*end, batches.as_slice()),
+            None => (0, &[][..]),
+        };
+        assert!(batches.len() <= POLL_BATCHES_MAX as usize);
+        w.u64(end);
+        w.u32(batches.len() as u32);
+        for batch in batches {
+            w.u64(batch.base_offset);
+            w.u32(batch.count);
+            w.long_bytes(&batch.bytes);
+        }
+        w.finish().expect("bounded")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<PollReply, DecodeError> {
+        let mut r = Reader::new(bytes);
+        r.version("poll reply version", QUERY_VERSION)?;
+        let known = r.bool("group known")?;
+        let end = r.u64("end")?;
+        let count = r.count("batches", POLL_BATCHES_MAX)?;
+        let mut batches = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            batches.push(PolledBatch {
+                base_offset: r.u64("base offset")?,
+                count: r.u32("count")?,
+                bytes: r.long_bytes("batch", POLL_BYTES_MAX)?,
+            });
+        }
+        r.finish()?;
+        if !known && (end != 0 || !batches.is_empty()) {
+            return Err(DecodeError::Invalid(
+                "batches for an unknown group".to_string(),
+            ));
+        }
+        Ok(PollReply(known.then_some((end, batches))))
+    }
+}
 /// Partitions one `TopicRoutes` page lists, at most (16 bytes or fewer each: a page stays far
 /// below a message body's limit).
 pub const ROUTES_PER_PAGE: u32 = 10_000;
@@ -233,6 +338,39 @@ impl GroupStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn polls_round_trip_and_truncations_are_refused() {
+        let query = PollQuery {
+            offset: 5,
+            batches_max: 3,
+            bytes_max: 100,
+        };
+        assert_eq!(PollQuery::decode(&query.encode()).unwrap(), query);
+        let zero = PollQuery {
+            batches_max: 0,
+            ..query
+        };
+        assert!(PollQuery::decode(&zero.encode()).is_err());
+        for reply in [
+            PollReply(None),
+            PollReply(Some((9, vec![]))),
+            PollReply(Some((
+                9,
+                vec![PolledBatch {
+                    base_offset: 5,
+                    count: 2,
+                    bytes: b"xy".to_vec(),
+                }],
+            ))),
+        ] {
+            let bytes = reply.encode();
+            assert_eq!(PollReply::decode(&bytes).unwrap(), reply);
+            for cut in 0..bytes.len() {
+                assert!(PollReply::decode(&bytes[..cut]).is_err(), "cut {cut}");
+            }
+        }
+    }
 
     #[test]
     fn group_status_round_trips_and_truncations_are_refused() {

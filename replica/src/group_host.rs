@@ -133,6 +133,11 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
         host
     }
 
+    /// The group's journal (its log), for reads of committed records.
+    pub fn journal(&self) -> &Rc<SegmentJournal<'static, D>> {
+        &self.journal
+    }
+
     /// Hands the group an event (a peer's or a client's message, a tick).
     pub fn deliver(&self, event: Event) {
         self.inbox.borrow_mut().push(event);

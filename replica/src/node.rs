@@ -24,8 +24,9 @@ use galgo_storage::{FileDisk, LogConfig, StorageError};
 use crate::bus::{Bus, BusConfig};
 use crate::client_port::{self, ClientTable, RequestHandler};
 use crate::client_protocol::{
-    GroupStatus, GroupStatusQuery, PartitionRoute, ReplicaStatus, RoutesPage, TopicQuery,
-    TopicRoutes, OPERATION_BROKER, OPERATION_GROUP_STATUS, OPERATION_TOPIC_ROUTES, ROUTES_PER_PAGE,
+    GroupStatus, GroupStatusQuery, PartitionRoute, PollQuery, PollReply, PolledBatch,
+    ReplicaStatus, RoutesPage, TopicQuery, TopicRoutes, OPERATION_BROKER, OPERATION_GROUP_STATUS,
+    OPERATION_POLL, OPERATION_TOPIC_ROUTES, POLL_BYTES_MAX, ROUTES_PER_PAGE,
 };
 use crate::config::Config;
 use crate::group_host::{Event, GroupHost, ReplySink, Ticks, TICK};
@@ -33,6 +34,7 @@ use crate::journal::{MessagesOf, SegmentJournal};
 use crate::metadata::machine::MetadataMachine;
 use crate::metadata::{Ident, Limits, Metadata, Placement};
 use crate::partition::machine::PartitionMachine;
+use crate::partition::ops::PartitionOp;
 use crate::partition::PartitionState;
 use crate::view_state::ViewStateStore;
 
@@ -289,6 +291,10 @@ impl Node {
                 _ => {}
             }
         }
+        if message.header.operation == OPERATION_POLL {
+            self.poll(message);
+            return None;
+        }
         let operation = message.header.operation;
         if operation == OPERATION_BROKER
             || operation == galgo_consensus::header::operation::REGISTER
@@ -296,6 +302,28 @@ impl Node {
             self.route(message);
         }
         None
+    }
+
+    /// Answers a poll from this shard's committed log of the partition, in a task (reads are
+    /// disk I/O); the reply goes to the client's connection. Only batches of applied ops are
+    /// served: offsets below the applied state's end, ops at or below `commit_min`.
+    fn poll(&self, request: Message) {
+        let group = request.header.group;
+        let query = PollQuery::decode(&request.body);
+        let host = self.partitions.borrow().get(&group).cloned();
+        let (cluster, clients) = (self.cluster, self.clients.clone());
+        monoio::spawn(async move {
+            let reply = match (host, query) {
+                (Some(host), Ok(query)) => Some(read_committed(&host, query).await),
+                _ => None,
+            };
+            let mut header = Header::new(Command::Reply, cluster, group);
+            header.client = request.header.client;
+            header.context = request.header.checksum;
+            header.request = request.header.request;
+            header.operation = OPERATION_POLL;
+            clients.deliver(&Message::new(header, PollReply(reply).encode()));
+        });
     }
 
     /// How this node's replica of a group stands.
@@ -531,6 +559,59 @@ async fn bind_with_patience<T>(
             Err(error) => return Err(NodeError::Io(format!("binding {what}"), error)),
         }
     }
+}
+
+/// The committed batches from `query.offset`, within its bounds, and the committed end.
+async fn read_committed(host: &PartitionHost, query: PollQuery) -> (u64, Vec<PolledBatch>) {
+    let (end, commit_min) = {
+        let replica = host.replica.borrow();
+        (
+            replica.state_machine().state().next_offset,
+            replica.commit_min(),
+        )
+    };
+    let mut batches = Vec::new();
+    if query.offset >= end {
+        return (end, batches);
+    }
+    let journal = host.journal().clone();
+    let Ok(Some(mut op)) = journal.log().find_offset(query.offset).await else {
+        return (end, batches);
+    };
+    let bytes_max = query.bytes_max.min(POLL_BYTES_MAX) as usize;
+    let mut bytes = 0usize;
+    while op <= commit_min && batches.len() < query.batches_max as usize {
+        let Some(prepare) = journal.read_prepare(op).await else {
+            break; // Faulty here (being repaired): the client polls again.
+        };
+        op += 1;
+        if prepare.header.operation != OPERATION_BROKER {
+            continue;
+        }
+        let Ok((
+            PartitionOp::Append {
+                base_offset, count, ..
+            },
+            batch,
+        )) = PartitionOp::decode(&prepare.body)
+        else {
+            continue;
+        };
+        if base_offset >= end {
+            break;
+        }
+        let first = batches.is_empty();
+        if (!first && bytes + batch.len() > bytes_max) || batch.len() > POLL_BYTES_MAX as usize {
+            break;
+        }
+        bytes += batch.len();
+        batches.push(PolledBatch {
+            base_offset,
+            count,
+            bytes: batch.to_vec(),
+        });
+    }
+    (end, batches)
 }
 
 fn reply_sink(clients: &Rc<ClientTable>) -> ReplySink {

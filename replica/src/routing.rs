@@ -18,8 +18,9 @@ use galgo_consensus::message::BODY_SIZE_MAX;
 use galgo_consensus::{Command, Header, Message};
 
 use crate::client_protocol::{
-    GroupStatus, GroupStatusQuery, PartitionRoute, ReplicaStatus, TopicQuery, TopicRoutes,
-    OPERATION_BROKER, OPERATION_GROUP_STATUS, OPERATION_TOPIC_ROUTES,
+    GroupStatus, GroupStatusQuery, PartitionRoute, PollQuery, PollReply, PolledBatch,
+    ReplicaStatus, TopicQuery, TopicRoutes, OPERATION_BROKER, OPERATION_GROUP_STATUS,
+    OPERATION_POLL, OPERATION_TOPIC_ROUTES,
 };
 use crate::node::{shard_address, METADATA_GROUP};
 
@@ -141,7 +142,7 @@ impl RoutingClient {
                     first: routes.len() as u32,
                 };
                 let body = query.encode().map_err(|e| RoutingError::Protocol(e.0))?;
-                let request = self.query(OPERATION_TOPIC_ROUTES, body);
+                let request = self.query(METADATA_GROUP, OPERATION_TOPIC_ROUTES, body);
                 let Some(reply) = self.exchange(node, 0, &request) else {
                     continue 'nodes;
                 };
@@ -177,9 +178,9 @@ impl RoutingClient {
 
     /// A query a node answers itself; each gets its own request number, so a late answer to
     /// an earlier query is never taken for this one's.
-    fn query(&mut self, operation: u8, body: Vec<u8>) -> Message {
+    fn query(&mut self, group: u64, operation: u8, body: Vec<u8>) -> Message {
         self.queries = self.queries.wrapping_add(1);
-        let mut header = Header::new(Command::Request, self.cluster, METADATA_GROUP);
+        let mut header = Header::new(Command::Request, self.cluster, group);
         header.client = self.client;
         header.operation = operation;
         header.request = self.queries;
@@ -193,7 +194,11 @@ impl RoutingClient {
         node: u8,
         group: u64,
     ) -> Result<Option<ReplicaStatus>, RoutingError> {
-        let request = self.query(OPERATION_GROUP_STATUS, GroupStatusQuery { group }.encode());
+        let request = self.query(
+            METADATA_GROUP,
+            OPERATION_GROUP_STATUS,
+            GroupStatusQuery { group }.encode(),
+        );
         let shard = self.shard(group)?;
         let reply = self
             .exchange(node, shard, &request)
@@ -204,6 +209,37 @@ impl RoutingClient {
         GroupStatus::decode(&reply.body)
             .map(|status| status.0)
             .map_err(|e| RoutingError::Protocol(e.to_string()))
+    }
+
+    /// Committed messages of a partition from `query.offset`: the group's committed end and
+    /// the batches, from its presumed primary first, then any member that runs the group (a
+    /// replica serves only what it has applied, never above the commit).
+    pub fn poll(
+        &mut self,
+        route: &PartitionRoute,
+        query: PollQuery,
+    ) -> Result<(u64, Vec<PolledBatch>), RoutingError> {
+        self.shards.insert(route.group, route.shard);
+        let n = route.members.len() as u64;
+        let view = u64::from(self.views.get(&route.group).copied().unwrap_or(0));
+        // Each member up to three times.
+        for attempt in 0..3 * n {
+            let index = (view + u64::from(route.placement_offset) + attempt) % n;
+            let node = route.members[index as usize];
+            let request = self.query(route.group, OPERATION_POLL, query.encode());
+            let Some(reply) = self.exchange(node, route.shard, &request) else {
+                continue;
+            };
+            match PollReply::decode(&reply.body) {
+                Ok(PollReply(Some(polled))) => return Ok(polled),
+                Ok(PollReply(None)) => continue, // That node does not run the group (yet).
+                Err(error) => return Err(RoutingError::Protocol(error.to_string())),
+            }
+        }
+        Err(RoutingError::Timeout {
+            group: route.group,
+            attempts: (3 * n) as u32,
+        })
     }
 
     /// A metadata op (an encoded `MetadataOp`) through group 0, over every node.
