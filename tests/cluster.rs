@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{free_address, read_partition};
+use common::{create_topic, free_address, read_partition};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,8 +15,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use galgo_replica::client_protocol::{PartitionRoute, PollQuery};
-use galgo_replica::metadata::machine::MetadataReply;
-use galgo_replica::metadata::{Ident, MetadataOp, TopicOptions};
 use galgo_replica::partition::ops::{PartitionOp, ProducerStamp};
 use galgo_replica::partition::reply::PartitionReply;
 use galgo_replica::routing::RoutingClient;
@@ -104,13 +102,6 @@ fn primary_commit(client: &mut RoutingClient, route: &PartitionRoute) -> u64 {
         .commit_min
 }
 
-fn metadata(client: &mut RoutingClient, op: MetadataOp) -> MetadataReply {
-    let reply = client
-        .call_metadata(op.encode().unwrap())
-        .expect("metadata reply");
-    MetadataReply::decode(&reply.body).unwrap()
-}
-
 /// Appends one message (`payload`) as sequence `sequence` of producer 1; its offset.
 fn produce(
     client: &mut RoutingClient,
@@ -148,32 +139,7 @@ fn three_processes_survive_a_primary_kill_and_keep_every_acknowledged_message() 
         cluster.start(id);
     }
     let mut client = RoutingClient::new(u128::from(CLUSTER), 0xC11E, cluster.clients.clone());
-    assert!(matches!(
-        metadata(
-            &mut client,
-            MetadataOp::CreateStream {
-                name: "orders".into()
-            }
-        ),
-        MetadataReply::Applied(_)
-    ));
-    assert!(matches!(
-        metadata(
-            &mut client,
-            MetadataOp::CreateTopic {
-                stream: Ident::Name("orders".into()),
-                name: "eu".into(),
-                partitions: 3,
-                replication_factor: 3,
-                options: TopicOptions::default(),
-            }
-        ),
-        MetadataReply::Applied(_)
-    ));
-    let routes = client
-        .topic_routes("orders", "eu")
-        .unwrap()
-        .expect("the topic is known");
+    let routes = create_topic(&mut client, "orders", "eu", 3, 3);
     assert_eq!(routes.len(), 3);
     let preferred: Vec<u8> = routes
         .iter()
@@ -341,29 +307,7 @@ fn a_node_that_lost_its_disk_repairs_everything_without_stopping_the_cluster() {
         cluster.start(id);
     }
     let mut client = RoutingClient::new(u128::from(CLUSTER), 0xD15C, cluster.clients.clone());
-    let stream = MetadataOp::CreateStream {
-        name: "logs".into(),
-    };
-    assert!(matches!(
-        metadata(&mut client, stream),
-        MetadataReply::Applied(_)
-    ));
-    let topic = MetadataOp::CreateTopic {
-        stream: Ident::Name("logs".into()),
-        name: "app".into(),
-        partitions: 1,
-        replication_factor: 3,
-        options: TopicOptions::default(),
-    };
-    assert!(matches!(
-        metadata(&mut client, topic),
-        MetadataReply::Applied(_)
-    ));
-    let route = client
-        .topic_routes("logs", "app")
-        .unwrap()
-        .expect("the topic is known")[0]
-        .clone();
+    let route = create_topic(&mut client, "logs", "app", 1, 3)[0].clone();
     let mut acked = Vec::new();
     for sequence in 0..300u64 {
         let payload = format!("line {sequence}").into_bytes();

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{free_address, read_partition};
+use common::{create_topic, free_address, read_partition};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,8 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use galgo_consensus::prng::Prng;
-use galgo_replica::metadata::machine::MetadataReply;
-use galgo_replica::metadata::{Ident, MetadataOp, TopicOptions};
 use galgo_replica::partition::ops::{PartitionOp, ProducerStamp};
 use galgo_replica::partition::reply::PartitionReply;
 use galgo_replica::routing::RoutingClient;
@@ -65,36 +63,7 @@ fn sigkill_loop_on_galgo_dev_loses_no_acknowledged_message() {
     let mut child = start(&data_dir, bus, client_address, &log);
 
     let mut client = RoutingClient::new(CLUSTER, 0xD1E, vec![(0, client_address)]);
-    let create_stream = MetadataOp::CreateStream {
-        name: "loop".into(),
-    };
-    let reply = client
-        .call_metadata(create_stream.encode().unwrap())
-        .unwrap();
-    assert!(matches!(
-        MetadataReply::decode(&reply.body).unwrap(),
-        MetadataReply::Applied(_)
-    ));
-    let create_topic = MetadataOp::CreateTopic {
-        stream: Ident::Name("loop".into()),
-        name: "t".into(),
-        partitions: 1,
-        replication_factor: 1,
-        options: TopicOptions::default(),
-    };
-    let reply = client
-        .call_metadata(create_topic.encode().unwrap())
-        .unwrap();
-    assert!(matches!(
-        MetadataReply::decode(&reply.body).unwrap(),
-        MetadataReply::Applied(_)
-    ));
-    let route = loop {
-        if let Ok(Some(routes)) = client.topic_routes("loop", "t") {
-            break routes[0].clone();
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let route = create_topic(&mut client, "loop", "t", 1, 1)[0].clone();
 
     let acked: Arc<Mutex<Acked>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));

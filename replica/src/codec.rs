@@ -123,6 +123,16 @@ impl Writer {
     }
 }
 
+/// The longest prefix of `text` a short string holds (255 bytes), cut at a character
+/// boundary: for human-readable reasons, where a cut is better than an error.
+pub fn short_prefix(text: &str) -> &str {
+    let mut end = text.len().min(usize::from(u8::MAX));
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// Reads fields from a byte slice, front to back.
 pub struct Reader<'a> {
     bytes: &'a [u8],

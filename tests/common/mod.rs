@@ -1,13 +1,16 @@
 //! Helpers shared by the tests that start `galgo` processes: free listen addresses for nodes
-//! (room for their shards' ports), and reading a partition's messages back from a node's data
-//! directory once the node is stopped.
+//! (room for their shards' ports), creating a topic, and reading a partition's messages back
+//! from a node's data directory once the node is stopped.
 
 use std::net::SocketAddr;
 use std::path::Path;
 
 use galgo_consensus::Message;
-use galgo_replica::client_protocol::OPERATION_BROKER;
+use galgo_replica::client_protocol::{PartitionRoute, OPERATION_BROKER};
+use galgo_replica::metadata::machine::MetadataReply;
+use galgo_replica::metadata::{Ident, MetadataOp, TopicOptions};
 use galgo_replica::partition::ops::PartitionOp;
+use galgo_replica::routing::RoutingClient;
 use galgo_storage::file_disk::block_on;
 use galgo_storage::{FileDisk, LogConfig, PartitionLog};
 
@@ -56,4 +59,46 @@ pub fn read_partition(dir: &Path, group: u64) -> Vec<(u64, Vec<u8>)> {
         messages
     });
     messages
+}
+
+/// Creates stream `stream` and its topic `topic` through the metadata group, and returns the
+/// topic's partition routes once a node knows them.
+pub fn create_topic(
+    client: &mut RoutingClient,
+    stream: &str,
+    topic: &str,
+    partitions: u32,
+    replication_factor: u8,
+) -> Vec<PartitionRoute> {
+    let ops = [
+        MetadataOp::CreateStream {
+            name: stream.to_string(),
+        },
+        MetadataOp::CreateTopic {
+            stream: Ident::Name(stream.to_string()),
+            name: topic.to_string(),
+            partitions,
+            replication_factor,
+            options: TopicOptions::default(),
+        },
+    ];
+    for op in ops {
+        let reply = client
+            .call_metadata(op.encode().unwrap())
+            .expect("a metadata reply");
+        assert!(
+            matches!(
+                MetadataReply::decode(&reply.body).unwrap(),
+                MetadataReply::Applied(_)
+            ),
+            "{op:?} applies"
+        );
+    }
+    for _ in 0..1000 {
+        if let Ok(Some(routes)) = client.topic_routes(stream, topic) {
+            return routes;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("no node knows topic {stream}/{topic}");
 }

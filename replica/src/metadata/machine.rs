@@ -6,7 +6,7 @@
 
 use galgo_consensus::StateMachine;
 
-use crate::codec::{DecodeError, Reader, Writer};
+use crate::codec::{short_prefix, DecodeError, Reader, Writer};
 
 use super::ops::MetadataOp;
 use super::{Applied, Metadata};
@@ -29,11 +29,7 @@ impl MetadataReply {
         match self {
             MetadataReply::Refused(reason) => {
                 w.u8(0);
-                let mut end = reason.len().min(255);
-                while !reason.is_char_boundary(end) {
-                    end -= 1;
-                }
-                w.short_str(&reason[..end]);
+                w.short_str(short_prefix(reason));
             }
             MetadataReply::Applied(applied) => match applied {
                 Applied::Done => w.u8(1),

@@ -1,7 +1,7 @@
 //! What a partition group answers a request with, and its encoding (the body of the VSR reply,
 //! also carried inside an `Answer` op): a version byte, a kind byte, then the fields.
 
-use crate::codec::{DecodeError, Reader, Writer};
+use crate::codec::{short_prefix, DecodeError, Reader, Writer};
 
 pub const REPLY_VERSION: u8 = 1;
 /// Longest refusal reason kept (the codec's short string).
@@ -21,15 +21,10 @@ pub enum PartitionReply {
 impl PartitionReply {
     /// A refusal; a reason longer than the format allows is cut at a character boundary.
     pub fn refused(reason: impl Into<String>) -> PartitionReply {
-        let mut reason = reason.into();
-        if reason.len() > REASON_LEN_MAX {
-            let mut end = REASON_LEN_MAX;
-            while !reason.is_char_boundary(end) {
-                end -= 1;
-            }
-            reason.truncate(end);
+        let reason = reason.into();
+        PartitionReply::Refused {
+            reason: short_prefix(&reason).to_string(),
         }
-        PartitionReply::Refused { reason }
     }
 
     pub fn encode(&self) -> Vec<u8> {
