@@ -116,6 +116,15 @@ impl Writer {
         self.u64(value.unwrap_or(0));
     }
 
+    /// The length of a list of `what` as a u32; past `max` the encoding fails (the reader's
+    /// `count` refuses the same lengths).
+    pub fn count(&mut self, len: usize, max: u32, what: &str) {
+        match u32::try_from(len) {
+            Ok(len) if len <= max => self.u32(len),
+            _ => self.fail(format!("{len} {what} (at most {max})")),
+        }
+    }
+
     /// A byte string of at most u32::MAX bytes, prefixed by its length as a u32.
     pub fn long_bytes(&mut self, value: &[u8]) {
         self.u32(u32::try_from(value.len()).expect("at most u32::MAX bytes"));

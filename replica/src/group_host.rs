@@ -1,8 +1,8 @@
 //! `GroupHost`: runs one VSR group's consensus core on a node. Everything that happens to the
 //! group (a tick, a message from a peer or a client, an I/O completion) is an event in one
 //! bounded inbox, handled in order by one task; the core's actions go out to the message bus,
-//! to spawned journal and superblock tasks, or to the clients' reply queue. Time enters only
-//! here (the tick timer and the wall clock handed to `on_tick`), never the core.
+//! to spawned journal and superblock tasks, or to the clients' reply queue. Time enters with
+//! each tick event (its timer, or its node's, reads the wall clock), never inside the core.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -23,7 +23,10 @@ pub const TICK: Duration = Duration::from_millis(10);
 pub const INBOX_MAX: usize = 65_536;
 
 pub enum Event {
-    Tick,
+    /// A tick, at `realtime` (ns since the epoch: the wall clock enters here).
+    Tick {
+        realtime: u64,
+    },
     Message(Message),
     Completed(IoId, Completion),
 }
@@ -116,7 +119,9 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
                     let Some(host) = ticker.upgrade() else {
                         return;
                     };
-                    host.deliver(Event::Tick);
+                    host.deliver(Event::Tick {
+                        realtime: realtime_now(),
+                    });
                 }
             });
         }
@@ -147,14 +152,11 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
         let actions = {
             let mut replica = self.replica.borrow_mut();
             match event {
-                Event::Tick => {
+                Event::Tick { realtime } => {
                     // The simulator's checker reads the journal's cuts and the committed
                     // headers; a node does not, and must not let them pile up.
                     let _ = self.journal.take_cuts();
                     let _ = replica.take_committed();
-                    let realtime = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_nanos() as u64);
                     replica.on_tick(realtime)
                 }
                 Event::Message(message) => replica.on_message(message),
@@ -232,6 +234,13 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
             }
         }
     }
+}
+
+/// The wall clock in nanoseconds since the epoch (0 if it reads before it).
+pub fn realtime_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 async fn next_event(inbox: &RefCell<Inbox>) -> Event {

@@ -29,7 +29,7 @@ use crate::client_protocol::{
     OPERATION_POLL, OPERATION_TOPIC_ROUTES, POLL_BYTES_MAX, ROUTES_PER_PAGE,
 };
 use crate::config::Config;
-use crate::group_host::{Event, GroupHost, ReplySink, Ticks, TICK};
+use crate::group_host::{realtime_now, Event, GroupHost, ReplySink, Ticks, TICK};
 use crate::journal::{MessagesOf, SegmentJournal};
 use crate::metadata::machine::MetadataMachine;
 use crate::metadata::{Ident, Limits, Metadata, Placement};
@@ -416,11 +416,13 @@ impl Node {
     }
 
     fn tick_groups(&self) {
+        // One clock read per shard tick, for every group.
+        let realtime = realtime_now();
         if let Some(metadata) = &self.metadata {
-            metadata.deliver(Event::Tick);
+            metadata.deliver(Event::Tick { realtime });
         }
         for host in self.partitions.borrow().values() {
-            host.deliver(Event::Tick);
+            host.deliver(Event::Tick { realtime });
         }
     }
 

@@ -183,13 +183,11 @@ impl Permissions {
         ] {
             w.bool(flag);
         }
-        if self.streams.len() > PERMISSION_ENTRIES_MAX as usize {
-            w.fail(format!(
-                "permissions for {} streams (at most {PERMISSION_ENTRIES_MAX})",
-                self.streams.len()
-            ));
-        }
-        w.u32(self.streams.len() as u32);
+        w.count(
+            self.streams.len(),
+            PERMISSION_ENTRIES_MAX,
+            "streams with permissions",
+        );
         for (id, s) in &self.streams {
             w.u32(*id);
             for flag in [
@@ -202,13 +200,11 @@ impl Permissions {
             ] {
                 w.bool(flag);
             }
-            if s.topics.len() > PERMISSION_ENTRIES_MAX as usize {
-                w.fail(format!(
-                    "permissions for {} topics of a stream (at most {PERMISSION_ENTRIES_MAX})",
-                    s.topics.len()
-                ));
-            }
-            w.u32(s.topics.len() as u32);
+            w.count(
+                s.topics.len(),
+                PERMISSION_ENTRIES_MAX,
+                "topics of a stream with permissions",
+            );
             for (id, t) in &s.topics {
                 w.u32(*id);
                 for flag in [
