@@ -8,8 +8,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use galgo_replica::metadata::machine::MetadataReply;
-use galgo_replica::metadata::{Ident, MetadataOp, TopicOptions};
+use galgo_replica::admin::create_stream_and_topic;
 use galgo_replica::partition::ops::{PartitionOp, ProducerStamp};
 use galgo_replica::partition::reply::PartitionReply;
 use galgo_replica::routing::RoutingClient;
@@ -42,35 +41,13 @@ pub fn run(options: BenchOptions, client_id: impl Fn() -> u128) -> Result<(), St
     }
     let mut admin = RoutingClient::new(options.cluster, client_id(), options.nodes.clone());
     let stream = format!("bench-{:x}", client_id() as u32);
-    let ops = [
-        MetadataOp::CreateStream {
-            name: stream.clone(),
-        },
-        MetadataOp::CreateTopic {
-            stream: Ident::Name(stream.clone()),
-            name: "bench".to_string(),
-            partitions: options.partitions,
-            replication_factor: options.replication,
-            options: TopicOptions::default(),
-        },
-    ];
-    for op in ops {
-        let body = op.encode().map_err(|e| e.to_string())?;
-        let reply = admin.call_metadata(body).map_err(|e| e.to_string())?;
-        match MetadataReply::decode(&reply.body) {
-            Ok(MetadataReply::Applied(_)) => {}
-            other => return Err(format!("setting up the bench topic: {other:?}")),
-        }
-    }
-    let routes = loop {
-        if let Some(routes) = admin
-            .topic_routes(&stream, "bench")
-            .map_err(|e| e.to_string())?
-        {
-            break routes;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let routes = create_stream_and_topic(
+        &mut admin,
+        &stream,
+        "bench",
+        options.partitions,
+        options.replication,
+    )?;
     println!(
         "galgo bench: {} producers, {} partitions (replication {}), {} batches each of {} messages x {} bytes",
         options.producers,

@@ -5,6 +5,7 @@
 //! operation (the primary's prepare timestamp), secrets arrive already hashed, maps are
 //! ordered, so every replica that applies the same operations holds the same state.
 
+pub mod admin;
 pub mod bus;
 pub mod client_port;
 pub mod client_protocol;

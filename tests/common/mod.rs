@@ -7,8 +7,6 @@ use std::path::Path;
 
 use galgo_consensus::Message;
 use galgo_replica::client_protocol::{PartitionRoute, OPERATION_BROKER};
-use galgo_replica::metadata::machine::MetadataReply;
-use galgo_replica::metadata::{Ident, MetadataOp, TopicOptions};
 use galgo_replica::partition::ops::PartitionOp;
 use galgo_replica::routing::RoutingClient;
 use galgo_storage::file_disk::block_on;
@@ -61,8 +59,7 @@ pub fn read_partition(dir: &Path, group: u64) -> Vec<(u64, Vec<u8>)> {
     messages
 }
 
-/// Creates stream `stream` and its topic `topic` through the metadata group, and returns the
-/// topic's partition routes once a node knows them.
+/// Creates stream `stream` and its topic `topic`, and returns the topic's partition routes.
 pub fn create_topic(
     client: &mut RoutingClient,
     stream: &str,
@@ -70,35 +67,12 @@ pub fn create_topic(
     partitions: u32,
     replication_factor: u8,
 ) -> Vec<PartitionRoute> {
-    let ops = [
-        MetadataOp::CreateStream {
-            name: stream.to_string(),
-        },
-        MetadataOp::CreateTopic {
-            stream: Ident::Name(stream.to_string()),
-            name: topic.to_string(),
-            partitions,
-            replication_factor,
-            options: TopicOptions::default(),
-        },
-    ];
-    for op in ops {
-        let reply = client
-            .call_metadata(op.encode().unwrap())
-            .expect("a metadata reply");
-        assert!(
-            matches!(
-                MetadataReply::decode(&reply.body).unwrap(),
-                MetadataReply::Applied(_)
-            ),
-            "{op:?} applies"
-        );
-    }
-    for _ in 0..1000 {
-        if let Ok(Some(routes)) = client.topic_routes(stream, topic) {
-            return routes;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    panic!("no node knows topic {stream}/{topic}");
+    galgo_replica::admin::create_stream_and_topic(
+        client,
+        stream,
+        topic,
+        partitions,
+        replication_factor,
+    )
+    .expect("the topic is created and routable")
 }
