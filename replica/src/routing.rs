@@ -249,8 +249,8 @@ impl RoutingClient {
     }
 
     /// One request to a group: registers a session first if there is none, then sends until
-    /// a member replies.
-    pub fn call(
+    /// a member replies. Partition groups go through `call_route`, which names their shard.
+    fn call(
         &mut self,
         group: u64,
         members: &[u8],
@@ -281,7 +281,7 @@ impl RoutingClient {
     }
 
     /// Opens a session with `group` unless one is open (`call` does this on its first use).
-    pub fn register(
+    fn register(
         &mut self,
         group: u64,
         members: &[u8],
