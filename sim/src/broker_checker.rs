@@ -1,14 +1,22 @@
-//! The broker checks of the broker workload, on every acknowledged append: a producer batch
-//! acknowledged twice (a retry across sessions) names the same offsets both times, no offset
-//! is handed to two batches, and no append the workload sends is refused. At the end, every
-//! replica's partition has every acknowledged offset below its end.
+//! The broker checks of the broker workload.
+//!
+//! On every acknowledged append: a producer batch acknowledged twice (a retry across sessions)
+//! names the same offsets both times, no offset is handed to two batches, and no append the
+//! workload sends is refused. On every acknowledged offset store: a single consumer's is
+//! accepted; a group's is accepted or refused as stale, and the accepted ones' generations
+//! never go down in commit order. Every tick, on every replica: no single consumer's stored
+//! offset goes back (the workload only moves them forward) and no group generation goes down.
+//! At the end, every replica's partition has every acknowledged offset below its end, each
+//! consumer's last acknowledged offset, and the group's last accepted offset and generation.
 
 use std::collections::BTreeMap;
 
+use galgo_replica::partition::ops::ConsumerKey;
 use galgo_replica::partition::reply::PartitionReply;
+use galgo_replica::partition::PartitionState;
 
 use crate::checker::Failure;
-use crate::client::Ack;
+use crate::client::{Ack, BrokerRequest};
 
 #[derive(Default)]
 pub struct BrokerChecker {
@@ -18,13 +26,125 @@ pub struct BrokerChecker {
     ranges: BTreeMap<u64, (u64, u128, u64)>,
     /// One past the highest acknowledged offset.
     end_max: u64,
+    /// Single consumer → (op, offset) of its last acknowledged store.
+    consumer_stores: BTreeMap<u32, (u64, u64)>,
+    /// Commit op → (generation, offset) of every accepted group store.
+    group_stores: BTreeMap<u64, (u64, u64)>,
+    /// What each running replica showed last: consumer offsets and group generations.
+    seen: BTreeMap<u8, PartitionSeen>,
+    /// Offset stores acknowledged as accepted, and group stores refused as stale.
+    pub stores_accepted: u64,
+    pub stale_refused: u64,
+}
+
+#[derive(Default)]
+struct PartitionSeen {
+    offsets: BTreeMap<ConsumerKey, u64>,
+    generations: BTreeMap<u32, u64>,
 }
 
 impl BrokerChecker {
     pub fn on_ack(&mut self, ack: &Ack) -> Result<(), Failure> {
-        let Some(sequence) = ack.batch else {
-            return Ok(());
-        };
+        match ack.broker {
+            None => Ok(()),
+            Some(BrokerRequest::Append { sequence }) => self.on_append(ack, sequence),
+            Some(BrokerRequest::StoreOffset {
+                consumer,
+                offset,
+                generation,
+            }) => self.on_store(ack, consumer, offset, generation),
+        }
+    }
+
+    fn on_store(
+        &mut self,
+        ack: &Ack,
+        consumer: ConsumerKey,
+        offset: u64,
+        generation: Option<u64>,
+    ) -> Result<(), Failure> {
+        let reply = PartitionReply::decode(&ack.reply);
+        match (consumer, generation, reply) {
+            (ConsumerKey::Consumer(id), None, Ok(PartitionReply::Done)) => {
+                if let Some((op, _)) = self.consumer_stores.get(&id) {
+                    if *op >= ack.op {
+                        return Err(Failure::Correctness(format!(
+                            "consumer {id}: a store committed at op {} after one at op {op}",
+                            ack.op
+                        )));
+                    }
+                }
+                self.consumer_stores.insert(id, (ack.op, offset));
+                self.stores_accepted += 1;
+                Ok(())
+            }
+            (ConsumerKey::Group(_), Some(generation), Ok(PartitionReply::Done)) => {
+                let newer_before = self
+                    .group_stores
+                    .range(..ack.op)
+                    .find(|(_, (other, _))| *other > generation);
+                let older_after = self
+                    .group_stores
+                    .range(ack.op + 1..)
+                    .find(|(_, (other, _))| *other < generation);
+                if let Some((other_op, (other, _))) = newer_before.or(older_after) {
+                    return Err(Failure::Correctness(format!(
+                        "group offset stores accepted out of generation order: generation {generation} at op {} and generation {other} at op {other_op}",
+                        ack.op
+                    )));
+                }
+                self.group_stores.insert(ack.op, (generation, offset));
+                self.stores_accepted += 1;
+                Ok(())
+            }
+            (ConsumerKey::Group(_), Some(_), Ok(PartitionReply::Refused { reason }))
+                if reason.starts_with("StaleGeneration") =>
+            {
+                self.stale_refused += 1;
+                Ok(())
+            }
+            (consumer, _, reply) => Err(Failure::Correctness(format!(
+                "client {:x}: storing offset {offset} for {consumer:?} (generation {generation:?}) answered {reply:?}",
+                ack.client
+            ))),
+        }
+    }
+
+    /// Every tick, `replica`'s committed partition: stored offsets of single consumers and
+    /// group generations never go back while it runs.
+    pub fn check_state(&mut self, replica: u8, state: &PartitionState) -> Result<(), Failure> {
+        let seen = self.seen.entry(replica).or_default();
+        for (consumer, offset) in &state.consumer_offsets {
+            if let ConsumerKey::Consumer(_) = consumer {
+                if let Some(before) = seen.offsets.get(consumer) {
+                    if offset < before {
+                        return Err(Failure::Correctness(format!(
+                            "replica {replica}: the stored offset of {consumer:?} went back from {before} to {offset}"
+                        )));
+                    }
+                }
+            }
+        }
+        for (group, generation) in &state.group_generations {
+            if let Some(before) = seen.generations.get(group) {
+                if generation < before {
+                    return Err(Failure::Correctness(format!(
+                        "replica {replica}: consumer group {group}'s generation went back from {before} to {generation}"
+                    )));
+                }
+            }
+        }
+        seen.offsets.clone_from(&state.consumer_offsets);
+        seen.generations.clone_from(&state.group_generations);
+        Ok(())
+    }
+
+    /// `replica` restarted: its state is rebuilt from its log, from the beginning.
+    pub fn on_restart(&mut self, replica: u8) {
+        self.seen.remove(&replica);
+    }
+
+    fn on_append(&mut self, ack: &Ack, sequence: u64) -> Result<(), Failure> {
         let (base, count) = match PartitionReply::decode(&ack.reply) {
             Ok(PartitionReply::Appended { base_offset, count }) => (base_offset, count),
             other => {
@@ -66,14 +186,65 @@ impl BrokerChecker {
         Ok(())
     }
 
-    /// `next_offsets`: each replica's partition end. Every acknowledged offset is below it.
-    pub fn check_final(&self, next_offsets: &[(u8, u64)]) -> Result<(), Failure> {
-        for (replica, next_offset) in next_offsets {
-            if *next_offset < self.end_max {
+    /// Each replica's partition at the end: every acknowledged offset is below its end, and it
+    /// holds each consumer's last acknowledged offset and the group's last accepted offset and
+    /// newest generation — or those of an `indeterminate` store (its session was evicted and
+    /// it was not sent again, so it may have been applied after them).
+    pub fn check_final(
+        &self,
+        partitions: &[(u8, &PartitionState)],
+        indeterminate: &[BrokerRequest],
+    ) -> Result<(), Failure> {
+        // (consumer, offset, generation) of each store that may have been applied last.
+        let maybe: Vec<(ConsumerKey, u64, Option<u64>)> = indeterminate
+            .iter()
+            .filter_map(|request| match request {
+                BrokerRequest::StoreOffset {
+                    consumer,
+                    offset,
+                    generation,
+                } => Some((*consumer, *offset, *generation)),
+                BrokerRequest::Append { .. } => None,
+            })
+            .collect();
+        for (replica, state) in partitions {
+            if state.next_offset < self.end_max {
                 return Err(Failure::Correctness(format!(
-                    "replica {replica} ends its partition at offset {next_offset}, below acknowledged offset {}",
+                    "replica {replica} ends its partition at offset {}, below acknowledged offset {}",
+                    state.next_offset,
                     self.end_max - 1
                 )));
+            }
+            let mut expected: Vec<(ConsumerKey, u64)> = self
+                .consumer_stores
+                .iter()
+                .map(|(id, (_, offset))| (ConsumerKey::Consumer(*id), *offset))
+                .collect();
+            if let Some((_, (_, offset))) = self.group_stores.last_key_value() {
+                expected.push((ConsumerKey::Group(crate::client::SHARED_GROUP), *offset));
+            }
+            for (consumer, offset) in expected {
+                let held = state.consumer_offsets.get(&consumer);
+                let explained = maybe
+                    .iter()
+                    .any(|(other, o, _)| *other == consumer && Some(o) == held);
+                if held != Some(&offset) && !explained {
+                    return Err(Failure::Correctness(format!(
+                        "replica {replica} holds offset {held:?} for {consumer:?}, not its last acknowledged store {offset}"
+                    )));
+                }
+            }
+            let generation_max = self.group_stores.values().map(|(g, _)| *g).max();
+            if let Some(generation) = generation_max {
+                let held = state.group_generations.get(&crate::client::SHARED_GROUP);
+                let explained = maybe
+                    .iter()
+                    .any(|(_, _, g)| g.is_some() && g.as_ref() == held);
+                if held != Some(&generation) && !explained {
+                    return Err(Failure::Correctness(format!(
+                        "replica {replica} holds generation {held:?} for the consumer group, not the newest accepted {generation}"
+                    )));
+                }
             }
         }
         Ok(())
@@ -92,8 +263,36 @@ mod tests {
             op: 1,
             request_checksum: 0,
             reply: PartitionReply::Appended { base_offset, count }.encode(),
-            batch: Some(sequence),
+            broker: Some(BrokerRequest::Append { sequence }),
         }
+    }
+
+    fn store(
+        op: u64,
+        consumer: ConsumerKey,
+        offset: u64,
+        generation: Option<u64>,
+        reply: PartitionReply,
+    ) -> Ack {
+        Ack {
+            client: 1,
+            session: 1,
+            request: 1,
+            op,
+            request_checksum: 0,
+            reply: reply.encode(),
+            broker: Some(BrokerRequest::StoreOffset {
+                consumer,
+                offset,
+                generation,
+            }),
+        }
+    }
+
+    fn partition(next_offset: u64) -> PartitionState {
+        let mut state = PartitionState::new(8, 8);
+        state.next_offset = next_offset;
+        state
     }
 
     #[test]
@@ -122,7 +321,94 @@ mod tests {
         refused.reply = PartitionReply::refused("ProducerFenced").encode();
         assert!(checker.on_ack(&refused).is_err());
         checker.on_ack(&ack(1, 0, 0, 3)).unwrap();
-        checker.check_final(&[(0, 3), (1, 5)]).unwrap();
-        assert!(checker.check_final(&[(0, 2)]).is_err());
+        checker
+            .check_final(&[(0, &partition(3)), (1, &partition(5))], &[])
+            .unwrap();
+        assert!(checker.check_final(&[(0, &partition(2))], &[]).is_err());
+    }
+
+    #[test]
+    fn group_stores_accepted_out_of_generation_order_are_caught() {
+        let group = ConsumerKey::Group(crate::client::SHARED_GROUP);
+        let mut checker = BrokerChecker::default();
+        checker
+            .on_ack(&store(10, group, 1, Some(2), PartitionReply::Done))
+            .unwrap();
+        checker
+            .on_ack(&store(12, group, 1, Some(2), PartitionReply::Done))
+            .unwrap();
+        // A stale generation refused: what the partition must do.
+        let stale = PartitionReply::refused("StaleGeneration { group: 1 }");
+        checker
+            .on_ack(&store(13, group, 1, Some(1), stale))
+            .unwrap();
+        // Accepted after a newer generation, or before an older one: caught.
+        assert!(checker
+            .on_ack(&store(14, group, 1, Some(1), PartitionReply::Done))
+            .is_err());
+        assert!(checker
+            .on_ack(&store(9, group, 1, Some(3), PartitionReply::Done))
+            .is_err());
+        // A single consumer's store refused: caught.
+        let refused = PartitionReply::refused("TooManyConsumers");
+        assert!(checker
+            .on_ack(&store(15, ConsumerKey::Consumer(1), 0, None, refused))
+            .is_err());
+    }
+
+    #[test]
+    fn stored_offsets_and_generations_going_back_are_caught() {
+        let mut checker = BrokerChecker::default();
+        let mut state = partition(10);
+        state.consumer_offsets.insert(ConsumerKey::Consumer(1), 5);
+        state.group_generations.insert(1, 3);
+        checker.check_state(0, &state).unwrap();
+        let mut back = state.clone();
+        back.consumer_offsets.insert(ConsumerKey::Consumer(1), 4);
+        assert!(checker.check_state(0, &back).is_err());
+        let mut older = state.clone();
+        older.group_generations.insert(1, 2);
+        assert!(checker.check_state(0, &older).is_err());
+        // A restarted replica rebuilds its state from the start of its log.
+        checker.on_restart(0);
+        checker.check_state(0, &partition(0)).unwrap();
+    }
+
+    #[test]
+    fn a_final_state_without_the_last_acknowledged_store_is_caught() {
+        let group = ConsumerKey::Group(crate::client::SHARED_GROUP);
+        let mut checker = BrokerChecker::default();
+        checker.on_ack(&ack(1, 0, 0, 8)).unwrap();
+        let consumer = ConsumerKey::Consumer(1);
+        checker
+            .on_ack(&store(2, consumer, 3, None, PartitionReply::Done))
+            .unwrap();
+        checker
+            .on_ack(&store(3, consumer, 6, None, PartitionReply::Done))
+            .unwrap();
+        checker
+            .on_ack(&store(4, group, 5, Some(1), PartitionReply::Done))
+            .unwrap();
+        let mut good = partition(8);
+        good.consumer_offsets.insert(consumer, 6);
+        good.consumer_offsets.insert(group, 5);
+        good.group_generations.insert(1, 1);
+        checker.check_final(&[(0, &good)], &[]).unwrap();
+        let mut lost = good.clone();
+        lost.consumer_offsets.insert(consumer, 3);
+        assert!(checker.check_final(&[(0, &lost)], &[]).is_err());
+        let mut old_generation = good.clone();
+        old_generation.group_generations.insert(1, 0);
+        assert!(checker.check_final(&[(0, &old_generation)], &[]).is_err());
+        // A store whose session was evicted may have been applied after the acknowledged ones.
+        let mut evicted = good.clone();
+        evicted.consumer_offsets.insert(consumer, 7);
+        assert!(checker.check_final(&[(0, &evicted)], &[]).is_err());
+        let pending = BrokerRequest::StoreOffset {
+            consumer,
+            offset: 7,
+            generation: None,
+        };
+        checker.check_final(&[(0, &evicted)], &[pending]).unwrap();
     }
 }

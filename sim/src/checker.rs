@@ -269,7 +269,7 @@ mod tests {
             op: 1,
             request_checksum: 7,
             reply: Vec::new(),
-            batch: None,
+            broker: None,
         };
         assert!(matches!(
             checker.on_ack(wrong),
@@ -282,7 +282,7 @@ mod tests {
             op: 9,
             request_checksum: 7,
             reply: Vec::new(),
-            batch: None,
+            broker: None,
         };
         assert!(matches!(
             checker.on_ack(missing),

@@ -1,15 +1,19 @@
 //! A simulated client: registers a session, then sends one request at a time with a random
 //! payload, retrying (same request, same bytes) until a reply arrives; re-registers if evicted.
-//! In the broker workload each request is an idempotent producer's append (producer = the
+//! In the broker workload most requests are an idempotent producer's append (producer = the
 //! client, one epoch, sequence numbers counting its batches); a batch whose session was
 //! evicted is sent again, with the same stamp, in the next session, so the partition's
-//! producer table (not the VSR session) must keep it from being appended twice.
+//! producer table (not the VSR session) must keep it from being appended twice. The rest
+//! store consumer offsets: the client's own, always at or past the one it stored last, and the
+//! shared consumer group's, in a generation drawn at or below one past the newest the client
+//! saw accepted (so some are stale and must be refused). An evicted store is sent again too.
 
 use galgo_consensus::header::operation;
 use galgo_consensus::prng::Prng;
 use galgo_consensus::{Command, Header, Message};
 use galgo_replica::metadata::{Ident, MetadataOp, TopicOptions, UserStatus};
-use galgo_replica::partition::ops::{PartitionOp, ProducerStamp};
+use galgo_replica::partition::ops::{ConsumerKey, PartitionOp, ProducerStamp};
+use galgo_replica::partition::reply::PartitionReply;
 
 use crate::options::Workload;
 
@@ -22,9 +26,25 @@ pub struct Ack {
     pub request_checksum: u128,
     /// The reply body.
     pub reply: Vec<u8>,
-    /// In the broker workload: the batch's producer sequence.
-    pub batch: Option<u64>,
+    /// In the broker workload: what the request was.
+    pub broker: Option<BrokerRequest>,
 }
+
+/// A broker workload request, as the checker needs to know it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BrokerRequest {
+    /// An append with this producer sequence.
+    Append { sequence: u64 },
+    /// A consumer offset store (`generation` for the consumer group's).
+    StoreOffset {
+        consumer: ConsumerKey,
+        offset: u64,
+        generation: Option<u64>,
+    },
+}
+
+/// The consumer group every client of the broker workload shares.
+pub const SHARED_GROUP: u32 = 1;
 
 pub struct Client {
     pub id: u128,
@@ -42,10 +62,15 @@ pub struct Client {
     pub evictions: u64,
     pub replies: u64,
     workload: Workload,
-    /// Broker workload: the sequence of the next new batch, and the batch in flight (kept
+    /// Broker workload: the sequence of the next new batch, and the request in flight (kept
     /// across an eviction, to be sent again).
     batch_next: u64,
-    batch: Option<(u64, Vec<u8>)>,
+    broker: Option<(BrokerRequest, Vec<u8>)>,
+    /// Broker workload: one past the highest offset acknowledged to this client, the offset
+    /// it stored last for itself, and the newest group generation it saw accepted.
+    acked_end: u64,
+    stored_offset: u64,
+    generation_seen: u64,
 }
 
 const RETRY_TICKS: u64 = 40;
@@ -78,33 +103,111 @@ impl Client {
             replies: 0,
             workload,
             batch_next: 0,
-            batch: None,
+            broker: None,
+            acked_end: 0,
+            stored_offset: 0,
+            generation_seen: 0,
         }
     }
 
-    /// The next append: the one an eviction interrupted, or a new batch of 1 to 3 messages.
-    fn next_batch(&mut self, payload: Vec<u8>, prng: &mut Prng) -> Vec<u8> {
-        if let Some((_, body)) = &self.batch {
+    /// The next broker request: the one an eviction interrupted, or a new one — mostly a
+    /// batch of 1 to 3 messages, else (once something was acknowledged) an offset store.
+    fn next_broker_request(&mut self, payload: Vec<u8>, prng: &mut Prng) -> Vec<u8> {
+        if let Some((_, body)) = &self.broker {
             return body.clone();
         }
-        let sequence = self.batch_next;
-        let op = PartitionOp::Append {
-            base_offset: 0,
-            count: prng.range_inclusive(1, 3) as u32,
-            timestamp: 0,
-            producer: Some(ProducerStamp {
-                producer: self.id as u64,
-                epoch: 1,
-                sequence,
-            }),
+        let draw = prng.below(10);
+        let (request, op) = if self.acked_end == 0 || draw < 6 {
+            let sequence = self.batch_next;
+            let op = PartitionOp::Append {
+                base_offset: 0,
+                count: prng.range_inclusive(1, 3) as u32,
+                timestamp: 0,
+                producer: Some(ProducerStamp {
+                    producer: self.id as u64,
+                    epoch: 1,
+                    sequence,
+                }),
+            };
+            (BrokerRequest::Append { sequence }, op)
+        } else if draw < 8 {
+            // Its own offset only moves forward.
+            let offset = prng.range_inclusive(self.stored_offset, self.acked_end - 1);
+            let consumer = ConsumerKey::Consumer(self.id as u32);
+            let request = BrokerRequest::StoreOffset {
+                consumer,
+                offset,
+                generation: None,
+            };
+            let op = PartitionOp::StoreConsumerOffset {
+                consumer,
+                offset,
+                generation: None,
+            };
+            (request, op)
+        } else {
+            let offset = prng.below(self.acked_end);
+            let generation = prng.range_inclusive(0, self.generation_seen + 1);
+            let consumer = ConsumerKey::Group(SHARED_GROUP);
+            let request = BrokerRequest::StoreOffset {
+                consumer,
+                offset,
+                generation: Some(generation),
+            };
+            let op = PartitionOp::StoreConsumerOffset {
+                consumer,
+                offset,
+                generation: Some(generation),
+            };
+            (request, op)
+        };
+        let payload = if matches!(request, BrokerRequest::Append { .. }) {
+            payload
+        } else {
+            Vec::new()
         };
         let body = op.encode(&payload);
-        self.batch = Some((sequence, body.clone()));
+        self.broker = Some((request, body.clone()));
         body
+    }
+
+    /// What an acknowledged broker request tells this client for its next ones.
+    fn learn(&mut self, request: BrokerRequest, reply: &[u8]) {
+        match (request, PartitionReply::decode(reply)) {
+            (
+                BrokerRequest::Append { sequence },
+                Ok(PartitionReply::Appended { base_offset, count }),
+            ) => {
+                self.batch_next = sequence + 1;
+                self.acked_end = self.acked_end.max(base_offset + u64::from(count));
+            }
+            (BrokerRequest::Append { sequence }, _) => self.batch_next = sequence + 1,
+            (
+                BrokerRequest::StoreOffset {
+                    offset, generation, ..
+                },
+                Ok(PartitionReply::Done),
+            ) => match generation {
+                None => self.stored_offset = offset,
+                Some(generation) => {
+                    self.generation_seen = self.generation_seen.max(generation);
+                }
+            },
+            (BrokerRequest::StoreOffset { .. }, _) => {}
+        }
     }
 
     pub fn idle(&self) -> bool {
         self.in_flight.is_none()
+    }
+
+    /// A broker request whose session was evicted and that was not sent again: it may or may
+    /// not have been applied.
+    pub fn indeterminate(&self) -> Option<BrokerRequest> {
+        match (&self.in_flight, &self.broker) {
+            (None, Some((request, _))) => Some(*request),
+            _ => None,
+        }
     }
 
     fn primary(&self) -> u8 {
@@ -137,7 +240,7 @@ impl Client {
             let payload: Vec<u8> = (0..size).map(|_| prng.below(256) as u8).collect();
             match self.workload {
                 Workload::Test => payload,
-                Workload::Broker => self.next_batch(payload, prng),
+                Workload::Broker => self.next_broker_request(payload, prng),
                 Workload::Metadata => metadata_op(self.id, prng)
                     .encode()
                     .expect("generated ops are within the format's limits"),
@@ -196,9 +299,9 @@ impl Client {
                     return None;
                 }
                 self.request = header.request;
-                let batch = self.batch.take().map(|(sequence, _)| sequence);
-                if let Some(sequence) = batch {
-                    self.batch_next = sequence + 1;
+                let broker = self.broker.take().map(|(request, _)| request);
+                if let Some(request) = broker {
+                    self.learn(request, &message.body);
                 }
                 Some(Ack {
                     client: self.id,
@@ -207,7 +310,7 @@ impl Client {
                     op: header.op,
                     request_checksum,
                     reply: message.body.clone(),
-                    batch,
+                    broker,
                 })
             }
             Command::Eviction => {

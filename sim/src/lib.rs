@@ -84,5 +84,10 @@ pub fn run_seed(options: Options, bugs: Bugs) -> (Result<(), Failure>, RunStats,
             " | segments: records damaged={records_damaged} torn on crash={memory_torn}"
         ));
     }
+    if let Some((stores, stale)) = simulator.broker_store_stats() {
+        faults.push_str(&format!(
+            " | offset stores accepted={stores} stale refused={stale}"
+        ));
+    }
     (result, simulator.stats.clone(), faults)
 }

@@ -16,7 +16,7 @@ use galgo_consensus::{
 
 use crate::broker_checker::BrokerChecker;
 use crate::checker::{Checker, Failure};
-use crate::client::Client;
+use crate::client::{BrokerRequest, Client};
 use crate::disk::{Disk, FaultAtlas, WriteTarget, Zone};
 use crate::network::{Network, Node};
 use crate::options::Options;
@@ -407,6 +407,9 @@ impl Simulator {
             self.checker
                 .check_state(r, &replica.state_machine().history)?;
             self.checker.check_view(r, replica.view())?;
+            if let Some(partition) = replica.state_machine().partition.as_ref() {
+                self.broker_checker.check_state(r, partition.state())?;
+            }
             self.stats.view_max = self.stats.view_max.max(replica.view());
             self.stats.commit_max = self.stats.commit_max.max(replica.commit_min());
         }
@@ -470,6 +473,7 @@ impl Simulator {
         let opened = self.open_replica(replica);
         self.replicas[replica as usize] = Some(opened);
         self.checker.on_restart(replica);
+        self.broker_checker.on_restart(replica);
         self.stats.restarts += 1;
     }
 
@@ -609,21 +613,35 @@ impl Simulator {
             .map(|r| (r.replica(), r.commit_min()))
             .collect();
         self.checker.check_final(&commit_mins)?;
-        let next_offsets: Vec<(u8, u64)> = self
+        let partitions: Vec<(u8, &galgo_replica::partition::PartitionState)> = self
             .replicas
             .iter()
             .flatten()
             .filter_map(|r| {
                 let partition = r.state_machine().partition.as_ref()?;
-                Some((r.replica(), partition.state().next_offset))
+                Some((r.replica(), partition.state()))
             })
             .collect();
-        self.broker_checker.check_final(&next_offsets)?;
+        let indeterminate: Vec<BrokerRequest> = self
+            .clients
+            .iter()
+            .filter_map(|c| c.indeterminate())
+            .collect();
+        self.broker_checker
+            .check_final(&partitions, &indeterminate)?;
         Ok(())
     }
 
     pub fn network_stats(&self) -> &crate::network::NetworkStats {
         &self.network.stats
+    }
+
+    /// Broker workload: offset stores accepted, and group stores refused as stale.
+    pub fn broker_store_stats(&self) -> Option<(u64, u64)> {
+        (self.options.workload == crate::options::Workload::Broker).then_some((
+            self.broker_checker.stores_accepted,
+            self.broker_checker.stale_refused,
+        ))
     }
 
     /// In segment-journal mode: records damaged by faults, and writes torn by crashes.
