@@ -9,14 +9,14 @@
 //! At the end, every replica's partition has every acknowledged offset below its end, each
 //! consumer's last acknowledged offset, and the group's last accepted offset and generation.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use galgo_replica::partition::ops::ConsumerKey;
 use galgo_replica::partition::reply::PartitionReply;
 use galgo_replica::partition::PartitionState;
 
 use crate::checker::Failure;
-use crate::client::{Ack, BrokerRequest};
+use crate::client::{stale_generation_current, Ack, BrokerRequest, SHARED_GROUP};
 
 #[derive(Default)]
 pub struct BrokerChecker {
@@ -97,8 +97,8 @@ impl BrokerChecker {
                 self.stores_accepted += 1;
                 Ok(())
             }
-            (ConsumerKey::Group(_), Some(_), Ok(PartitionReply::Refused { reason }))
-                if reason.starts_with("StaleGeneration") =>
+            (ConsumerKey::Group(_), Some(generation), Ok(PartitionReply::Refused { reason }))
+                if stale_generation_current(&reason).is_some_and(|current| generation < current) =>
             {
                 self.stale_refused += 1;
                 Ok(())
@@ -114,22 +114,25 @@ impl BrokerChecker {
     /// group generations never go back while it runs.
     pub fn check_state(&mut self, replica: u8, state: &PartitionState) -> Result<(), Failure> {
         let seen = self.seen.entry(replica).or_default();
-        for (consumer, offset) in &state.consumer_offsets {
-            if let ConsumerKey::Consumer(_) = consumer {
-                if let Some(before) = seen.offsets.get(consumer) {
-                    if offset < before {
-                        return Err(Failure::Correctness(format!(
-                            "replica {replica}: the stored offset of {consumer:?} went back from {before} to {offset}"
-                        )));
-                    }
-                }
+        // The workload never deletes an offset: a key once held stays.
+        for (consumer, before) in &seen.offsets {
+            let Some(offset) = state.consumer_offsets.get(consumer) else {
+                return Err(Failure::Correctness(format!(
+                    "replica {replica}: the stored offset of {consumer:?} ({before}) vanished"
+                )));
+            };
+            if matches!(consumer, ConsumerKey::Consumer(_)) && offset < before {
+                return Err(Failure::Correctness(format!(
+                    "replica {replica}: the stored offset of {consumer:?} went back from {before} to {offset}"
+                )));
             }
         }
-        for (group, generation) in &state.group_generations {
-            if let Some(before) = seen.generations.get(group) {
-                if generation < before {
+        for (group, before) in &seen.generations {
+            match state.group_generations.get(group) {
+                Some(generation) if generation >= before => {}
+                held => {
                     return Err(Failure::Correctness(format!(
-                        "replica {replica}: consumer group {group}'s generation went back from {before} to {generation}"
+                        "replica {replica}: consumer group {group}'s generation went back from {before} to {held:?}"
                     )));
                 }
             }
@@ -207,6 +210,7 @@ impl BrokerChecker {
                 BrokerRequest::Append { .. } => None,
             })
             .collect();
+        let group_key = ConsumerKey::Group(SHARED_GROUP);
         for (replica, state) in partitions {
             if state.next_offset < self.end_max {
                 return Err(Failure::Correctness(format!(
@@ -215,34 +219,46 @@ impl BrokerChecker {
                     self.end_max - 1
                 )));
             }
-            let mut expected: Vec<(ConsumerKey, u64)> = self
-                .consumer_stores
-                .iter()
-                .map(|(id, (_, offset))| (ConsumerKey::Consumer(*id), *offset))
-                .collect();
-            if let Some((_, (_, offset))) = self.group_stores.last_key_value() {
-                expected.push((ConsumerKey::Group(crate::client::SHARED_GROUP), *offset));
+            // Every consumer the replica holds an offset for, and every one that stored one.
+            let mut consumers: BTreeSet<ConsumerKey> =
+                state.consumer_offsets.keys().copied().collect();
+            consumers.extend(
+                self.consumer_stores
+                    .keys()
+                    .map(|id| ConsumerKey::Consumer(*id)),
+            );
+            consumers.extend(maybe.iter().map(|(consumer, _, _)| *consumer));
+            if !self.group_stores.is_empty() {
+                consumers.insert(group_key);
             }
-            for (consumer, offset) in expected {
-                let held = state.consumer_offsets.get(&consumer);
-                let explained = maybe
-                    .iter()
-                    .any(|(other, o, _)| *other == consumer && Some(o) == held);
-                if held != Some(&offset) && !explained {
+            for consumer in consumers {
+                // What the replica holds: the offset, and for the group its generation.
+                let held = (
+                    state.consumer_offsets.get(&consumer).copied(),
+                    match consumer {
+                        ConsumerKey::Group(group) => state.group_generations.get(&group).copied(),
+                        ConsumerKey::Consumer(_) => None,
+                    },
+                );
+                // The last acknowledged store (with its generation: accepted generations never
+                // go down, so the last one's is the newest), or nothing if none was.
+                let acknowledged = match consumer {
+                    ConsumerKey::Consumer(id) => self
+                        .consumer_stores
+                        .get(&id)
+                        .map(|(_, offset)| (Some(*offset), None)),
+                    ConsumerKey::Group(_) => self
+                        .group_stores
+                        .last_key_value()
+                        .map(|(_, (generation, offset))| (Some(*offset), Some(*generation))),
+                };
+                let allowed = held == acknowledged.unwrap_or((None, None))
+                    || maybe.iter().any(|(other, offset, generation)| {
+                        *other == consumer && held == (Some(*offset), *generation)
+                    });
+                if !allowed {
                     return Err(Failure::Correctness(format!(
-                        "replica {replica} holds offset {held:?} for {consumer:?}, not its last acknowledged store {offset}"
-                    )));
-                }
-            }
-            let generation_max = self.group_stores.values().map(|(g, _)| *g).max();
-            if let Some(generation) = generation_max {
-                let held = state.group_generations.get(&crate::client::SHARED_GROUP);
-                let explained = maybe
-                    .iter()
-                    .any(|(_, _, g)| g.is_some() && g.as_ref() == held);
-                if held != Some(&generation) && !explained {
-                    return Err(Failure::Correctness(format!(
-                        "replica {replica} holds generation {held:?} for the consumer group, not the newest accepted {generation}"
+                        "replica {replica} holds (offset, generation) {held:?} for {consumer:?}, not its last acknowledged store {acknowledged:?} nor an indeterminate one"
                     )));
                 }
             }
@@ -338,10 +354,17 @@ mod tests {
             .on_ack(&store(12, group, 1, Some(2), PartitionReply::Done))
             .unwrap();
         // A stale generation refused: what the partition must do.
-        let stale = PartitionReply::refused("StaleGeneration { group: 1 }");
+        let stale =
+            PartitionReply::refused("StaleGeneration { group: 1, generation: 1, current: 2 }");
         checker
             .on_ack(&store(13, group, 1, Some(1), stale))
             .unwrap();
+        // A current generation refused as stale: caught.
+        let wrong =
+            PartitionReply::refused("StaleGeneration { group: 1, generation: 2, current: 2 }");
+        assert!(checker
+            .on_ack(&store(13, group, 1, Some(2), wrong))
+            .is_err());
         // Accepted after a newer generation, or before an older one: caught.
         assert!(checker
             .on_ack(&store(14, group, 1, Some(1), PartitionReply::Done))
@@ -369,6 +392,9 @@ mod tests {
         let mut older = state.clone();
         older.group_generations.insert(1, 2);
         assert!(checker.check_state(0, &older).is_err());
+        let mut vanished = state.clone();
+        vanished.consumer_offsets.clear();
+        assert!(checker.check_state(0, &vanished).is_err());
         // A restarted replica rebuilds its state from the start of its log.
         checker.on_restart(0);
         checker.check_state(0, &partition(0)).unwrap();
@@ -410,5 +436,26 @@ mod tests {
             generation: None,
         };
         checker.check_final(&[(0, &evicted)], &[pending]).unwrap();
+        // An offset for a consumer that never stored one: caught.
+        let mut stranger = good.clone();
+        stranger
+            .consumer_offsets
+            .insert(ConsumerKey::Consumer(9), 1);
+        assert!(checker.check_final(&[(0, &stranger)], &[]).is_err());
+        // The group's offset of one store with the generation of another: caught.
+        let pending_group = BrokerRequest::StoreOffset {
+            consumer: group,
+            offset: 2,
+            generation: Some(4),
+        };
+        let mut mixed = good.clone();
+        mixed.consumer_offsets.insert(group, 2);
+        assert!(checker
+            .check_final(&[(0, &mixed)], &[pending_group])
+            .is_err());
+        mixed.group_generations.insert(1, 4);
+        checker
+            .check_final(&[(0, &mixed)], &[pending_group])
+            .unwrap();
     }
 }

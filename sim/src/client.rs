@@ -46,6 +46,15 @@ pub enum BrokerRequest {
 /// The consumer group every client of the broker workload shares.
 pub const SHARED_GROUP: u32 = 1;
 
+/// The group's current generation named by a stale-generation refusal (the partition's error,
+/// `StaleGeneration { group, generation, current }`, in its debug form).
+pub fn stale_generation_current(reason: &str) -> Option<u64> {
+    let rest = reason.strip_prefix("StaleGeneration")?;
+    let value = rest.split("current: ").nth(1)?;
+    let digits: String = value.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
 pub struct Client {
     pub id: u128,
     cluster: u128,
@@ -193,6 +202,19 @@ impl Client {
                     self.generation_seen = self.generation_seen.max(generation);
                 }
             },
+            (
+                BrokerRequest::StoreOffset {
+                    generation: Some(_),
+                    ..
+                },
+                Ok(PartitionReply::Refused { reason }),
+            ) => {
+                // Refused as stale: the refusal names the group's generation; later stores
+                // draw around it, so the clients keep competing.
+                if let Some(current) = stale_generation_current(&reason) {
+                    self.generation_seen = self.generation_seen.max(current);
+                }
+            }
             (BrokerRequest::StoreOffset { .. }, _) => {}
         }
     }
@@ -379,4 +401,20 @@ fn metadata_op(client: u128, prng: &mut Prng) -> MetadataOp {
 
 fn in_flight_is_register(reply: &Header) -> bool {
     reply.operation == operation::REGISTER
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_current_generation_is_read_from_a_stale_refusal() {
+        let reason = "StaleGeneration { group: 1, generation: 3, current: 12 }";
+        assert_eq!(stale_generation_current(reason), Some(12));
+        assert_eq!(stale_generation_current("TooManyConsumers"), None);
+        assert_eq!(
+            stale_generation_current("StaleGeneration { group: 1 }"),
+            None
+        );
+    }
 }
