@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use galgo_gateway::server::GatewayConfig;
 use galgo_replica::config::{Config, DEV_CONFIG};
 use galgo_replica::metadata::machine::MetadataReply;
 use galgo_replica::metadata::{MetadataOp, UserStatus};
@@ -39,8 +40,19 @@ enum Command {
         #[arg(long)]
         id: Option<u8>,
     },
-    /// Run a one-node development cluster on the embedded configuration. Sets a root user on
-    /// first start (password from GALGO_ROOT_PASSWORD, else generated and printed).
+    /// Run the gateway: the Iggy binary protocol 0.11.0 (gateway.tcp_address) in front of the
+    /// cluster the file describes (its nodes' client addresses). Stateless; several can run.
+    Gateway {
+        /// The cluster's TOML configuration (the same file as the replicas').
+        #[arg(long)]
+        config: std::path::PathBuf,
+        /// Print refused requests and errors to stderr.
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Run a one-node development cluster and its gateway on the embedded configuration. Sets
+    /// a root user on first start (GALGO_ROOT_USERNAME, default root; GALGO_ROOT_PASSWORD,
+    /// else generated and printed).
     Dev {
         /// Where the data lives (default ./galgo-data).
         #[arg(long)]
@@ -133,6 +145,28 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Gateway { config, verbose } = &cli.command {
+        let text = match std::fs::read_to_string(config) {
+            Ok(text) => text,
+            Err(error) => {
+                eprintln!("galgo: cannot read {}: {error}", config.display());
+                return ExitCode::from(2);
+            }
+        };
+        let config = match Config::load(&text, env) {
+            Ok(config) => config,
+            Err(error) => {
+                eprintln!("galgo: {error}");
+                return ExitCode::from(2);
+            }
+        };
+        return match start_gateway(&config, *verbose) {
+            Ok(()) => loop {
+                std::thread::park();
+            },
+            Err(()) => ExitCode::FAILURE,
+        };
+    }
     let (text, dev) = match &cli.command {
         Command::Replica { config, id } => {
             let text = match std::fs::read_to_string(config) {
@@ -158,7 +192,7 @@ fn main() -> ExitCode {
             }
             (DEV_CONFIG.to_string(), true)
         }
-        Command::Bench { .. } => unreachable!("handled above"),
+        Command::Bench { .. } | Command::Gateway { .. } => unreachable!("handled above"),
     };
     let config = match Config::load(&text, env) {
         Ok(config) => config,
@@ -197,6 +231,9 @@ fn run(config: Config, dev: bool) -> ExitCode {
         let nodes = vec![(config.replica.id, config.own_client_address())];
         let cluster = u128::from(config.cluster.id);
         std::thread::spawn(move || set_root_user(cluster, nodes));
+        if start_gateway(&config, false).is_err() {
+            return ExitCode::FAILURE;
+        }
     }
     for thread in threads {
         // A shard runs until the process ends; one that returns failed to start.
@@ -237,6 +274,42 @@ fn run_shard(
     }
 }
 
+/// Starts the Iggy-protocol gateway on `gateway.tcp_address` for the cluster of `config`.
+fn start_gateway(config: &Config, verbose: bool) -> Result<(), ()> {
+    let listen: std::net::SocketAddr = config
+        .gateway
+        .tcp_address
+        .parse()
+        .expect("checked: an address");
+    let http: std::net::SocketAddr = config
+        .gateway
+        .http_address
+        .parse()
+        .expect("checked: an address");
+    let nodes = config
+        .cluster
+        .nodes
+        .iter()
+        .map(|n| (n.id, n.client_address.parse().expect("checked: an address")))
+        .collect();
+    let mut gateway = GatewayConfig::new(listen, u128::from(config.cluster.id), nodes);
+    gateway.http_port = http.port();
+    gateway.verbose = verbose;
+    match galgo_gateway::server::start(gateway) {
+        Ok(running) => {
+            println!(
+                "galgo: gateway (Iggy binary protocol 0.11.0) on {}",
+                running.address
+            );
+            Ok(())
+        }
+        Err(error) => {
+            eprintln!("galgo: the gateway cannot listen on {listen}: {error}");
+            Err(())
+        }
+    }
+}
+
 /// Creates the root user (the first user is root) unless one exists, and prints what it set.
 fn set_root_user(cluster: u128, nodes: Vec<(u8, std::net::SocketAddr)>) {
     use argon2::password_hash::{PasswordHasher, SaltString};
@@ -250,8 +323,9 @@ fn set_root_user(cluster: u128, nodes: Vec<(u8, std::net::SocketAddr)>) {
             return;
         }
     };
+    let username = std::env::var("GALGO_ROOT_USERNAME").unwrap_or_else(|_| "root".to_string());
     let op = MetadataOp::CreateUser {
-        username: "root".to_string(),
+        username: username.clone(),
         password_hash: hash,
         status: UserStatus::Active,
         permissions: None,
@@ -261,12 +335,14 @@ fn set_root_user(cluster: u128, nodes: Vec<(u8, std::net::SocketAddr)>) {
     match client.call_metadata(body) {
         Ok(reply) => match MetadataReply::decode(&reply.body) {
             Ok(MetadataReply::Applied(_)) if generated => {
-                println!("galgo: root user set: username root, password {password}")
+                println!("galgo: root user set: username {username}, password {password}")
             }
             Ok(MetadataReply::Applied(_)) => {
-                println!("galgo: root user set: username root, password from GALGO_ROOT_PASSWORD")
+                println!(
+                    "galgo: root user set: username {username}, password from GALGO_ROOT_PASSWORD"
+                )
             }
-            Ok(MetadataReply::Refused(reason)) => {
+            Ok(MetadataReply::Refused { reason, .. }) => {
                 println!("galgo: root user kept as it was ({reason})")
             }
             Err(error) => eprintln!("galgo: unreadable reply setting the root user: {error}"),

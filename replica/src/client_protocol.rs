@@ -1,6 +1,7 @@
 //! What crosses a node's client port besides VSR requests and replies: the operation numbers
-//! of the broker's requests, and the one query a node answers itself (where a topic's
-//! partition groups are), with its encoding. Frames are whole consensus messages.
+//! of the broker's requests, and the queries a node answers itself (where a topic's partition
+//! groups are, how a group stands, committed messages, the applied metadata), with their
+//! encodings. Frames are whole consensus messages.
 
 use crate::codec::{DecodeError, EncodeError, Reader, Writer};
 
@@ -17,6 +18,13 @@ pub const OPERATION_GROUP_STATUS: u8 = 251;
 
 /// Version 2: routes name their shard.
 const QUERY_VERSION: u8 = 2;
+
+/// To group 0, answered by the node from its applied metadata: the whole metadata state as a
+/// checkpoint (`Metadata::encode_snapshot`), if the node applied at least the op asked for.
+/// Body `MetadataQuery`, reply body `MetadataAnswer`.
+pub const OPERATION_METADATA: u8 = 253;
+/// Checkpoint bytes one answer carries, at most (a message body is 1 MiB).
+pub const METADATA_BYTES_MAX: u32 = 1_000_000;
 
 /// To a partition's group (header group = the partition's), answered by the node from its
 /// committed log: messages from an offset. Body `PollQuery`, reply body `PollReply`.
@@ -258,6 +266,95 @@ impl TopicRoutes {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetadataQuery {
+    /// The node answers with its state only once it applied this op (a reader's own writes
+    /// are then in what it reads).
+    pub applied_at_least: u64,
+}
+
+impl MetadataQuery {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u8(QUERY_VERSION);
+        w.u64(self.applied_at_least);
+        w.finish().expect("fixed size")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<MetadataQuery, DecodeError> {
+        let mut r = Reader::new(bytes);
+        r.version("metadata query version", QUERY_VERSION)?;
+        let query = MetadataQuery {
+            applied_at_least: r.u64("applied at least")?,
+        };
+        r.finish()?;
+        Ok(query)
+    }
+}
+
+/// A node's answer to a `MetadataQuery`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetadataAnswer {
+    /// The checkpoint of the metadata as applied through op `applied`.
+    State { applied: u64, checkpoint: Vec<u8> },
+    /// The node has applied only through `applied` (or runs no metadata group: 0).
+    Behind { applied: u64 },
+    /// The checkpoint has `size` bytes, more than one answer carries.
+    TooLarge { size: u64 },
+}
+
+impl MetadataAnswer {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u8(QUERY_VERSION);
+        match self {
+            MetadataAnswer::State {
+                applied,
+                checkpoint,
+            } => {
+                assert!(checkpoint.len() <= METADATA_BYTES_MAX as usize);
+                w.u8(1);
+                w.u64(*applied);
+                w.long_bytes(checkpoint);
+            }
+            MetadataAnswer::Behind { applied } => {
+                w.u8(2);
+                w.u64(*applied);
+            }
+            MetadataAnswer::TooLarge { size } => {
+                w.u8(3);
+                w.u64(*size);
+            }
+        }
+        w.finish().expect("bounded by METADATA_BYTES_MAX")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<MetadataAnswer, DecodeError> {
+        let mut r = Reader::new(bytes);
+        r.version("metadata answer version", QUERY_VERSION)?;
+        let answer = match r.u8("metadata answer kind")? {
+            1 => MetadataAnswer::State {
+                applied: r.u64("applied")?,
+                checkpoint: r.long_bytes("checkpoint", METADATA_BYTES_MAX)?,
+            },
+            2 => MetadataAnswer::Behind {
+                applied: r.u64("applied")?,
+            },
+            3 => MetadataAnswer::TooLarge {
+                size: r.u64("size")?,
+            },
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    field: "metadata answer kind",
+                    tag,
+                })
+            }
+        };
+        r.finish()?;
+        Ok(answer)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GroupStatusQuery {
     pub group: u64,
 }
@@ -338,6 +435,31 @@ impl GroupStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_answers_round_trip_and_truncations_are_refused() {
+        let query = MetadataQuery {
+            applied_at_least: 7,
+        };
+        assert_eq!(MetadataQuery::decode(&query.encode()).unwrap(), query);
+        for answer in [
+            MetadataAnswer::State {
+                applied: 9,
+                checkpoint: b"abc".to_vec(),
+            },
+            MetadataAnswer::Behind { applied: 3 },
+            MetadataAnswer::TooLarge { size: 2_000_000 },
+        ] {
+            let bytes = answer.encode();
+            assert_eq!(MetadataAnswer::decode(&bytes).unwrap(), answer);
+            for cut in 0..bytes.len() {
+                assert!(MetadataAnswer::decode(&bytes[..cut]).is_err(), "cut {cut}");
+            }
+        }
+        let mut unknown = MetadataAnswer::Behind { applied: 3 }.encode();
+        unknown[1] = 9;
+        assert!(MetadataAnswer::decode(&unknown).is_err());
+    }
 
     #[test]
     fn polls_round_trip_and_truncations_are_refused() {

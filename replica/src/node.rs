@@ -24,9 +24,10 @@ use galgo_storage::{FileDisk, LogConfig, StorageError};
 use crate::bus::{Bus, BusConfig};
 use crate::client_port::{self, ClientTable, RequestHandler};
 use crate::client_protocol::{
-    GroupStatus, GroupStatusQuery, PartitionRoute, PollQuery, PollReply, PolledBatch,
-    ReplicaStatus, RoutesPage, TopicQuery, TopicRoutes, OPERATION_BROKER, OPERATION_GROUP_STATUS,
-    OPERATION_POLL, OPERATION_TOPIC_ROUTES, POLL_BYTES_MAX, ROUTES_PER_PAGE,
+    GroupStatus, GroupStatusQuery, MetadataAnswer, MetadataQuery, PartitionRoute, PollQuery,
+    PollReply, PolledBatch, ReplicaStatus, RoutesPage, TopicQuery, TopicRoutes, METADATA_BYTES_MAX,
+    OPERATION_BROKER, OPERATION_GROUP_STATUS, OPERATION_METADATA, OPERATION_POLL,
+    OPERATION_TOPIC_ROUTES, POLL_BYTES_MAX, ROUTES_PER_PAGE,
 };
 use crate::config::Config;
 use crate::group_host::{realtime_now, Event, GroupHost, ReplySink, Ticks, TICK};
@@ -288,6 +289,7 @@ impl Node {
             match message.header.operation {
                 OPERATION_TOPIC_ROUTES => return Some(self.answer_topic_routes(&message)),
                 OPERATION_GROUP_STATUS => return Some(self.answer_group_status(&message)),
+                OPERATION_METADATA => return Some(self.answer_metadata(&message)),
                 _ => {}
             }
         }
@@ -378,6 +380,37 @@ impl Node {
             .as_ref()
             .map_or(0, |metadata| metadata.replica.borrow().view());
         Message::new(header, body)
+    }
+
+    /// This node's applied metadata as a checkpoint, if it applied the op the reader asks for
+    /// (only shard 0 runs the metadata group; other shards answer that they are behind).
+    fn answer_metadata(&self, request: &Message) -> Message {
+        let answer = match (MetadataQuery::decode(&request.body), &self.metadata) {
+            (Ok(query), Some(metadata)) => {
+                let replica = metadata.replica.borrow();
+                let applied = replica.commit_min();
+                if applied < query.applied_at_least {
+                    MetadataAnswer::Behind { applied }
+                } else {
+                    match replica.state_machine().metadata.encode_snapshot() {
+                        Ok(checkpoint) if checkpoint.len() <= METADATA_BYTES_MAX as usize => {
+                            MetadataAnswer::State {
+                                applied,
+                                checkpoint,
+                            }
+                        }
+                        Ok(checkpoint) => MetadataAnswer::TooLarge {
+                            size: checkpoint.len() as u64,
+                        },
+                        // Only a value past the format's limits fails to encode, which applied
+                        // ops never make; answered as too large, never a crash on a read.
+                        Err(_) => MetadataAnswer::TooLarge { size: u64::MAX },
+                    }
+                }
+            }
+            _ => MetadataAnswer::Behind { applied: 0 },
+        };
+        self.node_reply(request, OPERATION_METADATA, answer.encode())
     }
 
     /// The routes of a topic, from this node's applied metadata.

@@ -18,10 +18,11 @@ use galgo_consensus::message::BODY_SIZE_MAX;
 use galgo_consensus::{Command, Header, Message};
 
 use crate::client_protocol::{
-    GroupStatus, GroupStatusQuery, PartitionRoute, PollQuery, PollReply, PolledBatch,
-    ReplicaStatus, TopicQuery, TopicRoutes, OPERATION_BROKER, OPERATION_GROUP_STATUS,
-    OPERATION_POLL, OPERATION_TOPIC_ROUTES,
+    GroupStatus, GroupStatusQuery, MetadataAnswer, MetadataQuery, PartitionRoute, PollQuery,
+    PollReply, PolledBatch, ReplicaStatus, TopicQuery, TopicRoutes, OPERATION_BROKER,
+    OPERATION_GROUP_STATUS, OPERATION_METADATA, OPERATION_POLL, OPERATION_TOPIC_ROUTES,
 };
+use crate::metadata::{Limits, Metadata};
 use crate::node::{shard_address, METADATA_GROUP};
 
 /// How long one node gets to answer before the next member is tried.
@@ -239,6 +240,52 @@ impl RoutingClient {
         Err(RoutingError::Timeout {
             group: route.group,
             attempts: (3 * n) as u32,
+        })
+    }
+
+    /// The metadata as some node applied it through at least op `applied_at_least` (pass the
+    /// `op` of this client's last metadata reply to read its own writes), with the op it was
+    /// applied through. The presumed primary is asked first, then every node, until the deadline.
+    pub fn metadata(&mut self, applied_at_least: u64) -> Result<(u64, Metadata), RoutingError> {
+        let members: Vec<u8> = self.nodes.keys().copied().collect();
+        let n = members.len() as u64;
+        assert!(n > 0);
+        let deadline = Instant::now() + CALL_DEADLINE;
+        let mut attempts = 0u32;
+        while Instant::now() < deadline {
+            let view = u64::from(self.views.get(&METADATA_GROUP).copied().unwrap_or(0));
+            for index in 0..n {
+                let node = members[((view + index) % n) as usize];
+                attempts += 1;
+                let body = MetadataQuery { applied_at_least }.encode();
+                let request = self.query(METADATA_GROUP, OPERATION_METADATA, body);
+                let Some(reply) = self.exchange(node, 0, &request) else {
+                    continue;
+                };
+                match MetadataAnswer::decode(&reply.body) {
+                    Ok(MetadataAnswer::State {
+                        applied,
+                        checkpoint,
+                    }) => {
+                        let metadata = Metadata::decode_snapshot(&checkpoint, Limits::default())
+                            .map_err(|e| RoutingError::Protocol(e.to_string()))?;
+                        return Ok((applied, metadata));
+                    }
+                    Ok(MetadataAnswer::Behind { .. }) => continue,
+                    Ok(MetadataAnswer::TooLarge { size }) => {
+                        return Err(RoutingError::Protocol(format!(
+                            "the metadata checkpoint has {size} bytes, more than one answer carries"
+                        )))
+                    }
+                    // Garbage from one node: ask the next.
+                    Err(_) => continue,
+                }
+            }
+            std::thread::sleep(RETRY_PAUSE);
+        }
+        Err(RoutingError::Timeout {
+            group: METADATA_GROUP,
+            attempts,
         })
     }
 

@@ -9,17 +9,21 @@ use galgo_consensus::StateMachine;
 use crate::codec::{short_prefix, DecodeError, Reader, Writer};
 
 use super::ops::MetadataOp;
-use super::{Applied, Metadata};
+use super::{Applied, Metadata, RefusalKind};
 
-pub const REPLY_VERSION: u8 = 1;
+/// Version 2: a refusal carries its kind.
+pub const REPLY_VERSION: u8 = 2;
 /// Partitions listed in one `Joined` reply, at most.
 const JOINED_PARTITIONS_MAX: u32 = 100_000;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MetadataReply {
     Applied(Applied),
-    /// Refused: nothing changed.
-    Refused(String),
+    /// Refused: nothing changed. `reason` is for people (cut to 255 bytes on the wire).
+    Refused {
+        kind: RefusalKind,
+        reason: String,
+    },
 }
 
 impl MetadataReply {
@@ -27,8 +31,9 @@ impl MetadataReply {
         let mut w = Writer::default();
         w.u8(REPLY_VERSION);
         match self {
-            MetadataReply::Refused(reason) => {
+            MetadataReply::Refused { kind, reason } => {
                 w.u8(0);
+                w.u8(*kind as u8);
                 w.short_str(short_prefix(reason));
             }
             MetadataReply::Applied(applied) => match applied {
@@ -78,7 +83,17 @@ impl MetadataReply {
         let mut r = Reader::new(bytes);
         r.version("metadata reply version", REPLY_VERSION)?;
         let reply = match r.u8("metadata reply kind")? {
-            0 => MetadataReply::Refused(r.short_str("reason")?),
+            0 => {
+                let tag = r.u8("refusal kind")?;
+                let kind = RefusalKind::from_u8(tag).ok_or(DecodeError::UnknownTag {
+                    field: "refusal kind",
+                    tag,
+                })?;
+                MetadataReply::Refused {
+                    kind,
+                    reason: r.short_str("reason")?,
+                }
+            }
             1 => MetadataReply::Applied(Applied::Done),
             2 => MetadataReply::Applied(Applied::StreamCreated { id: r.u32("id")? }),
             3 => MetadataReply::Applied(Applied::TopicCreated { id: r.u32("id")? }),
@@ -134,7 +149,13 @@ impl StateMachine for MetadataMachine {
     fn apply(&mut self, _op: u64, timestamp: u64, _operation: u8, body: &[u8]) -> Vec<u8> {
         let op = match MetadataOp::decode(body) {
             Ok(op) => op,
-            Err(error) => return MetadataReply::Refused(format!("bad request: {error}")).encode(),
+            Err(error) => {
+                return MetadataReply::Refused {
+                    kind: RefusalKind::BadRequest,
+                    reason: format!("bad request: {error}"),
+                }
+                .encode()
+            }
         };
         let places = matches!(
             op,
@@ -152,7 +173,10 @@ impl StateMachine for MetadataMachine {
                 }
                 MetadataReply::Applied(applied)
             }
-            Err(error) => MetadataReply::Refused(error.to_string()),
+            Err(error) => MetadataReply::Refused {
+                kind: error.kind(),
+                reason: error.to_string(),
+            },
         };
         reply.encode()
     }
@@ -166,8 +190,14 @@ mod tests {
     #[test]
     fn replies_round_trip_and_truncations_are_refused() {
         for reply in [
-            MetadataReply::Refused("stream 1 not found".into()),
-            MetadataReply::Refused("é".repeat(300)),
+            MetadataReply::Refused {
+                kind: RefusalKind::StreamNotFound,
+                reason: "stream 1 not found".into(),
+            },
+            MetadataReply::Refused {
+                kind: RefusalKind::InvalidName,
+                reason: "é".repeat(300),
+            },
             MetadataReply::Applied(Applied::Done),
             MetadataReply::Applied(Applied::StreamCreated { id: 1 }),
             MetadataReply::Applied(Applied::TopicCreated { id: 2 }),
@@ -182,10 +212,12 @@ mod tests {
         ] {
             let bytes = reply.encode();
             let decoded = MetadataReply::decode(&bytes).unwrap();
-            if let MetadataReply::Refused(reason) = &reply {
+            if let MetadataReply::Refused { kind, reason } = &reply {
                 assert!(reason.starts_with(match &decoded {
-                    MetadataReply::Refused(cut) => cut.as_str(),
-                    _ => panic!("a refusal decodes as one"),
+                    MetadataReply::Refused { kind: same, reason } if same == kind => {
+                        reason.as_str()
+                    }
+                    _ => panic!("a refusal decodes as one, of its kind"),
                 }));
             } else {
                 assert_eq!(decoded, reply);
@@ -224,12 +256,18 @@ mod tests {
         // Again: refused (the name is taken), nothing moves.
         assert!(matches!(
             MetadataReply::decode(&machine.apply(3, 3_000, 16, &create_topic)).unwrap(),
-            MetadataReply::Refused(_)
+            MetadataReply::Refused {
+                kind: RefusalKind::TopicNameTaken,
+                ..
+            }
         ));
         assert_eq!(machine.placements_version, 1);
         assert!(matches!(
             MetadataReply::decode(&machine.apply(4, 4_000, 16, b"junk")).unwrap(),
-            MetadataReply::Refused(_)
+            MetadataReply::Refused {
+                kind: RefusalKind::BadRequest,
+                ..
+            }
         ));
     }
 }

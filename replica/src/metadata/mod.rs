@@ -16,7 +16,7 @@ pub mod users;
 
 use std::collections::BTreeMap;
 
-pub use error::MetadataError;
+pub use error::{MetadataError, RefusalKind};
 pub use names::Ident;
 pub use ops::{Durability, MetadataOp, TopicOptions, UserStatus};
 pub use permissions::{Action, Permissions};
