@@ -28,7 +28,13 @@ type Acked = Vec<(u64, Vec<u8>)>;
 /// galgo dev's cluster id (the embedded configuration).
 const CLUSTER: u128 = 1;
 
-fn start(data_dir: &Path, bus: SocketAddr, client: SocketAddr, log: &Path) -> Child {
+fn start(
+    data_dir: &Path,
+    bus: SocketAddr,
+    client: SocketAddr,
+    gateway: SocketAddr,
+    log: &Path,
+) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -43,6 +49,7 @@ fn start(data_dir: &Path, bus: SocketAddr, client: SocketAddr, log: &Path) -> Ch
             format!("[{{ id = 0, address = \"{bus}\", client_address = \"{client}\" }}]"),
         )
         .env("GALGO_ROOT_PASSWORD", "kill-loop")
+        .env("GALGO_GATEWAY_TCP_ADDRESS", gateway.to_string())
         // Two shards whatever the machine: the test's addresses leave room for four.
         .env("GALGO_REPLICA_SHARDS", "2")
         .stdout(Stdio::from(log.try_clone().unwrap()))
@@ -59,8 +66,8 @@ fn sigkill_loop_on_galgo_dev_loses_no_acknowledged_message() {
     std::fs::create_dir_all(&root).unwrap();
     let data_dir = root.join("data");
     let log = root.join("galgo.log");
-    let (bus, client_address) = (free_address(), free_address());
-    let mut child = start(&data_dir, bus, client_address, &log);
+    let (bus, client_address, gateway) = (free_address(), free_address(), free_address());
+    let mut child = start(&data_dir, bus, client_address, gateway, &log);
 
     let mut client = RoutingClient::new(CLUSTER, 0xD1E, vec![(0, client_address)]);
     let route = create_topic(&mut client, "loop", "t", 1, 1)[0].clone();
@@ -118,7 +125,7 @@ fn sigkill_loop_on_galgo_dev_loses_no_acknowledged_message() {
         child.kill().unwrap(); // SIGKILL, mid-stream
         child.wait().unwrap();
         acked_at_kill.push(acked.lock().unwrap().len());
-        child = start(&data_dir, bus, client_address, &log);
+        child = start(&data_dir, bus, client_address, gateway, &log);
     }
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);

@@ -2,6 +2,9 @@
 //! (room for their shards' ports), creating a topic, and reading a partition's messages back
 //! from a node's data directory once the node is stopped.
 
+// Each test binary includes this module and uses only some of its helpers.
+#![allow(dead_code)]
+
 use std::net::SocketAddr;
 use std::path::Path;
 

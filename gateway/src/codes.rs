@@ -1,0 +1,105 @@
+//! The numbers of the Iggy binary protocol 0.11.0 that the gateway speaks: frame commands,
+//! operations, command codes, error codes and eviction reasons.
+
+/// Frame commands (header offset 60).
+pub const COMMAND_REQUEST: u8 = 5;
+pub const COMMAND_REPLY: u8 = 8;
+pub const COMMAND_EVICTION: u8 = 13;
+
+/// Operations (request header offset 176).
+pub const OPERATION_REGISTER: u8 = 1;
+pub const OPERATION_NON_REPLICATED: u8 = 2;
+pub const OPERATION_LOGOUT: u8 = 3;
+pub const OPERATION_CREATE_STREAM: u8 = 128;
+pub const OPERATION_DELETE_STREAM: u8 = 130;
+pub const OPERATION_CREATE_TOPIC: u8 = 132;
+pub const OPERATION_DELETE_TOPIC: u8 = 134;
+pub const OPERATION_SEND_MESSAGES: u8 = 160;
+
+/// Replies to these operations carry a result section before their payload.
+pub fn result_framed(operation: u8) -> bool {
+    matches!(operation, 64..=68 | 128..=149 | 161 | 162) && operation != 138
+}
+
+/// Command codes (bytes 196..200 of a non-replicated request; implied by the operation
+/// otherwise).
+pub const CODE_PING: u32 = 1;
+pub const CODE_GET_STATS: u32 = 10;
+pub const CODE_GET_CLUSTER_METADATA: u32 = 12;
+pub const CODE_GET_ME: u32 = 20;
+pub const CODE_LOGIN_USER_LEGACY: u32 = 38;
+pub const CODE_LOGIN_WITH_PAT_LEGACY: u32 = 44;
+pub const CODE_GET_STREAM: u32 = 200;
+pub const CODE_GET_STREAMS: u32 = 201;
+pub const CODE_GET_TOPIC: u32 = 300;
+pub const CODE_GET_TOPICS: u32 = 301;
+
+/// IggyError codes the gateway answers with.
+pub const ERROR_GENERIC: u32 = 1;
+pub const ERROR_INVALID_COMMAND: u32 = 3;
+pub const ERROR_INVALID_FORMAT: u32 = 4;
+pub const ERROR_FEATURE_UNAVAILABLE: u32 = 5;
+pub const ERROR_RESOURCE_NOT_FOUND: u32 = 20;
+pub const ERROR_UNAUTHENTICATED: u32 = 40;
+pub const ERROR_UNAUTHORIZED: u32 = 41;
+pub const ERROR_INVALID_CREDENTIALS: u32 = 42;
+pub const ERROR_TRANSIENT_NOT_COMMITTED: u32 = 57;
+pub const ERROR_STREAM_ID_NOT_FOUND: u32 = 1009;
+pub const ERROR_STREAM_NAME_ALREADY_EXISTS: u32 = 1012;
+pub const ERROR_INVALID_STREAM_NAME: u32 = 1013;
+pub const ERROR_TOPIC_ID_NOT_FOUND: u32 = 2010;
+pub const ERROR_TOPIC_NAME_ALREADY_EXISTS: u32 = 2013;
+pub const ERROR_INVALID_TOPIC_NAME: u32 = 2014;
+pub const ERROR_INVALID_PARTITIONS_COUNT: u32 = 2019;
+pub const ERROR_UNSUPPORTED_OPTION_KEY: u32 = 4041;
+pub const ERROR_INVALID_OPTION_VALUE: u32 = 4042;
+pub const ERROR_OPTIONS_BLOCK_TOO_LARGE: u32 = 4043;
+pub const ERROR_INVALID_SESSION: u32 = 14001;
+
+/// Eviction reasons (eviction header offset 255).
+pub const EVICTION_NO_SESSION: u8 = 1;
+pub const EVICTION_INVALID_REQUEST_OPERATION: u8 = 4;
+pub const EVICTION_INVALID_REQUEST_BODY: u8 = 5;
+pub const EVICTION_INVALID_REQUEST_BODY_SIZE: u8 = 6;
+pub const EVICTION_SESSION_TOO_LOW: u8 = 7;
+pub const EVICTION_INVALID_CREDENTIALS: u8 = 9;
+pub const EVICTION_USER_INACTIVE: u8 = 11;
+pub const EVICTION_STALE_CLIENT: u8 = 13;
+pub const EVICTION_INCOMPATIBLE_PROTOCOL: u8 = 14;
+pub const EVICTION_MALFORMED_LOGIN: u8 = 15;
+
+/// The protocol version this gateway speaks, packed `major << 20 | minor << 10 | patch`.
+pub const PROTOCOL_VERSION: u32 = 11 << 10;
+/// The oldest client version it accepts: the same major.minor, any patch.
+pub const PROTOCOL_VERSION_MIN: u32 = PROTOCOL_VERSION & !0x3ff;
+
+/// Whether a client speaking `version` may log in: at least the oldest accepted, and no newer
+/// major.minor than ours.
+pub fn version_accepted(version: u32) -> bool {
+    version >= PROTOCOL_VERSION_MIN && version >> 10 <= PROTOCOL_VERSION >> 10
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_version_gate_takes_any_patch_of_0_11_only() {
+        assert_eq!(PROTOCOL_VERSION, 11264);
+        assert!(version_accepted(11264));
+        assert!(version_accepted(11264 + 3));
+        assert!(!version_accepted(10 << 10));
+        assert!(!version_accepted(12 << 10));
+        assert!(!version_accepted(1 << 20));
+    }
+
+    #[test]
+    fn result_framing_follows_the_operation() {
+        assert!(result_framed(OPERATION_CREATE_STREAM));
+        assert!(result_framed(161));
+        assert!(!result_framed(138));
+        assert!(!result_framed(OPERATION_NON_REPLICATED));
+        assert!(!result_framed(OPERATION_SEND_MESSAGES));
+        assert!(!result_framed(OPERATION_LOGOUT));
+    }
+}

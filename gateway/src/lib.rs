@@ -1,0 +1,10 @@
+//! Galgo's gateway: the Iggy binary protocol 0.11.0 in front of a Galgo cluster. It
+//! authenticates clients against the replicated users, answers reads from the applied
+//! metadata, and sends writes to the primary of their group through the routing client.
+
+pub mod codes;
+pub mod connection;
+pub mod frame;
+pub mod replies;
+pub mod server;
+pub mod wire;

@@ -1,0 +1,257 @@
+//! The gateway's Iggy binary-protocol listener: accepts connections up to a limit and serves
+//! each on its own thread, in lockstep (one request, one reply), with a frame size limit and an
+//! idle timeout. A malformed frame ends its connection with an eviction naming the reason;
+//! nothing a client sends reaches stored data unchecked.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use galgo_replica::routing::RoutingClient;
+
+use crate::codes::{
+    EVICTION_INVALID_REQUEST_BODY, EVICTION_INVALID_REQUEST_BODY_SIZE,
+    EVICTION_INVALID_REQUEST_OPERATION,
+};
+use crate::connection::{Connection, Outcome};
+use crate::frame::{eviction, read_request, FrameError};
+use crate::replies::ProcessStats;
+
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// Where the Iggy binary protocol listens.
+    pub listen: SocketAddr,
+    /// The cluster and its nodes' client ports.
+    pub cluster: u128,
+    pub nodes: Vec<(u8, SocketAddr)>,
+    /// The HTTP port GetClusterMetadata reports.
+    pub http_port: u16,
+    /// Largest request frame, header included (Iggy's own cap is 64 MiB).
+    pub frame_size_max: u32,
+    /// Largest frame before login (a login is small).
+    pub login_frame_size_max: u32,
+    pub connections_max: u32,
+    /// A connection silent this long is closed (the 0.11.0 client pings every 5 s).
+    pub idle_timeout: Duration,
+    /// Print refusals and errors to stderr.
+    pub verbose: bool,
+}
+
+impl GatewayConfig {
+    pub fn new(listen: SocketAddr, cluster: u128, nodes: Vec<(u8, SocketAddr)>) -> GatewayConfig {
+        GatewayConfig {
+            listen,
+            cluster,
+            nodes,
+            http_port: 3000,
+            frame_size_max: 64 << 20,
+            login_frame_size_max: 4096,
+            connections_max: 1024,
+            idle_timeout: Duration::from_secs(60),
+            verbose: false,
+        }
+    }
+}
+
+/// What all connections share.
+pub struct Shared {
+    pub version: String,
+    pub advertised: SocketAddr,
+    pub http_port: u16,
+    pub sessions: AtomicU64,
+    pub connections: AtomicU32,
+    started: Instant,
+    start_time_us: u64,
+    verbose: bool,
+}
+
+impl Shared {
+    pub fn log(&self, line: &str) {
+        if self.verbose {
+            eprintln!("galgo gateway: {line}");
+        }
+    }
+
+    pub fn process_stats(&self) -> ProcessStats {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let kib = |text: &str, key: &str| -> u64 {
+            text.lines()
+                .find(|line| line.starts_with(key))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|value| value.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let read = |path: &str| {
+            std::fs::read_to_string(path)
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default()
+        };
+        ProcessStats {
+            process_id: std::process::id(),
+            memory_usage: kib(&status, "VmRSS:") * 1024,
+            total_memory: kib(&meminfo, "MemTotal:") * 1024,
+            available_memory: kib(&meminfo, "MemAvailable:") * 1024,
+            run_time_us: self.started.elapsed().as_micros() as u64,
+            start_time_us: self.start_time_us,
+            clients: self.connections.load(Ordering::Relaxed),
+            hostname: read("/proc/sys/kernel/hostname"),
+            os_version: read("/proc/sys/kernel/osrelease"),
+            server_version: self.version.clone(),
+            server_semver: semver(env!("CARGO_PKG_VERSION")),
+            threads: kib(&status, "Threads:") as u32,
+        }
+    }
+}
+
+/// `MMMmmmppp` of a `major.minor.patch` version (0 if it is not one).
+fn semver(version: &str) -> u32 {
+    let parts: Vec<u32> = version.split('.').filter_map(|p| p.parse().ok()).collect();
+    match parts.as_slice() {
+        [major, minor, patch] if *minor < 1000 && *patch < 1000 => {
+            major * 1_000_000 + minor * 1000 + patch
+        }
+        _ => 0,
+    }
+}
+
+/// A running gateway listener.
+pub struct Gateway {
+    pub address: SocketAddr,
+}
+
+/// Binds the listener and serves it on a thread of its own.
+pub fn start(config: GatewayConfig) -> std::io::Result<Gateway> {
+    assert!(!config.nodes.is_empty());
+    assert!(config.frame_size_max >= 256);
+    let listener = TcpListener::bind(config.listen)?;
+    let address = listener.local_addr()?;
+    let shared = Arc::new(Shared {
+        version: format!("galgo {}", env!("CARGO_PKG_VERSION")),
+        advertised: address,
+        http_port: config.http_port,
+        sessions: AtomicU64::new(0),
+        connections: AtomicU32::new(0),
+        started: Instant::now(),
+        start_time_us: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64),
+        verbose: config.verbose,
+    });
+    std::thread::Builder::new()
+        .name("galgo-gateway".to_string())
+        .spawn(move || accept(listener, config, shared))?;
+    Ok(Gateway { address })
+}
+
+fn accept(listener: TcpListener, config: GatewayConfig, shared: Arc<Shared>) {
+    let mut number = 0u32;
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else {
+            continue;
+        };
+        if shared.connections.load(Ordering::Relaxed) >= config.connections_max {
+            shared.log("connection refused: at the connection limit");
+            drop(stream);
+            continue;
+        }
+        number = number.wrapping_add(1);
+        // Counted until the guard drops: when the connection ends, or its thread never starts.
+        let counted = Counted::new(shared.clone());
+        let config = config.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("galgo-gateway-{number}"))
+            .spawn(move || {
+                let shared = counted.shared.clone();
+                serve(stream, &config, shared, number);
+                drop(counted);
+            });
+        if spawned.is_err() {
+            shared.log("connection dropped: its thread did not start");
+        }
+    }
+}
+
+fn serve(mut stream: TcpStream, config: &GatewayConfig, shared: Arc<Shared>, number: u32) {
+    let Ok(peer) = stream.peer_addr() else {
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    if stream.set_read_timeout(Some(config.idle_timeout)).is_err() {
+        return;
+    }
+    let routing = RoutingClient::new(config.cluster, random_client_id(), config.nodes.clone());
+    let mut connection = Connection::new(shared.clone(), routing, peer, number);
+    loop {
+        let size_max = if connection.logged_in() {
+            config.frame_size_max
+        } else {
+            config.login_frame_size_max
+        };
+        let request = match read_request(&mut stream, size_max) {
+            Ok(request) => request,
+            Err(FrameError::Closed) | Err(FrameError::Io(_)) => return,
+            Err(error) => {
+                shared.log(&format!("{peer}: bad frame: {error:?}"));
+                let reason = match error {
+                    FrameError::BadSize(_) => EVICTION_INVALID_REQUEST_BODY_SIZE,
+                    FrameError::BadChecksum => EVICTION_INVALID_REQUEST_BODY,
+                    _ => EVICTION_INVALID_REQUEST_OPERATION,
+                };
+                let _ = stream.write_all(&eviction(0, reason, None));
+                return;
+            }
+        };
+        match connection.handle(&request) {
+            Outcome::Reply(frame) => {
+                if stream.write_all(&frame).is_err() {
+                    return;
+                }
+            }
+            Outcome::Evict(frame) => {
+                let _ = stream.write_all(&frame);
+                return;
+            }
+        }
+    }
+}
+
+/// One open connection in `Shared::connections`, for as long as it lives (a panic included).
+struct Counted {
+    shared: Arc<Shared>,
+}
+
+impl Counted {
+    fn new(shared: Arc<Shared>) -> Counted {
+        shared.connections.fetch_add(1, Ordering::Relaxed);
+        Counted { shared }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn random_client_id() -> u128 {
+    use rand_core::RngCore;
+    let mut bytes = [0u8; 16];
+    rand_core::OsRng.fill_bytes(&mut bytes);
+    u128::from_le_bytes(bytes).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_pack_as_iggy_reads_them() {
+        assert_eq!(semver("0.1.0"), 1000);
+        assert_eq!(semver("0.9.0"), 9000);
+        assert_eq!(semver("1.2.3"), 1_002_003);
+        assert_eq!(semver("dev"), 0);
+    }
+}

@@ -1,0 +1,170 @@
+//! Iggy's own Rust client, crates.io `iggy` 0.11.0, against `galgo dev`: the gateway speaks
+//! its binary protocol. Login (refused with bad credentials), ping, cluster metadata (a
+//! one-node roster), streams and topics created, read, refused when the name is taken and
+//! deleted, stats and the client's own info, logout.
+
+mod common;
+
+use common::free_address;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use iggy::prelude::*;
+
+const USERNAME: &str = "iggy";
+const PASSWORD: &str = "compat-secret";
+
+struct Dev(Child);
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_dev(data_dir: &Path, gateway: SocketAddr, log: &Path) -> Dev {
+    let (bus, client) = (free_address(), free_address());
+    let log = std::fs::File::create(log).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_galgo"))
+        .arg("dev")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env(
+            "GALGO_CLUSTER_NODES",
+            format!("[{{ id = 0, address = \"{bus}\", client_address = \"{client}\" }}]"),
+        )
+        .env("GALGO_GATEWAY_TCP_ADDRESS", gateway.to_string())
+        .env("GALGO_ROOT_USERNAME", USERNAME)
+        .env("GALGO_ROOT_PASSWORD", PASSWORD)
+        .env("GALGO_REPLICA_SHARDS", "2")
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("galgo dev starts");
+    Dev(child)
+}
+
+async fn client(gateway: SocketAddr) -> IggyClient {
+    let client = IggyClientBuilder::new()
+        .with_tcp()
+        .with_server_address(gateway.to_string())
+        .build()
+        .expect("a client builds");
+    client.connect().await.expect("the client connects");
+    client
+}
+
+/// Logs in, retrying while the dev node sets its root user on first start.
+async fn login(client: &IggyClient) -> IdentityInfo {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.login_user(USERNAME, PASSWORD).await {
+            Ok(identity) => return identity,
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("login not yet: {error}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(error) => panic!("login failed: {error}"),
+        }
+    }
+}
+
+#[test]
+fn the_iggy_0_11_client_manages_streams_and_topics_through_the_gateway() {
+    let root = std::env::temp_dir().join(format!("galgo-iggy-compat-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let gateway = free_address();
+    let _dev = start_dev(&root.join("data"), gateway, &root.join("dev.log"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // The gateway listens once the node is up.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(gateway).is_err() {
+            assert!(Instant::now() < deadline, "the gateway never listened");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let client = client(gateway).await;
+        client
+            .ping()
+            .await
+            .expect("a ping before login is answered");
+        let identity = login(&client).await;
+        assert_eq!(identity.user_id, 0, "the root user is user 0");
+        client.ping().await.unwrap();
+
+        // A wrong password on another connection: InvalidCredentials.
+        let stranger = self::client(gateway).await;
+        let refused = stranger.login_user(USERNAME, "wrong-password").await;
+        assert!(
+            matches!(refused, Err(IggyError::InvalidCredentials)),
+            "{refused:?}"
+        );
+        // Before login nothing but ping is served.
+        assert!(stranger.get_streams().await.is_err());
+
+        let cluster = client.get_cluster_metadata().await.unwrap();
+        assert_eq!(cluster.nodes.len(), 1, "a one-node roster: {cluster:?}");
+
+        let stream = client.create_stream("orders").await.unwrap();
+        assert_eq!(stream.name, "orders");
+        let again = client.create_stream("orders").await;
+        assert!(
+            matches!(again, Err(IggyError::StreamNameAlreadyExists(_))),
+            "{again:?}"
+        );
+        let streams = client.get_streams().await.unwrap();
+        assert!(streams.iter().any(|s| s.name == "orders"));
+        let stream_id = Identifier::named("orders").unwrap();
+
+        let options = TopicCreateOptions {
+            partitions_count: Some(3),
+            ..TopicCreateOptions::default()
+        };
+        let topic = client
+            .create_topic(&stream_id, "payments", &options)
+            .await
+            .unwrap();
+        assert_eq!(topic.name, "payments");
+        assert_eq!(topic.partitions_count, 3);
+        let topic_id = Identifier::named("payments").unwrap();
+        let read = client.get_topic(&stream_id, &topic_id).await.unwrap();
+        let read = read.expect("the topic is found");
+        assert_eq!(read.partitions.len(), 3);
+        let topics = client.get_topics(&stream_id).await.unwrap();
+        assert_eq!(topics.len(), 1);
+        let details = client.get_stream(&stream_id).await.unwrap().unwrap();
+        assert_eq!(details.topics_count, 1);
+        let taken = client.create_topic(&stream_id, "payments", &options).await;
+        assert!(
+            matches!(taken, Err(IggyError::TopicNameAlreadyExists(_, _))),
+            "{taken:?}"
+        );
+
+        let stats = client.get_stats().await.unwrap();
+        assert!(stats.streams_count >= 1);
+        assert!(stats.partitions_count >= 3);
+        let me = client.get_me().await.unwrap();
+        assert_eq!(me.user_id, Some(0));
+
+        client.delete_topic(&stream_id, &topic_id).await.unwrap();
+        assert!(client
+            .get_topic(&stream_id, &topic_id)
+            .await
+            .unwrap()
+            .is_none());
+        client.delete_stream(&stream_id).await.unwrap();
+        assert!(client.get_stream(&stream_id).await.unwrap().is_none());
+        let missing = client.delete_stream(&stream_id).await;
+        assert!(missing.is_err());
+        client.logout_user().await.unwrap();
+    });
+    let _ = std::fs::remove_dir_all(&root);
+}
