@@ -104,29 +104,11 @@ fn main() -> ExitCode {
         message_size,
     } = &cli.command
     {
-        let text = match config {
-            None => DEV_CONFIG.to_string(),
-            Some(path) => match std::fs::read_to_string(path) {
-                Ok(text) => text,
-                Err(error) => {
-                    eprintln!("galgo: cannot read {}: {error}", path.display());
-                    return ExitCode::from(2);
-                }
-            },
-        };
-        let config = match Config::load(&text, env) {
+        let config = match load_config(config.as_deref(), env) {
             Ok(config) => config,
-            Err(error) => {
-                eprintln!("galgo: {error}");
-                return ExitCode::from(2);
-            }
+            Err(code) => return code,
         };
-        let nodes = config
-            .cluster
-            .nodes
-            .iter()
-            .map(|n| (n.id, n.client_address.parse().expect("checked: an address")))
-            .collect();
+        let nodes = client_addresses(&config);
         let options = bench::BenchOptions {
             cluster: u128::from(config.cluster.id),
             nodes,
@@ -146,19 +128,9 @@ fn main() -> ExitCode {
         };
     }
     if let Command::Gateway { config, verbose } = &cli.command {
-        let text = match std::fs::read_to_string(config) {
-            Ok(text) => text,
-            Err(error) => {
-                eprintln!("galgo: cannot read {}: {error}", config.display());
-                return ExitCode::from(2);
-            }
-        };
-        let config = match Config::load(&text, env) {
+        let config = match load_config(Some(config), env) {
             Ok(config) => config,
-            Err(error) => {
-                eprintln!("galgo: {error}");
-                return ExitCode::from(2);
-            }
+            Err(code) => return code,
         };
         return match start_gateway(&config, *verbose) {
             Ok(()) => loop {
@@ -274,6 +246,35 @@ fn run_shard(
     }
 }
 
+/// The configuration in the file at `path` (the embedded dev configuration without one), with
+/// the `GALGO_*` variables of `env` over it; a problem is printed and ends the command.
+fn load_config(
+    path: Option<&std::path::Path>,
+    env: Vec<(String, String)>,
+) -> Result<Config, ExitCode> {
+    let text = match path {
+        None => DEV_CONFIG.to_string(),
+        Some(path) => std::fs::read_to_string(path).map_err(|error| {
+            eprintln!("galgo: cannot read {}: {error}", path.display());
+            ExitCode::from(2)
+        })?,
+    };
+    Config::load(&text, env).map_err(|error| {
+        eprintln!("galgo: {error}");
+        ExitCode::from(2)
+    })
+}
+
+/// Each node's id and client port (routing clients and gateways connect there).
+fn client_addresses(config: &Config) -> Vec<(u8, std::net::SocketAddr)> {
+    config
+        .cluster
+        .nodes
+        .iter()
+        .map(|n| (n.id, n.client_address.parse().expect("checked: an address")))
+        .collect()
+}
+
 /// Starts the Iggy-protocol gateway on `gateway.tcp_address` for the cluster of `config`.
 fn start_gateway(config: &Config, verbose: bool) -> Result<(), ()> {
     let listen: std::net::SocketAddr = config
@@ -286,12 +287,7 @@ fn start_gateway(config: &Config, verbose: bool) -> Result<(), ()> {
         .http_address
         .parse()
         .expect("checked: an address");
-    let nodes = config
-        .cluster
-        .nodes
-        .iter()
-        .map(|n| (n.id, n.client_address.parse().expect("checked: an address")))
-        .collect();
+    let nodes = client_addresses(config);
     let mut gateway = GatewayConfig::new(listen, u128::from(config.cluster.id), nodes);
     gateway.http_port = http.port();
     gateway.verbose = verbose;

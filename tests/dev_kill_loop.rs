@@ -7,11 +7,11 @@
 
 mod common;
 
-use common::{create_topic, free_address, read_partition};
+use common::{create_topic, dev_command, free_address, read_partition};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -40,18 +40,7 @@ fn start(
         .append(true)
         .open(log)
         .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_galgo"))
-        .arg("dev")
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env(
-            "GALGO_CLUSTER_NODES",
-            format!("[{{ id = 0, address = \"{bus}\", client_address = \"{client}\" }}]"),
-        )
-        .env("GALGO_ROOT_PASSWORD", "kill-loop")
-        .env("GALGO_GATEWAY_TCP_ADDRESS", gateway.to_string())
-        // Two shards whatever the machine: the test's addresses leave room for four.
-        .env("GALGO_REPLICA_SHARDS", "2")
+    dev_command(data_dir, bus, client, gateway, "kill-loop")
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log))
         .spawn()

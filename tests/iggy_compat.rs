@@ -5,11 +5,11 @@
 
 mod common;
 
-use common::free_address;
+use common::{dev_command, free_address};
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use iggy::prelude::*;
@@ -29,18 +29,8 @@ impl Drop for Dev {
 fn start_dev(data_dir: &Path, gateway: SocketAddr, log: &Path) -> Dev {
     let (bus, client) = (free_address(), free_address());
     let log = std::fs::File::create(log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_galgo"))
-        .arg("dev")
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env(
-            "GALGO_CLUSTER_NODES",
-            format!("[{{ id = 0, address = \"{bus}\", client_address = \"{client}\" }}]"),
-        )
-        .env("GALGO_GATEWAY_TCP_ADDRESS", gateway.to_string())
+    let child = dev_command(data_dir, bus, client, gateway, PASSWORD)
         .env("GALGO_ROOT_USERNAME", USERNAME)
-        .env("GALGO_ROOT_PASSWORD", PASSWORD)
-        .env("GALGO_REPLICA_SHARDS", "2")
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log))
         .spawn()

@@ -1,12 +1,14 @@
 //! Helpers shared by the tests that start `galgo` processes: free listen addresses for nodes
-//! (room for their shards' ports), creating a topic, and reading a partition's messages back
-//! from a node's data directory once the node is stopped.
+//! (room for their shards' ports), the `galgo dev` command on such addresses, creating a
+//! topic, and reading a partition's messages back from a node's data directory once the node
+//! is stopped.
 
 // Each test binary includes this module and uses only some of its helpers.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::Command;
 
 use galgo_consensus::Message;
 use galgo_replica::client_protocol::{PartitionRoute, OPERATION_BROKER};
@@ -34,6 +36,31 @@ pub fn free_address() -> SocketAddr {
             return SocketAddr::from(([127, 0, 0, 1], port));
         }
     }
+}
+
+/// `galgo dev` on `data_dir` with its replica bus, client port and gateway on the given
+/// addresses, two shards whatever the machine (the addresses leave room for four), and root's
+/// password `root_password`.
+pub fn dev_command(
+    data_dir: &Path,
+    bus: SocketAddr,
+    client: SocketAddr,
+    gateway: SocketAddr,
+    root_password: &str,
+) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_galgo"));
+    command
+        .arg("dev")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env(
+            "GALGO_CLUSTER_NODES",
+            format!("[{{ id = 0, address = \"{bus}\", client_address = \"{client}\" }}]"),
+        )
+        .env("GALGO_GATEWAY_TCP_ADDRESS", gateway.to_string())
+        .env("GALGO_ROOT_PASSWORD", root_password)
+        .env("GALGO_REPLICA_SHARDS", "2");
+    command
 }
 
 /// The messages of a partition log on disk: (offset, payload) of every append, in log order.
