@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use galgo_replica::client_protocol::{PartitionRoute, PollQuery};
+use galgo_replica::client_protocol::{PartitionRoute, PollQuery, PollStart, Polled};
 use galgo_replica::partition::ops::{PartitionOp, ProducerStamp};
 use galgo_replica::partition::reply::PartitionReply;
 use galgo_replica::routing::RoutingClient;
@@ -240,11 +240,11 @@ fn three_processes_survive_a_primary_kill_and_keep_every_acknowledged_message() 
     let polling = Instant::now();
     loop {
         let query = PollQuery {
-            offset: polled.len() as u64,
+            start: PollStart::Offset(polled.len() as u64),
             batches_max: 100,
             bytes_max: 4096,
         };
-        let (end, batches) = client.poll(&route, query).expect("a poll answer");
+        let Polled { end, batches, .. } = client.poll(&route, query).expect("a poll answer");
         assert!(
             end >= acked.len() as u64,
             "the committed end covers every acknowledgement"

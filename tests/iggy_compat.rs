@@ -1,7 +1,8 @@
 //! Iggy's own Rust client, crates.io `iggy` 0.11.0, against `galgo dev`: the gateway speaks
 //! its binary protocol. Login (refused with bad credentials), ping, cluster metadata (a
 //! one-node roster), streams and topics created, read, refused when the name is taken and
-//! deleted, stats and the client's own info, logout.
+//! deleted; messages sent to chosen and balanced partitions and polled back with every
+//! strategy, stored consumer offsets and auto-commit; stats and the client's own info, logout.
 
 mod common;
 
@@ -10,6 +11,7 @@ use common::{dev_command, free_address};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Stdio};
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use iggy::prelude::*;
@@ -138,6 +140,8 @@ fn the_iggy_0_11_client_manages_streams_and_topics_through_the_gateway() {
             "{taken:?}"
         );
 
+        send_and_poll(&client, &stream_id, &topic_id).await;
+
         let stats = client.get_stats().await.unwrap();
         assert!(stats.streams_count >= 1);
         assert!(stats.partitions_count >= 3);
@@ -157,4 +161,124 @@ fn the_iggy_0_11_client_manages_streams_and_topics_through_the_gateway() {
         client.logout_user().await.unwrap();
     });
     let _ = std::fs::remove_dir_all(&root);
+}
+
+fn payloads(polled: &PolledMessages) -> Vec<String> {
+    polled
+        .messages
+        .iter()
+        .map(|m| String::from_utf8(m.payload.to_vec()).unwrap())
+        .collect()
+}
+
+async fn send_and_poll(client: &IggyClient, stream: &Identifier, topic: &Identifier) {
+    // Three batches to partition 0: m0..m9, then m10..m14, then m15..m19.
+    let mut sent = Vec::new();
+    for range in [0..10, 10..15, 15..20] {
+        let mut messages: Vec<IggyMessage> = range
+            .clone()
+            .map(|i| {
+                sent.push(format!("m{i}"));
+                IggyMessage::from_str(&format!("m{i}")).unwrap()
+            })
+            .collect();
+        client
+            .send_messages(stream, topic, &Partitioning::partition_id(0), &mut messages)
+            .await
+            .expect("a batch is appended");
+    }
+    // Balanced sends spread over the three partitions (the client picks, from GetTopic).
+    for i in 0..3 {
+        let mut messages = vec![IggyMessage::from_str(&format!("b{i}")).unwrap()];
+        client
+            .send_messages(stream, topic, &Partitioning::balanced(), &mut messages)
+            .await
+            .unwrap();
+    }
+    let consumer = Consumer::new(Identifier::numeric(7).unwrap());
+    let poll = |strategy: PollingStrategy, count: u32, auto_commit: bool| {
+        let consumer = consumer.clone();
+        async move {
+            client
+                .poll_messages(
+                    stream,
+                    topic,
+                    Some(0),
+                    &consumer,
+                    &strategy,
+                    count,
+                    auto_commit,
+                )
+                .await
+                .expect("a poll answer")
+        }
+    };
+    let all = poll(PollingStrategy::offset(0), 100, false).await;
+    let partition_zero: Vec<String> = payloads(&all);
+    assert_eq!(&partition_zero[..20], &sent[..], "every message, in order");
+    assert_eq!(all.partition_id, 0);
+    for (index, message) in all.messages.iter().enumerate() {
+        assert_eq!(message.header.offset, index as u64, "offsets are dense");
+        assert!(message.header.timestamp > 0, "stamped by the server");
+    }
+    let end = all.messages.len() as u64;
+    assert_eq!(all.current_offset, end - 1);
+    // From inside a batch, across batches, a count that ends inside one.
+    let middle = poll(PollingStrategy::offset(12), 5, false).await;
+    assert_eq!(payloads(&middle), sent[12..17].to_vec());
+    assert_eq!(middle.messages[0].header.offset, 12);
+    let first = poll(PollingStrategy::first(), 3, false).await;
+    assert_eq!(payloads(&first), sent[..3].to_vec());
+    let last = poll(PollingStrategy::last(), 2, false).await;
+    assert_eq!(
+        last.messages.last().unwrap().header.offset,
+        end - 1,
+        "last ends at the newest message"
+    );
+    assert_eq!(last.messages.len(), 2);
+    let since = all.messages[15].header.timestamp;
+    let by_time = poll(PollingStrategy::timestamp(since.into()), 100, false).await;
+    assert!(
+        by_time.messages.first().unwrap().header.offset <= 15
+            && by_time.messages.last().unwrap().header.offset == end - 1,
+        "from the batch stamped at or after the time"
+    );
+    let past_end = poll(PollingStrategy::offset(end + 5), 10, false).await;
+    assert!(past_end.messages.is_empty());
+
+    // Next with auto-commit walks the partition once; the stored offset follows.
+    assert!(client
+        .get_consumer_offset(&consumer, stream, topic, Some(0))
+        .await
+        .unwrap()
+        .is_none());
+    let mut walked = Vec::new();
+    for _ in 0..20 {
+        let page = poll(PollingStrategy::next(), 4, true).await;
+        if page.messages.is_empty() {
+            break;
+        }
+        walked.extend(payloads(&page));
+    }
+    assert_eq!(
+        walked, partition_zero,
+        "next with auto-commit reads each message once"
+    );
+    let stored = client
+        .get_consumer_offset(&consumer, stream, topic, Some(0))
+        .await
+        .unwrap()
+        .expect("auto-commit stored the offset");
+    assert_eq!(stored.stored_offset, end - 1);
+    // An explicit store moves it back; next resumes after it.
+    client
+        .store_consumer_offset(&consumer, stream, topic, Some(0), 9)
+        .await
+        .unwrap();
+    let resumed = poll(PollingStrategy::next(), 2, false).await;
+    assert_eq!(payloads(&resumed), sent[10..12].to_vec());
+    let beyond = client
+        .store_consumer_offset(&consumer, stream, topic, Some(0), end + 100)
+        .await;
+    assert!(beyond.is_err(), "an offset past the end is refused");
 }

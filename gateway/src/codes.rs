@@ -15,6 +15,8 @@ pub const OPERATION_DELETE_STREAM: u8 = 130;
 pub const OPERATION_CREATE_TOPIC: u8 = 132;
 pub const OPERATION_DELETE_TOPIC: u8 = 134;
 pub const OPERATION_SEND_MESSAGES: u8 = 160;
+pub const OPERATION_STORE_CONSUMER_OFFSET: u8 = 161;
+pub const OPERATION_DELETE_CONSUMER_OFFSET: u8 = 162;
 
 /// Replies to these operations carry a result section before their payload.
 pub fn result_framed(operation: u8) -> bool {
@@ -33,6 +35,8 @@ pub const CODE_GET_STREAM: u32 = 200;
 pub const CODE_GET_STREAMS: u32 = 201;
 pub const CODE_GET_TOPIC: u32 = 300;
 pub const CODE_GET_TOPICS: u32 = 301;
+pub const CODE_POLL_MESSAGES: u32 = 100;
+pub const CODE_GET_CONSUMER_OFFSET: u32 = 120;
 
 /// IggyError codes the gateway answers with.
 pub const ERROR_GENERIC: u32 = 1;

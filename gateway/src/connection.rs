@@ -8,14 +8,22 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use galgo_replica::client_protocol::{
+    PartitionRoute, PollQuery, PollStart, POLL_BATCHES_MAX, POLL_BYTES_MAX,
+};
 use galgo_replica::metadata::machine::MetadataReply;
 use galgo_replica::metadata::{
     Action, Applied, Ident, Metadata, MetadataOp, RefusalKind, Stream, UserStatus,
 };
+use galgo_replica::partition::ops::{ConsumerKey, PartitionOp};
+use galgo_replica::partition::reply::PartitionReply;
 use galgo_replica::routing::RoutingClient;
 
 use crate::codes::*;
 use crate::frame::{eviction, reply, Request};
+use crate::messages::{
+    choose_partition, parse_offset_request, parse_poll, parse_send, poll_reply, Strategy,
+};
 use crate::replies;
 use crate::server::Shared;
 use crate::wire::{result_error, result_ok, topic_options, WireError, WireReader};
@@ -46,6 +54,10 @@ pub struct Connection {
     login: Option<Login>,
     /// The op of this connection's last metadata write: reads see at least that.
     metadata_op: u64,
+    /// Partition routes of the topics this connection used, by (stream id, topic id).
+    routes: std::collections::BTreeMap<(u32, u32), Vec<PartitionRoute>>,
+    /// Round-robin counter of balanced sends.
+    balanced: u32,
 }
 
 impl Connection {
@@ -62,6 +74,8 @@ impl Connection {
             number,
             login: None,
             metadata_op: 0,
+            routes: std::collections::BTreeMap::new(),
+            balanced: 0,
         }
     }
 
@@ -104,6 +118,8 @@ impl Connection {
             | OPERATION_DELETE_STREAM
             | OPERATION_CREATE_TOPIC
             | OPERATION_DELETE_TOPIC => self.write_metadata(request, user_id, &username),
+            OPERATION_SEND_MESSAGES => self.send(request, user_id, &username),
+            OPERATION_STORE_CONSUMER_OFFSET => self.store_offset(request, user_id, &username),
             _ => Err(WireError::new(
                 ERROR_FEATURE_UNAVAILABLE,
                 format!("operation {} is not served yet", request.operation),
@@ -210,6 +226,8 @@ impl Connection {
                 replies::cluster("galgo", &ip.to_string(), port, self.shared.http_port)
             }
             CODE_GET_ME => replies::me(self.number, Some(user_id), &self.peer.to_string()),
+            CODE_POLL_MESSAGES => return self.poll(&request.body, &metadata, user),
+            CODE_GET_CONSUMER_OFFSET => return self.get_offset(&request.body, &metadata, user),
             CODE_GET_STREAM => {
                 let ident = r.identifier("stream")?;
                 r.finish("get stream")?;
@@ -404,6 +422,259 @@ fn logged_in_user<'a>(
 fn stream_of<'a>(metadata: &'a Metadata, ident: &Ident) -> Result<&'a Stream, WireError> {
     find_stream(metadata, ident)
         .ok_or_else(|| WireError::new(ERROR_STREAM_ID_NOT_FOUND, format!("stream {ident}")))
+}
+
+/// What a request on a topic resolved to: its stream and topic ids, names and partition count.
+struct TopicTarget {
+    stream: u32,
+    topic: u32,
+    stream_name: String,
+    topic_name: String,
+    partitions: u32,
+}
+
+fn topic_target(
+    metadata: &Metadata,
+    stream: &Ident,
+    topic: &Ident,
+) -> Result<TopicTarget, WireError> {
+    let found = stream_of(metadata, stream)?;
+    let found_topic = find_topic(found, topic)
+        .ok_or_else(|| WireError::new(ERROR_TOPIC_ID_NOT_FOUND, format!("topic {topic}")))?;
+    Ok(TopicTarget {
+        stream: found.id,
+        topic: found_topic.id,
+        stream_name: found.name.clone(),
+        topic_name: found_topic.name.clone(),
+        partitions: u32::try_from(found_topic.partitions.len()).expect("bounded by the limits"),
+    })
+}
+
+/// A single consumer's key: its numeric id, or for a named consumer the low 32 bits of the
+/// name's XXH3 (names and ids share one space of u32 keys). Consumer groups are not served
+/// yet.
+fn consumer_key(consumer: &(u8, Ident)) -> Result<ConsumerKey, WireError> {
+    match consumer {
+        (1, Ident::Id(id)) => Ok(ConsumerKey::Consumer(*id)),
+        (1, Ident::Name(name)) => Ok(ConsumerKey::Consumer(xxhash_rust::xxh3::xxh3_64(
+            name.as_bytes(),
+        ) as u32)),
+        _ => Err(WireError::new(
+            ERROR_FEATURE_UNAVAILABLE,
+            "consumer groups are not served yet",
+        )),
+    }
+}
+
+fn routing_error(error: galgo_replica::routing::RoutingError) -> WireError {
+    WireError::new(ERROR_GENERIC, format!("partition: {error}"))
+}
+
+impl Connection {
+    /// The route of partition `partition` of a topic (cached per connection; refetched when
+    /// the topic's partition count changed).
+    fn route(&mut self, target: &TopicTarget, partition: u32) -> Result<PartitionRoute, WireError> {
+        let key = (target.stream, target.topic);
+        let fresh = self
+            .routes
+            .get(&key)
+            .is_some_and(|routes| routes.len() as u32 == target.partitions);
+        if !fresh {
+            let routes = self
+                .routing
+                .topic_routes(&target.stream_name, &target.topic_name)
+                .map_err(routing_error)?
+                .ok_or_else(|| WireError::new(ERROR_TOPIC_ID_NOT_FOUND, "the topic is gone"))?;
+            self.routes.insert(key, routes);
+        }
+        self.routes[&key]
+            .get(partition as usize)
+            .cloned()
+            .ok_or_else(|| {
+                WireError::new(
+                    ERROR_RESOURCE_NOT_FOUND,
+                    format!("partition {partition} of {}", target.partitions),
+                )
+            })
+    }
+
+    /// SendMessages: the checked batch, appended to the chosen partition through its group.
+    fn send(
+        &mut self,
+        request: &Request,
+        user_id: u32,
+        username: &str,
+    ) -> Result<Vec<u8>, WireError> {
+        let send = parse_send(&request.body)?;
+        let metadata = self.metadata()?;
+        let user = logged_in_user(&metadata, user_id, username)?;
+        let target = topic_target(&metadata, &send.stream, &send.topic)?;
+        require(user.allows(Action::Send {
+            stream: target.stream,
+            topic: target.topic,
+        }))?;
+        let partition =
+            choose_partition(&send.partitioning, target.partitions, &mut self.balanced)?;
+        let route = self.route(&target, partition)?;
+        let op = PartitionOp::Append {
+            base_offset: 0,
+            count: send.message_count,
+            timestamp: 0,
+            producer: None,
+        }
+        .encode(&send.batch);
+        if op.len() > galgo_consensus::message::BODY_SIZE_MAX {
+            return Err(WireError::new(
+                ERROR_INVALID_FORMAT,
+                format!(
+                    "a batch of {} bytes: at most {} per send",
+                    send.batch.len(),
+                    galgo_consensus::message::BODY_SIZE_MAX - (op.len() - send.batch.len())
+                ),
+            ));
+        }
+        let answer = self.routing.call_route(&route, op).map_err(routing_error)?;
+        match PartitionReply::decode(&answer.body) {
+            Ok(PartitionReply::Appended { base_offset, .. }) => {
+                let mut body = Vec::with_capacity(24);
+                body.extend_from_slice(&1u32.to_le_bytes());
+                body.extend_from_slice(&target.stream.to_le_bytes());
+                body.extend_from_slice(&target.topic.to_le_bytes());
+                body.extend_from_slice(&partition.to_le_bytes());
+                body.extend_from_slice(&base_offset.to_le_bytes());
+                Ok(body)
+            }
+            Ok(other) => Err(WireError::new(
+                ERROR_GENERIC,
+                format!("the partition answered {other:?}"),
+            )),
+            Err(error) => Err(WireError::new(ERROR_GENERIC, error.to_string())),
+        }
+    }
+
+    /// PollMessages: committed batches from the partition's group, stamped and cut to the
+    /// offsets asked for; with auto-commit, the consumer's offset is then stored.
+    fn poll(
+        &mut self,
+        body: &[u8],
+        metadata: &Metadata,
+        user: &galgo_replica::metadata::users::User,
+    ) -> Result<Vec<u8>, WireError> {
+        let poll = parse_poll(body)?;
+        let target = topic_target(metadata, &poll.stream, &poll.topic)?;
+        require(user.allows(Action::Poll {
+            stream: target.stream,
+            topic: target.topic,
+        }))?;
+        let consumer = consumer_key(&poll.consumer)?;
+        let partition = poll.partition.unwrap_or(0);
+        let route = self.route(&target, partition)?;
+        let start = match poll.strategy {
+            Strategy::Offset(offset) => PollStart::Offset(offset),
+            Strategy::First => PollStart::Offset(0),
+            Strategy::Last => PollStart::Last(poll.count),
+            Strategy::Timestamp(us) => PollStart::Timestamp(us),
+            Strategy::Next => PollStart::Next(consumer),
+        };
+        let query = PollQuery {
+            start,
+            batches_max: poll.count.clamp(1, POLL_BATCHES_MAX),
+            bytes_max: POLL_BYTES_MAX,
+        };
+        let polled = self.routing.poll(&route, query).map_err(routing_error)?;
+        let (reply, served, last) = poll_reply(
+            partition,
+            polled.end,
+            polled.start,
+            poll.count,
+            &polled.batches,
+        );
+        if let (true, Some(last)) = (poll.auto_commit && served > 0, last) {
+            self.commit_offset(&route, consumer, last)?;
+        }
+        Ok(reply)
+    }
+
+    fn commit_offset(
+        &mut self,
+        route: &PartitionRoute,
+        consumer: ConsumerKey,
+        offset: u64,
+    ) -> Result<(), WireError> {
+        let op = PartitionOp::StoreConsumerOffset {
+            consumer,
+            offset,
+            generation: None,
+        }
+        .encode(&[]);
+        let answer = self.routing.call_route(route, op).map_err(routing_error)?;
+        match PartitionReply::decode(&answer.body) {
+            Ok(PartitionReply::Done) => Ok(()),
+            Ok(other) => Err(WireError::new(
+                ERROR_INVALID_FORMAT,
+                format!("storing offset {offset}: {other:?}"),
+            )),
+            Err(error) => Err(WireError::new(ERROR_GENERIC, error.to_string())),
+        }
+    }
+
+    /// StoreConsumerOffset (result-framed).
+    fn store_offset(
+        &mut self,
+        request: &Request,
+        user_id: u32,
+        username: &str,
+    ) -> Result<Vec<u8>, WireError> {
+        let store = parse_offset_request(&request.body, true)?;
+        let metadata = self.metadata()?;
+        let user = logged_in_user(&metadata, user_id, username)?;
+        let target = topic_target(&metadata, &store.stream, &store.topic)?;
+        require(user.allows(Action::Poll {
+            stream: target.stream,
+            topic: target.topic,
+        }))?;
+        let consumer = consumer_key(&store.consumer)?;
+        let route = self.route(&target, store.partition.unwrap_or(0))?;
+        let offset = store.offset.expect("a store carries its offset");
+        match self.commit_offset(&route, consumer, offset) {
+            Ok(()) => Ok(result_ok(&[])),
+            Err(error) if error.code == ERROR_INVALID_FORMAT => Ok(result_error(error.code)),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// GetConsumerOffset: `[partition][newest offset][stored offset]`, empty when none is
+    /// stored.
+    fn get_offset(
+        &mut self,
+        body: &[u8],
+        metadata: &Metadata,
+        user: &galgo_replica::metadata::users::User,
+    ) -> Result<Vec<u8>, WireError> {
+        let get = parse_offset_request(body, false)?;
+        let target = topic_target(metadata, &get.stream, &get.topic)?;
+        require(user.allows(Action::Poll {
+            stream: target.stream,
+            topic: target.topic,
+        }))?;
+        let consumer = consumer_key(&get.consumer)?;
+        let partition = get.partition.unwrap_or(0);
+        let route = self.route(&target, partition)?;
+        let query = PollQuery {
+            start: PollStart::Next(consumer),
+            batches_max: 0,
+            bytes_max: 0,
+        };
+        let polled = self.routing.poll(&route, query).map_err(routing_error)?;
+        let Some(stored) = polled.stored else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(20);
+        out.extend_from_slice(&partition.to_le_bytes());
+        out.extend_from_slice(&polled.end.saturating_sub(1).to_le_bytes());
+        out.extend_from_slice(&stored.to_le_bytes());
+        Ok(out)
+    }
 }
 
 fn require(allowed: bool) -> Result<(), WireError> {

@@ -5,6 +5,7 @@
 pub mod codes;
 pub mod connection;
 pub mod frame;
+pub mod messages;
 pub mod replies;
 pub mod server;
 pub mod wire;

@@ -28,7 +28,8 @@ pub struct GatewayConfig {
     pub nodes: Vec<(u8, SocketAddr)>,
     /// The HTTP port GetClusterMetadata reports.
     pub http_port: u16,
-    /// Largest request frame, header included (Iggy's own cap is 64 MiB).
+    /// Largest request frame, header included (Iggy's own cap is 64 MiB; Galgo takes one
+    /// prepare per send).
     pub frame_size_max: u32,
     /// Largest frame before login (a login is small).
     pub login_frame_size_max: u32,
@@ -46,7 +47,8 @@ impl GatewayConfig {
             cluster,
             nodes,
             http_port: 3000,
-            frame_size_max: 64 << 20,
+            // A send carries one batch of at most one prepare (1 MiB), with room for its framing.
+            frame_size_max: 2 << 20,
             login_frame_size_max: 4096,
             connections_max: 1024,
             idle_timeout: Duration::from_secs(60),

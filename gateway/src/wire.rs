@@ -98,6 +98,11 @@ impl<'a> WireReader<'a> {
         }
     }
 
+    /// Bytes not read yet.
+    pub fn rest_len(&self) -> usize {
+        self.bytes.len() - self.at
+    }
+
     pub fn rest(&mut self) -> &'a [u8] {
         let rest = &self.bytes[self.at..];
         self.at = self.bytes.len();

@@ -4,6 +4,7 @@
 //! encodings. Frames are whole consensus messages.
 
 use crate::codec::{DecodeError, EncodeError, Reader, Writer};
+use crate::partition::ops::{get_consumer, put_consumer, ConsumerKey};
 
 /// A metadata op (`MetadataOp` encoding) to group 0, or a partition op (`PartitionOp`
 /// encoding) to a partition's group.
@@ -16,8 +17,8 @@ pub const OPERATION_TOPIC_ROUTES: u8 = 250;
 /// `GroupStatusQuery`, reply body `GroupStatus`.
 pub const OPERATION_GROUP_STATUS: u8 = 251;
 
-/// Version 2: routes name their shard.
-const QUERY_VERSION: u8 = 2;
+/// Version 3: polled batches carry their timestamp.
+const QUERY_VERSION: u8 = 3;
 
 /// To group 0, answered by the node from its applied metadata: the whole metadata state as a
 /// checkpoint (`Metadata::encode_snapshot`), if the node applied at least the op asked for.
@@ -34,11 +35,22 @@ pub const POLL_BATCHES_MAX: u32 = 1024;
 /// Message bytes one poll reply carries, at most (within a message body with room to spare).
 pub const POLL_BYTES_MAX: u32 = 1_000_000;
 
+/// Where a poll starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PollStart {
+    Offset(u64),
+    /// The last `n` messages: from the committed end minus `n`.
+    Last(u32),
+    /// The first batch stamped at or after this time (µs since the epoch).
+    Timestamp(u64),
+    /// One past the consumer's stored offset (from the start if it stored none).
+    Next(ConsumerKey),
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PollQuery {
-    /// The first offset wanted.
-    pub offset: u64,
-    /// Batches at most (1 to `POLL_BATCHES_MAX`).
+    pub start: PollStart,
+    /// Batches at most (0 to `POLL_BATCHES_MAX`; 0 asks only for the positions).
     pub batches_max: u32,
     /// Batch bytes at most (the first batch is sent whole even past it, within
     /// `POLL_BYTES_MAX`).
@@ -49,7 +61,24 @@ impl PollQuery {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
         w.u8(QUERY_VERSION);
-        w.u64(self.offset);
+        match self.start {
+            PollStart::Offset(offset) => {
+                w.u8(1);
+                w.u64(offset);
+            }
+            PollStart::Last(count) => {
+                w.u8(2);
+                w.u32(count);
+            }
+            PollStart::Timestamp(timestamp) => {
+                w.u8(3);
+                w.u64(timestamp);
+            }
+            PollStart::Next(consumer) => {
+                w.u8(4);
+                put_consumer(&mut w, &consumer);
+            }
+        }
         w.u32(self.batches_max);
         w.u32(self.bytes_max);
         w.finish().expect("fixed size")
@@ -58,15 +87,28 @@ impl PollQuery {
     pub fn decode(bytes: &[u8]) -> Result<PollQuery, DecodeError> {
         let mut r = Reader::new(bytes);
         r.version("poll query version", QUERY_VERSION)?;
+        let start = match r.u8("poll start")? {
+            1 => PollStart::Offset(r.u64("offset")?),
+            2 => PollStart::Last(r.u32("last count")?),
+            3 => PollStart::Timestamp(r.u64("timestamp")?),
+            4 => PollStart::Next(get_consumer(&mut r)?),
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    field: "poll start",
+                    tag,
+                })
+            }
+        };
         let query = PollQuery {
-            offset: r.u64("offset")?,
+            start,
             batches_max: r.u32("batches max")?,
             bytes_max: r.u32("bytes max")?,
         };
         r.finish()?;
-        if query.batches_max == 0 || query.batches_max > POLL_BATCHES_MAX {
+        // 0 batches: only the positions (the end, the start, a stored offset).
+        if query.batches_max > POLL_BATCHES_MAX {
             return Err(DecodeError::Invalid(format!(
-                "{} batches (1 to {POLL_BATCHES_MAX})",
+                "{} batches (at most {POLL_BATCHES_MAX})",
                 query.batches_max
             )));
         }
@@ -79,29 +121,50 @@ impl PollQuery {
 pub struct PolledBatch {
     pub base_offset: u64,
     pub count: u32,
+    /// The primary's stamp (µs since the epoch).
+    pub timestamp: u64,
     pub bytes: Vec<u8>,
 }
 
-/// A node's answer to a poll: `None` when it does not run the group; else the committed end
-/// (the next offset to be appended) and the committed batches from the asked offset.
+/// What a node serves for a poll.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PollReply(pub Option<(u64, Vec<PolledBatch>)>);
+pub struct Polled {
+    /// The committed end: the next offset to be appended.
+    pub end: u64,
+    /// The offset the poll started from (batches may begin before it).
+    pub start: u64,
+    /// For `PollStart::Next`: the consumer's stored offset, if any.
+    pub stored: Option<u64>,
+    pub batches: Vec<PolledBatch>,
+}
+
+/// A node's answer to a poll: `None` when it does not run the group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PollReply(pub Option<Polled>);
 
 impl PollReply {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
         w.u8(QUERY_VERSION);
         w.bool(self.0.is_some());
-        let (end, batches) = match &self.0 {
-            Some((end, batches)) => (*end, batches.as_slice()),
-            None => (0, &[][..]),
+        let (end, start, stored, batches) = match &self.0 {
+            Some(polled) => (
+                polled.end,
+                polled.start,
+                polled.stored,
+                polled.batches.as_slice(),
+            ),
+            None => (0, 0, None, &[][..]),
         };
         assert!(batches.len() <= POLL_BATCHES_MAX as usize);
         w.u64(end);
+        w.u64(start);
+        w.option_u64(stored);
         w.u32(batches.len() as u32);
         for batch in batches {
             w.u64(batch.base_offset);
             w.u32(batch.count);
+            w.u64(batch.timestamp);
             w.long_bytes(&batch.bytes);
         }
         w.finish().expect("bounded")
@@ -112,12 +175,15 @@ impl PollReply {
         r.version("poll reply version", QUERY_VERSION)?;
         let known = r.bool("group known")?;
         let end = r.u64("end")?;
+        let start = r.u64("start")?;
+        let stored = r.option_u64("stored offset")?;
         let count = r.count("batches", POLL_BATCHES_MAX)?;
         let mut batches = Vec::with_capacity(count as usize);
         for _ in 0..count {
             batches.push(PolledBatch {
                 base_offset: r.u64("base offset")?,
                 count: r.u32("count")?,
+                timestamp: r.u64("timestamp")?,
                 bytes: r.long_bytes("batch", POLL_BYTES_MAX)?,
             });
         }
@@ -127,7 +193,12 @@ impl PollReply {
                 "batches for an unknown group".to_string(),
             ));
         }
-        Ok(PollReply(known.then_some((end, batches))))
+        Ok(PollReply(known.then_some(Polled {
+            end,
+            start,
+            stored,
+            batches,
+        })))
     }
 }
 /// Partitions one `TopicRoutes` page lists, at most (16 bytes or fewer each: a page stays far
@@ -464,27 +535,48 @@ mod tests {
     #[test]
     fn polls_round_trip_and_truncations_are_refused() {
         let query = PollQuery {
-            offset: 5,
+            start: PollStart::Offset(5),
             batches_max: 3,
             bytes_max: 100,
         };
-        assert_eq!(PollQuery::decode(&query.encode()).unwrap(), query);
-        let zero = PollQuery {
-            batches_max: 0,
+        for start in [
+            PollStart::Offset(5),
+            PollStart::Last(4),
+            PollStart::Timestamp(1_700_000_000_000_000),
+            PollStart::Next(ConsumerKey::Consumer(3)),
+            PollStart::Next(ConsumerKey::Group(2)),
+        ] {
+            let query = PollQuery { start, ..query };
+            let bytes = query.encode();
+            assert_eq!(PollQuery::decode(&bytes).unwrap(), query);
+            for cut in 0..bytes.len() {
+                assert!(PollQuery::decode(&bytes[..cut]).is_err(), "cut {cut}");
+            }
+        }
+        let too_many = PollQuery {
+            batches_max: POLL_BATCHES_MAX + 1,
             ..query
         };
-        assert!(PollQuery::decode(&zero.encode()).is_err());
+        assert!(PollQuery::decode(&too_many.encode()).is_err());
         for reply in [
             PollReply(None),
-            PollReply(Some((9, vec![]))),
-            PollReply(Some((
-                9,
-                vec![PolledBatch {
+            PollReply(Some(Polled {
+                end: 9,
+                start: 9,
+                stored: None,
+                batches: vec![],
+            })),
+            PollReply(Some(Polled {
+                end: 9,
+                start: 6,
+                stored: Some(5),
+                batches: vec![PolledBatch {
                     base_offset: 5,
                     count: 2,
+                    timestamp: 7,
                     bytes: b"xy".to_vec(),
                 }],
-            ))),
+            })),
         ] {
             let bytes = reply.encode();
             assert_eq!(PollReply::decode(&bytes).unwrap(), reply);

@@ -25,9 +25,9 @@ use crate::bus::{Bus, BusConfig};
 use crate::client_port::{self, ClientTable, RequestHandler};
 use crate::client_protocol::{
     GroupStatus, GroupStatusQuery, MetadataAnswer, MetadataQuery, PartitionRoute, PollQuery,
-    PollReply, PolledBatch, ReplicaStatus, RoutesPage, TopicQuery, TopicRoutes, METADATA_BYTES_MAX,
-    OPERATION_BROKER, OPERATION_GROUP_STATUS, OPERATION_METADATA, OPERATION_POLL,
-    OPERATION_TOPIC_ROUTES, POLL_BYTES_MAX, ROUTES_PER_PAGE,
+    PollReply, PollStart, Polled, PolledBatch, ReplicaStatus, RoutesPage, TopicQuery, TopicRoutes,
+    METADATA_BYTES_MAX, OPERATION_BROKER, OPERATION_GROUP_STATUS, OPERATION_METADATA,
+    OPERATION_POLL, OPERATION_TOPIC_ROUTES, POLL_BYTES_MAX, ROUTES_PER_PAGE,
 };
 use crate::config::Config;
 use crate::group_host::{realtime_now, Event, GroupHost, ReplySink, Ticks, TICK};
@@ -597,22 +597,53 @@ async fn bind_with_patience<T>(
 }
 
 /// The committed batches from `query.offset`, within its bounds, and the committed end.
-async fn read_committed(host: &PartitionHost, query: PollQuery) -> (u64, Vec<PolledBatch>) {
-    let (end, commit_min) = {
+async fn read_committed(host: &PartitionHost, query: PollQuery) -> Polled {
+    let (end, first, commit_min, stored) = {
         let replica = host.replica.borrow();
+        let state = replica.state_machine().state();
+        let stored = match query.start {
+            PollStart::Next(consumer) => state.consumer_offsets.get(&consumer).copied(),
+            _ => None,
+        };
         (
-            replica.state_machine().state().next_offset,
+            state.next_offset,
+            state.first_offset,
             replica.commit_min(),
+            stored,
         )
     };
-    let mut batches = Vec::new();
-    if query.offset >= end {
-        return (end, batches);
-    }
     let journal = host.journal().clone();
-    let Ok(Some(mut op)) = journal.log().find_offset(query.offset).await else {
-        return (end, batches);
+    // Where the batches start: an offset and the op holding it, or nothing to serve.
+    let (start, found) = match query.start {
+        PollStart::Offset(offset) => (offset, journal.log().find_offset(offset).await),
+        PollStart::Last(count) => {
+            let offset = end.saturating_sub(u64::from(count)).max(first);
+            (offset, journal.log().find_offset(offset).await)
+        }
+        PollStart::Next(_) => {
+            let offset = stored.map_or(first, |stored| stored.saturating_add(1));
+            (offset, journal.log().find_offset(offset).await)
+        }
+        // Prepare timestamps (the time index's) are nanoseconds; batches carry microseconds.
+        PollStart::Timestamp(us) => (
+            first,
+            journal.log().find_timestamp(us.saturating_mul(1000)).await,
+        ),
     };
+    let mut polled = Polled {
+        end,
+        start,
+        stored,
+        batches: Vec::new(),
+    };
+    if start >= end {
+        return polled;
+    }
+    let Ok(Some(mut op)) = found else {
+        return polled;
+    };
+    let mut timestamp_start = None;
+    let batches = &mut polled.batches;
     let bytes_max = query.bytes_max.min(POLL_BYTES_MAX) as usize;
     let mut bytes = 0usize;
     while op <= commit_min && batches.len() < query.batches_max as usize {
@@ -625,7 +656,10 @@ async fn read_committed(host: &PartitionHost, query: PollQuery) -> (u64, Vec<Pol
         }
         let Ok((
             PartitionOp::Append {
-                base_offset, count, ..
+                base_offset,
+                count,
+                timestamp,
+                ..
             },
             batch,
         )) = PartitionOp::decode(&prepare.body)
@@ -640,13 +674,23 @@ async fn read_committed(host: &PartitionHost, query: PollQuery) -> (u64, Vec<Pol
             break;
         }
         bytes += batch.len();
+        if let PollStart::Timestamp(us) = query.start {
+            if timestamp < us {
+                continue; // Before the asked time (the index points at or before it).
+            }
+            timestamp_start.get_or_insert(base_offset);
+        }
         batches.push(PolledBatch {
             base_offset,
             count,
+            timestamp,
             bytes: batch.to_vec(),
         });
     }
-    (end, batches)
+    if let Some(start) = timestamp_start {
+        polled.start = start;
+    }
+    polled
 }
 
 fn reply_sink(clients: &Rc<ClientTable>) -> ReplySink {

@@ -19,7 +19,7 @@ use galgo_consensus::{Command, Header, Message};
 
 use crate::client_protocol::{
     GroupStatus, GroupStatusQuery, MetadataAnswer, MetadataQuery, PartitionRoute, PollQuery,
-    PollReply, PolledBatch, ReplicaStatus, TopicQuery, TopicRoutes, OPERATION_BROKER,
+    PollReply, Polled, ReplicaStatus, TopicQuery, TopicRoutes, OPERATION_BROKER,
     OPERATION_GROUP_STATUS, OPERATION_METADATA, OPERATION_POLL, OPERATION_TOPIC_ROUTES,
 };
 use crate::metadata::{Limits, Metadata};
@@ -219,7 +219,7 @@ impl RoutingClient {
         &mut self,
         route: &PartitionRoute,
         query: PollQuery,
-    ) -> Result<(u64, Vec<PolledBatch>), RoutingError> {
+    ) -> Result<Polled, RoutingError> {
         self.shards.insert(route.group, route.shard);
         let n = route.members.len() as u64;
         let view = u64::from(self.views.get(&route.group).copied().unwrap_or(0));

@@ -6,9 +6,12 @@
 //! message_count u32][52..256 zero]`. Frame header: `[0..8 checksum][8..24 id u128][24..28
 //! offset_delta u32][28..32 timestamp_delta u32][32..36 user_headers_length u32][36..40
 //! payload_length u32][40..48 zero]`. Frame checksum: xxh3-64 over frame bytes 8..48, payload and
-//! user headers. Batch checksum: xxh3-64 over header bytes 0..40 and 48..256, then each frame
-//! checksum (the exact field set Iggy hashes is checked against the real client by the gateway's
-//! compatibility tests).
+//! user headers. Batch checksum: xxh3-64 over header bytes 0..40 and 48..52 (the six meta
+//! fields and the message count), then each frame's checksum field — as the iggy 0.11.0 client
+//! computes it (its `calculate_batch_checksum`), checked by the gateway's compatibility test.
+//!
+//! A client sends partition id, base offset and base timestamp as 0; the server stamps them
+//! (`stamp_slice`, which also cuts a stored batch to the offsets a poll asks for).
 
 use crate::checksum::checksum64;
 
@@ -55,7 +58,7 @@ fn batch_checksum(header: &[u8], frame_checksums: &[u64]) -> u64 {
         .iter()
         .flat_map(|c| c.to_le_bytes())
         .collect();
-    checksum64(&[&header[0..40], &header[48..BATCH_HEADER_SIZE], &sums])
+    checksum64(&[&header[0..40], &header[48..52], &sums])
 }
 
 /// Builds a stamped batch of `messages` (offset deltas are their indexes).
@@ -160,6 +163,61 @@ pub fn validate(bytes: &[u8]) -> Result<BatchInfo, BatchError> {
     })
 }
 
+/// A stored batch stamped for a reader: partition id, base offset and base timestamp set,
+/// only the messages whose offsets (base offset + offset delta) lie in `from..from + max`
+/// kept, message count, length and batch checksum recomputed. The original deltas stay, so
+/// message checksums stay valid. `None` if no message is in the range or the batch does not
+/// walk (it was checked on arrival, so only damage could do that).
+pub fn stamp_slice(
+    bytes: &[u8],
+    partition_id: u64,
+    base_offset: u64,
+    base_timestamp: u64,
+    from: u64,
+    max: u32,
+) -> Option<(Vec<u8>, u32)> {
+    if bytes.len() < BATCH_HEADER_SIZE || max == 0 {
+        return None;
+    }
+    let message_count = u32_at(bytes, 48);
+    let until = from.saturating_add(u64::from(max));
+    let mut out = bytes[..BATCH_HEADER_SIZE].to_vec();
+    let mut frame_checksums = Vec::new();
+    let mut at = BATCH_HEADER_SIZE;
+    for _ in 0..message_count {
+        if at + FRAME_HEADER_SIZE > bytes.len() {
+            return None;
+        }
+        let frame = &bytes[at..at + FRAME_HEADER_SIZE];
+        let length =
+            FRAME_HEADER_SIZE as u64 + u64::from(u32_at(frame, 32)) + u64::from(u32_at(frame, 36));
+        let end = at.checked_add(usize::try_from(length).ok()?)?;
+        if end > bytes.len() {
+            return None;
+        }
+        let offset = base_offset.checked_add(u64::from(u32_at(frame, 24)))?;
+        if (from..until).contains(&offset) {
+            frame_checksums.push(u64_at(frame, 0));
+            out.extend_from_slice(&bytes[at..end]);
+        }
+        at = end;
+    }
+    if frame_checksums.is_empty() {
+        return None;
+    }
+    let kept = u32::try_from(frame_checksums.len()).expect("at most message_count");
+    out[0..8].copy_from_slice(&partition_id.to_le_bytes());
+    out[8..16].copy_from_slice(&base_offset.to_le_bytes());
+    out[16..24].copy_from_slice(&base_timestamp.to_le_bytes());
+    let length = out.len() as u64;
+    out[32..40].copy_from_slice(&length.to_le_bytes());
+    out[48..52].copy_from_slice(&kept.to_le_bytes());
+    let checksum = batch_checksum(&out[..BATCH_HEADER_SIZE], &frame_checksums);
+    out[40..48].copy_from_slice(&checksum.to_le_bytes());
+    assert_eq!(validate(&out).map(|info| info.message_count), Ok(kept));
+    Some((out, kept))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +257,84 @@ mod tests {
         let mut damaged = batch;
         damaged[10] ^= 1;
         assert_eq!(validate(&damaged), Err(BatchError::BadBatchChecksum));
+    }
+
+    /// A batch as the iggy 0.11.0 client sends it: one message, id 1, payload "hello", origin
+    /// timestamp 1 000 000 µs, partition id, base offset and base timestamp 0.
+    fn client_batch() -> Vec<u8> {
+        let mut frame = [0u8; FRAME_HEADER_SIZE];
+        frame[8..24].copy_from_slice(&1u128.to_le_bytes());
+        frame[36..40].copy_from_slice(&5u32.to_le_bytes());
+        let frame_checksum = checksum64(&[&frame[8..48], b"hello"]);
+        frame[0..8].copy_from_slice(&frame_checksum.to_le_bytes());
+        let mut batch = vec![0u8; BATCH_HEADER_SIZE];
+        batch[24..32].copy_from_slice(&1_000_000u64.to_le_bytes());
+        batch[32..40].copy_from_slice(&309u64.to_le_bytes());
+        batch[40..48].copy_from_slice(&0x3aa0_6eab_1f47_26dcu64.to_le_bytes());
+        batch[48..52].copy_from_slice(&1u32.to_le_bytes());
+        batch.extend_from_slice(&frame);
+        batch.extend_from_slice(b"hello");
+        batch
+    }
+
+    #[test]
+    fn the_checksums_are_the_iggy_0_11_clients() {
+        // Vectors worked out from the 0.11.0 client's source (its message and batch checksum
+        // functions), independently of this module.
+        let batch = client_batch();
+        assert_eq!(u64_at(&batch, BATCH_HEADER_SIZE), 0xb9bf_bddb_9ea5_5c8e);
+        assert_eq!(
+            validate(&batch),
+            Ok(BatchInfo {
+                base_offset: 0,
+                base_timestamp: 0,
+                message_count: 1
+            })
+        );
+        // Stamped by the server with base timestamp 1.7e15 µs.
+        let (stamped, _) = stamp_slice(&batch, 0, 0, 1_700_000_000_000_000, 0, 10).unwrap();
+        assert_eq!(u64_at(&stamped, 40), 0x7352_938a_bc7b_28a2);
+        assert_eq!(
+            u64_at(&stamped, 24),
+            1_000_000,
+            "the origin timestamp is kept"
+        );
+    }
+
+    #[test]
+    fn stamped_slices_keep_the_asked_offsets_and_validate() {
+        let payloads = [b"a".as_slice(), b"bb".as_slice(), b"ccc".as_slice()];
+        let messages: Vec<Message<'_>> = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Message {
+                id: i as u128 + 1,
+                payload: p,
+                user_headers: b"",
+                timestamp_delta: 0,
+            })
+            .collect();
+        let batch = build(0, 0, 0, &messages);
+        let (whole, count) = stamp_slice(&batch, 4, 10, 99, 0, 100).unwrap();
+        assert_eq!(count, 3);
+        assert_eq!(
+            validate(&whole),
+            Ok(BatchInfo {
+                base_offset: 10,
+                base_timestamp: 99,
+                message_count: 3
+            })
+        );
+        assert_eq!(u64_at(&whole, 0), 4);
+        // Offsets 11 and 12 only, then 11 only.
+        let (tail, count) = stamp_slice(&batch, 4, 10, 99, 11, 100).unwrap();
+        assert_eq!(count, 2);
+        assert_eq!(tail.len(), batch.len() - FRAME_HEADER_SIZE - 1);
+        assert_eq!(validate(&tail).unwrap().message_count, 2);
+        let (middle, count) = stamp_slice(&batch, 4, 10, 99, 11, 1).unwrap();
+        assert_eq!(count, 1);
+        assert_eq!(&middle[BATCH_HEADER_SIZE + FRAME_HEADER_SIZE..], b"bb");
+        assert!(stamp_slice(&batch, 4, 10, 99, 13, 5).is_none());
+        assert!(stamp_slice(&batch[..300], 4, 10, 99, 0, 5).is_none());
     }
 }

@@ -56,7 +56,7 @@ pub enum PartitionOp {
 /// Longest encoded reply an `Answer` carries.
 pub const ANSWER_LEN_MAX: u32 = 1024;
 
-pub(super) fn put_consumer(w: &mut Writer, consumer: &ConsumerKey) {
+pub(crate) fn put_consumer(w: &mut Writer, consumer: &ConsumerKey) {
     match consumer {
         ConsumerKey::Consumer(id) => {
             w.u8(1);
@@ -69,7 +69,7 @@ pub(super) fn put_consumer(w: &mut Writer, consumer: &ConsumerKey) {
     }
 }
 
-pub(super) fn get_consumer(r: &mut Reader) -> Result<ConsumerKey, DecodeError> {
+pub(crate) fn get_consumer(r: &mut Reader) -> Result<ConsumerKey, DecodeError> {
     match r.u8("consumer kind")? {
         1 => Ok(ConsumerKey::Consumer(r.u32("consumer id")?)),
         2 => Ok(ConsumerKey::Group(r.u32("consumer group id")?)),
