@@ -431,6 +431,9 @@ struct TopicTarget {
     stream_name: String,
     topic_name: String,
     partitions: u32,
+    /// The VSR group of each partition (never reused: a topic deleted and created again has
+    /// new ones, even under the same ids).
+    groups: Vec<u64>,
 }
 
 fn topic_target(
@@ -447,6 +450,7 @@ fn topic_target(
         stream_name: found.name.clone(),
         topic_name: found_topic.name.clone(),
         partitions: u32::try_from(found_topic.partitions.len()).expect("bounded by the limits"),
+        groups: found_topic.partitions.iter().map(|p| p.group).collect(),
     })
 }
 
@@ -472,13 +476,15 @@ fn routing_error(error: galgo_replica::routing::RoutingError) -> WireError {
 
 impl Connection {
     /// The route of partition `partition` of a topic (cached per connection; refetched when
-    /// the topic's partition count changed).
+    /// the topic's partition groups changed).
     fn route(&mut self, target: &TopicTarget, partition: u32) -> Result<PartitionRoute, WireError> {
         let key = (target.stream, target.topic);
-        let fresh = self
-            .routes
-            .get(&key)
-            .is_some_and(|routes| routes.len() as u32 == target.partitions);
+        let fresh = self.routes.get(&key).is_some_and(|routes| {
+            routes
+                .iter()
+                .map(|route| route.group)
+                .eq(target.groups.iter().copied())
+        });
         if !fresh {
             let routes = self
                 .routing

@@ -60,6 +60,12 @@ pub fn parse_send(body: &[u8]) -> Result<SendRequest, WireError> {
     let batch = r.rest().to_vec();
     let info = iggy_batch::validate(&batch)
         .map_err(|error| WireError::new(ERROR_INVALID_FORMAT, format!("batch: {error:?}")))?;
+    if info.first_delta != 0 {
+        return Err(WireError::new(
+            ERROR_INVALID_FORMAT,
+            "the first message's offset delta is not 0",
+        ));
+    }
     if info.message_count != message_count || message_count == 0 {
         return Err(WireError::new(
             ERROR_INVALID_FORMAT,

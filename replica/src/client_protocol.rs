@@ -32,8 +32,19 @@ pub const METADATA_BYTES_MAX: u32 = 1_000_000;
 pub const OPERATION_POLL: u8 = 252;
 /// Batches one poll reply carries, at most.
 pub const POLL_BATCHES_MAX: u32 = 1024;
-/// Message bytes one poll reply carries, at most (within a message body with room to spare).
-pub const POLL_BYTES_MAX: u32 = 1_000_000;
+/// Bytes of batches one poll reply carries, each counted with its `POLLED_BATCH_OVERHEAD`: the
+/// largest batch (a whole prepare body but the append head) always fits alone, and the reply
+/// (with its `POLL_REPLY_HEAD` bytes) stays within a message body.
+pub const POLL_BYTES_MAX: u32 =
+    (galgo_consensus::message::BODY_SIZE_MAX - crate::partition::ops::APPEND_HEAD_SIZE) as u32;
+/// Encoded bytes of one polled batch besides its own: base offset, count, timestamp, length.
+pub const POLLED_BATCH_OVERHEAD: usize = 8 + 4 + 8 + 4;
+/// Encoded bytes of a poll reply besides its batches.
+pub const POLL_REPLY_HEAD: usize = 1 + 1 + 8 + 8 + 9 + 4;
+const _: () = assert!(
+    POLL_BYTES_MAX as usize + POLLED_BATCH_OVERHEAD + POLL_REPLY_HEAD
+        <= galgo_consensus::message::BODY_SIZE_MAX
+);
 
 /// Where a poll starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

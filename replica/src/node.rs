@@ -27,7 +27,7 @@ use crate::client_protocol::{
     GroupStatus, GroupStatusQuery, MetadataAnswer, MetadataQuery, PartitionRoute, PollQuery,
     PollReply, PollStart, Polled, PolledBatch, ReplicaStatus, RoutesPage, TopicQuery, TopicRoutes,
     METADATA_BYTES_MAX, OPERATION_BROKER, OPERATION_GROUP_STATUS, OPERATION_METADATA,
-    OPERATION_POLL, OPERATION_TOPIC_ROUTES, POLL_BYTES_MAX, ROUTES_PER_PAGE,
+    OPERATION_POLL, OPERATION_TOPIC_ROUTES, POLLED_BATCH_OVERHEAD, POLL_BYTES_MAX, ROUTES_PER_PAGE,
 };
 use crate::config::Config;
 use crate::group_host::{realtime_now, Event, GroupHost, ReplySink, Ticks, TICK};
@@ -669,15 +669,18 @@ async fn read_committed(host: &PartitionHost, query: PollQuery) -> Polled {
         if base_offset >= end {
             break;
         }
-        let first = batches.is_empty();
-        if (!first && bytes + batch.len() > bytes_max) || batch.len() > POLL_BYTES_MAX as usize {
-            break;
-        }
-        bytes += batch.len();
         if let PollStart::Timestamp(us) = query.start {
             if timestamp < us {
                 continue; // Before the asked time (the index points at or before it).
             }
+        }
+        let first = batches.is_empty();
+        let cost = batch.len() + POLLED_BATCH_OVERHEAD;
+        if (!first && bytes + cost > bytes_max) || batch.len() > POLL_BYTES_MAX as usize {
+            break;
+        }
+        bytes += cost;
+        if let PollStart::Timestamp(_) = query.start {
             timestamp_start.get_or_insert(base_offset);
         }
         batches.push(PolledBatch {

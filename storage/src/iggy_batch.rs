@@ -33,17 +33,25 @@ pub struct BatchInfo {
     pub base_offset: u64,
     pub base_timestamp: u64,
     pub message_count: u32,
+    /// The first message's offset delta (0 in a batch as a client sends it).
+    pub first_delta: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BatchError {
     TooShort,
-    LengthMismatch { header: u64, actual: u64 },
+    LengthMismatch {
+        header: u64,
+        actual: u64,
+    },
     ReservedNotZero,
     FramesDoNotTile,
     MessageTooLarge,
     BadFrameChecksum(u32),
     BadBatchChecksum,
+    /// A message's offset delta does not follow the one before it (offsets would repeat or
+    /// run into the next batch).
+    BadOffsetDelta(u32),
 }
 
 fn u32_at(bytes: &[u8], at: usize) -> u32 {
@@ -124,6 +132,7 @@ pub fn validate(bytes: &[u8]) -> Result<BatchInfo, BatchError> {
         return Err(BatchError::ReservedNotZero);
     }
     let message_count = u32_at(header, 48);
+    let mut first_delta = None;
     let mut frame_checksums = Vec::new();
     let mut at = BATCH_HEADER_SIZE;
     for index in 0..message_count {
@@ -138,6 +147,13 @@ pub fn validate(bytes: &[u8]) -> Result<BatchInfo, BatchError> {
         }
         if frame[40..48].iter().any(|b| *b != 0) {
             return Err(BatchError::ReservedNotZero);
+        }
+        // Deltas count up by one from the first: a client's start at 0, a slice served to a
+        // reader keeps the deltas of the stored batch it was cut from.
+        let delta = u32_at(frame, 24);
+        let first = *first_delta.get_or_insert(delta);
+        if first.checked_add(index) != Some(delta) {
+            return Err(BatchError::BadOffsetDelta(index));
         }
         let end = at + FRAME_HEADER_SIZE + payload_length as usize + headers_length as usize;
         if end > bytes.len() {
@@ -160,14 +176,16 @@ pub fn validate(bytes: &[u8]) -> Result<BatchInfo, BatchError> {
         base_offset: u64_at(header, 8),
         base_timestamp: u64_at(header, 16),
         message_count,
+        first_delta: first_delta.unwrap_or(0),
     })
 }
 
 /// A stored batch stamped for a reader: partition id, base offset and base timestamp set,
 /// only the messages whose offsets (base offset + offset delta) lie in `from..from + max`
 /// kept, message count, length and batch checksum recomputed. The original deltas stay, so
-/// message checksums stay valid. `None` if no message is in the range or the batch does not
-/// walk (it was checked on arrival, so only damage could do that).
+/// message checksums stay valid. `None` if no message is in the range or the bytes are not a
+/// valid batch (every batch a gateway stores was checked on arrival; other writers' bytes
+/// need not be batches).
 pub fn stamp_slice(
     bytes: &[u8],
     partition_id: u64,
@@ -176,7 +194,7 @@ pub fn stamp_slice(
     from: u64,
     max: u32,
 ) -> Option<(Vec<u8>, u32)> {
-    if bytes.len() < BATCH_HEADER_SIZE || max == 0 {
+    if max == 0 || validate(bytes).is_err() {
         return None;
     }
     let message_count = u32_at(bytes, 48);
@@ -214,6 +232,7 @@ pub fn stamp_slice(
     out[48..52].copy_from_slice(&kept.to_le_bytes());
     let checksum = batch_checksum(&out[..BATCH_HEADER_SIZE], &frame_checksums);
     out[40..48].copy_from_slice(&checksum.to_le_bytes());
+    // A valid batch cut at message boundaries and restamped stays valid.
     assert_eq!(validate(&out).map(|info| info.message_count), Ok(kept));
     Some((out, kept))
 }
@@ -241,7 +260,8 @@ mod tests {
             Ok(BatchInfo {
                 base_offset: 100,
                 base_timestamp: 5_000,
-                message_count: 3
+                message_count: 3,
+                first_delta: 0,
             })
         );
         let mut damaged = batch.clone();
@@ -250,6 +270,15 @@ mod tests {
         let mut damaged = batch.clone();
         damaged[100] = 1;
         assert_eq!(validate(&damaged), Err(BatchError::ReservedNotZero));
+        // Message 1 claiming delta 0: refused, even with its checksum made to match.
+        let mut repeated = batch.clone();
+        let second = BATCH_HEADER_SIZE + FRAME_HEADER_SIZE + payloads[0].len();
+        repeated[second + 24..second + 28].copy_from_slice(&0u32.to_le_bytes());
+        let end = second + FRAME_HEADER_SIZE + payloads[1].len();
+        let checksum = checksum64(&[&repeated[second + 8..end]]);
+        repeated[second..second + 8].copy_from_slice(&checksum.to_le_bytes());
+        assert_eq!(validate(&repeated), Err(BatchError::BadOffsetDelta(1)));
+        assert!(stamp_slice(&repeated, 0, 0, 0, 0, 10).is_none());
         assert!(matches!(
             validate(&batch[..batch.len() - 1]),
             Err(BatchError::LengthMismatch { .. })
@@ -288,7 +317,8 @@ mod tests {
             Ok(BatchInfo {
                 base_offset: 0,
                 base_timestamp: 0,
-                message_count: 1
+                message_count: 1,
+                first_delta: 0,
             })
         );
         // Stamped by the server with base timestamp 1.7e15 µs.
@@ -322,7 +352,8 @@ mod tests {
             Ok(BatchInfo {
                 base_offset: 10,
                 base_timestamp: 99,
-                message_count: 3
+                message_count: 3,
+                first_delta: 0,
             })
         );
         assert_eq!(u64_at(&whole, 0), 4);
