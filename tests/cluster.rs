@@ -352,3 +352,155 @@ fn a_node_that_lost_its_disk_repairs_everything_without_stopping_the_cluster() {
     }
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// The crates.io `iggy` 0.11.0 client through one `galgo gateway` in front of the three
+/// nodes: it keeps sending while the primary of its partition's group is SIGKILLed. No error
+/// reaches the client, and polling reads every acknowledged message back exactly once, in
+/// order.
+#[test]
+fn the_iggy_client_through_one_gateway_sees_no_error_when_a_primary_is_killed() {
+    use iggy::prelude::*;
+    use std::str::FromStr;
+
+    let root = std::env::temp_dir().join(format!("galgo-cluster-gw-{}", std::process::id()));
+    let mut cluster = Cluster::new(&root);
+    for id in 0..3 {
+        cluster.start(id);
+    }
+    // The root user, as galgo dev would set it.
+    let mut admin = RoutingClient::new(u128::from(CLUSTER), 0xAD, cluster.clients.clone());
+    let hash = {
+        use argon2::password_hash::{PasswordHasher, SaltString};
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        argon2::Argon2::default()
+            .hash_password(b"gateway-secret", &salt)
+            .unwrap()
+            .to_string()
+    };
+    let op = galgo_replica::metadata::MetadataOp::CreateUser {
+        username: "iggy".to_string(),
+        password_hash: hash,
+        status: galgo_replica::metadata::UserStatus::Active,
+        permissions: None,
+    };
+    admin.call_metadata(op.encode().unwrap()).unwrap();
+    let gateway = free_address();
+    let log = std::fs::File::create(root.join("gateway.log")).unwrap();
+    let mut gateway_process = Command::new(env!("CARGO_BIN_EXE_galgo"))
+        .args(["gateway", "--verbose", "--config"])
+        .arg(&cluster.config)
+        .env("GALGO_GATEWAY_TCP_ADDRESS", gateway.to_string())
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("galgo gateway starts");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (killed_node, gap, sent) = runtime.block_on(async {
+        let started = Instant::now();
+        while std::net::TcpStream::connect(gateway).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(30));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let client = IggyClientBuilder::new()
+            .with_tcp()
+            .with_server_address(gateway.to_string())
+            .build()
+            .unwrap();
+        client.connect().await.unwrap();
+        client.login_user("iggy", "gateway-secret").await.unwrap();
+        client.create_stream("orders").await.unwrap();
+        let stream = Identifier::named("orders").unwrap();
+        let options = TopicCreateOptions {
+            partitions_count: Some(1),
+            ..TopicCreateOptions::default()
+        };
+        client.create_topic(&stream, "eu", &options).await.unwrap();
+        let topic = Identifier::named("eu").unwrap();
+        let mut sent: Vec<String> = Vec::new();
+        let send = |batch: usize| {
+            let payloads: Vec<String> = (0..10).map(|i| format!("b{batch}-m{i}")).collect();
+            let client = &client;
+            let (stream, topic) = (&stream, &topic);
+            async move {
+                let mut messages: Vec<IggyMessage> = payloads
+                    .iter()
+                    .map(|p| IggyMessage::from_str(p).unwrap())
+                    .collect();
+                client
+                    .send_messages(stream, topic, &Partitioning::partition_id(0), &mut messages)
+                    .await
+                    .unwrap_or_else(|error| panic!("batch {batch} surfaced an error: {error}"));
+                payloads
+            }
+        };
+        let mut batch = 0;
+        for _ in 0..30 {
+            sent.extend(send(batch).await);
+            batch += 1;
+        }
+        // The partition's primary, asked of the nodes themselves.
+        let routes = admin.topic_routes("orders", "eu").unwrap().unwrap();
+        let route = routes[0].clone();
+        let primary = route
+            .members
+            .iter()
+            .copied()
+            .find(|node| {
+                admin
+                    .group_status(*node, route.group)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|s| s.primary && s.normal)
+            })
+            .expect("the partition has a primary");
+        cluster.kill(primary);
+        let killed = Instant::now();
+        sent.extend(send(batch).await);
+        batch += 1;
+        let gap = killed.elapsed();
+        for _ in 0..60 {
+            sent.extend(send(batch).await);
+            batch += 1;
+        }
+        // Everything back, exactly once, in order.
+        let consumer = Consumer::new(Identifier::numeric(1).unwrap());
+        let mut polled: Vec<String> = Vec::new();
+        let mut offset = 0;
+        loop {
+            let page = client
+                .poll_messages(
+                    &stream,
+                    &topic,
+                    Some(0),
+                    &consumer,
+                    &PollingStrategy::offset(offset),
+                    100,
+                    false,
+                )
+                .await
+                .expect("a poll answer");
+            if page.messages.is_empty() {
+                break;
+            }
+            for message in &page.messages {
+                assert_eq!(message.header.offset, polled.len() as u64);
+                polled.push(String::from_utf8(message.payload.to_vec()).unwrap());
+            }
+            offset = polled.len() as u64;
+        }
+        assert_eq!(polled, sent, "every acknowledged message once, in order");
+        (primary, gap, sent.len())
+    });
+    eprintln!(
+        "through the gateway: node {killed_node} (the partition's primary) SIGKILLed; next \
+         acknowledged send after {gap:?}; {sent} messages sent and polled back once each"
+    );
+    let _ = gateway_process.kill();
+    let _ = gateway_process.wait();
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&root);
+}

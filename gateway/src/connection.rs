@@ -201,7 +201,7 @@ impl Connection {
     fn metadata(&mut self) -> Result<Metadata, WireError> {
         let (applied, metadata) = self
             .routing
-            .metadata(self.metadata_op)
+            .metadata(self.metadata_op, true)
             .map_err(|error| WireError::new(ERROR_GENERIC, format!("metadata: {error}")))?;
         self.metadata_op = self.metadata_op.max(applied);
         Ok(metadata)

@@ -352,6 +352,9 @@ pub struct MetadataQuery {
     /// The node answers with its state only once it applied this op (a reader's own writes
     /// are then in what it reads).
     pub applied_at_least: u64,
+    /// Only the metadata group's primary (in a normal view) answers: it has applied every op
+    /// any client saw acknowledged (a user created through another gateway can log in).
+    pub from_primary: bool,
 }
 
 impl MetadataQuery {
@@ -359,6 +362,7 @@ impl MetadataQuery {
         let mut w = Writer::default();
         w.u8(QUERY_VERSION);
         w.u64(self.applied_at_least);
+        w.bool(self.from_primary);
         w.finish().expect("fixed size")
     }
 
@@ -367,6 +371,7 @@ impl MetadataQuery {
         r.version("metadata query version", QUERY_VERSION)?;
         let query = MetadataQuery {
             applied_at_least: r.u64("applied at least")?,
+            from_primary: r.bool("from primary")?,
         };
         r.finish()?;
         Ok(query)
@@ -522,6 +527,7 @@ mod tests {
     fn metadata_answers_round_trip_and_truncations_are_refused() {
         let query = MetadataQuery {
             applied_at_least: 7,
+            from_primary: true,
         };
         assert_eq!(MetadataQuery::decode(&query.encode()).unwrap(), query);
         for answer in [

@@ -389,7 +389,10 @@ impl Node {
             (Ok(query), Some(metadata)) => {
                 let replica = metadata.replica.borrow();
                 let applied = replica.commit_min();
-                if applied < query.applied_at_least {
+                let leads = replica.is_primary()
+                    && replica.status() == galgo_consensus::Status::Normal
+                    && replica.commit_min() == replica.commit_max();
+                if applied < query.applied_at_least || (query.from_primary && !leads) {
                     MetadataAnswer::Behind { applied }
                 } else {
                     match replica.state_machine().metadata.encode_snapshot() {

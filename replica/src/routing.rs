@@ -244,9 +244,14 @@ impl RoutingClient {
     }
 
     /// The metadata as some node applied it through at least op `applied_at_least` (pass the
-    /// `op` of this client's last metadata reply to read its own writes), with the op it was
-    /// applied through. The presumed primary is asked first, then every node, until the deadline.
-    pub fn metadata(&mut self, applied_at_least: u64) -> Result<(u64, Metadata), RoutingError> {
+    /// `op` of this client's last metadata reply to read its own writes) — only the metadata
+    /// primary's when `from_primary` — with the op it was applied through. The presumed
+    /// primary is asked first, then every node, until the deadline.
+    pub fn metadata(
+        &mut self,
+        applied_at_least: u64,
+        from_primary: bool,
+    ) -> Result<(u64, Metadata), RoutingError> {
         let members: Vec<u8> = self.nodes.keys().copied().collect();
         let n = members.len() as u64;
         assert!(n > 0);
@@ -257,7 +262,11 @@ impl RoutingClient {
             for index in 0..n {
                 let node = members[((view + index) % n) as usize];
                 attempts += 1;
-                let body = MetadataQuery { applied_at_least }.encode();
+                let body = MetadataQuery {
+                    applied_at_least,
+                    from_primary,
+                }
+                .encode();
                 let request = self.query(METADATA_GROUP, OPERATION_METADATA, body);
                 let Some(reply) = self.exchange(node, 0, &request) else {
                     continue;
