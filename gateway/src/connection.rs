@@ -22,7 +22,8 @@ use galgo_replica::routing::RoutingClient;
 use crate::codes::*;
 use crate::frame::{eviction, reply, Request};
 use crate::messages::{
-    choose_partition, parse_offset_request, parse_poll, parse_send, poll_reply, Strategy,
+    choose_partition, parse_offset_request, parse_poll, parse_send, poll_reply, ConsumerTarget,
+    Strategy,
 };
 use crate::replies;
 use crate::server::Shared;
@@ -539,9 +540,8 @@ impl Connection {
                 ),
             ));
         }
-        let answer = self.routing.call_route(&route, op).map_err(routing_error)?;
-        match PartitionReply::decode(&answer.body) {
-            Ok(PartitionReply::Appended { base_offset, .. }) => {
+        match self.call_partition(&route, op)? {
+            PartitionReply::Appended { base_offset, .. } => {
                 let mut body = Vec::with_capacity(24);
                 body.extend_from_slice(&1u32.to_le_bytes());
                 body.extend_from_slice(&target.stream.to_le_bytes());
@@ -550,12 +550,41 @@ impl Connection {
                 body.extend_from_slice(&base_offset.to_le_bytes());
                 Ok(body)
             }
-            Ok(other) => Err(WireError::new(
+            other => Err(WireError::new(
                 ERROR_GENERIC,
                 format!("the partition answered {other:?}"),
             )),
-            Err(error) => Err(WireError::new(ERROR_GENERIC, error.to_string())),
         }
+    }
+
+    /// A partition op through its group; its reply.
+    fn call_partition(
+        &mut self,
+        route: &PartitionRoute,
+        op: Vec<u8>,
+    ) -> Result<PartitionReply, WireError> {
+        let answer = self.routing.call_route(route, op).map_err(routing_error)?;
+        PartitionReply::decode(&answer.body)
+            .map_err(|error| WireError::new(ERROR_GENERIC, error.to_string()))
+    }
+
+    /// A consumer's key, partition and the partition's route, once the user may poll the
+    /// topic (reading and storing offsets need the same right).
+    fn consumer_route(
+        &mut self,
+        metadata: &Metadata,
+        user: &galgo_replica::metadata::users::User,
+        target: &ConsumerTarget,
+    ) -> Result<(ConsumerKey, u32, PartitionRoute), WireError> {
+        let topic = topic_target(metadata, &target.stream, &target.topic)?;
+        require(user.allows(Action::Poll {
+            stream: topic.stream,
+            topic: topic.topic,
+        }))?;
+        let consumer = consumer_key(&target.consumer)?;
+        let partition = target.partition.unwrap_or(0);
+        let route = self.route(&topic, partition)?;
+        Ok((consumer, partition, route))
     }
 
     /// PollMessages: committed batches from the partition's group, stamped and cut to the
@@ -567,14 +596,7 @@ impl Connection {
         user: &galgo_replica::metadata::users::User,
     ) -> Result<Vec<u8>, WireError> {
         let poll = parse_poll(body)?;
-        let target = topic_target(metadata, &poll.stream, &poll.topic)?;
-        require(user.allows(Action::Poll {
-            stream: target.stream,
-            topic: target.topic,
-        }))?;
-        let consumer = consumer_key(&poll.consumer)?;
-        let partition = poll.partition.unwrap_or(0);
-        let route = self.route(&target, partition)?;
+        let (consumer, partition, route) = self.consumer_route(metadata, user, &poll.target)?;
         let start = match poll.strategy {
             Strategy::Offset(offset) => PollStart::Offset(offset),
             Strategy::First => PollStart::Offset(0),
@@ -613,14 +635,12 @@ impl Connection {
             generation: None,
         }
         .encode(&[]);
-        let answer = self.routing.call_route(route, op).map_err(routing_error)?;
-        match PartitionReply::decode(&answer.body) {
-            Ok(PartitionReply::Done) => Ok(()),
-            Ok(other) => Err(WireError::new(
+        match self.call_partition(route, op)? {
+            PartitionReply::Done => Ok(()),
+            other => Err(WireError::new(
                 ERROR_INVALID_FORMAT,
                 format!("storing offset {offset}: {other:?}"),
             )),
-            Err(error) => Err(WireError::new(ERROR_GENERIC, error.to_string())),
         }
     }
 
@@ -634,13 +654,7 @@ impl Connection {
         let store = parse_offset_request(&request.body, true)?;
         let metadata = self.metadata()?;
         let user = logged_in_user(&metadata, user_id, username)?;
-        let target = topic_target(&metadata, &store.stream, &store.topic)?;
-        require(user.allows(Action::Poll {
-            stream: target.stream,
-            topic: target.topic,
-        }))?;
-        let consumer = consumer_key(&store.consumer)?;
-        let route = self.route(&target, store.partition.unwrap_or(0))?;
+        let (consumer, _, route) = self.consumer_route(&metadata, user, &store.target)?;
         let offset = store.offset.expect("a store carries its offset");
         match self.commit_offset(&route, consumer, offset) {
             Ok(()) => Ok(result_ok(&[])),
@@ -658,14 +672,7 @@ impl Connection {
         user: &galgo_replica::metadata::users::User,
     ) -> Result<Vec<u8>, WireError> {
         let get = parse_offset_request(body, false)?;
-        let target = topic_target(metadata, &get.stream, &get.topic)?;
-        require(user.allows(Action::Poll {
-            stream: target.stream,
-            topic: target.topic,
-        }))?;
-        let consumer = consumer_key(&get.consumer)?;
-        let partition = get.partition.unwrap_or(0);
-        let route = self.route(&target, partition)?;
+        let (consumer, partition, route) = self.consumer_route(metadata, user, &get.target)?;
         let query = PollQuery {
             start: PollStart::Next(consumer),
             batches_max: 0,

@@ -124,20 +124,18 @@ pub enum Strategy {
     Next,
 }
 
+/// Whose offset, on which partition of which topic: the head of polls and offset requests.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PollRequest {
+pub struct ConsumerTarget {
     /// `(kind, id)`: kind 1 a consumer, 2 a consumer group.
     pub consumer: (u8, Ident),
     pub stream: Ident,
     pub topic: Ident,
     pub partition: Option<u32>,
-    pub strategy: Strategy,
-    pub count: u32,
-    pub auto_commit: bool,
 }
 
-pub fn parse_poll(body: &[u8]) -> Result<PollRequest, WireError> {
-    let mut r = WireReader::new(body);
+/// `[Consumer][stream Identifier][topic Identifier][partition flag u8][partition id u32]`.
+fn parse_consumer_target(r: &mut WireReader<'_>) -> Result<ConsumerTarget, WireError> {
     let consumer_kind = r.u8("consumer kind")?;
     if !(1..=2).contains(&consumer_kind) {
         return Err(WireError::new(
@@ -160,6 +158,25 @@ pub fn parse_poll(body: &[u8]) -> Result<PollRequest, WireError> {
             ))
         }
     };
+    Ok(ConsumerTarget {
+        consumer,
+        stream,
+        topic,
+        partition,
+    })
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PollRequest {
+    pub target: ConsumerTarget,
+    pub strategy: Strategy,
+    pub count: u32,
+    pub auto_commit: bool,
+}
+
+pub fn parse_poll(body: &[u8]) -> Result<PollRequest, WireError> {
+    let mut r = WireReader::new(body);
+    let target = parse_consumer_target(&mut r)?;
     let kind = r.u8("polling strategy")?;
     let value = r.u64("polling value")?;
     let strategy = match kind {
@@ -188,53 +205,26 @@ pub fn parse_poll(body: &[u8]) -> Result<PollRequest, WireError> {
     };
     r.finish("poll messages")?;
     Ok(PollRequest {
-        consumer,
-        stream,
-        topic,
-        partition,
+        target,
         strategy,
         count,
         auto_commit,
     })
 }
 
-/// The target of a consumer offset request (Get, Store, Delete).
+/// A consumer offset request (Get, Store, Delete).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OffsetRequest {
-    pub consumer: (u8, Ident),
-    pub stream: Ident,
-    pub topic: Ident,
-    pub partition: Option<u32>,
+    pub target: ConsumerTarget,
     /// Store only: the offset to store.
     pub offset: Option<u64>,
 }
 
-/// `[Consumer][stream][topic][flag u8][partition u32]`, then for a store `[offset u64][ack u8]`
-/// (ack 1, quorum: Galgo stores every offset through its partition's quorum).
+/// The consumer target, then for a store `[offset u64][ack u8]` (ack 1, quorum: Galgo stores
+/// every offset through its partition's quorum).
 pub fn parse_offset_request(body: &[u8], store: bool) -> Result<OffsetRequest, WireError> {
     let mut r = WireReader::new(body);
-    let consumer_kind = r.u8("consumer kind")?;
-    if !(1..=2).contains(&consumer_kind) {
-        return Err(WireError::new(
-            ERROR_INVALID_FORMAT,
-            format!("consumer kind {consumer_kind}"),
-        ));
-    }
-    let consumer = (consumer_kind, r.identifier("consumer")?);
-    let stream = r.identifier("stream")?;
-    let topic = r.identifier("topic")?;
-    let flag = r.u8("partition flag")?;
-    let partition_id = r.u32("partition id")?;
-    let partition = match flag {
-        0 => None,
-        1 => Some(partition_id),
-        other => {
-            return Err(WireError::new(
-                ERROR_INVALID_FORMAT,
-                format!("partition flag {other}"),
-            ))
-        }
-    };
+    let target = parse_consumer_target(&mut r)?;
     let offset = if store {
         let offset = r.u64("offset")?;
         let ack = r.u8("ack level")?;
@@ -249,13 +239,7 @@ pub fn parse_offset_request(body: &[u8], store: bool) -> Result<OffsetRequest, W
         None
     };
     r.finish("consumer offset")?;
-    Ok(OffsetRequest {
-        consumer,
-        stream,
-        topic,
-        partition,
-        offset,
-    })
+    Ok(OffsetRequest { target, offset })
 }
 
 /// The poll reply: the 16-byte prefix (partition, the newest offset, the message count), then
@@ -384,7 +368,7 @@ mod tests {
             body.push(1);
             let poll = parse_poll(&body).unwrap();
             assert_eq!(poll.strategy, strategy);
-            assert_eq!(poll.partition, Some(2));
+            assert_eq!(poll.target.partition, Some(2));
             assert!(poll.auto_commit);
             assert_eq!(poll.count, 10);
             let mut bad = body.clone();
