@@ -2,7 +2,9 @@
 //! its binary protocol. Login (refused with bad credentials), ping, cluster metadata (a
 //! one-node roster), streams and topics created, read, refused when the name is taken and
 //! deleted; messages sent to chosen and balanced partitions and polled back with every
-//! strategy, stored consumer offsets and auto-commit; stats and the client's own info, logout.
+//! strategy, stored consumer offsets and auto-commit; a consumer group whose one member
+//! reads every partition once with next and auto-commit; stats and the client's own info,
+//! logout.
 
 mod common;
 
@@ -141,6 +143,7 @@ fn the_iggy_0_11_client_manages_streams_and_topics_through_the_gateway() {
         );
 
         send_and_poll(&client, &stream_id, &topic_id).await;
+        consume_as_group(&client, &stream_id, &topic_id).await;
 
         let stats = client.get_stats().await.unwrap();
         assert!(stats.streams_count >= 1);
@@ -281,4 +284,139 @@ async fn send_and_poll(client: &IggyClient, stream: &Identifier, topic: &Identif
         .store_consumer_offset(&consumer, stream, topic, Some(0), end + 100)
         .await;
     assert!(beyond.is_err(), "an offset past the end is refused");
+}
+
+/// Messages in each of the topic's three partitions, read by offset.
+async fn partition_counts(
+    client: &IggyClient,
+    stream: &Identifier,
+    topic: &Identifier,
+) -> Vec<usize> {
+    let reader = Consumer::new(Identifier::numeric(99).unwrap());
+    let mut counts = Vec::new();
+    for partition in 0..3 {
+        let polled = client
+            .poll_messages(
+                stream,
+                topic,
+                Some(partition),
+                &reader,
+                &PollingStrategy::offset(0),
+                1000,
+                false,
+            )
+            .await
+            .unwrap();
+        counts.push(polled.messages.len());
+    }
+    counts
+}
+
+async fn consume_as_group(client: &IggyClient, stream: &Identifier, topic: &Identifier) {
+    let created = client
+        .create_consumer_group(stream, topic, "readers")
+        .await
+        .unwrap();
+    assert_eq!(
+        (created.name.as_str(), created.members_count),
+        ("readers", 0)
+    );
+    let taken = client.create_consumer_group(stream, topic, "readers").await;
+    assert!(taken.is_err(), "a group name is taken once");
+    let group_id = Identifier::named("readers").unwrap();
+    let group = Consumer::group(group_id.clone());
+    // Not a member yet: refused.
+    assert!(client
+        .poll_messages(
+            stream,
+            topic,
+            Some(0),
+            &group,
+            &PollingStrategy::next(),
+            5,
+            true
+        )
+        .await
+        .is_err());
+    client
+        .join_consumer_group(stream, topic, &group_id)
+        .await
+        .unwrap();
+    let details = client
+        .get_consumer_group(stream, topic, &group_id)
+        .await
+        .unwrap()
+        .expect("the group exists");
+    assert_eq!(details.members_count, 1);
+    assert_eq!(
+        details.members[0].partitions,
+        vec![0, 1, 2],
+        "one member owns all"
+    );
+    let groups = client.get_consumer_groups(stream, topic).await.unwrap();
+    assert_eq!(groups.len(), 1);
+
+    let expected = partition_counts(client, stream, topic).await;
+    for (partition, expected) in expected.iter().enumerate() {
+        let mut read = Vec::new();
+        for _ in 0..100 {
+            let page = client
+                .poll_messages(
+                    stream,
+                    topic,
+                    Some(partition as u32),
+                    &group,
+                    &PollingStrategy::next(),
+                    5,
+                    true,
+                )
+                .await
+                .unwrap();
+            assert_eq!(page.partition_id, partition as u32);
+            if page.messages.is_empty() {
+                break;
+            }
+            read.extend(page.messages.iter().map(|m| m.header.offset));
+        }
+        let dense: Vec<u64> = (0..*expected as u64).collect();
+        assert_eq!(
+            read, dense,
+            "partition {partition}: every offset once, in order"
+        );
+        let stored = client
+            .get_consumer_offset(&group, stream, topic, Some(partition as u32))
+            .await
+            .unwrap();
+        if *expected > 0 {
+            assert_eq!(stored.unwrap().stored_offset, *expected as u64 - 1);
+        }
+    }
+    client
+        .leave_consumer_group(stream, topic, &group_id)
+        .await
+        .unwrap();
+    assert!(
+        client
+            .poll_messages(
+                stream,
+                topic,
+                Some(0),
+                &group,
+                &PollingStrategy::next(),
+                5,
+                true
+            )
+            .await
+            .is_err(),
+        "a member that left polls no more"
+    );
+    client
+        .delete_consumer_group(stream, topic, &group_id)
+        .await
+        .unwrap();
+    assert!(client
+        .get_consumer_group(stream, topic, &group_id)
+        .await
+        .unwrap()
+        .is_none());
 }

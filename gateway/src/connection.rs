@@ -59,6 +59,10 @@ pub struct Connection {
     routes: std::collections::BTreeMap<(u32, u32), Vec<PartitionRoute>>,
     /// Round-robin counter of balanced sends.
     balanced: u32,
+    /// This connection's identity as a consumer-group member, and whether it joined a group
+    /// (then it leaves them all when the connection ends).
+    member: u128,
+    joined: bool,
 }
 
 impl Connection {
@@ -67,7 +71,9 @@ impl Connection {
         routing: RoutingClient,
         peer: SocketAddr,
         number: u32,
+        member: u128,
     ) -> Connection {
+        assert!(member != 0);
         Connection {
             shared,
             routing,
@@ -77,11 +83,32 @@ impl Connection {
             metadata_op: 0,
             routes: std::collections::BTreeMap::new(),
             balanced: 0,
+            member,
+            joined: false,
         }
     }
 
     pub fn logged_in(&self) -> bool {
         self.login.is_some()
+    }
+
+    /// The connection ended: it leaves every consumer group it joined (best effort; a group
+    /// member that never leaves keeps its partitions until an operator drops it).
+    pub fn close(&mut self) {
+        if !self.joined {
+            return;
+        }
+        let op = MetadataOp::DropMember {
+            member: self.member,
+        };
+        if let Ok(body) = op.encode() {
+            if let Err(error) = self.routing.call_metadata(body) {
+                self.shared.log(&format!(
+                    "{}: leaving its consumer groups: {error}",
+                    self.peer
+                ));
+            }
+        }
     }
 
     pub fn handle(&mut self, request: &Request) -> Outcome {
@@ -118,7 +145,11 @@ impl Connection {
             OPERATION_CREATE_STREAM
             | OPERATION_DELETE_STREAM
             | OPERATION_CREATE_TOPIC
-            | OPERATION_DELETE_TOPIC => self.write_metadata(request, user_id, &username),
+            | OPERATION_DELETE_TOPIC
+            | OPERATION_CREATE_CONSUMER_GROUP
+            | OPERATION_DELETE_CONSUMER_GROUP
+            | OPERATION_JOIN_CONSUMER_GROUP
+            | OPERATION_LEAVE_CONSUMER_GROUP => self.write_metadata(request, user_id, &username),
             OPERATION_SEND_MESSAGES => self.send(request, user_id, &username),
             OPERATION_STORE_CONSUMER_OFFSET => self.store_offset(request, user_id, &username),
             _ => Err(WireError::new(
@@ -228,6 +259,44 @@ impl Connection {
             }
             CODE_GET_ME => replies::me(self.number, Some(user_id), &self.peer.to_string()),
             CODE_POLL_MESSAGES => return self.poll(&request.body, &metadata, user),
+            CODE_GET_CONSUMER_GROUP | CODE_SYNC_CONSUMER_GROUP => {
+                let stream_ident = r.identifier("stream")?;
+                let topic_ident = r.identifier("topic")?;
+                let group_ident = r.identifier("consumer group")?;
+                r.finish("consumer group")?;
+                let target = topic_target(&metadata, &stream_ident, &topic_ident)?;
+                require(user.allows(Action::Poll {
+                    stream: target.stream,
+                    topic: target.topic,
+                }))?;
+                let topic = topic_of(&metadata, &target);
+                match find_group(topic, &group_ident) {
+                    // Empty: not found (Get), or not a member (Sync).
+                    None => Vec::new(),
+                    Some(group) if request.code == CODE_GET_CONSUMER_GROUP => {
+                        replies::group_details(group, target.partitions)
+                    }
+                    Some(group) => match group.members.get(&self.member) {
+                        Some(owned) => replies::group_assignment(group.generation, owned),
+                        None => Vec::new(),
+                    },
+                }
+            }
+            CODE_GET_CONSUMER_GROUPS => {
+                let stream_ident = r.identifier("stream")?;
+                let topic_ident = r.identifier("topic")?;
+                r.finish("consumer groups")?;
+                let target = topic_target(&metadata, &stream_ident, &topic_ident)?;
+                require(user.allows(Action::Poll {
+                    stream: target.stream,
+                    topic: target.topic,
+                }))?;
+                let mut out = Vec::new();
+                for group in topic_of(&metadata, &target).groups.values() {
+                    replies::group_header(&mut out, group, target.partitions);
+                }
+                out
+            }
             CODE_GET_CONSUMER_OFFSET => return self.get_offset(&request.body, &metadata, user),
             CODE_GET_STREAM => {
                 let ident = r.identifier("stream")?;
@@ -354,6 +423,80 @@ impl Connection {
                 };
                 (MetadataOp::DeleteTopic { stream, topic }, Some(action))
             }
+            OPERATION_CREATE_CONSUMER_GROUP => {
+                let stream = r.identifier("stream")?;
+                let topic = r.identifier("topic")?;
+                let name = r.name("consumer group name")?;
+                r.finish("create consumer group")?;
+                let target = topic_target(&metadata, &stream, &topic)?;
+                let action = Action::ManageTopic {
+                    stream: target.stream,
+                    topic: target.topic,
+                };
+                let op = MetadataOp::CreateConsumerGroup {
+                    stream,
+                    topic,
+                    name,
+                };
+                (op, Some(action))
+            }
+            OPERATION_DELETE_CONSUMER_GROUP
+            | OPERATION_JOIN_CONSUMER_GROUP
+            | OPERATION_LEAVE_CONSUMER_GROUP => {
+                let stream = r.identifier("stream")?;
+                let topic = r.identifier("topic")?;
+                let group = r.identifier("consumer group")?;
+                r.finish("consumer group")?;
+                let target = topic_target(&metadata, &stream, &topic)?;
+                if find_group(topic_of(&metadata, &target), &group).is_none() {
+                    return Err(WireError::new(
+                        ERROR_CONSUMER_GROUP_ID_NOT_FOUND,
+                        format!("consumer group {group}"),
+                    ));
+                }
+                let (stream_id, topic_id) = (target.stream, target.topic);
+                let member = self.member;
+                match request.operation {
+                    OPERATION_DELETE_CONSUMER_GROUP => (
+                        MetadataOp::DeleteConsumerGroup {
+                            stream,
+                            topic,
+                            group,
+                        },
+                        Some(Action::ManageTopic {
+                            stream: stream_id,
+                            topic: topic_id,
+                        }),
+                    ),
+                    OPERATION_JOIN_CONSUMER_GROUP => {
+                        self.joined = true;
+                        (
+                            MetadataOp::JoinConsumerGroup {
+                                stream,
+                                topic,
+                                group,
+                                member,
+                            },
+                            Some(Action::Poll {
+                                stream: stream_id,
+                                topic: topic_id,
+                            }),
+                        )
+                    }
+                    _ => (
+                        MetadataOp::LeaveConsumerGroup {
+                            stream,
+                            topic,
+                            group,
+                            member,
+                        },
+                        Some(Action::Poll {
+                            stream: stream_id,
+                            topic: topic_id,
+                        }),
+                    ),
+                }
+            }
             other => unreachable!("operation {other} is dispatched elsewhere"),
         };
         // Checked on the metadata this connection read; a stream or topic it does not know is
@@ -386,6 +529,23 @@ impl Connection {
                     WireError::new(ERROR_GENERIC, "the created stream is not in the metadata")
                 })?;
                 replies::stream_with_topics(stream)
+            }
+            Applied::ConsumerGroupCreated { id } => {
+                let metadata = self.metadata()?;
+                let (stream_ident, topic_ident) = match &op {
+                    MetadataOp::CreateConsumerGroup { stream, topic, .. } => {
+                        (stream.clone(), topic.clone())
+                    }
+                    _ => unreachable!("a group is created by CreateConsumerGroup"),
+                };
+                let target = topic_target(&metadata, &stream_ident, &topic_ident)?;
+                let group = topic_of(&metadata, &target)
+                    .groups
+                    .get(&id)
+                    .ok_or_else(|| {
+                        WireError::new(ERROR_GENERIC, "the created group is not in the metadata")
+                    })?;
+                replies::group_details(group, target.partitions)
             }
             Applied::TopicCreated { id } => {
                 let metadata = self.metadata()?;
@@ -455,9 +615,32 @@ fn topic_target(
     })
 }
 
+/// Where a consumer's offsets live: its key, the group generation its stores carry (groups
+/// only), the partition and the partition's route.
+struct ConsumerAt {
+    key: ConsumerKey,
+    generation: Option<u64>,
+    partition: u32,
+    route: PartitionRoute,
+}
+
+/// The topic a target names (resolved from this same metadata).
+fn topic_of<'a>(
+    metadata: &'a Metadata,
+    target: &TopicTarget,
+) -> &'a galgo_replica::metadata::Topic {
+    &metadata.streams[&target.stream].topics[&target.topic]
+}
+
+fn find_group<'a>(
+    topic: &'a galgo_replica::metadata::Topic,
+    ident: &Ident,
+) -> Option<&'a galgo_replica::metadata::groups::ConsumerGroup> {
+    galgo_replica::metadata::names::find(&topic.groups, ident, |g| &g.name)
+}
+
 /// A single consumer's key: its numeric id, or for a named consumer the low 32 bits of the
-/// name's XXH3 (names and ids share one space of u32 keys). Consumer groups are not served
-/// yet.
+/// name's XXH3 (names and ids share one space of u32 keys).
 fn consumer_key(consumer: &(u8, Ident)) -> Result<ConsumerKey, WireError> {
     match consumer {
         (1, Ident::Id(id)) => Ok(ConsumerKey::Consumer(*id)),
@@ -465,8 +648,8 @@ fn consumer_key(consumer: &(u8, Ident)) -> Result<ConsumerKey, WireError> {
             name.as_bytes(),
         ) as u32)),
         _ => Err(WireError::new(
-            ERROR_FEATURE_UNAVAILABLE,
-            "consumer groups are not served yet",
+            ERROR_INVALID_FORMAT,
+            "a consumer group is not a single consumer",
         )),
     }
 }
@@ -575,16 +758,49 @@ impl Connection {
         metadata: &Metadata,
         user: &galgo_replica::metadata::users::User,
         target: &ConsumerTarget,
-    ) -> Result<(ConsumerKey, u32, PartitionRoute), WireError> {
+    ) -> Result<ConsumerAt, WireError> {
         let topic = topic_target(metadata, &target.stream, &target.topic)?;
         require(user.allows(Action::Poll {
             stream: topic.stream,
             topic: topic.topic,
         }))?;
-        let consumer = consumer_key(&target.consumer)?;
-        let partition = target.partition.unwrap_or(0);
+        let (key, generation, partition) = match &target.consumer {
+            (2, ident) => {
+                // A group's offsets are kept per partition and fenced by generation; only a
+                // member may use them, on a partition it owns in the current generation.
+                let group = find_group(topic_of(metadata, &topic), ident).ok_or_else(|| {
+                    WireError::new(ERROR_CONSUMER_GROUP_ID_NOT_FOUND, format!("group {ident}"))
+                })?;
+                let owned = group.members.get(&self.member).ok_or_else(|| {
+                    WireError::new(ERROR_CONSUMER_GROUP_MEMBER_NOT_FOUND, "not a member")
+                })?;
+                let partition = match target.partition {
+                    Some(partition) => partition,
+                    None => *owned.first().ok_or_else(|| {
+                        WireError::new(ERROR_CONSUMER_GROUP_PARTITION_NOT_OWNED, "no partition")
+                    })?,
+                };
+                if !owned.contains(&partition) {
+                    return Err(WireError::new(
+                        ERROR_CONSUMER_GROUP_PARTITION_NOT_OWNED,
+                        format!("partition {partition} in generation {}", group.generation),
+                    ));
+                }
+                (
+                    ConsumerKey::Group(group.id),
+                    Some(group.generation),
+                    partition,
+                )
+            }
+            consumer => (consumer_key(consumer)?, None, target.partition.unwrap_or(0)),
+        };
         let route = self.route(&topic, partition)?;
-        Ok((consumer, partition, route))
+        Ok(ConsumerAt {
+            key,
+            generation,
+            partition,
+            route,
+        })
     }
 
     /// PollMessages: committed batches from the partition's group, stamped and cut to the
@@ -596,7 +812,8 @@ impl Connection {
         user: &galgo_replica::metadata::users::User,
     ) -> Result<Vec<u8>, WireError> {
         let poll = parse_poll(body)?;
-        let (consumer, partition, route) = self.consumer_route(metadata, user, &poll.target)?;
+        let at = self.consumer_route(metadata, user, &poll.target)?;
+        let (consumer, partition) = (at.key, at.partition);
         let start = match poll.strategy {
             Strategy::Offset(offset) => PollStart::Offset(offset),
             Strategy::First => PollStart::Offset(0),
@@ -609,7 +826,7 @@ impl Connection {
             batches_max: poll.count.clamp(1, POLL_BATCHES_MAX),
             bytes_max: POLL_BYTES_MAX,
         };
-        let polled = self.routing.poll(&route, query).map_err(routing_error)?;
+        let polled = self.routing.poll(&at.route, query).map_err(routing_error)?;
         let (reply, served, last) = poll_reply(
             partition,
             polled.end,
@@ -618,24 +835,19 @@ impl Connection {
             &polled.batches,
         );
         if let (true, Some(last)) = (poll.auto_commit && served > 0, last) {
-            self.commit_offset(&route, consumer, last)?;
+            self.commit_offset(&at, last)?;
         }
         Ok(reply)
     }
 
-    fn commit_offset(
-        &mut self,
-        route: &PartitionRoute,
-        consumer: ConsumerKey,
-        offset: u64,
-    ) -> Result<(), WireError> {
+    fn commit_offset(&mut self, at: &ConsumerAt, offset: u64) -> Result<(), WireError> {
         let op = PartitionOp::StoreConsumerOffset {
-            consumer,
+            consumer: at.key,
             offset,
-            generation: None,
+            generation: at.generation,
         }
         .encode(&[]);
-        match self.call_partition(route, op)? {
+        match self.call_partition(&at.route, op)? {
             PartitionReply::Done => Ok(()),
             other => Err(WireError::new(
                 ERROR_INVALID_FORMAT,
@@ -654,9 +866,9 @@ impl Connection {
         let store = parse_offset_request(&request.body, true)?;
         let metadata = self.metadata()?;
         let user = logged_in_user(&metadata, user_id, username)?;
-        let (consumer, _, route) = self.consumer_route(&metadata, user, &store.target)?;
+        let at = self.consumer_route(&metadata, user, &store.target)?;
         let offset = store.offset.expect("a store carries its offset");
-        match self.commit_offset(&route, consumer, offset) {
+        match self.commit_offset(&at, offset) {
             Ok(()) => Ok(result_ok(&[])),
             Err(error) if error.code == ERROR_INVALID_FORMAT => Ok(result_error(error.code)),
             Err(error) => Err(error),
@@ -672,9 +884,10 @@ impl Connection {
         user: &galgo_replica::metadata::users::User,
     ) -> Result<Vec<u8>, WireError> {
         let get = parse_offset_request(body, false)?;
-        let (consumer, partition, route) = self.consumer_route(metadata, user, &get.target)?;
+        let at = self.consumer_route(metadata, user, &get.target)?;
+        let (partition, route) = (at.partition, at.route.clone());
         let query = PollQuery {
-            start: PollStart::Next(consumer),
+            start: PollStart::Next(at.key),
             batches_max: 0,
             bytes_max: 0,
         };

@@ -6,6 +6,7 @@
 //! groups; reading them needs a query per partition). Topic and partition ids, names, counts,
 //! creation times and options are the metadata's.
 
+use galgo_replica::metadata::groups::ConsumerGroup;
 use galgo_replica::metadata::{Metadata, Stream, Topic};
 
 use crate::wire::{put_long_str, put_name};
@@ -65,6 +66,44 @@ pub fn topic_with_partitions(topic: &Topic) -> Vec<u8> {
         out.extend_from_slice(&0u64.to_le_bytes());
         out.extend_from_slice(&0u64.to_le_bytes());
         out.extend_from_slice(&0u64.to_le_bytes());
+    }
+    out
+}
+
+/// A consumer group's header: id, partitions, members, name.
+pub fn group_header(out: &mut Vec<u8>, group: &ConsumerGroup, partitions: u32) {
+    out.extend_from_slice(&group.id.to_le_bytes());
+    out.extend_from_slice(&partitions.to_le_bytes());
+    let members = u32::try_from(group.members.len()).expect("bounded by the limits");
+    out.extend_from_slice(&members.to_le_bytes());
+    put_name(out, &group.name);
+}
+
+/// A consumer group with its members, each `[id u32][partitions u32][partition ids]` (a
+/// member's id is its position in the group: members are client sessions, u128 inside).
+pub fn group_details(group: &ConsumerGroup, partitions: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    group_header(&mut out, group, partitions);
+    for (position, owned) in group.members.values().enumerate() {
+        let id = u32::try_from(position).expect("bounded by the limits");
+        out.extend_from_slice(&id.to_le_bytes());
+        let count = u32::try_from(owned.len()).expect("bounded by the limits");
+        out.extend_from_slice(&count.to_le_bytes());
+        for partition in owned {
+            out.extend_from_slice(&partition.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// SyncConsumerGroup: the generation and the member's partitions.
+pub fn group_assignment(generation: u64, partitions: &[u32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12 + 4 * partitions.len());
+    out.extend_from_slice(&generation.to_le_bytes());
+    let count = u32::try_from(partitions.len()).expect("bounded by the limits");
+    out.extend_from_slice(&count.to_le_bytes());
+    for partition in partitions {
+        out.extend_from_slice(&partition.to_le_bytes());
     }
     out
 }

@@ -185,14 +185,25 @@ fn serve(mut stream: TcpStream, config: &GatewayConfig, shared: Arc<Shared>, num
         return;
     }
     let routing = RoutingClient::new(config.cluster, random_client_id(), config.nodes.clone());
-    let mut connection = Connection::new(shared.clone(), routing, peer, number);
+    let mut connection = Connection::new(shared.clone(), routing, peer, number, random_client_id());
+    serve_requests(&mut stream, config, &shared, &mut connection, peer);
+    connection.close();
+}
+
+fn serve_requests(
+    stream: &mut TcpStream,
+    config: &GatewayConfig,
+    shared: &Shared,
+    connection: &mut Connection,
+    peer: std::net::SocketAddr,
+) {
     loop {
         let size_max = if connection.logged_in() {
             config.frame_size_max
         } else {
             config.login_frame_size_max
         };
-        let request = match read_request(&mut stream, size_max) {
+        let request = match read_request(stream, size_max) {
             Ok(request) => request,
             Err(FrameError::Closed) | Err(FrameError::Io(_)) => return,
             Err(error) => {
