@@ -322,7 +322,39 @@ async fn consume_as_group(client: &IggyClient, stream: &Identifier, topic: &Iden
         ("readers", 0)
     );
     let taken = client.create_consumer_group(stream, topic, "readers").await;
-    assert!(taken.is_err(), "a group name is taken once");
+    assert!(
+        matches!(taken, Err(IggyError::ConsumerGroupNameAlreadyExists(..))),
+        "a group name is taken once: {taken:?}"
+    );
+    // A numeric-looking name: the client names it by that number afterwards.
+    client
+        .create_consumer_group(stream, topic, "7")
+        .await
+        .unwrap();
+    let seven = Identifier::named("7").unwrap();
+    client
+        .join_consumer_group(stream, topic, &seven)
+        .await
+        .unwrap();
+    let details = client
+        .get_consumer_group(stream, topic, &seven)
+        .await
+        .unwrap()
+        .expect("found by its numeric-looking name");
+    assert_eq!((details.name.as_str(), details.members_count), ("7", 1));
+    client
+        .leave_consumer_group(stream, topic, &seven)
+        .await
+        .unwrap();
+    let again = client.leave_consumer_group(stream, topic, &seven).await;
+    assert!(
+        matches!(again, Err(IggyError::ConsumerGroupMemberNotFound(..))),
+        "{again:?}"
+    );
+    client
+        .delete_consumer_group(stream, topic, &seven)
+        .await
+        .unwrap();
     let group_id = Identifier::named("readers").unwrap();
     let group = Consumer::group(group_id.clone());
     // Not a member yet: refused.
@@ -354,7 +386,7 @@ async fn consume_as_group(client: &IggyClient, stream: &Identifier, topic: &Iden
         "one member owns all"
     );
     let groups = client.get_consumer_groups(stream, topic).await.unwrap();
-    assert_eq!(groups.len(), 1);
+    assert_eq!(groups.len(), 1, "{groups:?}");
 
     let expected = partition_counts(client, stream, topic).await;
     for (partition, expected) in expected.iter().enumerate() {

@@ -448,12 +448,17 @@ impl Connection {
                 let group = r.identifier("consumer group")?;
                 r.finish("consumer group")?;
                 let target = topic_target(&metadata, &stream, &topic)?;
-                if find_group(topic_of(&metadata, &target), &group).is_none() {
-                    return Err(WireError::new(
-                        ERROR_CONSUMER_GROUP_ID_NOT_FOUND,
-                        format!("consumer group {group}"),
-                    ));
-                }
+                // Sent by the id it resolved to here: the client names a group whose name looks
+                // like a number by that number.
+                let group = match find_group(topic_of(&metadata, &target), &group) {
+                    Some(found) => Ident::Id(found.id),
+                    None => {
+                        return Err(WireError::new(
+                            ERROR_CONSUMER_GROUP_ID_NOT_FOUND,
+                            format!("consumer group {group}"),
+                        ))
+                    }
+                };
                 let (stream_id, topic_id) = (target.stream, target.topic);
                 let member = self.member;
                 match request.operation {
@@ -632,11 +637,18 @@ fn topic_of<'a>(
     &metadata.streams[&target.stream].topics[&target.topic]
 }
 
+/// The group `ident` names: by id or name, and a number that is no group's id also as a name
+/// (the 0.11.0 client sends a numeric-looking name as a number).
 fn find_group<'a>(
     topic: &'a galgo_replica::metadata::Topic,
     ident: &Ident,
 ) -> Option<&'a galgo_replica::metadata::groups::ConsumerGroup> {
-    galgo_replica::metadata::names::find(&topic.groups, ident, |g| &g.name)
+    galgo_replica::metadata::names::find(&topic.groups, ident, |g| &g.name).or_else(
+        || match ident {
+            Ident::Id(id) => topic.groups.values().find(|g| g.name == id.to_string()),
+            Ident::Name(_) => None,
+        },
+    )
 }
 
 /// A single consumer's key: its numeric id, or for a named consumer the low 32 bits of the
@@ -849,6 +861,13 @@ impl Connection {
         .encode(&[]);
         match self.call_partition(&at.route, op)? {
             PartitionReply::Done => Ok(()),
+            // A rebalance the member has not synced yet: it syncs and retries on 5009.
+            PartitionReply::Refused { reason } if reason.starts_with("StaleGeneration") => {
+                Err(WireError::new(
+                    ERROR_CONSUMER_GROUP_PARTITION_NOT_OWNED,
+                    format!("storing offset {offset}: {reason}"),
+                ))
+            }
             other => Err(WireError::new(
                 ERROR_INVALID_FORMAT,
                 format!("storing offset {offset}: {other:?}"),
@@ -870,7 +889,12 @@ impl Connection {
         let offset = store.offset.expect("a store carries its offset");
         match self.commit_offset(&at, offset) {
             Ok(()) => Ok(result_ok(&[])),
-            Err(error) if error.code == ERROR_INVALID_FORMAT => Ok(result_error(error.code)),
+            Err(error)
+                if error.code == ERROR_INVALID_FORMAT
+                    || error.code == ERROR_CONSUMER_GROUP_PARTITION_NOT_OWNED =>
+            {
+                Ok(result_error(error.code))
+            }
             Err(error) => Err(error),
         }
     }
@@ -940,15 +964,14 @@ pub fn refusal_code(kind: RefusalKind, operation: u8) -> u32 {
             ERROR_INVALID_PARTITIONS_COUNT
         }
         RefusalKind::InvalidValue => ERROR_INVALID_FORMAT,
-        RefusalKind::UserNotFound
-        | RefusalKind::TokenNotFound
-        | RefusalKind::ConsumerGroupNotFound
-        | RefusalKind::MemberNotFound => ERROR_RESOURCE_NOT_FOUND,
+        RefusalKind::ConsumerGroupNotFound => ERROR_CONSUMER_GROUP_ID_NOT_FOUND,
+        RefusalKind::ConsumerGroupNameTaken => ERROR_CONSUMER_GROUP_NAME_ALREADY_EXISTS,
+        RefusalKind::MemberNotFound => ERROR_CONSUMER_GROUP_MEMBER_NOT_FOUND,
+        RefusalKind::UserNotFound | RefusalKind::TokenNotFound => ERROR_RESOURCE_NOT_FOUND,
         RefusalKind::RootProtected => ERROR_UNAUTHORIZED,
-        RefusalKind::UsernameTaken
-        | RefusalKind::TokenNameTaken
-        | RefusalKind::ConsumerGroupNameTaken
-        | RefusalKind::LimitReached => ERROR_GENERIC,
+        RefusalKind::UsernameTaken | RefusalKind::TokenNameTaken | RefusalKind::LimitReached => {
+            ERROR_GENERIC
+        }
     }
 }
 
