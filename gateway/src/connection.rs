@@ -264,11 +264,7 @@ impl Connection {
                 let topic_ident = r.identifier("topic")?;
                 let group_ident = r.identifier("consumer group")?;
                 r.finish("consumer group")?;
-                let target = topic_target(&metadata, &stream_ident, &topic_ident)?;
-                require(user.allows(Action::Poll {
-                    stream: target.stream,
-                    topic: target.topic,
-                }))?;
+                let target = pollable(&metadata, user, &stream_ident, &topic_ident)?;
                 let topic = topic_of(&metadata, &target);
                 match find_group(topic, &group_ident) {
                     // Empty: not found (Get), or not a member (Sync).
@@ -286,11 +282,7 @@ impl Connection {
                 let stream_ident = r.identifier("stream")?;
                 let topic_ident = r.identifier("topic")?;
                 r.finish("consumer groups")?;
-                let target = topic_target(&metadata, &stream_ident, &topic_ident)?;
-                require(user.allows(Action::Poll {
-                    stream: target.stream,
-                    topic: target.topic,
-                }))?;
+                let target = pollable(&metadata, user, &stream_ident, &topic_ident)?;
                 let mut out = Vec::new();
                 for group in topic_of(&metadata, &target).groups.values() {
                     replies::group_header(&mut out, group, target.partitions);
@@ -620,6 +612,22 @@ fn topic_target(
     })
 }
 
+/// The topic `stream`/`topic` name, once `user` may poll it (reading, storing offsets and
+/// consumer groups need the same right).
+fn pollable(
+    metadata: &Metadata,
+    user: &galgo_replica::metadata::users::User,
+    stream: &Ident,
+    topic: &Ident,
+) -> Result<TopicTarget, WireError> {
+    let target = topic_target(metadata, stream, topic)?;
+    require(user.allows(Action::Poll {
+        stream: target.stream,
+        topic: target.topic,
+    }))?;
+    Ok(target)
+}
+
 /// Where a consumer's offsets live: its key, the group generation its stores carry (groups
 /// only), the partition and the partition's route.
 struct ConsumerAt {
@@ -771,11 +779,7 @@ impl Connection {
         user: &galgo_replica::metadata::users::User,
         target: &ConsumerTarget,
     ) -> Result<ConsumerAt, WireError> {
-        let topic = topic_target(metadata, &target.stream, &target.topic)?;
-        require(user.allows(Action::Poll {
-            stream: topic.stream,
-            topic: topic.topic,
-        }))?;
+        let topic = pollable(metadata, user, &target.stream, &target.topic)?;
         let (key, generation, partition) = match &target.consumer {
             (2, ident) => {
                 // A group's offsets are kept per partition and fenced by generation; only a
