@@ -280,6 +280,22 @@ async fn send_and_poll(client: &IggyClient, stream: &Identifier, topic: &Identif
         .unwrap();
     let resumed = poll(PollingStrategy::next(), 2, false).await;
     assert_eq!(payloads(&resumed), sent[10..12].to_vec());
+    // Deleted: next starts over; a second delete finds nothing.
+    client
+        .delete_consumer_offset(&consumer, stream, topic, Some(0))
+        .await
+        .unwrap();
+    assert!(client
+        .get_consumer_offset(&consumer, stream, topic, Some(0))
+        .await
+        .unwrap()
+        .is_none());
+    let again = poll(PollingStrategy::next(), 2, false).await;
+    assert_eq!(payloads(&again), sent[0..2].to_vec());
+    assert!(client
+        .delete_consumer_offset(&consumer, stream, topic, Some(0))
+        .await
+        .is_err());
     let beyond = client
         .store_consumer_offset(&consumer, stream, topic, Some(0), end + 100)
         .await;

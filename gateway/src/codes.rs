@@ -19,6 +19,7 @@ pub const OPERATION_DELETE_CONSUMER_GROUP: u8 = 140;
 pub const OPERATION_JOIN_CONSUMER_GROUP: u8 = 148;
 pub const OPERATION_LEAVE_CONSUMER_GROUP: u8 = 149;
 pub const OPERATION_SEND_MESSAGES: u8 = 160;
+/// Offsets are stored through the partition's quorum whatever ack level (0 or 1) is asked.
 pub const OPERATION_STORE_CONSUMER_OFFSET: u8 = 161;
 pub const OPERATION_DELETE_CONSUMER_OFFSET: u8 = 162;
 

@@ -23,7 +23,7 @@ use crate::codes::*;
 use crate::frame::{eviction, reply, Request};
 use crate::messages::{
     choose_partition, parse_offset_request, parse_poll, parse_send, poll_reply, ConsumerTarget,
-    Strategy,
+    OffsetRequestKind, Strategy,
 };
 use crate::replies;
 use crate::server::Shared;
@@ -152,6 +152,7 @@ impl Connection {
             | OPERATION_LEAVE_CONSUMER_GROUP => self.write_metadata(request, user_id, &username),
             OPERATION_SEND_MESSAGES => self.send(request, user_id, &username),
             OPERATION_STORE_CONSUMER_OFFSET => self.store_offset(request, user_id, &username),
+            OPERATION_DELETE_CONSUMER_OFFSET => self.delete_offset(request, user_id, &username),
             _ => Err(WireError::new(
                 ERROR_FEATURE_UNAVAILABLE,
                 format!("operation {} is not served yet", request.operation),
@@ -879,6 +880,30 @@ impl Connection {
         }
     }
 
+    /// DeleteConsumerOffset (result-framed): error 20 when none is stored.
+    fn delete_offset(
+        &mut self,
+        request: &Request,
+        user_id: u32,
+        username: &str,
+    ) -> Result<Vec<u8>, WireError> {
+        let delete = parse_offset_request(&request.body, OffsetRequestKind::Delete)?;
+        let metadata = self.metadata()?;
+        let user = logged_in_user(&metadata, user_id, username)?;
+        let at = self.consumer_route(&metadata, user, &delete.target)?;
+        let op = PartitionOp::DeleteConsumerOffset { consumer: at.key }.encode(&[]);
+        match self.call_partition(&at.route, op)? {
+            PartitionReply::Done => Ok(result_ok(&[])),
+            PartitionReply::Refused { reason } if reason.starts_with("ConsumerOffsetNotFound") => {
+                Ok(result_error(ERROR_RESOURCE_NOT_FOUND))
+            }
+            other => Err(WireError::new(
+                ERROR_GENERIC,
+                format!("deleting an offset: {other:?}"),
+            )),
+        }
+    }
+
     /// StoreConsumerOffset (result-framed).
     fn store_offset(
         &mut self,
@@ -886,7 +911,7 @@ impl Connection {
         user_id: u32,
         username: &str,
     ) -> Result<Vec<u8>, WireError> {
-        let store = parse_offset_request(&request.body, true)?;
+        let store = parse_offset_request(&request.body, OffsetRequestKind::Store)?;
         let metadata = self.metadata()?;
         let user = logged_in_user(&metadata, user_id, username)?;
         let at = self.consumer_route(&metadata, user, &store.target)?;
@@ -911,7 +936,7 @@ impl Connection {
         metadata: &Metadata,
         user: &galgo_replica::metadata::users::User,
     ) -> Result<Vec<u8>, WireError> {
-        let get = parse_offset_request(body, false)?;
+        let get = parse_offset_request(body, OffsetRequestKind::Get)?;
         let at = self.consumer_route(metadata, user, &get.target)?;
         let (partition, route) = (at.partition, at.route.clone());
         let query = PollQuery {

@@ -220,13 +220,26 @@ pub struct OffsetRequest {
     pub offset: Option<u64>,
 }
 
-/// The consumer target, then for a store `[offset u64][ack u8]` (ack 1, quorum: Galgo stores
-/// every offset through its partition's quorum).
-pub fn parse_offset_request(body: &[u8], store: bool) -> Result<OffsetRequest, WireError> {
+/// Which consumer offset request a body is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OffsetRequestKind {
+    Get,
+    Store,
+    Delete,
+}
+
+/// The consumer target; then for a store `[offset u64][ack u8]`, for a delete `[ack u8]`.
+pub fn parse_offset_request(
+    body: &[u8],
+    kind: OffsetRequestKind,
+) -> Result<OffsetRequest, WireError> {
     let mut r = WireReader::new(body);
     let target = parse_consumer_target(&mut r)?;
-    let offset = if store {
-        let offset = r.u64("offset")?;
+    let offset = match kind {
+        OffsetRequestKind::Store => Some(r.u64("offset")?),
+        OffsetRequestKind::Get | OffsetRequestKind::Delete => None,
+    };
+    if kind != OffsetRequestKind::Get {
         let ack = r.u8("ack level")?;
         if ack > 1 {
             return Err(WireError::new(
@@ -234,10 +247,7 @@ pub fn parse_offset_request(body: &[u8], store: bool) -> Result<OffsetRequest, W
                 format!("ack level {ack}"),
             ));
         }
-        Some(offset)
-    } else {
-        None
-    };
+    }
     r.finish("consumer offset")?;
     Ok(OffsetRequest { target, offset })
 }
