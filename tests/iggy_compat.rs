@@ -328,6 +328,27 @@ async fn partition_counts(
     counts
 }
 
+/// Five messages of `partition` for `group`, next with auto-commit.
+async fn group_poll(
+    client: &IggyClient,
+    stream: &Identifier,
+    topic: &Identifier,
+    group: &Consumer,
+    partition: u32,
+) -> Result<PolledMessages, IggyError> {
+    client
+        .poll_messages(
+            stream,
+            topic,
+            Some(partition),
+            group,
+            &PollingStrategy::next(),
+            5,
+            true,
+        )
+        .await
+}
+
 async fn consume_as_group(client: &IggyClient, stream: &Identifier, topic: &Identifier) {
     let created = client
         .create_consumer_group(stream, topic, "readers")
@@ -374,18 +395,7 @@ async fn consume_as_group(client: &IggyClient, stream: &Identifier, topic: &Iden
     let group_id = Identifier::named("readers").unwrap();
     let group = Consumer::group(group_id.clone());
     // Not a member yet: refused.
-    assert!(client
-        .poll_messages(
-            stream,
-            topic,
-            Some(0),
-            &group,
-            &PollingStrategy::next(),
-            5,
-            true
-        )
-        .await
-        .is_err());
+    assert!(group_poll(client, stream, topic, &group, 0).await.is_err());
     client
         .join_consumer_group(stream, topic, &group_id)
         .await
@@ -408,16 +418,7 @@ async fn consume_as_group(client: &IggyClient, stream: &Identifier, topic: &Iden
     for (partition, expected) in expected.iter().enumerate() {
         let mut read = Vec::new();
         for _ in 0..100 {
-            let page = client
-                .poll_messages(
-                    stream,
-                    topic,
-                    Some(partition as u32),
-                    &group,
-                    &PollingStrategy::next(),
-                    5,
-                    true,
-                )
+            let page = group_poll(client, stream, topic, &group, partition as u32)
                 .await
                 .unwrap();
             assert_eq!(page.partition_id, partition as u32);
@@ -444,18 +445,7 @@ async fn consume_as_group(client: &IggyClient, stream: &Identifier, topic: &Iden
         .await
         .unwrap();
     assert!(
-        client
-            .poll_messages(
-                stream,
-                topic,
-                Some(0),
-                &group,
-                &PollingStrategy::next(),
-                5,
-                true
-            )
-            .await
-            .is_err(),
+        group_poll(client, stream, topic, &group, 0).await.is_err(),
         "a member that left polls no more"
     );
     client

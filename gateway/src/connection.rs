@@ -880,6 +880,22 @@ impl Connection {
         }
     }
 
+    /// A store or delete of a consumer offset: the request, and where its consumer's offsets
+    /// live (once the user may poll the topic).
+    fn offset_write(
+        &mut self,
+        request: &Request,
+        kind: OffsetRequestKind,
+        user_id: u32,
+        username: &str,
+    ) -> Result<(crate::messages::OffsetRequest, ConsumerAt), WireError> {
+        let parsed = parse_offset_request(&request.body, kind)?;
+        let metadata = self.metadata()?;
+        let user = logged_in_user(&metadata, user_id, username)?;
+        let at = self.consumer_route(&metadata, user, &parsed.target)?;
+        Ok((parsed, at))
+    }
+
     /// DeleteConsumerOffset (result-framed): error 20 when none is stored.
     fn delete_offset(
         &mut self,
@@ -887,10 +903,7 @@ impl Connection {
         user_id: u32,
         username: &str,
     ) -> Result<Vec<u8>, WireError> {
-        let delete = parse_offset_request(&request.body, OffsetRequestKind::Delete)?;
-        let metadata = self.metadata()?;
-        let user = logged_in_user(&metadata, user_id, username)?;
-        let at = self.consumer_route(&metadata, user, &delete.target)?;
+        let (_, at) = self.offset_write(request, OffsetRequestKind::Delete, user_id, username)?;
         let op = PartitionOp::DeleteConsumerOffset { consumer: at.key }.encode(&[]);
         match self.call_partition(&at.route, op)? {
             PartitionReply::Done => Ok(result_ok(&[])),
@@ -911,10 +924,8 @@ impl Connection {
         user_id: u32,
         username: &str,
     ) -> Result<Vec<u8>, WireError> {
-        let store = parse_offset_request(&request.body, OffsetRequestKind::Store)?;
-        let metadata = self.metadata()?;
-        let user = logged_in_user(&metadata, user_id, username)?;
-        let at = self.consumer_route(&metadata, user, &store.target)?;
+        let (store, at) =
+            self.offset_write(request, OffsetRequestKind::Store, user_id, username)?;
         let offset = store.offset.expect("a store carries its offset");
         match self.commit_offset(&at, offset) {
             Ok(()) => Ok(result_ok(&[])),
