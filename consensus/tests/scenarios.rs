@@ -518,6 +518,45 @@ fn the_injected_bug_counts_the_old_view_prepare_ok() {
 }
 
 #[test]
+fn a_primary_hands_over_leadership_before_it_stops() {
+    let mut cluster = started(3);
+    let session = cluster.register();
+    let old = cluster.primary().expect("primary");
+    let view = cluster.replica(old).view();
+    let first = request(session, 1, b"before");
+    cluster.send_request(&first);
+    cluster.run(5);
+    assert!(cluster.reply_to(&first).is_some());
+    let actions = cluster.replicas[old as usize]
+        .as_mut()
+        .expect("running")
+        .hand_over_leadership();
+    cluster.execute(old, actions);
+    cluster.settle();
+    // Well inside the backups' heartbeat timeout: the view moved because the primary asked.
+    cluster.run(20);
+    let new = cluster.primary().expect("a new primary");
+    assert_ne!(new, old);
+    assert!(cluster.replica(new).view() > view);
+    cluster.crash(old);
+    let second = request(session, 2, b"after");
+    cluster.send_request(&second);
+    cluster.run(5);
+    assert!(cluster.reply_to(&second).is_some());
+    let expected = vec![b"before".to_vec(), b"after".to_vec()];
+    assert_eq!(applied(&cluster, new), expected);
+    // A backup asked to hand over does nothing.
+    let backup = (0..3).find(|r| *r != new && *r != old).expect("a backup");
+    let view_now = cluster.replica(backup).view();
+    let actions = cluster.replicas[backup as usize]
+        .as_mut()
+        .expect("running")
+        .hand_over_leadership();
+    assert!(actions.is_empty());
+    assert_eq!(cluster.replica(backup).view(), view_now);
+}
+
+#[test]
 fn lagging_replica_elected_primary_keeps_committed_ops() {
     let mut cluster = started(3);
     let session = cluster.register();

@@ -29,6 +29,8 @@ pub enum Event {
     },
     Message(Message),
     Completed(IoId, Completion),
+    /// The node is stopping: a primary hands its leadership over to the next view.
+    HandOver,
 }
 
 pub struct Inbox {
@@ -161,6 +163,7 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
                 }
                 Event::Message(message) => replica.on_message(message),
                 Event::Completed(io, completion) => replica.on_io_complete(io, completion),
+                Event::HandOver => replica.hand_over_leadership(),
             }
         };
         for action in actions {

@@ -562,6 +562,37 @@ impl Node {
         self.placements_seen.set(Some(version));
     }
 
+    /// The node is about to stop: every group of more than one replica that this shard leads
+    /// hands its leadership over (call again for a group that elected it once more).
+    pub fn hand_over_leadership(&self) {
+        if let Some(metadata) = &self.metadata {
+            metadata.deliver(Event::HandOver);
+        }
+        for host in self.partitions.borrow().values() {
+            host.deliver(Event::HandOver);
+        }
+    }
+
+    /// Groups of more than one replica whose normal primary is this shard's replica.
+    pub fn groups_led(&self) -> usize {
+        fn leads<S: StateMachine>(replica: &Replica<S>) -> bool {
+            replica.replica_count() > 1
+                && replica.is_primary()
+                && replica.status() == galgo_consensus::Status::Normal
+        }
+        let metadata = self
+            .metadata
+            .as_ref()
+            .is_some_and(|host| leads(&host.replica.borrow()));
+        let partitions = self
+            .partitions
+            .borrow()
+            .values()
+            .filter(|host| leads(&host.replica.borrow()))
+            .count();
+        usize::from(metadata) + partitions
+    }
+
     /// The partition groups this node runs, with whether it leads each.
     pub fn partition_roles(&self) -> Vec<(u64, bool)> {
         self.partitions
