@@ -4,10 +4,12 @@
 //! a running cluster.
 
 mod bench;
+mod http;
+mod readiness;
+mod shutdown;
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use galgo_gateway::server::GatewayConfig;
@@ -40,8 +42,11 @@ enum Command {
         #[arg(long)]
         id: Option<u8>,
     },
-    /// Run the gateway: the Iggy binary protocol 0.11.0 (gateway.tcp_address) in front of the
-    /// cluster the file describes (its nodes' client addresses). Stateless; several can run.
+    /// Run the gateway: the Iggy binary protocol 0.11.0 (gateway.tcp_address) and HTTP
+    /// (gateway.http_address: /livez, /readyz, /metrics) in front of the cluster the file
+    /// describes (its nodes' client addresses). Stateless; several can run. If the cluster has
+    /// no user yet, it creates root (GALGO_ROOT_USERNAME, default root; GALGO_ROOT_PASSWORD,
+    /// else generated and printed).
     Gateway {
         /// The cluster's TOML configuration (the same file as the replicas').
         #[arg(long)]
@@ -57,6 +62,15 @@ enum Command {
         /// Where the data lives (default ./galgo-data).
         #[arg(long)]
         data_dir: Option<std::path::PathBuf>,
+    },
+    /// Ask a galgo HTTP endpoint whether it is ready (GET /readyz): exit 0 if it answers 200,
+    /// else 1 with its answer. For container healthchecks (the image has no curl).
+    Health {
+        /// host:port of the HTTP endpoint (gateway.http_address or replica.http_address).
+        address: std::net::SocketAddr,
+        /// The path to ask.
+        #[arg(long, default_value = "/readyz")]
+        path: String,
     },
     /// Produce to a fresh topic of a running cluster (default: a `galgo dev` on this machine)
     /// and print throughput and per-batch latency.
@@ -93,6 +107,22 @@ fn main() -> ExitCode {
         std::process::abort();
     }));
     let cli = Cli::parse();
+    if let Command::Health { address, path } = &cli.command {
+        return match http::get(*address, path) {
+            Ok((200, _)) => ExitCode::SUCCESS,
+            Ok((status, body)) => {
+                eprintln!(
+                    "galgo health: {address}{path}: {status} {}",
+                    body.trim_end()
+                );
+                ExitCode::FAILURE
+            }
+            Err(error) => {
+                eprintln!("galgo health: {address}{path}: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mut env: Vec<(String, String)> = std::env::vars().collect();
     if let Command::Bench {
         config,
@@ -132,7 +162,17 @@ fn main() -> ExitCode {
             Ok(config) => config,
             Err(code) => return code,
         };
-        return match start_gateway(&config, *verbose) {
+        let (cluster, nodes) = (u128::from(config.cluster.id), client_addresses(&config));
+        std::thread::spawn(move || set_root_user(cluster, nodes));
+        let started = start_gateway(&config, *verbose).and_then(|()| {
+            let probe = readiness::gateway_probe(
+                u128::from(config.cluster.id),
+                random_u128(),
+                client_addresses(&config),
+            );
+            start_http(&config.gateway.http_address, probe)
+        });
+        return match started {
             Ok(()) => loop {
                 std::thread::park();
             },
@@ -164,7 +204,9 @@ fn main() -> ExitCode {
             }
             (DEV_CONFIG.to_string(), true)
         }
-        Command::Bench { .. } | Command::Gateway { .. } => unreachable!("handled above"),
+        Command::Bench { .. } | Command::Gateway { .. } | Command::Health { .. } => {
+            unreachable!("handled above")
+        }
     };
     let config = match Config::load(&text, env) {
         Ok(config) => config,
@@ -178,14 +220,24 @@ fn main() -> ExitCode {
 
 fn run(config: Config, dev: bool) -> ExitCode {
     let shards = config.shard_count();
+    // Before any thread starts, so that every thread inherits the blocked signals and only
+    // the shutdown thread takes them.
+    let stopping = match shutdown::Shutdown::install(shards) {
+        Ok(stopping) => stopping,
+        Err(error) => {
+            eprintln!("galgo: cannot take SIGTERM and SIGINT: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let placements = Arc::new(SharedPlacements::default());
     let started = Arc::new(std::sync::Barrier::new(usize::from(shards) + 1));
     let mut threads = Vec::new();
     for shard in 0..shards {
         let (config, placements, started) = (config.clone(), placements.clone(), started.clone());
+        let stopping = stopping.clone();
         let thread = std::thread::Builder::new()
             .name(format!("galgo-shard-{shard}"))
-            .spawn(move || run_shard(config, shard, shards, placements, started))
+            .spawn(move || run_shard(config, shard, shards, placements, started, stopping))
             .expect("a shard thread starts");
         threads.push(thread);
     }
@@ -203,7 +255,20 @@ fn run(config: Config, dev: bool) -> ExitCode {
         let nodes = vec![(config.replica.id, config.own_client_address())];
         let cluster = u128::from(config.cluster.id);
         std::thread::spawn(move || set_root_user(cluster, nodes));
-        if start_gateway(&config, false).is_err() {
+        let probe = readiness::gateway_probe(cluster, random_u128(), client_addresses(&config));
+        if start_gateway(&config, false).is_err()
+            || start_http(&config.gateway.http_address, probe).is_err()
+        {
+            return ExitCode::FAILURE;
+        }
+    } else if !config.replica.http_address.is_empty() {
+        let probe = readiness::replica_probe(
+            u128::from(config.cluster.id),
+            random_u128(),
+            config.replica.id,
+            client_addresses(&config),
+        );
+        if start_http(&config.replica.http_address, probe).is_err() {
             return ExitCode::FAILURE;
         }
     }
@@ -224,15 +289,21 @@ fn run_shard(
     shards: u16,
     placements: Arc<SharedPlacements>,
     started: Arc<std::sync::Barrier>,
+    stopping: Arc<shutdown::Shutdown>,
 ) {
     let (outcome, uring) = galgo_storage::file_disk::block_on(async move {
         let node = Node::start(config, shard, shards, placements).await?;
         started.wait();
+        // The shard's tasks run on until the process ends. Everything acknowledged is already
+        // durable, so even a kill loses nothing acknowledged; on SIGTERM or SIGINT the shard
+        // first hands over the leadership of its groups, so that they do not wait out a
+        // heartbeat timeout.
         loop {
-            monoio::time::sleep(Duration::from_secs(3600)).await;
-            // The shard's tasks run on; the process ends on a signal. Everything acknowledged
-            // is already durable, so a kill loses nothing acknowledged.
-            let _ = &node;
+            monoio::time::sleep(shutdown::POLL_INTERVAL).await;
+            if stopping.requested() {
+                node.hand_over_leadership();
+                stopping.report_led(shard, node.groups_led());
+            }
         }
         #[allow(unreachable_code)]
         Ok::<(), galgo_replica::node::NodeError>(())
@@ -306,9 +377,59 @@ fn start_gateway(config: &Config, verbose: bool) -> Result<(), ()> {
     }
 }
 
-/// Creates the root user (the first user is root) unless one exists, and prints what it set.
+/// Serves /livez, /readyz (with `probe`) and /metrics on `address` (checked by the config).
+fn start_http(address: &str, probe: http::Probe) -> Result<(), ()> {
+    let listen: std::net::SocketAddr = address.parse().expect("checked: an address");
+    match http::start(listen, probe, metrics_handle()) {
+        Ok(bound) => {
+            println!("galgo: HTTP (/livez, /readyz, /metrics) on {bound}");
+            Ok(())
+        }
+        Err(error) => {
+            eprintln!("galgo: HTTP cannot listen on {listen}: {error}");
+            Err(())
+        }
+    }
+}
+
+/// The process's Prometheus recorder, installed on first use.
+fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            // Request latencies from 100 µs to 30 s.
+            const BUCKETS: [f64; 15] = [
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 5.0, 30.0,
+            ];
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .set_buckets(&BUCKETS)
+                .expect("non-empty buckets")
+                .build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                eprintln!("galgo: a metrics recorder was already installed; /metrics stays empty");
+            }
+            handle
+        })
+        .clone()
+}
+
+/// Creates the root user (the first user is root) unless a user exists, and prints what it
+/// set. `galgo dev` and every gateway do this at start; the first one to reach the cluster
+/// creates root.
 fn set_root_user(cluster: u128, nodes: Vec<(u8, std::net::SocketAddr)>) {
     use argon2::password_hash::{PasswordHasher, SaltString};
+    let mut client = RoutingClient::new(cluster, random_u128(), nodes);
+    match client.metadata(0, true) {
+        Ok((_, metadata)) if !metadata.users.is_empty() => return,
+        Ok(_) => {}
+        Err(error) => {
+            eprintln!("galgo: cannot read the users to set the root user: {error}");
+            return;
+        }
+    }
     let generated = std::env::var("GALGO_ROOT_PASSWORD").is_err();
     let password = std::env::var("GALGO_ROOT_PASSWORD").unwrap_or_else(|_| random_password());
     let salt = SaltString::generate(&mut rand_core::OsRng);
@@ -327,7 +448,6 @@ fn set_root_user(cluster: u128, nodes: Vec<(u8, std::net::SocketAddr)>) {
         permissions: None,
     };
     let body = op.encode().expect("a root user encodes");
-    let mut client = RoutingClient::new(cluster, random_u128(), nodes);
     match client.call_metadata(body) {
         Ok(reply) => match MetadataReply::decode(&reply.body) {
             Ok(MetadataReply::Applied(_)) if generated => {

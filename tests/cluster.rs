@@ -1,9 +1,11 @@
 //! Three `galgo replica` processes on 127.0.0.1: a topic is created through the metadata
 //! group, a producer appends continuously to one partition through the routing client, the
 //! primary of that partition's group is SIGKILLed and production goes on; the killed node
-//! restarts, catches up and leads its group again. At the end every node is stopped and its partition log read from
-//! disk: every acknowledged message is there exactly once, at its acknowledged offset, in
-//! order, on all three. Prints the time from the kill to the next acknowledged write.
+//! restarts, catches up and leads its group again. At the end every node is stopped and its
+//! partition log read from disk: every acknowledged message is there exactly once, at its
+//! acknowledged offset, in order, on all three. Prints the time from the kill to the next
+//! acknowledged write. Other tests: a primary stopped with SIGTERM (hand-over, exit 0, the
+//! nodes' HTTP endpoints), a node that lost its disk, and the iggy client through a gateway.
 
 mod common;
 
@@ -25,6 +27,8 @@ struct Cluster {
     root: PathBuf,
     config: PathBuf,
     clients: Vec<(u8, SocketAddr)>,
+    /// Each node's HTTP endpoints (replica.http_address).
+    http: Vec<SocketAddr>,
     processes: Vec<Option<Child>>,
 }
 
@@ -53,6 +57,7 @@ impl Cluster {
             root: root.to_path_buf(),
             config,
             clients,
+            http: (0..3).map(|_| free_address()).collect(),
             processes: (0..3).map(|_| None).collect(),
         }
     }
@@ -68,6 +73,10 @@ impl Cluster {
             .arg(&self.config)
             .args(["--id", &id.to_string()])
             .env("GALGO_REPLICA_DATA_DIR", self.data_dir(id))
+            .env(
+                "GALGO_REPLICA_HTTP_ADDRESS",
+                self.http[id as usize].to_string(),
+            )
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -292,6 +301,113 @@ fn three_processes_survive_a_primary_kill_and_keep_every_acknowledged_message() 
                 "node {id}: offset {offset} repeats an acknowledged message"
             );
         }
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// A GET of `path` on `address`: the status and the body (a minimal HTTP/1.1 client).
+fn http_get(address: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Ok((status, body))
+}
+
+/// The nodes answer /livez, /readyz and /metrics once they joined the metadata group. The
+/// primary of a partition is stopped with SIGTERM: it hands its leadership over, says so,
+/// and exits 0; production goes on, and the two other nodes hold every acknowledged message.
+#[test]
+fn a_primary_stopped_with_sigterm_hands_over_its_groups_and_exits_cleanly() {
+    let root = std::env::temp_dir().join(format!("galgo-sigterm-{}", std::process::id()));
+    let mut cluster = Cluster::new(&root);
+    for id in 0..3 {
+        cluster.start(id);
+    }
+    let mut client = RoutingClient::new(u128::from(CLUSTER), 0x5167, cluster.clients.clone());
+    let route = create_topic(&mut client, "logs", "app", 1, 3)[0].clone();
+    for id in 0..3usize {
+        let started = Instant::now();
+        loop {
+            if matches!(http_get(cluster.http[id], "/readyz"), Ok((200, _))) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "node {id} never ready"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(http_get(cluster.http[id], "/livez").unwrap().0, 200);
+        assert_eq!(http_get(cluster.http[id], "/metrics").unwrap().0, 200);
+        assert_eq!(http_get(cluster.http[id], "/nothing").unwrap().0, 404);
+    }
+    let mut acked = Vec::new();
+    for sequence in 0..100u64 {
+        let payload = format!("line {sequence}").into_bytes();
+        acked.push((produce(&mut client, &route, sequence, &payload), payload));
+    }
+    let primary = *route
+        .members
+        .iter()
+        .find(|node| {
+            client
+                .group_status(**node, route.group)
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.primary && s.normal)
+        })
+        .expect("the partition has a primary");
+    let mut child = cluster.processes[primary as usize].take().expect("running");
+    let pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: signalling a child process this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let signalled = Instant::now();
+    let payload = b"line 100".to_vec();
+    acked.push((produce(&mut client, &route, 100, &payload), payload));
+    let next_ack = signalled.elapsed();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(15),
+            "node {primary} did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stopped = signalled.elapsed();
+    assert!(status.success(), "node {primary} exited with {status}");
+    let log = std::fs::read_to_string(root.join(format!("node-{primary}.log"))).unwrap();
+    assert!(
+        log.contains("no group led here any more"),
+        "node {primary} stopped without handing over: {log}"
+    );
+    for sequence in 101..200u64 {
+        let payload = format!("line {sequence}").into_bytes();
+        acked.push((produce(&mut client, &route, sequence, &payload), payload));
+    }
+    eprintln!(
+        "SIGTERM to node {primary} (the partition's primary): next acknowledged write after \
+         {next_ack:?}, process exited 0 after {stopped:?}"
+    );
+    for id in 0..3 {
+        cluster.kill(id);
+    }
+    for id in (0..3u8).filter(|id| *id != primary) {
+        let messages = read_partition(&cluster.data_dir(id), route.group);
+        assert_eq!(&messages[..acked.len()], &acked[..], "node {id}");
     }
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -46,6 +46,44 @@ pub const CODE_GET_CONSUMER_GROUP: u32 = 600;
 pub const CODE_GET_CONSUMER_GROUPS: u32 = 601;
 pub const CODE_SYNC_CONSUMER_GROUP: u32 = 606;
 
+/// The name a request is counted under in the metrics: its operation, or for a
+/// non-replicated request its command code ("other" for anything the gateway does not serve,
+/// so a client cannot grow the label set).
+pub fn command_name(operation: u8, code: u32) -> &'static str {
+    match operation {
+        OPERATION_REGISTER => "login",
+        OPERATION_LOGOUT => "logout",
+        OPERATION_CREATE_STREAM => "create_stream",
+        OPERATION_DELETE_STREAM => "delete_stream",
+        OPERATION_CREATE_TOPIC => "create_topic",
+        OPERATION_DELETE_TOPIC => "delete_topic",
+        OPERATION_CREATE_CONSUMER_GROUP => "create_consumer_group",
+        OPERATION_DELETE_CONSUMER_GROUP => "delete_consumer_group",
+        OPERATION_JOIN_CONSUMER_GROUP => "join_consumer_group",
+        OPERATION_LEAVE_CONSUMER_GROUP => "leave_consumer_group",
+        OPERATION_SEND_MESSAGES => "send_messages",
+        OPERATION_STORE_CONSUMER_OFFSET => "store_consumer_offset",
+        OPERATION_DELETE_CONSUMER_OFFSET => "delete_consumer_offset",
+        OPERATION_NON_REPLICATED => match code {
+            CODE_PING => "ping",
+            CODE_GET_STATS => "get_stats",
+            CODE_GET_CLUSTER_METADATA => "get_cluster_metadata",
+            CODE_GET_ME => "get_me",
+            CODE_GET_STREAM => "get_stream",
+            CODE_GET_STREAMS => "get_streams",
+            CODE_GET_TOPIC => "get_topic",
+            CODE_GET_TOPICS => "get_topics",
+            CODE_POLL_MESSAGES => "poll_messages",
+            CODE_GET_CONSUMER_OFFSET => "get_consumer_offset",
+            CODE_GET_CONSUMER_GROUP => "get_consumer_group",
+            CODE_GET_CONSUMER_GROUPS => "get_consumer_groups",
+            CODE_SYNC_CONSUMER_GROUP => "sync_consumer_group",
+            _ => "other",
+        },
+        _ => "other",
+    }
+}
+
 /// IggyError codes the gateway answers with.
 pub const ERROR_GENERIC: u32 = 1;
 pub const ERROR_INVALID_COMMAND: u32 = 3;

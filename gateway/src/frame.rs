@@ -107,6 +107,12 @@ fn parse(header: &[u8; HEADER_SIZE], body: Vec<u8>) -> Result<Request, FrameErro
     Ok(request)
 }
 
+/// The status of a reply frame made by `reply` (0: success, else an IggyError code).
+pub fn reply_status(frame: &[u8]) -> u32 {
+    assert!(frame.len() >= HEADER_SIZE);
+    u32_at(frame, 216)
+}
+
 /// A reply to `request`: `status` 0 with `body`, or an error code with no body.
 pub fn reply(request: &Request, status: u32, body: &[u8]) -> Vec<u8> {
     assert!(status == 0 || body.is_empty(), "an error reply has no body");

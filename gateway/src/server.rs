@@ -2,6 +2,12 @@
 //! each on its own thread, in lockstep (one request, one reply), with a frame size limit and an
 //! idle timeout. A malformed frame ends its connection with an eviction naming the reason;
 //! nothing a client sends reaches stored data unchecked.
+//!
+//! Metrics (through the `metrics` facade; the process installs the Prometheus recorder):
+//! `galgo_gateway_requests_total{command,outcome}` (outcome ok, error or evicted),
+//! `galgo_gateway_request_duration_seconds{command}`, `galgo_gateway_received_bytes_total`,
+//! `galgo_gateway_sent_bytes_total`, `galgo_gateway_connections` (open),
+//! `galgo_gateway_connections_accepted_total` and `galgo_gateway_connections_refused_total`.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -12,11 +18,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use galgo_replica::routing::RoutingClient;
 
 use crate::codes::{
-    EVICTION_INVALID_REQUEST_BODY, EVICTION_INVALID_REQUEST_BODY_SIZE,
+    command_name, EVICTION_INVALID_REQUEST_BODY, EVICTION_INVALID_REQUEST_BODY_SIZE,
     EVICTION_INVALID_REQUEST_OPERATION,
 };
 use crate::connection::{Connection, Outcome};
-use crate::frame::{eviction, read_request, FrameError};
+use crate::frame::{eviction, read_request, reply_status, FrameError, HEADER_SIZE};
 use crate::replies::ProcessStats;
 
 #[derive(Clone, Debug)]
@@ -156,6 +162,7 @@ fn accept(listener: TcpListener, config: GatewayConfig, shared: Arc<Shared>) {
         };
         if shared.connections.load(Ordering::Relaxed) >= config.connections_max {
             shared.log("connection refused: at the connection limit");
+            metrics::counter!("galgo_gateway_connections_refused_total").increment(1);
             drop(stream);
             continue;
         }
@@ -204,7 +211,11 @@ fn serve_requests(
             config.login_frame_size_max
         };
         let request = match read_request(stream, size_max) {
-            Ok(request) => request,
+            Ok(request) => {
+                metrics::counter!("galgo_gateway_received_bytes_total")
+                    .increment((HEADER_SIZE + request.body.len()) as u64);
+                request
+            }
             Err(FrameError::Closed) | Err(FrameError::Io(_)) => return,
             Err(error) => {
                 shared.log(&format!("{peer}: bad frame: {error:?}"));
@@ -217,16 +228,22 @@ fn serve_requests(
                 return;
             }
         };
-        match connection.handle(&request) {
-            Outcome::Reply(frame) => {
-                if stream.write_all(&frame).is_err() {
-                    return;
-                }
-            }
-            Outcome::Evict(frame) => {
-                let _ = stream.write_all(&frame);
-                return;
-            }
+        let command = command_name(request.operation, request.code);
+        let started = Instant::now();
+        let outcome = connection.handle(&request);
+        let (frame, result) = match &outcome {
+            Outcome::Reply(frame) if reply_status(frame) == 0 => (frame, "ok"),
+            Outcome::Reply(frame) => (frame, "error"),
+            Outcome::Evict(frame) => (frame, "evicted"),
+        };
+        metrics::histogram!("galgo_gateway_request_duration_seconds", "command" => command)
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("galgo_gateway_requests_total", "command" => command, "outcome" => result)
+            .increment(1);
+        metrics::counter!("galgo_gateway_sent_bytes_total").increment(frame.len() as u64);
+        let written = stream.write_all(frame);
+        if written.is_err() || matches!(outcome, Outcome::Evict(_)) {
+            return;
         }
     }
 }
@@ -239,6 +256,8 @@ struct Counted {
 impl Counted {
     fn new(shared: Arc<Shared>) -> Counted {
         shared.connections.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("galgo_gateway_connections_accepted_total").increment(1);
+        metrics::gauge!("galgo_gateway_connections").increment(1.0);
         Counted { shared }
     }
 }
@@ -246,6 +265,7 @@ impl Counted {
 impl Drop for Counted {
     fn drop(&mut self) {
         self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!("galgo_gateway_connections").decrement(1.0);
     }
 }
 

@@ -58,6 +58,10 @@ pub struct ReplicaConfig {
     pub data_dir: PathBuf,
     /// monoio shards (one per core when 0).
     pub shards: u16,
+    /// host:port of the node's HTTP endpoints (/livez, /readyz, /metrics); empty: none
+    /// (`galgo dev` serves them on gateway.http_address).
+    #[serde(default)]
+    pub http_address: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,6 +210,9 @@ impl Config {
                 }
                 ranges.push((key, address, u32::from(port) + u32::from(shards)));
             }
+        }
+        if !self.replica.http_address.is_empty() {
+            parse_address(&self.replica.http_address, "replica.http_address")?;
         }
         parse_address(&self.gateway.tcp_address, "gateway.tcp_address")?;
         parse_address(&self.gateway.http_address, "gateway.http_address")?;
