@@ -385,21 +385,18 @@ async fn consume(
     live: &Mutex<LiveReads>,
     errors: &Mutex<Vec<String>>,
 ) {
-    let consumer = Consumer::new(Identifier::numeric(1).expect("a numeric id"));
     let mut next = vec![0u64; options.partitions as usize];
     let mut partition = 0u32;
     while !stop.load(Ordering::Acquire) {
-        let polled = client
-            .poll_messages(
-                stream,
-                topic,
-                Some(partition),
-                &consumer,
-                &PollingStrategy::offset(next[partition as usize]),
-                100,
-                false,
-            )
-            .await;
+        let polled = poll(
+            client,
+            stream,
+            topic,
+            partition,
+            next[partition as usize],
+            100,
+        )
+        .await;
         match polled {
             Ok(polled) => {
                 {
@@ -426,6 +423,29 @@ async fn consume(
     }
 }
 
+/// Up to `count` messages of `partition` from `offset` (no offset is stored).
+async fn poll(
+    client: &IggyClient,
+    stream: &Identifier,
+    topic: &Identifier,
+    partition: u32,
+    offset: u64,
+    count: u32,
+) -> Result<PolledMessages, IggyError> {
+    let consumer = Consumer::new(Identifier::numeric(1).expect("a numeric id"));
+    client
+        .poll_messages(
+            stream,
+            topic,
+            Some(partition),
+            &consumer,
+            &PollingStrategy::offset(offset),
+            count,
+            false,
+        )
+        .await
+}
+
 /// Every message of `partition` from offset 0, in offset order.
 async fn read_all(
     client: &IggyClient,
@@ -433,21 +453,11 @@ async fn read_all(
     topic: &Identifier,
     partition: u32,
 ) -> Result<Vec<Read>, String> {
-    let consumer = Consumer::new(Identifier::numeric(2).map_err(|e| e.to_string())?);
     let mut read = Vec::new();
     let mut offset = 0u64;
     // Bounded: a partition of this test holds far fewer than this many pages.
     for _ in 0..1_000_000 {
-        let polled = client
-            .poll_messages(
-                stream,
-                topic,
-                Some(partition),
-                &consumer,
-                &PollingStrategy::offset(offset),
-                1000,
-                false,
-            )
+        let polled = poll(client, stream, topic, partition, offset, 1000)
             .await
             .map_err(|e| format!("final read of partition {partition} at {offset}: {e}"))?;
         let Some(last) = polled.messages.last() else {
