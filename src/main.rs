@@ -162,17 +162,7 @@ fn main() -> ExitCode {
             Ok(config) => config,
             Err(code) => return code,
         };
-        let (cluster, nodes) = (u128::from(config.cluster.id), client_addresses(&config));
-        std::thread::spawn(move || set_root_user(cluster, nodes));
-        let started = start_gateway(&config, *verbose).and_then(|()| {
-            let probe = readiness::gateway_probe(
-                u128::from(config.cluster.id),
-                random_u128(),
-                client_addresses(&config),
-            );
-            start_http(&config.gateway.http_address, probe)
-        });
-        return match started {
+        return match serve_clients(&config, *verbose) {
             Ok(()) => loop {
                 std::thread::park();
             },
@@ -252,13 +242,7 @@ fn run(config: Config, dev: bool) -> ExitCode {
         config.replica.data_dir.display()
     );
     if dev {
-        let nodes = vec![(config.replica.id, config.own_client_address())];
-        let cluster = u128::from(config.cluster.id);
-        std::thread::spawn(move || set_root_user(cluster, nodes));
-        let probe = readiness::gateway_probe(cluster, random_u128(), client_addresses(&config));
-        if start_gateway(&config, false).is_err()
-            || start_http(&config.gateway.http_address, probe).is_err()
-        {
+        if serve_clients(&config, false).is_err() {
             return ExitCode::FAILURE;
         }
     } else if !config.replica.http_address.is_empty() {
@@ -344,6 +328,17 @@ fn client_addresses(config: &Config) -> Vec<(u8, std::net::SocketAddr)> {
         .iter()
         .map(|n| (n.id, n.client_address.parse().expect("checked: an address")))
         .collect()
+}
+
+/// What a gateway process (`galgo gateway`, or inside `galgo dev`) runs: the root user set
+/// if the cluster has no user, the Iggy-protocol gateway, and HTTP on `gateway.http_address`.
+fn serve_clients(config: &Config, verbose: bool) -> Result<(), ()> {
+    let (cluster, nodes) = (u128::from(config.cluster.id), client_addresses(config));
+    let root_nodes = nodes.clone();
+    std::thread::spawn(move || set_root_user(cluster, root_nodes));
+    start_gateway(config, verbose)?;
+    let probe = readiness::gateway_probe(cluster, random_u128(), nodes);
+    start_http(&config.gateway.http_address, probe)
 }
 
 /// Starts the Iggy-protocol gateway on `gateway.tcp_address` for the cluster of `config`.
