@@ -415,7 +415,6 @@ fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
 /// set. `galgo dev` and every gateway do this at start; the first one to reach the cluster
 /// creates root.
 fn set_root_user(cluster: u128, nodes: Vec<(u8, std::net::SocketAddr)>) {
-    use argon2::password_hash::{PasswordHasher, SaltString};
     let mut client = RoutingClient::new(cluster, random_u128(), nodes);
     match client.metadata(0, true) {
         Ok((_, metadata)) if !metadata.users.is_empty() => return,
@@ -427,11 +426,10 @@ fn set_root_user(cluster: u128, nodes: Vec<(u8, std::net::SocketAddr)>) {
     }
     let generated = std::env::var("GALGO_ROOT_PASSWORD").is_err();
     let password = std::env::var("GALGO_ROOT_PASSWORD").unwrap_or_else(|_| random_password());
-    let salt = SaltString::generate(&mut rand_core::OsRng);
-    let hash = match argon2::Argon2::default().hash_password(password.as_bytes(), &salt) {
-        Ok(hash) => hash.to_string(),
+    let hash = match galgo_gateway::credentials::hash_password(password.as_bytes()) {
+        Ok(hash) => hash,
         Err(error) => {
-            eprintln!("galgo: hashing the root password failed: {error}");
+            eprintln!("galgo: the root password: {error}");
             return;
         }
     };

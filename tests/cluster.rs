@@ -485,14 +485,7 @@ fn the_iggy_client_through_one_gateway_sees_no_error_when_a_primary_is_killed() 
     }
     // The root user, as galgo dev would set it.
     let mut admin = RoutingClient::new(u128::from(CLUSTER), 0xAD, cluster.clients.clone());
-    let hash = {
-        use argon2::password_hash::{PasswordHasher, SaltString};
-        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
-        argon2::Argon2::default()
-            .hash_password(b"gateway-secret", &salt)
-            .unwrap()
-            .to_string()
-    };
+    let hash = galgo_gateway::credentials::hash_password(b"gateway-secret").unwrap();
     let op = galgo_replica::metadata::MetadataOp::CreateUser {
         username: "iggy".to_string(),
         password_hash: hash,

@@ -3,7 +3,8 @@
 //! one-node roster), streams and topics created, read, refused when the name is taken and
 //! deleted; messages sent to chosen and balanced partitions and polled back with every
 //! strategy, stored consumer offsets and auto-commit; a consumer group whose one member
-//! reads every partition once with next and auto-commit; stats and the client's own info,
+//! reads every partition once with next and auto-commit; users with permissions enforced
+//! and personal access tokens (login with a token, expiry); stats and the client's own info,
 //! logout.
 
 mod common;
@@ -151,6 +152,8 @@ fn the_iggy_0_11_client_manages_streams_and_topics_through_the_gateway() {
         let me = client.get_me().await.unwrap();
         assert_eq!(me.user_id, Some(0));
 
+        users_and_tokens(&client, gateway).await;
+
         client.delete_topic(&stream_id, &topic_id).await.unwrap();
         assert!(client
             .get_topic(&stream_id, &topic_id)
@@ -164,6 +167,194 @@ fn the_iggy_0_11_client_manages_streams_and_topics_through_the_gateway() {
         client.logout_user().await.unwrap();
     });
     let _ = std::fs::remove_dir_all(&root);
+}
+
+fn code<T: std::fmt::Debug>(result: Result<T, IggyError>) -> u32 {
+    match result {
+        Ok(value) => panic!("expected an error, got {value:?}"),
+        Err(error) => error.as_code(),
+    }
+}
+
+/// Users (create, read, permissions enforced, password change, rename and deactivate,
+/// delete; root protected) and personal access tokens (create, list, log in with, expire,
+/// delete), each through the client's own calls.
+async fn users_and_tokens(root: &IggyClient, gateway: SocketAddr) {
+    let unauthorized = IggyError::Unauthorized.as_code();
+    let readers = Permissions {
+        global: GlobalPermissions {
+            read_streams: true,
+            poll_messages: true,
+            ..GlobalPermissions::default()
+        },
+        streams: None,
+    };
+    let alice = root
+        .create_user(
+            "alice",
+            "alice-pass",
+            UserStatus::Active,
+            Some(readers.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(alice.username, "alice");
+    assert_eq!(alice.status, UserStatus::Active);
+    assert_eq!(alice.permissions, Some(readers.clone()));
+    let taken = root
+        .create_user("alice", "other-pass", UserStatus::Active, None)
+        .await;
+    assert_eq!(code(taken), IggyError::UserAlreadyExists.as_code());
+    let users = root.get_users().await.unwrap();
+    assert!(users.iter().any(|u| u.username == "alice"));
+    assert!(users.iter().any(|u| u.id == 0));
+    let alice_id = Identifier::named("alice").unwrap();
+    let read = root
+        .get_user(&alice_id)
+        .await
+        .unwrap()
+        .expect("alice is found");
+    assert_eq!(read.id, alice.id);
+    assert_eq!(read.permissions, Some(readers));
+    assert!(root
+        .get_user(&Identifier::named("nobody").unwrap())
+        .await
+        .unwrap()
+        .is_none());
+
+    // Alice may read streams but not create them, nor manage users.
+    let as_alice = client(gateway).await;
+    let identity = as_alice.login_user("alice", "alice-pass").await.unwrap();
+    assert_eq!(identity.user_id, alice.id);
+    as_alice.get_streams().await.unwrap();
+    assert_eq!(code(as_alice.create_stream("alices").await), unauthorized);
+    assert_eq!(code(as_alice.get_users().await), unauthorized);
+    assert_eq!(
+        code(
+            as_alice
+                .create_user("mallory", "mallory-pass", UserStatus::Active, None)
+                .await
+        ),
+        unauthorized
+    );
+    // She reads herself, and changes her own password (the current one is checked).
+    assert_eq!(
+        as_alice
+            .get_user(&alice_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .username,
+        "alice"
+    );
+    let wrong = as_alice
+        .change_password(&alice_id, "not-hers", "alice-new")
+        .await;
+    assert_eq!(code(wrong), IggyError::InvalidCredentials.as_code());
+    as_alice
+        .change_password(&alice_id, "alice-pass", "alice-new")
+        .await
+        .unwrap();
+    let old = client(gateway).await;
+    assert!(old.login_user("alice", "alice-pass").await.is_err());
+    let new = client(gateway).await;
+    new.login_user("alice", "alice-new").await.unwrap();
+
+    // Root grants stream management: now she creates (and deletes) a stream.
+    let managers = Permissions {
+        global: GlobalPermissions {
+            manage_streams: true,
+            ..GlobalPermissions::default()
+        },
+        streams: None,
+    };
+    root.update_permissions(&alice_id, Some(managers))
+        .await
+        .unwrap();
+    as_alice.create_stream("alices").await.unwrap();
+    as_alice
+        .delete_stream(&Identifier::named("alices").unwrap())
+        .await
+        .unwrap();
+
+    // Renamed and deactivated: her logins stop.
+    root.update_user(
+        &alice_id,
+        Some("alice2"),
+        Some(UserStatus::Inactive),
+        &UserUpdateOptions::default(),
+    )
+    .await
+    .unwrap();
+    let renamed = root
+        .get_user(&Identifier::named("alice2").unwrap())
+        .await
+        .unwrap()
+        .expect("renamed");
+    assert_eq!(renamed.status, UserStatus::Inactive);
+    let inactive = client(gateway).await;
+    assert!(inactive.login_user("alice2", "alice-new").await.is_err());
+
+    // Personal access tokens: created, listed, logged in with, expired, deleted.
+    let token = root
+        .create_personal_access_token("ci", IggyExpiry::NeverExpire)
+        .await
+        .unwrap();
+    assert!(!token.token.is_empty());
+    let again = root
+        .create_personal_access_token("ci", IggyExpiry::NeverExpire)
+        .await;
+    assert_eq!(
+        code(again),
+        IggyError::PersonalAccessTokenAlreadyExists(String::new(), 0).as_code()
+    );
+    let short = root
+        .create_personal_access_token(
+            "short",
+            IggyExpiry::ExpireDuration(IggyDuration::new(Duration::from_millis(1500))),
+        )
+        .await
+        .unwrap();
+    let listed = root.get_personal_access_tokens().await.unwrap();
+    let names: Vec<&str> = listed.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["ci", "short"]);
+    assert!(listed[0].expiry_at.is_none());
+    assert!(listed[1].expiry_at.is_some());
+    let with_token = client(gateway).await;
+    let identity = with_token
+        .login_with_personal_access_token(&token.token)
+        .await
+        .unwrap();
+    assert_eq!(identity.user_id, 0);
+    with_token.get_streams().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let expired = client(gateway).await;
+    let refused = expired.login_with_personal_access_token(&short.token).await;
+    assert_eq!(
+        code(refused),
+        IggyError::InvalidPersonalAccessToken.as_code()
+    );
+    root.delete_personal_access_token("ci").await.unwrap();
+    let deleted = client(gateway).await;
+    assert!(deleted
+        .login_with_personal_access_token(&token.token)
+        .await
+        .is_err());
+    assert!(code(root.delete_personal_access_token("ci").await) != 0);
+
+    // Deleting: alice2 goes; root cannot.
+    root.delete_user(&Identifier::named("alice2").unwrap())
+        .await
+        .unwrap();
+    assert!(root
+        .get_user(&Identifier::named("alice2").unwrap())
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        code(root.delete_user(&Identifier::numeric(0).unwrap()).await),
+        IggyError::CannotDeleteUser(0).as_code()
+    );
 }
 
 fn payloads(polled: &PolledMessages) -> Vec<String> {

@@ -20,6 +20,7 @@ use galgo_replica::partition::reply::PartitionReply;
 use galgo_replica::routing::RoutingClient;
 
 use crate::codes::*;
+use crate::credentials::{now_us, password_matches};
 use crate::frame::{eviction, reply, Request};
 use crate::messages::{
     choose_partition, parse_offset_request, parse_poll, parse_send, poll_reply, ConsumerTarget,
@@ -27,10 +28,8 @@ use crate::messages::{
 };
 use crate::replies;
 use crate::server::Shared;
+use crate::users::{token_hash, Credentials};
 use crate::wire::{result_error, result_ok, topic_options, WireError, WireReader};
-
-/// A login context (unused by Galgo) is accepted up to this size.
-const LOGIN_CONTEXT_MAX: u32 = 4096;
 
 /// What to send back: a reply, or an eviction after which the connection closes.
 pub enum Outcome {
@@ -38,23 +37,23 @@ pub enum Outcome {
     Evict(Vec<u8>),
 }
 
-struct Login {
-    session: u64,
-    user_id: u32,
+pub(crate) struct Login {
+    pub(crate) session: u64,
+    pub(crate) user_id: u32,
     /// User ids are reused after a delete: the login holds only while the id still names
     /// this user.
-    username: String,
+    pub(crate) username: String,
 }
 
 pub struct Connection {
-    shared: Arc<Shared>,
-    routing: RoutingClient,
-    peer: SocketAddr,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) routing: RoutingClient,
+    pub(crate) peer: SocketAddr,
     /// This connection's number (GetMe's client id).
     number: u32,
-    login: Option<Login>,
+    pub(crate) login: Option<Login>,
     /// The op of this connection's last metadata write: reads see at least that.
-    metadata_op: u64,
+    pub(crate) metadata_op: u64,
     /// Partition routes of the topics this connection used, by (stream id, topic id).
     routes: std::collections::BTreeMap<(u32, u32), Vec<PartitionRoute>>,
     /// Round-robin counter of balanced sends.
@@ -150,6 +149,9 @@ impl Connection {
             | OPERATION_DELETE_CONSUMER_GROUP
             | OPERATION_JOIN_CONSUMER_GROUP
             | OPERATION_LEAVE_CONSUMER_GROUP => self.write_metadata(request, user_id, &username),
+            OPERATION_CREATE_USER..=OPERATION_DELETE_PERSONAL_ACCESS_TOKEN => {
+                self.write_user(request, user_id, &username)
+            }
             OPERATION_SEND_MESSAGES => self.send(request, user_id, &username),
             OPERATION_STORE_CONSUMER_OFFSET => self.store_offset(request, user_id, &username),
             OPERATION_DELETE_CONSUMER_OFFSET => self.delete_offset(request, user_id, &username),
@@ -188,36 +190,37 @@ impl Connection {
         let credentials = (|| {
             r.name("sdk name")?;
             r.name("sdk version")?;
-            let username = r.name("username")?;
-            let len = r.u8("password")?;
-            let password = r.take(usize::from(len), "password")?.to_vec();
-            let context = r.u32("context length")?;
-            if context > LOGIN_CONTEXT_MAX {
-                return Err(WireError::new(
-                    ERROR_INVALID_FORMAT,
-                    "a login context too long",
-                ));
-            }
-            r.take(context as usize, "context")?;
-            r.finish("login")?;
-            Ok((username, password))
+            crate::users::parse_credentials(r.rest())
         })();
-        let Ok((username, password)) = credentials else {
-            // Not a username and password: a personal access token login, or garbage.
-            return Outcome::Reply(reply(request, ERROR_FEATURE_UNAVAILABLE, &[]));
+        let Ok(credentials) = credentials else {
+            return Outcome::Evict(eviction(request.client, EVICTION_MALFORMED_LOGIN, None));
         };
         let metadata = match self.metadata() {
             Ok(metadata) => metadata,
             Err(error) => return Outcome::Reply(reply(request, error.code, &[])),
         };
-        let user = metadata.user(&Ident::Name(username.clone())).ok();
-        let verified = user.is_some_and(|user| {
-            user.status == UserStatus::Active && password_matches(&user.password_hash, &password)
-        });
-        let Some(user) = user.filter(|_| verified) else {
+        let user = match &credentials {
+            Credentials::Password { username, password } => metadata
+                .user(&Ident::Name(username.clone()))
+                .ok()
+                .filter(|user| {
+                    user.status == UserStatus::Active
+                        && password_matches(&user.password_hash, password)
+                }),
+            Credentials::Token(token) => metadata.user_by_token(&token_hash(token), now_us()),
+        };
+        let Some(user) = user else {
+            let (who, code) = match &credentials {
+                Credentials::Password { username, .. } => {
+                    (format!("user {username}"), ERROR_INVALID_CREDENTIALS)
+                }
+                Credentials::Token(_) => {
+                    ("a personal access token".to_string(), ERROR_INVALID_TOKEN)
+                }
+            };
             self.shared
-                .log(&format!("{}: login refused for user {username}", self.peer));
-            return Outcome::Reply(reply(request, ERROR_INVALID_CREDENTIALS, &[]));
+                .log(&format!("{}: login refused for {who}", self.peer));
+            return Outcome::Reply(reply(request, code, &[]));
         };
         let session = self.shared.sessions.fetch_add(1, Ordering::Relaxed) + 1;
         self.login = Some(Login {
@@ -231,7 +234,7 @@ impl Connection {
 
     /// The metadata as applied through at least everything this connection saw: reads never
     /// go back, and include the connection's own writes.
-    fn metadata(&mut self) -> Result<Metadata, WireError> {
+    pub(crate) fn metadata(&mut self) -> Result<Metadata, WireError> {
         let (applied, metadata) = self
             .routing
             .metadata(self.metadata_op, true)
@@ -260,6 +263,9 @@ impl Connection {
             }
             CODE_GET_ME => replies::me(self.number, Some(user_id), &self.peer.to_string()),
             CODE_POLL_MESSAGES => return self.poll(&request.body, &metadata, user),
+            CODE_GET_USER | CODE_GET_USERS | CODE_GET_PERSONAL_ACCESS_TOKENS => {
+                return crate::user_commands::read_users(request, &metadata, user)
+            }
             CODE_GET_CONSUMER_GROUP | CODE_SYNC_CONSUMER_GROUP => {
                 let stream_ident = r.identifier("stream")?;
                 let topic_ident = r.identifier("topic")?;
@@ -502,23 +508,9 @@ impl Connection {
         if let Some(action) = action {
             require(user.allows(action))?;
         }
-        let body = op
-            .encode()
-            .map_err(|error| WireError::new(ERROR_INVALID_FORMAT, error.0))?;
-        let committed = self
-            .routing
-            .call_metadata(body)
-            .map_err(|error| WireError::new(ERROR_GENERIC, format!("metadata: {error}")))?;
-        self.metadata_op = self.metadata_op.max(committed.op);
-        let decoded = MetadataReply::decode(&committed.body)
-            .map_err(|error| WireError::new(ERROR_GENERIC, format!("metadata reply: {error}")))?;
-        let applied = match decoded {
-            MetadataReply::Applied(applied) => applied,
-            MetadataReply::Refused { kind, reason } => {
-                self.shared
-                    .log(&format!("{}: refused: {reason}", self.peer));
-                return Ok(result_error(refusal_code(kind, request.operation)));
-            }
+        let applied = match self.commit_metadata(&op, request.operation)? {
+            Ok(applied) => applied,
+            Err(refused) => return Ok(refused),
         };
         let payload = match applied {
             Applied::StreamCreated { id } => {
@@ -564,8 +556,37 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// Commits `op` through the metadata group: what it applied, or the result section of
+    /// its refusal (with the IggyError code for `operation`).
+    pub(crate) fn commit_metadata(
+        &mut self,
+        op: &MetadataOp,
+        operation: u8,
+    ) -> Result<Result<Applied, Vec<u8>>, WireError> {
+        let body = op
+            .encode()
+            .map_err(|error| WireError::new(ERROR_INVALID_FORMAT, error.0))?;
+        let committed = self
+            .routing
+            .call_metadata(body)
+            .map_err(|error| WireError::new(ERROR_GENERIC, format!("metadata: {error}")))?;
+        self.metadata_op = self.metadata_op.max(committed.op);
+        let decoded = MetadataReply::decode(&committed.body)
+            .map_err(|error| WireError::new(ERROR_GENERIC, format!("metadata reply: {error}")))?;
+        match decoded {
+            MetadataReply::Applied(applied) => Ok(Ok(applied)),
+            MetadataReply::Refused { kind, reason } => {
+                self.shared
+                    .log(&format!("{}: refused: {reason}", self.peer));
+                Ok(Err(result_error(refusal_code(kind, operation))))
+            }
+        }
+    }
+}
+
 /// The logged-in user, still active and still the one the id named at login.
-fn logged_in_user<'a>(
+pub(crate) fn logged_in_user<'a>(
     metadata: &'a Metadata,
     user_id: u32,
     username: &str,
@@ -967,7 +988,7 @@ impl Connection {
     }
 }
 
-fn require(allowed: bool) -> Result<(), WireError> {
+pub(crate) fn require(allowed: bool) -> Result<(), WireError> {
     if allowed {
         Ok(())
     } else {
@@ -995,6 +1016,14 @@ pub fn refusal_code(kind: RefusalKind, operation: u8) -> u32 {
             ERROR_INVALID_STREAM_NAME
         }
         RefusalKind::InvalidName if operation == OPERATION_CREATE_TOPIC => ERROR_INVALID_TOPIC_NAME,
+        RefusalKind::InvalidName
+            if operation == OPERATION_CREATE_USER || operation == OPERATION_UPDATE_USER =>
+        {
+            ERROR_INVALID_USERNAME
+        }
+        RefusalKind::InvalidName if operation == OPERATION_CREATE_PERSONAL_ACCESS_TOKEN => {
+            ERROR_INVALID_TOKEN_NAME
+        }
         RefusalKind::InvalidName => ERROR_INVALID_FORMAT,
         RefusalKind::StreamNotFound => ERROR_STREAM_ID_NOT_FOUND,
         RefusalKind::StreamNameTaken => ERROR_STREAM_NAME_ALREADY_EXISTS,
@@ -1003,45 +1032,36 @@ pub fn refusal_code(kind: RefusalKind, operation: u8) -> u32 {
         RefusalKind::InvalidValue if operation == OPERATION_CREATE_TOPIC => {
             ERROR_INVALID_PARTITIONS_COUNT
         }
+        RefusalKind::InvalidValue if operation == OPERATION_CREATE_PERSONAL_ACCESS_TOKEN => {
+            ERROR_INVALID_TOKEN_EXPIRY
+        }
         RefusalKind::InvalidValue => ERROR_INVALID_FORMAT,
         RefusalKind::ConsumerGroupNotFound => ERROR_CONSUMER_GROUP_ID_NOT_FOUND,
         RefusalKind::ConsumerGroupNameTaken => ERROR_CONSUMER_GROUP_NAME_ALREADY_EXISTS,
         RefusalKind::MemberNotFound => ERROR_CONSUMER_GROUP_MEMBER_NOT_FOUND,
         RefusalKind::UserNotFound | RefusalKind::TokenNotFound => ERROR_RESOURCE_NOT_FOUND,
-        RefusalKind::RootProtected => ERROR_UNAUTHORIZED,
-        RefusalKind::UsernameTaken | RefusalKind::TokenNameTaken | RefusalKind::LimitReached => {
-            ERROR_GENERIC
+        RefusalKind::RootProtected if operation == OPERATION_DELETE_USER => {
+            ERROR_CANNOT_DELETE_USER
         }
-    }
-}
-
-/// Whether `password` matches an Argon2 PHC hash string.
-pub fn password_matches(hash: &str, password: &[u8]) -> bool {
-    use argon2::password_hash::{PasswordHash, PasswordVerifier};
-    match PasswordHash::new(hash) {
-        Ok(parsed) => argon2::Argon2::default()
-            .verify_password(password, &parsed)
-            .is_ok(),
-        Err(_) => false,
+        RefusalKind::RootProtected if operation == OPERATION_UPDATE_PERMISSIONS => {
+            ERROR_CANNOT_CHANGE_PERMISSIONS
+        }
+        RefusalKind::RootProtected => ERROR_UNAUTHORIZED,
+        RefusalKind::UsernameTaken => ERROR_USER_ALREADY_EXISTS,
+        RefusalKind::TokenNameTaken => ERROR_TOKEN_ALREADY_EXISTS,
+        RefusalKind::LimitReached if operation == OPERATION_CREATE_USER => {
+            ERROR_USERS_LIMIT_REACHED
+        }
+        RefusalKind::LimitReached if operation == OPERATION_CREATE_PERSONAL_ACCESS_TOKEN => {
+            ERROR_TOKENS_LIMIT_REACHED
+        }
+        RefusalKind::LimitReached => ERROR_GENERIC,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_are_checked_against_argon2_hashes() {
-        use argon2::password_hash::{PasswordHasher, SaltString};
-        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
-        let hash = argon2::Argon2::default()
-            .hash_password(b"secret", &salt)
-            .unwrap()
-            .to_string();
-        assert!(password_matches(&hash, b"secret"));
-        assert!(!password_matches(&hash, b"Secret"));
-        assert!(!password_matches("not a hash", b"secret"));
-    }
 
     #[test]
     fn refusals_map_to_the_codes_iggy_clients_know() {
@@ -1056,6 +1076,32 @@ mod tests {
         assert_eq!(
             refusal_code(RefusalKind::StreamNotFound, OPERATION_DELETE_TOPIC),
             ERROR_STREAM_ID_NOT_FOUND
+        );
+        assert_eq!(
+            refusal_code(RefusalKind::UsernameTaken, OPERATION_CREATE_USER),
+            ERROR_USER_ALREADY_EXISTS
+        );
+        assert_eq!(
+            refusal_code(RefusalKind::RootProtected, OPERATION_DELETE_USER),
+            ERROR_CANNOT_DELETE_USER
+        );
+        assert_eq!(
+            refusal_code(RefusalKind::RootProtected, OPERATION_UPDATE_PERMISSIONS),
+            ERROR_CANNOT_CHANGE_PERMISSIONS
+        );
+        assert_eq!(
+            refusal_code(
+                RefusalKind::LimitReached,
+                OPERATION_CREATE_PERSONAL_ACCESS_TOKEN
+            ),
+            ERROR_TOKENS_LIMIT_REACHED
+        );
+        assert_eq!(
+            refusal_code(
+                RefusalKind::TokenNameTaken,
+                OPERATION_CREATE_PERSONAL_ACCESS_TOKEN
+            ),
+            ERROR_TOKEN_ALREADY_EXISTS
         );
     }
 }

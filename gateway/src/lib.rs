@@ -4,8 +4,11 @@
 
 pub mod codes;
 pub mod connection;
+pub mod credentials;
 pub mod frame;
 pub mod messages;
 pub mod replies;
 pub mod server;
+mod user_commands;
+pub mod users;
 pub mod wire;

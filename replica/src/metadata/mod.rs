@@ -19,13 +19,16 @@ use std::collections::BTreeMap;
 pub use error::{MetadataError, RefusalKind};
 pub use names::Ident;
 pub use ops::{Durability, MetadataOp, TopicOptions, UserStatus};
-pub use permissions::{Action, Permissions};
+pub use permissions::{
+    Action, GlobalPermissions, Permissions, StreamPermissions, TopicPermissions,
+    PERMISSION_ENTRIES_MAX,
+};
 pub use placement::Placement;
+pub use users::{Token, User, ROOT_USER_ID};
 
 use groups::ConsumerGroup;
 use names::{lowest_free_id, validate_name};
 use ops::{SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
-use users::User;
 
 /// Nodes a cluster may have (a replica set's size must fit a u8 with room to spare).
 pub const NODES_MAX: usize = 64;
