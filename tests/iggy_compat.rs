@@ -145,12 +145,27 @@ fn the_iggy_0_11_client_manages_streams_and_topics_through_the_gateway() {
 
         send_and_poll(&client, &stream_id, &topic_id).await;
         consume_as_group(&client, &stream_id, &topic_id).await;
+        more_partitions(&client, &stream_id, &topic_id).await;
 
         let stats = client.get_stats().await.unwrap();
         assert!(stats.streams_count >= 1);
         assert!(stats.partitions_count >= 3);
         let me = client.get_me().await.unwrap();
         assert_eq!(me.user_id, Some(0));
+        // Every open connection is a client: this one, and the stranger (not logged in).
+        let clients = client.get_clients().await.unwrap();
+        assert!(clients.len() >= 2, "{clients:?}");
+        assert!(clients
+            .iter()
+            .any(|c| c.client_id == me.client_id && c.user_id == Some(0)));
+        assert!(clients.iter().any(|c| c.user_id.is_none()));
+        let found = client
+            .get_client(me.client_id)
+            .await
+            .unwrap()
+            .expect("itself");
+        assert_eq!(found.address, me.address);
+        assert!(client.get_client(u32::MAX - 1).await.unwrap().is_none());
 
         users_and_tokens(&client, gateway).await;
 
@@ -167,6 +182,41 @@ fn the_iggy_0_11_client_manages_streams_and_topics_through_the_gateway() {
         client.logout_user().await.unwrap();
     });
     let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Two partitions added (they take messages at once) and then deleted again (the last
+/// two: sends to them are refused).
+async fn more_partitions(client: &IggyClient, stream: &Identifier, topic: &Identifier) {
+    client.create_partitions(stream, topic, 2).await.unwrap();
+    let topic_details = client.get_topic(stream, topic).await.unwrap().unwrap();
+    assert_eq!(topic_details.partitions_count, 5);
+    let mut messages = vec![IggyMessage::from_str("on partition 4").unwrap()];
+    client
+        .send_messages(stream, topic, &Partitioning::partition_id(4), &mut messages)
+        .await
+        .unwrap();
+    let polled = client
+        .poll_messages(
+            stream,
+            topic,
+            Some(4),
+            &Consumer::new(Identifier::numeric(98).unwrap()),
+            &PollingStrategy::offset(0),
+            10,
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(payloads(&polled), ["on partition 4"]);
+    assert!(client.create_partitions(stream, topic, 0).await.is_err());
+    client.delete_partitions(stream, topic, 2).await.unwrap();
+    let topic_details = client.get_topic(stream, topic).await.unwrap().unwrap();
+    assert_eq!(topic_details.partitions_count, 3);
+    let mut messages = vec![IggyMessage::from_str("too far").unwrap()];
+    let refused = client
+        .send_messages(stream, topic, &Partitioning::partition_id(4), &mut messages)
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
 }
 
 fn code<T: std::fmt::Debug>(result: Result<T, IggyError>) -> u32 {
@@ -570,10 +620,21 @@ async fn consume_as_group(client: &IggyClient, stream: &Identifier, topic: &Iden
         .unwrap()
         .expect("found by its numeric-looking name");
     assert_eq!((details.name.as_str(), details.members_count), ("7", 1));
+    // GetMe lists the groups this connection is in.
+    let me = client.get_me().await.unwrap();
+    assert!(
+        me.consumer_groups.iter().any(|g| g.group_id == details.id),
+        "{me:?}"
+    );
     client
         .leave_consumer_group(stream, topic, &seven)
         .await
         .unwrap();
+    let me = client.get_me().await.unwrap();
+    assert!(
+        !me.consumer_groups.iter().any(|g| g.group_id == details.id),
+        "{me:?}"
+    );
     let again = client.leave_consumer_group(stream, topic, &seven).await;
     assert!(
         matches!(again, Err(IggyError::ConsumerGroupMemberNotFound(..))),

@@ -14,6 +14,8 @@ pub const OPERATION_CREATE_STREAM: u8 = 128;
 pub const OPERATION_DELETE_STREAM: u8 = 130;
 pub const OPERATION_CREATE_TOPIC: u8 = 132;
 pub const OPERATION_DELETE_TOPIC: u8 = 134;
+pub const OPERATION_CREATE_PARTITIONS: u8 = 136;
+pub const OPERATION_DELETE_PARTITIONS: u8 = 137;
 pub const OPERATION_CREATE_CONSUMER_GROUP: u8 = 139;
 pub const OPERATION_DELETE_CONSUMER_GROUP: u8 = 140;
 pub const OPERATION_CREATE_USER: u8 = 141;
@@ -69,6 +71,8 @@ pub fn command_name(operation: u8, code: u32) -> &'static str {
         OPERATION_DELETE_STREAM => "delete_stream",
         OPERATION_CREATE_TOPIC => "create_topic",
         OPERATION_DELETE_TOPIC => "delete_topic",
+        OPERATION_CREATE_PARTITIONS => "create_partitions",
+        OPERATION_DELETE_PARTITIONS => "delete_partitions",
         OPERATION_CREATE_CONSUMER_GROUP => "create_consumer_group",
         OPERATION_DELETE_CONSUMER_GROUP => "delete_consumer_group",
         OPERATION_CREATE_USER => "create_user",

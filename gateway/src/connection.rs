@@ -19,6 +19,7 @@ use galgo_replica::partition::ops::{ConsumerKey, PartitionOp};
 use galgo_replica::partition::reply::PartitionReply;
 use galgo_replica::routing::RoutingClient;
 
+use crate::clients::{put_client, GroupKey};
 use crate::codes::*;
 use crate::credentials::{now_us, password_matches};
 use crate::frame::{eviction, reply, Request};
@@ -50,7 +51,7 @@ pub struct Connection {
     pub(crate) routing: RoutingClient,
     pub(crate) peer: SocketAddr,
     /// This connection's number (GetMe's client id).
-    number: u32,
+    pub(crate) number: u32,
     pub(crate) login: Option<Login>,
     /// The op of this connection's last metadata write: reads see at least that.
     pub(crate) metadata_op: u64,
@@ -138,6 +139,7 @@ impl Connection {
         let answer = match request.operation {
             OPERATION_LOGOUT => {
                 self.login = None;
+                self.shared.clients.set_user(self.number, None);
                 Ok(Vec::new())
             }
             OPERATION_NON_REPLICATED => self.read(request, user_id, &username),
@@ -145,6 +147,8 @@ impl Connection {
             | OPERATION_DELETE_STREAM
             | OPERATION_CREATE_TOPIC
             | OPERATION_DELETE_TOPIC
+            | OPERATION_CREATE_PARTITIONS
+            | OPERATION_DELETE_PARTITIONS
             | OPERATION_CREATE_CONSUMER_GROUP
             | OPERATION_DELETE_CONSUMER_GROUP
             | OPERATION_JOIN_CONSUMER_GROUP
@@ -228,6 +232,7 @@ impl Connection {
             user_id: user.id,
             username: user.username.clone(),
         });
+        self.shared.clients.set_user(self.number, Some(user.id));
         let payload = replies::login(user.id, session, PROTOCOL_VERSION, &self.shared.version);
         Outcome::Reply(reply(request, 0, &result_ok(&payload)))
     }
@@ -261,7 +266,36 @@ impl Connection {
                 let (ip, port) = (self.shared.advertised.ip(), self.shared.advertised.port());
                 replies::cluster("galgo", &ip.to_string(), port, self.shared.http_port)
             }
-            CODE_GET_ME => replies::me(self.number, Some(user_id), &self.peer.to_string()),
+            CODE_GET_ME => {
+                let entry = self.shared.clients.get(self.number).ok_or_else(|| {
+                    WireError::new(ERROR_GENERIC, "this connection is not registered")
+                })?;
+                let mut out = Vec::new();
+                put_client(&mut out, self.number, &entry, true);
+                out
+            }
+            CODE_GET_CLIENT => {
+                let number = r.u32("client id")?;
+                r.finish("get client")?;
+                if number != self.number {
+                    require(user.allows(Action::ReadServers))?;
+                }
+                // Empty: no such client on this gateway (the client's Ok(None)).
+                let mut out = Vec::new();
+                if let Some(entry) = self.shared.clients.get(number) {
+                    put_client(&mut out, number, &entry, true);
+                }
+                out
+            }
+            CODE_GET_CLIENTS => {
+                r.finish("get clients")?;
+                require(user.allows(Action::ReadServers))?;
+                let mut out = Vec::new();
+                for (number, entry) in self.shared.clients.all() {
+                    put_client(&mut out, number, &entry, false);
+                }
+                out
+            }
             CODE_POLL_MESSAGES => return self.poll(&request.body, &metadata, user),
             CODE_GET_USER | CODE_GET_USERS | CODE_GET_PERSONAL_ACCESS_TOKENS => {
                 return crate::user_commands::read_users(request, &metadata, user)
@@ -369,6 +403,8 @@ impl Connection {
         let metadata = self.metadata()?;
         let user = logged_in_user(&metadata, user_id, username)?;
         let mut r = WireReader::new(&request.body);
+        // A join or leave that succeeds is recorded for GetMe and GetClient.
+        let mut membership: Option<(bool, GroupKey)> = None;
         let (op, action) = match request.operation {
             OPERATION_CREATE_STREAM => {
                 let name = r.name("stream name")?;
@@ -422,6 +458,31 @@ impl Connection {
                 };
                 (MetadataOp::DeleteTopic { stream, topic }, Some(action))
             }
+            OPERATION_CREATE_PARTITIONS | OPERATION_DELETE_PARTITIONS => {
+                let stream = r.identifier("stream")?;
+                let topic = r.identifier("topic")?;
+                let count = r.u32("partitions count")?;
+                r.finish("partitions")?;
+                let target = topic_target(&metadata, &stream, &topic)?;
+                let action = Action::ManageTopic {
+                    stream: target.stream,
+                    topic: target.topic,
+                };
+                let op = if request.operation == OPERATION_CREATE_PARTITIONS {
+                    MetadataOp::CreatePartitions {
+                        stream,
+                        topic,
+                        count,
+                    }
+                } else {
+                    MetadataOp::DeletePartitions {
+                        stream,
+                        topic,
+                        count,
+                    }
+                };
+                (op, Some(action))
+            }
             OPERATION_CREATE_CONSUMER_GROUP => {
                 let stream = r.identifier("stream")?;
                 let topic = r.identifier("topic")?;
@@ -449,8 +510,8 @@ impl Connection {
                 let target = topic_target(&metadata, &stream, &topic)?;
                 // Sent by the id it resolved to here: the client names a group whose name looks
                 // like a number by that number.
-                let group = match find_group(topic_of(&metadata, &target), &group) {
-                    Some(found) => Ident::Id(found.id),
+                let group_id = match find_group(topic_of(&metadata, &target), &group) {
+                    Some(found) => found.id,
                     None => {
                         return Err(WireError::new(
                             ERROR_CONSUMER_GROUP_ID_NOT_FOUND,
@@ -458,8 +519,13 @@ impl Connection {
                         ))
                     }
                 };
+                let group = Ident::Id(group_id);
                 let (stream_id, topic_id) = (target.stream, target.topic);
                 let member = self.member;
+                membership = Some((
+                    request.operation == OPERATION_JOIN_CONSUMER_GROUP,
+                    (stream_id, topic_id, group_id),
+                ));
                 match request.operation {
                     OPERATION_DELETE_CONSUMER_GROUP => (
                         MetadataOp::DeleteConsumerGroup {
@@ -512,6 +578,11 @@ impl Connection {
             Ok(applied) => applied,
             Err(refused) => return Ok(refused),
         };
+        match membership {
+            Some((true, key)) => self.shared.clients.joined(self.number, key),
+            Some((false, key)) => self.shared.clients.left(self.number, key),
+            None => {}
+        }
         let payload = match applied {
             Applied::StreamCreated { id } => {
                 let metadata = self.metadata()?;
@@ -1034,6 +1105,12 @@ pub fn refusal_code(kind: RefusalKind, operation: u8) -> u32 {
         }
         RefusalKind::InvalidValue if operation == OPERATION_CREATE_PERSONAL_ACCESS_TOKEN => {
             ERROR_INVALID_TOKEN_EXPIRY
+        }
+        RefusalKind::InvalidValue
+            if operation == OPERATION_CREATE_PARTITIONS
+                || operation == OPERATION_DELETE_PARTITIONS =>
+        {
+            ERROR_INVALID_PARTITIONS_COUNT
         }
         RefusalKind::InvalidValue => ERROR_INVALID_FORMAT,
         RefusalKind::ConsumerGroupNotFound => ERROR_CONSUMER_GROUP_ID_NOT_FOUND,

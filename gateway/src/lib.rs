@@ -2,6 +2,7 @@
 //! authenticates clients against the replicated users, answers reads from the applied
 //! metadata, and sends writes to the primary of their group through the routing client.
 
+pub mod clients;
 pub mod codes;
 pub mod connection;
 pub mod credentials;

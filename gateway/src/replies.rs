@@ -147,17 +147,6 @@ pub fn login(user_id: u32, session: u64, protocol_version: u32, server_version: 
     out
 }
 
-/// GetMe: this connection's client id, user, transport (TCP) and address; no groups.
-pub fn me(client_id: u32, user_id: Option<u32>, address: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&client_id.to_le_bytes());
-    out.extend_from_slice(&user_id.unwrap_or(u32::MAX).to_le_bytes());
-    out.push(1);
-    put_long_str(&mut out, address);
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out
-}
-
 /// What GetStats reports about the process and host (read where the gateway runs).
 pub struct ProcessStats {
     pub process_id: u32,

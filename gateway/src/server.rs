@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use galgo_replica::routing::RoutingClient;
 
+use crate::clients::{ClientRegistry, Registered};
 use crate::codes::{
     command_name, EVICTION_INVALID_REQUEST_BODY, EVICTION_INVALID_REQUEST_BODY_SIZE,
     EVICTION_INVALID_REQUEST_OPERATION,
@@ -70,6 +71,7 @@ pub struct Shared {
     pub http_port: u16,
     pub sessions: AtomicU64,
     pub connections: AtomicU32,
+    pub clients: Arc<ClientRegistry>,
     started: Instant,
     start_time_us: u64,
     verbose: bool,
@@ -142,6 +144,7 @@ pub fn start(config: GatewayConfig) -> std::io::Result<Gateway> {
         http_port: config.http_port,
         sessions: AtomicU64::new(0),
         connections: AtomicU32::new(0),
+        clients: Arc::new(ClientRegistry::default()),
         started: Instant::now(),
         start_time_us: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -166,15 +169,28 @@ fn accept(listener: TcpListener, config: GatewayConfig, shared: Arc<Shared>) {
             drop(stream);
             continue;
         }
-        number = number.wrapping_add(1);
-        // Counted until the guard drops: when the connection ends, or its thread never starts.
+        // The next number no open connection holds (at most `connections_max` are held).
+        for _ in 0..=config.connections_max {
+            number = number.wrapping_add(1).max(1);
+            if !shared.clients.holds(number) {
+                break;
+            }
+        }
+        let address = stream
+            .peer_addr()
+            .map(|peer| peer.to_string())
+            .unwrap_or_default();
+        // Counted and registered until the guards drop: when the connection ends, or its
+        // thread never starts.
         let counted = Counted::new(shared.clone());
+        let registered = Registered::new(shared.clients.clone(), number, address);
         let config = config.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("galgo-gateway-{number}"))
             .spawn(move || {
                 let shared = counted.shared.clone();
                 serve(stream, &config, shared, number);
+                drop(registered);
                 drop(counted);
             });
         if spawned.is_err() {
