@@ -53,6 +53,10 @@ async fn client(gateway: SocketAddr) -> IggyClient {
     client
 }
 
+async fn login_as(client: &IggyClient) -> IdentityInfo {
+    client.login_user(USERNAME, PASSWORD).await.unwrap()
+}
+
 /// Logs in, retrying while the dev node sets its root user on first start.
 async fn login(client: &IggyClient) -> IdentityInfo {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -146,6 +150,7 @@ fn the_iggy_0_11_client_manages_streams_and_topics_through_the_gateway() {
         send_and_poll(&client, &stream_id, &topic_id).await;
         consume_as_group(&client, &stream_id, &topic_id).await;
         more_partitions(&client, &stream_id, &topic_id).await;
+        topic_made_elsewhere(&client, gateway, &stream_id).await;
 
         let stats = client.get_stats().await.unwrap();
         assert!(stats.streams_count >= 1);
@@ -215,6 +220,41 @@ async fn more_partitions(client: &IggyClient, stream: &Identifier, topic: &Ident
     let mut messages = vec![IggyMessage::from_str("too far").unwrap()];
     let refused = client
         .send_messages(stream, topic, &Partitioning::partition_id(4), &mut messages)
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+}
+
+/// A topic created through another connection takes sends at once (the gateway's cached
+/// metadata does not know it yet and asks the metadata primary), and one deleted there is
+/// refused.
+async fn topic_made_elsewhere(client: &IggyClient, gateway: SocketAddr, stream: &Identifier) {
+    let other = self::client(gateway).await;
+    login_as(&other).await;
+    let options = TopicCreateOptions {
+        partitions_count: Some(1),
+        ..TopicCreateOptions::default()
+    };
+    other.create_topic(stream, "fresh", &options).await.unwrap();
+    let fresh = Identifier::named("fresh").unwrap();
+    let mut messages = vec![IggyMessage::from_str("at once").unwrap()];
+    client
+        .send_messages(
+            stream,
+            &fresh,
+            &Partitioning::partition_id(0),
+            &mut messages,
+        )
+        .await
+        .unwrap();
+    other.delete_topic(stream, &fresh).await.unwrap();
+    let mut messages = vec![IggyMessage::from_str("too late").unwrap()];
+    let refused = client
+        .send_messages(
+            stream,
+            &fresh,
+            &Partitioning::partition_id(0),
+            &mut messages,
+        )
         .await;
     assert!(refused.is_err(), "{refused:?}");
 }

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use galgo_replica::client_protocol::{
     PartitionRoute, PollQuery, PollStart, POLL_BATCHES_MAX, POLL_BYTES_MAX,
@@ -25,7 +26,7 @@ use crate::credentials::{now_us, password_matches};
 use crate::frame::{eviction, reply, Request};
 use crate::messages::{
     choose_partition, parse_offset_request, parse_poll, parse_send, poll_reply, ConsumerTarget,
-    OffsetRequestKind, Strategy,
+    OffsetRequestKind, Strategy, CONSUMER_KIND_SINGLE,
 };
 use crate::replies;
 use crate::server::Shared;
@@ -239,13 +240,43 @@ impl Connection {
 
     /// The metadata as applied through at least everything this connection saw: reads never
     /// go back, and include the connection's own writes.
-    pub(crate) fn metadata(&mut self) -> Result<Metadata, WireError> {
+    pub(crate) fn metadata(&mut self) -> Result<Arc<Metadata>, WireError> {
         let (applied, metadata) = self
             .routing
             .metadata(self.metadata_op, true)
             .map_err(|error| WireError::new(ERROR_GENERIC, format!("metadata: {error}")))?;
         self.metadata_op = self.metadata_op.max(applied);
+        let metadata = Arc::new(metadata);
+        self.shared
+            .metadata_cache
+            .store(applied, metadata.clone(), Instant::now());
         Ok(metadata)
+    }
+
+    /// The metadata for a data-path request on `stream`/`topic`: the gateway's cached copy
+    /// when it holds this connection's writes and is young; else a checkpoint from any
+    /// replica at least as new (so a metadata primary that is down does not stall sends);
+    /// and from the primary when neither knows the topic (created a moment ago elsewhere).
+    fn data_metadata(&mut self, stream: &Ident, topic: &Ident) -> Result<Arc<Metadata>, WireError> {
+        let knows = |metadata: &Metadata| topic_target(metadata, stream, topic).is_ok();
+        let now = Instant::now();
+        if let Some(cached) = self.shared.metadata_cache.fresh(self.metadata_op, now) {
+            if knows(&cached) {
+                return Ok(cached);
+            }
+            return self.metadata();
+        }
+        let floor = self.metadata_op.max(self.shared.metadata_cache.floor());
+        if let Ok((applied, metadata)) = self.routing.metadata(floor, false) {
+            let metadata = Arc::new(metadata);
+            self.shared
+                .metadata_cache
+                .store(applied, metadata.clone(), now);
+            if knows(&metadata) {
+                return Ok(metadata);
+            }
+        }
+        self.metadata()
     }
 
     fn read(
@@ -254,6 +285,18 @@ impl Connection {
         user_id: u32,
         username: &str,
     ) -> Result<Vec<u8>, WireError> {
+        if request.code == CODE_POLL_MESSAGES {
+            // A single consumer's poll reads the topic from the gateway's cached metadata; a
+            // group's needs the current members and generation.
+            let target = parse_poll(&request.body)?.target;
+            let metadata = if target.consumer.0 == CONSUMER_KIND_SINGLE {
+                self.data_metadata(&target.stream, &target.topic)?
+            } else {
+                self.metadata()?
+            };
+            let user = logged_in_user(&metadata, user_id, username)?;
+            return self.poll(&request.body, &metadata, user);
+        }
         let metadata = self.metadata()?;
         let user = logged_in_user(&metadata, user_id, username)?;
         let mut r = WireReader::new(&request.body);
@@ -296,7 +339,6 @@ impl Connection {
                 }
                 out
             }
-            CODE_POLL_MESSAGES => return self.poll(&request.body, &metadata, user),
             CODE_GET_USER | CODE_GET_USERS | CODE_GET_PERSONAL_ACCESS_TOKENS => {
                 return crate::user_commands::read_users(request, &metadata, user)
             }
@@ -643,6 +685,7 @@ impl Connection {
             .call_metadata(body)
             .map_err(|error| WireError::new(ERROR_GENERIC, format!("metadata: {error}")))?;
         self.metadata_op = self.metadata_op.max(committed.op);
+        self.shared.metadata_cache.written(committed.op);
         let decoded = MetadataReply::decode(&committed.body)
             .map_err(|error| WireError::new(ERROR_GENERIC, format!("metadata reply: {error}")))?;
         match decoded {
@@ -809,7 +852,7 @@ impl Connection {
         username: &str,
     ) -> Result<Vec<u8>, WireError> {
         let send = parse_send(&request.body)?;
-        let metadata = self.metadata()?;
+        let metadata = self.data_metadata(&send.stream, &send.topic)?;
         let user = logged_in_user(&metadata, user_id, username)?;
         let target = topic_target(&metadata, &send.stream, &send.topic)?;
         require(user.allows(Action::Send {

@@ -8,6 +8,7 @@ pub mod connection;
 pub mod credentials;
 pub mod frame;
 pub mod messages;
+pub mod metadata_cache;
 pub mod replies;
 pub mod server;
 mod user_commands;

@@ -124,6 +124,10 @@ pub enum Strategy {
     Next,
 }
 
+/// Consumer kinds on the wire.
+pub const CONSUMER_KIND_SINGLE: u8 = 1;
+pub const CONSUMER_KIND_GROUP: u8 = 2;
+
 /// Whose offset, on which partition of which topic: the head of polls and offset requests.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConsumerTarget {
@@ -137,7 +141,7 @@ pub struct ConsumerTarget {
 /// `[Consumer][stream Identifier][topic Identifier][partition flag u8][partition id u32]`.
 fn parse_consumer_target(r: &mut WireReader<'_>) -> Result<ConsumerTarget, WireError> {
     let consumer_kind = r.u8("consumer kind")?;
-    if !(1..=2).contains(&consumer_kind) {
+    if !(CONSUMER_KIND_SINGLE..=CONSUMER_KIND_GROUP).contains(&consumer_kind) {
         return Err(WireError::new(
             ERROR_INVALID_FORMAT,
             format!("consumer kind {consumer_kind}"),

@@ -24,6 +24,7 @@ use crate::codes::{
 };
 use crate::connection::{Connection, Outcome};
 use crate::frame::{eviction, read_request, reply_status, FrameError, HEADER_SIZE};
+use crate::metadata_cache::MetadataCache;
 use crate::replies::ProcessStats;
 
 #[derive(Clone, Debug)]
@@ -72,6 +73,7 @@ pub struct Shared {
     pub sessions: AtomicU64,
     pub connections: AtomicU32,
     pub clients: Arc<ClientRegistry>,
+    pub metadata_cache: MetadataCache,
     started: Instant,
     start_time_us: u64,
     verbose: bool,
@@ -145,6 +147,7 @@ pub fn start(config: GatewayConfig) -> std::io::Result<Gateway> {
         sessions: AtomicU64::new(0),
         connections: AtomicU32::new(0),
         clients: Arc::new(ClientRegistry::default()),
+        metadata_cache: MetadataCache::default(),
         started: Instant::now(),
         start_time_us: SystemTime::now()
             .duration_since(UNIX_EPOCH)
