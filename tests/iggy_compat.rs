@@ -151,6 +151,7 @@ fn the_iggy_0_11_client_manages_streams_and_topics_through_the_gateway() {
         consume_as_group(&client, &stream_id, &topic_id).await;
         more_partitions(&client, &stream_id, &topic_id).await;
         topic_made_elsewhere(&client, gateway, &stream_id).await;
+        renames(&client).await;
 
         let stats = client.get_stats().await.unwrap();
         assert!(stats.streams_count >= 1);
@@ -257,6 +258,54 @@ async fn topic_made_elsewhere(client: &IggyClient, gateway: SocketAddr, stream: 
         )
         .await;
     assert!(refused.is_err(), "{refused:?}");
+}
+
+/// A stream and a topic renamed; the topic's expiry changed while its other options stay.
+async fn renames(client: &IggyClient) {
+    client.create_stream("renamable").await.unwrap();
+    let before = Identifier::named("renamable").unwrap();
+    client
+        .update_stream(&before, "renamed", &StreamUpdateOptions::default())
+        .await
+        .unwrap();
+    assert!(client.get_stream(&before).await.unwrap().is_none());
+    let stream = Identifier::named("renamed").unwrap();
+    assert!(client.get_stream(&stream).await.unwrap().is_some());
+    let options = TopicCreateOptions {
+        partitions_count: Some(1),
+        ..TopicCreateOptions::default()
+    };
+    let created = client.create_topic(&stream, "t1", &options).await.unwrap();
+    let ten_seconds = IggyExpiry::ExpireDuration(IggyDuration::new(Duration::from_secs(10)));
+    let update = TopicUpdateOptions {
+        message_expiry: Some(ten_seconds),
+        ..TopicUpdateOptions::default()
+    };
+    client
+        .update_topic(&stream, &Identifier::named("t1").unwrap(), "t2", &update)
+        .await
+        .unwrap();
+    let topic = client
+        .get_topic(&stream, &Identifier::named("t2").unwrap())
+        .await
+        .unwrap()
+        .expect("renamed");
+    assert_eq!(topic.id, created.id);
+    assert_eq!(topic.message_expiry, ten_seconds);
+    assert_eq!(topic.max_topic_size, created.max_topic_size);
+    client.create_stream("taken").await.unwrap();
+    let taken = client
+        .update_stream(&stream, "taken", &StreamUpdateOptions::default())
+        .await;
+    assert!(
+        matches!(taken, Err(IggyError::StreamNameAlreadyExists(_))),
+        "{taken:?}"
+    );
+    client.delete_stream(&stream).await.unwrap();
+    client
+        .delete_stream(&Identifier::named("taken").unwrap())
+        .await
+        .unwrap();
 }
 
 fn code<T: std::fmt::Debug>(result: Result<T, IggyError>) -> u32 {

@@ -31,7 +31,9 @@ use crate::messages::{
 use crate::replies;
 use crate::server::Shared;
 use crate::users::{token_hash, Credentials};
-use crate::wire::{result_error, result_ok, topic_options, WireError, WireReader};
+use crate::wire::{
+    result_error, result_ok, topic_options, update_topic_options, WireError, WireReader,
+};
 
 /// What to send back: a reply, or an eviction after which the connection closes.
 pub enum Outcome {
@@ -145,8 +147,10 @@ impl Connection {
             }
             OPERATION_NON_REPLICATED => self.read(request, user_id, &username),
             OPERATION_CREATE_STREAM
+            | OPERATION_UPDATE_STREAM
             | OPERATION_DELETE_STREAM
             | OPERATION_CREATE_TOPIC
+            | OPERATION_UPDATE_TOPIC
             | OPERATION_DELETE_TOPIC
             | OPERATION_CREATE_PARTITIONS
             | OPERATION_DELETE_PARTITIONS
@@ -482,6 +486,41 @@ impl Connection {
                     name,
                     partitions,
                     replication_factor: 0,
+                    options,
+                };
+                (op, Some(action))
+            }
+            OPERATION_UPDATE_STREAM => {
+                let stream = r.identifier("stream")?;
+                let name = r.name("stream name")?;
+                if !r.rest().is_empty() {
+                    return Err(WireError::new(
+                        ERROR_UNSUPPORTED_OPTION_KEY,
+                        "streams take no options",
+                    ));
+                }
+                let action = Action::ManageStream {
+                    stream: stream_of(&metadata, &stream)?.id,
+                };
+                (MetadataOp::UpdateStream { stream, name }, Some(action))
+            }
+            OPERATION_UPDATE_TOPIC => {
+                let stream = r.identifier("stream")?;
+                let topic = r.identifier("topic")?;
+                let name = r.name("topic name")?;
+                let found = stream_of(&metadata, &stream)?;
+                let found_topic = find_topic(found, &topic).ok_or_else(|| {
+                    WireError::new(ERROR_TOPIC_ID_NOT_FOUND, format!("topic {topic}"))
+                })?;
+                let options = update_topic_options(found_topic.options, r.rest())?;
+                let action = Action::ManageTopic {
+                    stream: found.id,
+                    topic: found_topic.id,
+                };
+                let op = MetadataOp::UpdateTopic {
+                    stream,
+                    topic,
+                    name,
                     options,
                 };
                 (op, Some(action))
@@ -1126,10 +1165,16 @@ fn find_topic<'a>(stream: &'a Stream, ident: &Ident) -> Option<&'a galgo_replica
 pub fn refusal_code(kind: RefusalKind, operation: u8) -> u32 {
     match kind {
         RefusalKind::BadRequest => ERROR_INVALID_FORMAT,
-        RefusalKind::InvalidName if operation == OPERATION_CREATE_STREAM => {
+        RefusalKind::InvalidName
+            if operation == OPERATION_CREATE_STREAM || operation == OPERATION_UPDATE_STREAM =>
+        {
             ERROR_INVALID_STREAM_NAME
         }
-        RefusalKind::InvalidName if operation == OPERATION_CREATE_TOPIC => ERROR_INVALID_TOPIC_NAME,
+        RefusalKind::InvalidName
+            if operation == OPERATION_CREATE_TOPIC || operation == OPERATION_UPDATE_TOPIC =>
+        {
+            ERROR_INVALID_TOPIC_NAME
+        }
         RefusalKind::InvalidName
             if operation == OPERATION_CREATE_USER || operation == OPERATION_UPDATE_USER =>
         {

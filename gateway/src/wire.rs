@@ -221,7 +221,12 @@ fn u64_option(key: &str, value: &OptionValue) -> Result<u64, WireError> {
 /// taken: `enforce_fsync` (older servers) and `durability` / `consumer_offset_durability`
 /// (0.11.0 clients send both of these always).
 pub fn topic_options(bytes: &[u8]) -> Result<TopicOptions, WireError> {
-    let mut options = TopicOptions::default();
+    update_topic_options(TopicOptions::default(), bytes)
+}
+
+/// `base` with the options an options block sets (UpdateTopic changes only what it names).
+pub fn update_topic_options(base: TopicOptions, bytes: &[u8]) -> Result<TopicOptions, WireError> {
+    let mut options = base;
     for (key, value) in parse_options(bytes)? {
         match key.as_str() {
             "durability" => options.durability = durability(&key, &value)?,
