@@ -357,10 +357,22 @@ fn start_gateway(config: &Config, verbose: bool) -> Result<(), ()> {
     let mut gateway = GatewayConfig::new(listen, u128::from(config.cluster.id), nodes);
     gateway.http_port = http.port();
     gateway.verbose = verbose;
+    let tls = &config.gateway.tls_certificate;
+    if !tls.is_empty() {
+        let key = std::path::Path::new(&config.gateway.tls_key);
+        match galgo_gateway::tls::server_config(std::path::Path::new(tls), key) {
+            Ok(server_config) => gateway.tls = Some(server_config),
+            Err(error) => {
+                eprintln!("galgo: gateway TLS (gateway.tls_certificate, gateway.tls_key): {error}");
+                return Err(());
+            }
+        }
+    }
+    let transport = if gateway.tls.is_some() { "TLS" } else { "TCP" };
     match galgo_gateway::server::start(gateway) {
         Ok(running) => {
             println!(
-                "galgo: gateway (Iggy binary protocol 0.11.0) on {}",
+                "galgo: gateway (Iggy binary protocol 0.11.0, {transport}) on {}",
                 running.address
             );
             Ok(())

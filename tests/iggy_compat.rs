@@ -496,6 +496,102 @@ async fn users_and_tokens(root: &IggyClient, gateway: SocketAddr) {
     );
 }
 
+#[test]
+fn the_iggy_client_speaks_tls_to_a_gateway_with_a_certificate() {
+    let root = std::env::temp_dir().join(format!("galgo-iggy-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (certificate, key) = (root.join("cert.pem"), root.join("key.pem"));
+    std::fs::write(&certificate, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+    let gateway = free_address();
+    let (bus, client_port) = (free_address(), free_address());
+    let log = std::fs::File::create(root.join("dev.log")).unwrap();
+    let child = dev_command(&root.join("data"), bus, client_port, gateway, PASSWORD)
+        .env("GALGO_ROOT_USERNAME", USERNAME)
+        .env("GALGO_GATEWAY_TLS_CERTIFICATE", &certificate)
+        .env("GALGO_GATEWAY_TLS_KEY", &key)
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("galgo dev starts");
+    let _dev = Dev(child);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(gateway).is_err() {
+            assert!(Instant::now() < deadline, "the gateway never listened");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let tls_client = IggyClientBuilder::new()
+            .with_tcp()
+            .with_server_address(gateway.to_string())
+            .with_tls_enabled(true)
+            .with_tls_domain("localhost".to_string())
+            .with_tls_ca_file(certificate.display().to_string())
+            .with_tls_validate_certificate(true)
+            .build()
+            .unwrap();
+        tls_client.connect().await.expect("a TLS connection");
+        login(&tls_client).await;
+        tls_client.create_stream("secure").await.unwrap();
+        let stream = Identifier::named("secure").unwrap();
+        let options = TopicCreateOptions {
+            partitions_count: Some(1),
+            ..TopicCreateOptions::default()
+        };
+        tls_client
+            .create_topic(&stream, "t", &options)
+            .await
+            .unwrap();
+        let topic = Identifier::named("t").unwrap();
+        let mut messages = vec![IggyMessage::from_str("over TLS").unwrap()];
+        tls_client
+            .send_messages(
+                &stream,
+                &topic,
+                &Partitioning::partition_id(0),
+                &mut messages,
+            )
+            .await
+            .unwrap();
+        let polled = tls_client
+            .poll_messages(
+                &stream,
+                &topic,
+                Some(0),
+                &Consumer::new(Identifier::numeric(1).unwrap()),
+                &PollingStrategy::offset(0),
+                10,
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(payloads(&polled), ["over TLS"]);
+        // A plain-TCP client gets no answer it can use.
+        let plain = IggyClientBuilder::new()
+            .with_tcp()
+            .with_server_address(gateway.to_string())
+            .with_reconnection_max_retries(Some(0))
+            .build()
+            .unwrap();
+        let refused = tokio::time::timeout(Duration::from_secs(10), async {
+            plain.connect().await?;
+            plain.login_user(USERNAME, PASSWORD).await
+        })
+        .await;
+        assert!(
+            !matches!(refused, Ok(Ok(_))),
+            "a plain login must not succeed: {refused:?}"
+        );
+    });
+    let _ = std::fs::remove_dir_all(&root);
+}
+
 fn payloads(polled: &PolledMessages) -> Vec<String> {
     polled
         .messages

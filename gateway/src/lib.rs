@@ -11,6 +11,7 @@ pub mod messages;
 pub mod metadata_cache;
 pub mod replies;
 pub mod server;
+pub mod tls;
 mod user_commands;
 pub mod users;
 pub mod wire;

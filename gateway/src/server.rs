@@ -9,7 +9,7 @@
 //! `galgo_gateway_sent_bytes_total`, `galgo_gateway_connections` (open),
 //! `galgo_gateway_connections_accepted_total` and `galgo_gateway_connections_refused_total`.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -46,6 +46,8 @@ pub struct GatewayConfig {
     pub idle_timeout: Duration,
     /// Print refusals and errors to stderr.
     pub verbose: bool,
+    /// TLS on every connection when set (`tls::server_config`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl GatewayConfig {
@@ -61,6 +63,7 @@ impl GatewayConfig {
             connections_max: 1024,
             idle_timeout: Duration::from_secs(60),
             verbose: false,
+            tls: None,
         }
     }
 }
@@ -212,12 +215,24 @@ fn serve(mut stream: TcpStream, config: &GatewayConfig, shared: Arc<Shared>, num
     }
     let routing = RoutingClient::new(config.cluster, random_client_id(), config.nodes.clone());
     let mut connection = Connection::new(shared.clone(), routing, peer, number, random_client_id());
-    serve_requests(&mut stream, config, &shared, &mut connection, peer);
+    match &config.tls {
+        None => serve_requests(&mut stream, config, &shared, &mut connection, peer),
+        Some(tls) => match rustls::ServerConnection::new(tls.clone()) {
+            // The handshake runs on the first read, under the same idle timeout.
+            Ok(session) => {
+                let mut stream = rustls::StreamOwned::new(session, stream);
+                serve_requests(&mut stream, config, &shared, &mut connection, peer);
+                stream.conn.send_close_notify();
+                let _ = stream.flush();
+            }
+            Err(error) => shared.log(&format!("{peer}: TLS session not started: {error}")),
+        },
+    }
     connection.close();
 }
 
 fn serve_requests(
-    stream: &mut TcpStream,
+    stream: &mut (impl Read + Write),
     config: &GatewayConfig,
     shared: &Shared,
     connection: &mut Connection,

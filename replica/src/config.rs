@@ -79,6 +79,12 @@ pub struct GatewayConfig {
     pub tcp_address: String,
     /// HTTP: /livez, /readyz, /metrics.
     pub http_address: String,
+    /// PEM files of the binary protocol's TLS certificate chain and private key; both empty
+    /// (the default): plain TCP.
+    #[serde(default)]
+    pub tls_certificate: String,
+    #[serde(default)]
+    pub tls_key: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -216,6 +222,11 @@ impl Config {
         }
         parse_address(&self.gateway.tcp_address, "gateway.tcp_address")?;
         parse_address(&self.gateway.http_address, "gateway.http_address")?;
+        if self.gateway.tls_certificate.is_empty() != self.gateway.tls_key.is_empty() {
+            return Err(error(
+                "gateway.tls_certificate and gateway.tls_key go together: set both or neither",
+            ));
+        }
         Ok(())
     }
 
@@ -398,6 +409,11 @@ mod tests {
                 DEV_CONFIG.to_string(),
                 env(&[("GALGO_GATEWAY_HTTP_ADDRESS", "localhost")]),
                 "gateway.http_address",
+            ),
+            (
+                DEV_CONFIG.to_string(),
+                env(&[("GALGO_GATEWAY_TLS_CERTIFICATE", "/etc/galgo/cert.pem")]),
+                "gateway.tls_key",
             ),
             (
                 DEV_CONFIG.to_string(),

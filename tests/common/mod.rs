@@ -58,6 +58,8 @@ pub fn dev_command(
             format!("[{{ id = 0, address = \"{bus}\", client_address = \"{client}\" }}]"),
         )
         .env("GALGO_GATEWAY_TCP_ADDRESS", gateway.to_string())
+        // Its own HTTP port: tests of one binary run side by side.
+        .env("GALGO_GATEWAY_HTTP_ADDRESS", free_address().to_string())
         .env("GALGO_ROOT_PASSWORD", root_password)
         .env("GALGO_REPLICA_SHARDS", "2");
     command
