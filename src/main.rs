@@ -357,6 +357,7 @@ fn start_gateway(config: &Config, verbose: bool) -> Result<(), ()> {
     let mut gateway = GatewayConfig::new(listen, u128::from(config.cluster.id), nodes);
     gateway.http_port = http.port();
     gateway.verbose = verbose;
+    gateway.member_timeout = std::time::Duration::from_millis(config.gateway.member_timeout_ms);
     let tls = &config.gateway.tls_certificate;
     if !tls.is_empty() {
         let key = std::path::Path::new(&config.gateway.tls_key);

@@ -469,6 +469,33 @@ fn a_node_that_lost_its_disk_repairs_everything_without_stopping_the_cluster() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
+/// The root user "iggy" (password "gateway-secret"), as `galgo dev` would set it.
+fn create_root_user(cluster: &Cluster) {
+    let mut admin = RoutingClient::new(u128::from(CLUSTER), 0xAD, cluster.clients.clone());
+    let hash = galgo_gateway::credentials::hash_password(b"gateway-secret").unwrap();
+    let op = galgo_replica::metadata::MetadataOp::CreateUser {
+        username: "iggy".to_string(),
+        password_hash: hash,
+        status: galgo_replica::metadata::UserStatus::Active,
+        permissions: None,
+    };
+    admin.call_metadata(op.encode().unwrap()).unwrap();
+}
+
+/// `galgo gateway` for `cluster` on `address` (its HTTP on a free port), logging to `log`.
+fn start_gateway_process(cluster: &Cluster, address: SocketAddr, log: &Path) -> Command {
+    let log = std::fs::File::create(log).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_galgo"));
+    command
+        .args(["gateway", "--verbose", "--config"])
+        .arg(&cluster.config)
+        .env("GALGO_GATEWAY_TCP_ADDRESS", address.to_string())
+        .env("GALGO_GATEWAY_HTTP_ADDRESS", free_address().to_string())
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log));
+    command
+}
+
 /// The crates.io `iggy` 0.11.0 client through one `galgo gateway` in front of the three
 /// nodes: it keeps sending while the primary of its partition's group is SIGKILLed. No error
 /// reaches the client, and polling reads every acknowledged message back exactly once, in
@@ -483,24 +510,10 @@ fn the_iggy_client_through_one_gateway_sees_no_error_when_a_primary_is_killed() 
     for id in 0..3 {
         cluster.start(id);
     }
-    // The root user, as galgo dev would set it.
+    create_root_user(&cluster);
     let mut admin = RoutingClient::new(u128::from(CLUSTER), 0xAD, cluster.clients.clone());
-    let hash = galgo_gateway::credentials::hash_password(b"gateway-secret").unwrap();
-    let op = galgo_replica::metadata::MetadataOp::CreateUser {
-        username: "iggy".to_string(),
-        password_hash: hash,
-        status: galgo_replica::metadata::UserStatus::Active,
-        permissions: None,
-    };
-    admin.call_metadata(op.encode().unwrap()).unwrap();
     let gateway = free_address();
-    let log = std::fs::File::create(root.join("gateway.log")).unwrap();
-    let mut gateway_process = Command::new(env!("CARGO_BIN_EXE_galgo"))
-        .args(["gateway", "--verbose", "--config"])
-        .arg(&cluster.config)
-        .env("GALGO_GATEWAY_TCP_ADDRESS", gateway.to_string())
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
+    let mut gateway_process = start_gateway_process(&cluster, gateway, &root.join("gateway.log"))
         .spawn()
         .expect("galgo gateway starts");
 
@@ -612,4 +625,136 @@ fn the_iggy_client_through_one_gateway_sees_no_error_when_a_primary_is_killed() 
     let _ = gateway_process.wait();
     drop(cluster);
     let _ = std::fs::remove_dir_all(&root);
+}
+
+/// A consumer-group member's gateway is SIGKILLed: it cannot say its client left, so the
+/// member would own its partitions forever. While the gateway lives its member is touched and
+/// stays well past the timeout; once it is gone, the member expires and a member through
+/// another gateway gets every partition.
+#[test]
+fn a_dead_gateways_group_members_expire_and_their_partitions_move() {
+    use iggy::prelude::*;
+
+    let root = std::env::temp_dir().join(format!("galgo-cluster-members-{}", std::process::id()));
+    let mut cluster = Cluster::new(&root);
+    for id in 0..3 {
+        cluster.start(id);
+    }
+    create_root_user(&cluster);
+    let timeout = Duration::from_millis(1500);
+    let (doomed_address, survivor_address) = (free_address(), free_address());
+    let mut doomed = start_gateway_process(&cluster, doomed_address, &root.join("doomed.log"))
+        .env(
+            "GALGO_GATEWAY_MEMBER_TIMEOUT_MS",
+            timeout.as_millis().to_string(),
+        )
+        .spawn()
+        .expect("galgo gateway starts");
+    let mut survivor =
+        start_gateway_process(&cluster, survivor_address, &root.join("survivor.log"))
+            .env(
+                "GALGO_GATEWAY_MEMBER_TIMEOUT_MS",
+                timeout.as_millis().to_string(),
+            )
+            .spawn()
+            .expect("galgo gateway starts");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let connect = |address: SocketAddr| async move {
+            let started = Instant::now();
+            while std::net::TcpStream::connect(address).is_err() {
+                assert!(started.elapsed() < Duration::from_secs(30));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let client = IggyClientBuilder::new()
+                .with_tcp()
+                .with_server_address(address.to_string())
+                .build()
+                .unwrap();
+            client.connect().await.unwrap();
+            client.login_user("iggy", "gateway-secret").await.unwrap();
+            client
+        };
+        let first = connect(doomed_address).await;
+        let second = connect(survivor_address).await;
+        first.create_stream("s").await.unwrap();
+        let (stream, topic, group) = (
+            Identifier::named("s").unwrap(),
+            Identifier::named("t").unwrap(),
+            Identifier::named("g").unwrap(),
+        );
+        let options = TopicCreateOptions {
+            partitions_count: Some(2),
+            ..TopicCreateOptions::default()
+        };
+        first.create_topic(&stream, "t", &options).await.unwrap();
+        first
+            .create_consumer_group(&stream, &topic, "g")
+            .await
+            .unwrap();
+        first
+            .join_consumer_group(&stream, &topic, &group)
+            .await
+            .unwrap();
+        second
+            .join_consumer_group(&stream, &topic, &group)
+            .await
+            .unwrap();
+        let ids = (&stream, &topic, &group);
+        assert_eq!(group_members(&second, ids).await.len(), 2);
+        // Three timeouts with both gateways alive: both members stay.
+        tokio::time::sleep(timeout * 3).await;
+        assert_eq!(
+            group_members(&second, ids).await.len(),
+            2,
+            "a live gateway keeps its member"
+        );
+        doomed.kill().unwrap();
+        doomed.wait().unwrap();
+        let killed = Instant::now();
+        loop {
+            let now = group_members(&second, ids).await;
+            if now.len() == 1 {
+                assert_eq!(
+                    now[0].partitions_count, 2,
+                    "the survivor owns every partition"
+                );
+                break;
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(30),
+                "the dead gateway's member never expired"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let expired_after = killed.elapsed();
+        eprintln!("the dead gateway's member expired {expired_after:?} after the kill");
+        assert!(
+            expired_after >= timeout / 2,
+            "expired too early: {expired_after:?}"
+        );
+    });
+    let _ = survivor.kill();
+    let _ = survivor.wait();
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+async fn group_members(
+    client: &iggy::prelude::IggyClient,
+    (stream, topic, group): (
+        &iggy::prelude::Identifier,
+        &iggy::prelude::Identifier,
+        &iggy::prelude::Identifier,
+    ),
+) -> Vec<iggy::prelude::ConsumerGroupMember> {
+    use iggy::prelude::ConsumerGroupClient;
+    client
+        .get_consumer_group(stream, topic, group)
+        .await
+        .unwrap()
+        .expect("the group exists")
+        .members
 }

@@ -17,6 +17,8 @@ const GROUPS_PER_CLIENT_MAX: usize = 1024;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClientEntry {
+    /// The connection's identity as a consumer-group member.
+    pub member: u128,
     pub address: String,
     pub user_id: Option<u32>,
     pub groups: BTreeSet<GroupKey>,
@@ -82,7 +84,12 @@ pub struct Registered {
 }
 
 impl Registered {
-    pub fn new(registry: Arc<ClientRegistry>, number: u32, address: String) -> Registered {
+    pub fn new(
+        registry: Arc<ClientRegistry>,
+        number: u32,
+        member: u128,
+        address: String,
+    ) -> Registered {
         // The accept loop, the only one that registers, picked a number nobody holds.
         let previous = registry
             .entries
@@ -91,6 +98,7 @@ impl Registered {
             .insert(
                 number,
                 ClientEntry {
+                    member,
                     address,
                     ..ClientEntry::default()
                 },
@@ -139,7 +147,7 @@ mod tests {
     #[test]
     fn entries_follow_their_connection() {
         let registry = Arc::new(ClientRegistry::default());
-        let guard = Registered::new(registry.clone(), 9, "1.2.3.4:5".into());
+        let guard = Registered::new(registry.clone(), 9, 77, "1.2.3.4:5".into());
         registry.set_user(9, Some(3));
         registry.joined(9, (1, 2, 3));
         registry.joined(7, (1, 2, 3)); // not registered: ignored

@@ -95,8 +95,8 @@ impl Connection {
         self.login.is_some()
     }
 
-    /// The connection ended: it leaves every consumer group it joined (best effort; a group
-    /// member that never leaves keeps its partitions until an operator drops it).
+    /// The connection ended: it leaves every consumer group it joined (best effort; a member
+    /// whose leave is lost expires once this gateway stops touching it: `member_keeper`).
     pub fn close(&mut self) {
         if !self.joined {
             return;

@@ -7,6 +7,7 @@ pub mod codes;
 pub mod connection;
 pub mod credentials;
 pub mod frame;
+pub mod member_keeper;
 pub mod messages;
 pub mod metadata_cache;
 pub mod replies;

@@ -48,6 +48,9 @@ pub struct GatewayConfig {
     pub verbose: bool,
     /// TLS on every connection when set (`tls::server_config`).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Consumer-group members of this gateway are touched every sixth of this; members of a
+    /// gateway that stopped leave their groups after it (`member_keeper`).
+    pub member_timeout: Duration,
 }
 
 impl GatewayConfig {
@@ -64,6 +67,7 @@ impl GatewayConfig {
             idle_timeout: Duration::from_secs(60),
             verbose: false,
             tls: None,
+            member_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -157,6 +161,11 @@ pub fn start(config: GatewayConfig) -> std::io::Result<Gateway> {
             .map_or(0, |d| d.as_micros() as u64),
         verbose: config.verbose,
     });
+    let keeper = RoutingClient::new(config.cluster, random_client_id(), config.nodes.clone());
+    let (keeper_shared, timeout) = (shared.clone(), config.member_timeout);
+    std::thread::Builder::new()
+        .name("galgo-gateway-members".to_string())
+        .spawn(move || crate::member_keeper::run(keeper_shared, keeper, timeout))?;
     std::thread::Builder::new()
         .name("galgo-gateway".to_string())
         .spawn(move || accept(listener, config, shared))?;
@@ -189,13 +198,14 @@ fn accept(listener: TcpListener, config: GatewayConfig, shared: Arc<Shared>) {
         // Counted and registered until the guards drop: when the connection ends, or its
         // thread never starts.
         let counted = Counted::new(shared.clone());
-        let registered = Registered::new(shared.clients.clone(), number, address);
+        let member = random_client_id();
+        let registered = Registered::new(shared.clients.clone(), number, member, address);
         let config = config.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("galgo-gateway-{number}"))
             .spawn(move || {
                 let shared = counted.shared.clone();
-                serve(stream, &config, shared, number);
+                serve(stream, &config, shared, number, member);
                 drop(registered);
                 drop(counted);
             });
@@ -205,7 +215,13 @@ fn accept(listener: TcpListener, config: GatewayConfig, shared: Arc<Shared>) {
     }
 }
 
-fn serve(mut stream: TcpStream, config: &GatewayConfig, shared: Arc<Shared>, number: u32) {
+fn serve(
+    mut stream: TcpStream,
+    config: &GatewayConfig,
+    shared: Arc<Shared>,
+    number: u32,
+    member: u128,
+) {
     let Ok(peer) = stream.peer_addr() else {
         return;
     };
@@ -214,7 +230,7 @@ fn serve(mut stream: TcpStream, config: &GatewayConfig, shared: Arc<Shared>, num
         return;
     }
     let routing = RoutingClient::new(config.cluster, random_client_id(), config.nodes.clone());
-    let mut connection = Connection::new(shared.clone(), routing, peer, number, random_client_id());
+    let mut connection = Connection::new(shared.clone(), routing, peer, number, member);
     match &config.tls {
         None => serve_requests(&mut stream, config, &shared, &mut connection, peer),
         Some(tls) => match rustls::ServerConnection::new(tls.clone()) {

@@ -85,7 +85,20 @@ pub struct GatewayConfig {
     pub tls_certificate: String,
     #[serde(default)]
     pub tls_key: String,
+    /// A consumer-group member whose gateway has not touched it for this long leaves its
+    /// groups (its gateway died); gateways touch their members every sixth of it.
+    #[serde(default = "default_member_timeout_ms")]
+    pub member_timeout_ms: u64,
 }
+
+fn default_member_timeout_ms() -> u64 {
+    30_000
+}
+
+/// Member timeouts a gateway takes: long enough for several touches over a slow metadata
+/// group, short enough that a dead gateway's partitions go back to live consumers.
+pub const MEMBER_TIMEOUT_MS_MIN: u64 = 600;
+pub const MEMBER_TIMEOUT_MS_MAX: u64 = 3_600_000;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError(pub String);
@@ -222,6 +235,14 @@ impl Config {
         }
         parse_address(&self.gateway.tcp_address, "gateway.tcp_address")?;
         parse_address(&self.gateway.http_address, "gateway.http_address")?;
+        if !(MEMBER_TIMEOUT_MS_MIN..=MEMBER_TIMEOUT_MS_MAX)
+            .contains(&self.gateway.member_timeout_ms)
+        {
+            return Err(error(format!(
+                "gateway.member_timeout_ms {} ({MEMBER_TIMEOUT_MS_MIN} to {MEMBER_TIMEOUT_MS_MAX})",
+                self.gateway.member_timeout_ms
+            )));
+        }
         if self.gateway.tls_certificate.is_empty() != self.gateway.tls_key.is_empty() {
             return Err(error(
                 "gateway.tls_certificate and gateway.tls_key go together: set both or neither",
@@ -414,6 +435,11 @@ mod tests {
                 DEV_CONFIG.to_string(),
                 env(&[("GALGO_GATEWAY_TLS_CERTIFICATE", "/etc/galgo/cert.pem")]),
                 "gateway.tls_key",
+            ),
+            (
+                DEV_CONFIG.to_string(),
+                env(&[("GALGO_GATEWAY_MEMBER_TIMEOUT_MS", "5")]),
+                "gateway.member_timeout_ms",
             ),
             (
                 DEV_CONFIG.to_string(),

@@ -358,7 +358,7 @@ fn metadata_op(client: u128, prng: &mut Prng) -> MetadataOp {
     let (stream, topic, other) = (name(), name(), name());
     let (stream, topic) = (Ident::Name(stream), Ident::Name(topic));
     let count = prng.range_inclusive(1, 3) as u32;
-    match prng.below(10) {
+    match prng.below(12) {
         0 => MetadataOp::CreateStream { name: other },
         1 => MetadataOp::DeleteStream { stream },
         2 | 3 => MetadataOp::CreateTopic {
@@ -389,6 +389,13 @@ fn metadata_op(client: u128, prng: &mut Prng) -> MetadataOp {
             stream,
             topic,
             name: other,
+        },
+        9 => MetadataOp::TouchMembers {
+            members: vec![client],
+        },
+        10 => MetadataOp::ExpireMembers {
+            // Up to 20 s of simulated time: members of clients that stopped asking expire.
+            idle_us: prng.range_inclusive(0, 20_000_000),
         },
         _ => MetadataOp::JoinConsumerGroup {
             stream,

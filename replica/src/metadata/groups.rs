@@ -2,6 +2,9 @@
 //! or partition change bumps, and the assignment of partitions to members (round robin over
 //! members in id order). The partition groups fence offset commits that carry an older
 //! generation. The rebalance is eager: every change recomputes the whole assignment.
+//! Members have an idle clock (`Metadata::member_seen`): joining or being touched by their
+//! gateway restarts it, and `ExpireMembers` drops the members whose gateway stopped touching
+//! them (a gateway that died cannot say that its clients left).
 
 use std::collections::BTreeMap;
 
@@ -92,7 +95,40 @@ impl Metadata {
         ))
     }
 
-    pub(super) fn apply_group_op(&mut self, op: &MetadataOp) -> Result<Applied, MetadataError> {
+    /// Removes `member` from every group it is in (rebalancing them) and from the clocks.
+    fn drop_member(&mut self, member: u128) {
+        for stream in self.streams.values_mut() {
+            for topic in stream.topics.values_mut() {
+                let partition_count = topic.partitions.len() as u32;
+                for group in topic.groups.values_mut() {
+                    if group.members.remove(&member).is_some() {
+                        group.rebalance(partition_count);
+                    }
+                }
+            }
+        }
+        self.member_seen.remove(&member);
+    }
+
+    /// Keeps the clocks of exactly the members some group still has.
+    pub(super) fn forget_departed_members(&mut self) {
+        let mut present = std::collections::BTreeSet::new();
+        for stream in self.streams.values() {
+            for topic in stream.topics.values() {
+                for group in topic.groups.values() {
+                    present.extend(group.members.keys().copied());
+                }
+            }
+        }
+        self.member_seen
+            .retain(|member, _| present.contains(member));
+    }
+
+    pub(super) fn apply_group_op(
+        &mut self,
+        op: &MetadataOp,
+        timestamp: u64,
+    ) -> Result<Applied, MetadataError> {
         let groups_max = self.limits.groups_per_topic_max;
         let members_max = self.limits.members_per_group_max;
         match op {
@@ -151,10 +187,12 @@ impl Metadata {
                     group.members.insert(*member, Vec::new());
                     group.rebalance(partition_count);
                 }
-                Ok(Applied::Joined {
+                let joined = Applied::Joined {
                     generation: group.generation,
                     partitions: group.members[member].clone(),
-                })
+                };
+                self.member_seen.insert(*member, timestamp);
+                Ok(joined)
             }
             MetadataOp::LeaveConsumerGroup {
                 stream,
@@ -167,18 +205,30 @@ impl Metadata {
                     return Err(MetadataError::MemberNotFound(*member));
                 }
                 group.rebalance(partition_count);
+                self.forget_departed_members();
                 Ok(Applied::Done)
             }
             MetadataOp::DropMember { member } => {
-                for stream in self.streams.values_mut() {
-                    for topic in stream.topics.values_mut() {
-                        let partition_count = topic.partitions.len() as u32;
-                        for group in topic.groups.values_mut() {
-                            if group.members.remove(member).is_some() {
-                                group.rebalance(partition_count);
-                            }
-                        }
+                self.drop_member(*member);
+                Ok(Applied::Done)
+            }
+            MetadataOp::TouchMembers { members } => {
+                for member in members {
+                    if let Some(seen) = self.member_seen.get_mut(member) {
+                        *seen = (*seen).max(timestamp);
                     }
+                }
+                Ok(Applied::Done)
+            }
+            MetadataOp::ExpireMembers { idle_us } => {
+                let idle: Vec<u128> = self
+                    .member_seen
+                    .iter()
+                    .filter(|(_, seen)| timestamp.saturating_sub(**seen) > *idle_us)
+                    .map(|(member, _)| *member)
+                    .collect();
+                for member in idle {
+                    self.drop_member(member);
                 }
                 Ok(Applied::Done)
             }

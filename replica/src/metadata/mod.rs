@@ -136,6 +136,9 @@ pub struct Metadata {
     pub users: BTreeMap<u32, User>,
     /// The next partition group id; group 0 is the metadata group itself.
     pub partition_group_next: u64,
+    /// Every consumer-group member (of any group) → when it last joined or was touched (µs,
+    /// the prepare clock). Its keys are exactly the members of all groups.
+    pub member_seen: BTreeMap<u128, u64>,
 }
 
 impl Metadata {
@@ -154,12 +157,27 @@ impl Metadata {
             streams: BTreeMap::new(),
             users: BTreeMap::new(),
             partition_group_next: 1,
+            member_seen: BTreeMap::new(),
         }
     }
 
     /// Applies one committed operation at `timestamp` (µs, the prepare's). A refused operation
     /// leaves the state as it was.
     pub fn apply(&mut self, op: &MetadataOp, timestamp: u64) -> Result<Applied, MetadataError> {
+        let applied = self.apply_op(op, timestamp)?;
+        // Deleting a stream, topic or group takes its members' memberships with it.
+        if matches!(
+            op,
+            MetadataOp::DeleteStream { .. }
+                | MetadataOp::DeleteTopic { .. }
+                | MetadataOp::DeleteConsumerGroup { .. }
+        ) {
+            self.forget_departed_members();
+        }
+        Ok(applied)
+    }
+
+    fn apply_op(&mut self, op: &MetadataOp, timestamp: u64) -> Result<Applied, MetadataError> {
         match op {
             MetadataOp::CreateStream { name } => self.create_stream(name, timestamp),
             MetadataOp::UpdateStream { stream, name } => {
@@ -254,7 +272,9 @@ impl Metadata {
             | MetadataOp::DeleteConsumerGroup { .. }
             | MetadataOp::JoinConsumerGroup { .. }
             | MetadataOp::LeaveConsumerGroup { .. }
-            | MetadataOp::DropMember { .. } => self.apply_group_op(op),
+            | MetadataOp::DropMember { .. }
+            | MetadataOp::TouchMembers { .. }
+            | MetadataOp::ExpireMembers { .. } => self.apply_group_op(op, timestamp),
         }
     }
 

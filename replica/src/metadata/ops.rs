@@ -155,7 +155,20 @@ pub enum MetadataOp {
     DropMember {
         member: u128,
     },
+    /// These consumer-group members are alive (their gateway still serves them): their idle
+    /// clocks restart at this op's timestamp. Unknown ids are ignored.
+    TouchMembers {
+        members: Vec<u128>,
+    },
+    /// Members neither joined nor touched for longer than `idle_us` before this op's
+    /// timestamp leave every group (their gateway died without saying so).
+    ExpireMembers {
+        idle_us: u64,
+    },
 }
+
+/// Members one `TouchMembers` names, at most (a gateway sends several when it serves more).
+pub const TOUCH_MEMBERS_MAX: u32 = 1024;
 
 fn put_ident(w: &mut Writer, ident: &Ident) {
     match ident {
@@ -429,6 +442,17 @@ impl MetadataOp {
                 w.u8(54);
                 w.u128(*member);
             }
+            MetadataOp::TouchMembers { members } => {
+                w.u8(55);
+                w.count(members.len(), TOUCH_MEMBERS_MAX, "members to touch");
+                for member in members {
+                    w.u128(*member);
+                }
+            }
+            MetadataOp::ExpireMembers { idle_us } => {
+                w.u8(56);
+                w.u64(*idle_us);
+            }
         }
         w.finish()
     }
@@ -539,6 +563,17 @@ impl MetadataOp {
             },
             54 => MetadataOp::DropMember {
                 member: r.u128("member")?,
+            },
+            55 => {
+                let count = r.count("members to touch", TOUCH_MEMBERS_MAX)?;
+                let mut members = Vec::with_capacity(count as usize);
+                for _ in 0..count {
+                    members.push(r.u128("member")?);
+                }
+                MetadataOp::TouchMembers { members }
+            }
+            56 => MetadataOp::ExpireMembers {
+                idle_us: r.u64("idle time")?,
             },
             tag => {
                 return Err(DecodeError::UnknownTag {
@@ -664,6 +699,12 @@ pub(crate) mod tests {
                 member: 7,
             },
             MetadataOp::DropMember { member: 7 },
+            MetadataOp::TouchMembers {
+                members: vec![7, 8],
+            },
+            MetadataOp::ExpireMembers {
+                idle_us: 30_000_000,
+            },
         ]
     }
 

@@ -14,7 +14,8 @@ use super::placement::Placement;
 use super::users::{Token, User};
 use super::{Limits, Metadata, Partition, Stream, Topic, NODES_MAX};
 
-pub const SNAPSHOT_VERSION: u8 = 1;
+/// Version 2: members' idle clocks.
+pub const SNAPSHOT_VERSION: u8 = 2;
 
 fn invalid(why: impl Into<String>) -> DecodeError {
     DecodeError::Invalid(why.into())
@@ -54,6 +55,11 @@ impl Metadata {
                 w.short_str(&token.token_hash);
                 w.option_u64(token.expires_at);
             }
+        }
+        w.u32(self.member_seen.len() as u32);
+        for (member, seen) in &self.member_seen {
+            w.u128(*member);
+            w.u64(*seen);
         }
         w.finish()
     }
@@ -123,6 +129,19 @@ impl Metadata {
                 return Err(invalid(format!("two users with id {id}")));
             }
         }
+        let mut member_seen = BTreeMap::new();
+        let members_max = limits
+            .members_per_group_max
+            .saturating_mul(limits.groups_per_topic_max)
+            .saturating_mul(limits.topics_per_stream_max)
+            .saturating_mul(limits.streams_max);
+        for _ in 0..r.count("member clocks", members_max)? {
+            let member = r.u128("member")?;
+            let seen = r.u64("member seen")?;
+            if member_seen.insert(member, seen).is_some() {
+                return Err(invalid(format!("two clocks for member {member:x}")));
+            }
+        }
         r.finish()?;
         let metadata = Metadata {
             limits,
@@ -131,6 +150,7 @@ impl Metadata {
             streams,
             users,
             partition_group_next,
+            member_seen,
         };
         metadata.check().map_err(DecodeError::Invalid)?;
         Ok(metadata)
@@ -202,6 +222,17 @@ impl Metadata {
                     }
                 }
             }
+        }
+        let mut members = BTreeSet::new();
+        for stream in self.streams.values() {
+            for topic in stream.topics.values() {
+                for group in topic.groups.values() {
+                    members.extend(group.members.keys().copied());
+                }
+            }
+        }
+        if !members.iter().eq(self.member_seen.keys()) {
+            return Err("member clocks do not match the groups' members".to_string());
         }
         let mut usernames = BTreeSet::new();
         for (id, user) in &self.users {

@@ -431,7 +431,7 @@ fn random_op(rng: &mut Rng) -> MetadataOp {
         }
     };
     let fresh = |rng: &mut Rng| names[rng.below(3) as usize].to_string();
-    match rng.below(23) {
+    match rng.below(25) {
         0 | 1 => MetadataOp::CreateStream { name: fresh(rng) },
         2 => MetadataOp::DeleteStream { stream: pick(rng) },
         3 | 4 => MetadataOp::CreateTopic {
@@ -511,12 +511,88 @@ fn random_op(rng: &mut Rng) -> MetadataOp {
             password_hash: fresh(rng),
         },
         21 => MetadataOp::DeleteUser { user: pick(rng) },
+        22 => MetadataOp::TouchMembers {
+            members: (0..rng.below(3))
+                .map(|_| u128::from(rng.below(5) as u8))
+                .collect(),
+        },
+        23 => MetadataOp::ExpireMembers {
+            idle_us: rng.below(40),
+        },
         _ => MetadataOp::DeleteConsumerGroup {
             stream: pick(rng),
             topic: pick(rng),
             group: pick(rng),
         },
     }
+}
+
+#[test]
+fn members_their_gateway_stopped_touching_expire() {
+    let mut m = cluster();
+    ok(&mut m, MetadataOp::CreateStream { name: "s".into() });
+    ok(
+        &mut m,
+        MetadataOp::CreateTopic {
+            stream: name("s"),
+            name: "t".into(),
+            partitions: 2,
+            replication_factor: 1,
+            options: TopicOptions::default(),
+        },
+    );
+    ok(
+        &mut m,
+        MetadataOp::CreateConsumerGroup {
+            stream: name("s"),
+            topic: name("t"),
+            name: "g".into(),
+        },
+    );
+    let join = |member: u128| MetadataOp::JoinConsumerGroup {
+        stream: name("s"),
+        topic: name("t"),
+        group: name("g"),
+        member,
+    };
+    m.apply(&join(1), 1_000).unwrap();
+    m.apply(&join(2), 1_000).unwrap();
+    assert_eq!(m.member_seen.len(), 2);
+    // Member 1's gateway touches it at 20 s; member 2's gateway is gone.
+    m.apply(
+        &MetadataOp::TouchMembers {
+            members: vec![1, 99],
+        },
+        20_000_000,
+    )
+    .unwrap();
+    assert!(!m.member_seen.contains_key(&99), "unknown ids are ignored");
+    let expire = MetadataOp::ExpireMembers {
+        idle_us: 30_000_000,
+    };
+    // At 30 s nobody is idle for more than 30 s yet.
+    m.apply(&expire, 30_000_000).unwrap();
+    assert_eq!(m.member_seen.len(), 2);
+    // At 31.5 s member 2 is: it leaves, and member 1 gets every partition.
+    m.apply(&expire, 31_500_000).unwrap();
+    let g = m
+        .consumer_group(&name("s"), &name("t"), &name("g"))
+        .unwrap();
+    assert_eq!(g.members.keys().copied().collect::<Vec<_>>(), vec![1]);
+    assert_eq!(g.members[&1], vec![0, 1]);
+    assert_eq!(m.member_seen.keys().copied().collect::<Vec<_>>(), vec![1]);
+    m.check().unwrap();
+    // Deleting the group forgets its members' clocks.
+    ok(
+        &mut m,
+        MetadataOp::DeleteConsumerGroup {
+            stream: name("s"),
+            topic: name("t"),
+            group: name("g"),
+        },
+    );
+    assert!(m.member_seen.is_empty());
+    m.check().unwrap();
 }
 
 #[test]
