@@ -36,6 +36,16 @@ impl Message {
         bytes
     }
 
+    /// The frame in two parts, header bytes and body, for a vectored write without building
+    /// the frame. For a message this process sealed with `new` a moment ago: the header is
+    /// checked here, the body's checksum in debug builds (the receiver verifies it always).
+    pub fn frame_parts(&self) -> ([u8; HEADER_SIZE], &[u8]) {
+        assert!(self.header.valid_checksum());
+        assert_eq!(self.header.size as usize, HEADER_SIZE + self.body.len());
+        debug_assert!(self.header.valid_checksum_body(&self.body));
+        (self.header.encode(), &self.body)
+    }
+
     /// Decodes one whole frame and verifies both checksums.
     pub fn decode(frame: &[u8]) -> Result<Message, DecodeError> {
         if frame.len() < HEADER_SIZE {
@@ -72,7 +82,9 @@ mod tests {
     fn frame_round_trip_and_corruption() {
         let message = Message::new(Header::new(Command::Request, 1, 2), b"payload".to_vec());
         let frame = message.encode();
-        assert_eq!(Message::decode(&frame), Ok(message));
+        assert_eq!(Message::decode(&frame), Ok(message.clone()));
+        let (head, body) = message.frame_parts();
+        assert_eq!([&head[..], body].concat(), frame);
         let mut corrupt = frame.clone();
         *corrupt.last_mut().unwrap() ^= 0x10;
         assert_eq!(Message::decode(&corrupt), Err(DecodeError::BodyChecksum));

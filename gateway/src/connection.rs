@@ -907,7 +907,7 @@ impl Connection {
             timestamp: 0,
             producer: None,
         }
-        .encode(&send.batch);
+        .encode(send.batch);
         if op.len() > galgo_consensus::message::BODY_SIZE_MAX {
             return Err(WireError::new(
                 ERROR_INVALID_FORMAT,

@@ -20,17 +20,18 @@ pub enum Partitioning {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SendRequest {
+pub struct SendRequest<'a> {
     pub stream: Ident,
     pub topic: Ident,
     pub partitioning: Partitioning,
-    /// The batch as the client sent it (checked: layout and every checksum).
-    pub batch: Vec<u8>,
+    /// The batch as the client sent it (checked: layout and every checksum), in the
+    /// request's own buffer.
+    pub batch: &'a [u8],
     pub message_count: u32,
 }
 
 /// Parses and checks a SendMessages body.
-pub fn parse_send(body: &[u8]) -> Result<SendRequest, WireError> {
+pub fn parse_send(body: &[u8]) -> Result<SendRequest<'_>, WireError> {
     let mut r = WireReader::new(body);
     let metadata_length = r.u32("metadata length")? as usize;
     let metadata_start = 4;
@@ -57,8 +58,8 @@ pub fn parse_send(body: &[u8]) -> Result<SendRequest, WireError> {
             format!("metadata length {metadata_length}, but {read} bytes of metadata"),
         ));
     }
-    let batch = r.rest().to_vec();
-    let info = iggy_batch::validate(&batch)
+    let batch = r.rest();
+    let info = iggy_batch::validate(batch)
         .map_err(|error| WireError::new(ERROR_INVALID_FORMAT, format!("batch: {error:?}")))?;
     if info.first_delta != 0 {
         return Err(WireError::new(
@@ -327,12 +328,14 @@ mod tests {
     #[test]
     fn sends_parse_and_bad_ones_are_refused() {
         let good = batch(&[b"a", b"b"]);
-        let send = parse_send(&send_body(&[2, 4, 3, 0, 0, 0], 2, &good)).unwrap();
+        let body = send_body(&[2, 4, 3, 0, 0, 0], 2, &good);
+        let send = parse_send(&body).unwrap();
         assert_eq!(send.stream, Ident::Id(1));
         assert_eq!(send.topic, Ident::Name("t".into()));
         assert_eq!(send.partitioning, Partitioning::PartitionId(3));
         assert_eq!(send.message_count, 2);
-        let keyed = parse_send(&send_body(&[3, 2, b'k', b'1'], 2, &good)).unwrap();
+        let body = send_body(&[3, 2, b'k', b'1'], 2, &good);
+        let keyed = parse_send(&body).unwrap();
         assert_eq!(keyed.partitioning, Partitioning::Key(b"k1".to_vec()));
         // A count that disagrees with the batch, a damaged batch, a bad metadata length.
         assert!(parse_send(&send_body(&[1, 0], 3, &good)).is_err());

@@ -417,7 +417,9 @@ impl RoutingClient {
     /// client's eviction); `None` on silence or a broken connection.
     fn exchange(&mut self, node: u8, shard: u16, request: &Message) -> Option<Message> {
         let stream = self.connection(node, shard)?;
-        if stream.write_all(&request.encode()).is_err() {
+        // Sealed by `Message::new` in this client; header and body go out without a copy.
+        let (head, body) = request.frame_parts();
+        if write_all_vectored(stream, &head, body).is_err() {
             self.connections.remove(&(node, shard));
             return None;
         }
@@ -533,4 +535,37 @@ fn read_message(stream: &mut TcpStream, cluster: u128) -> Result<Message, ReadFa
         .read_exact(&mut frame[HEADER_SIZE..])
         .map_err(|_| ReadFailure::Broken)?;
     Message::decode(&frame).map_err(|_| ReadFailure::Broken)
+}
+
+/// Writes of one frame before giving up (a blocking socket takes a frame in a few).
+const WRITE_ROUNDS_MAX: usize = 1 << 16;
+
+/// Writes `head` then `body` with as few syscalls as the socket takes.
+fn write_all_vectored(stream: &mut TcpStream, head: &[u8], body: &[u8]) -> std::io::Result<()> {
+    use std::io::IoSlice;
+    let total = head.len() + body.len();
+    let mut written = 0usize;
+    // Each round writes at least one byte, fails, or was interrupted by a signal.
+    for _ in 0..WRITE_ROUNDS_MAX {
+        if written == total {
+            return Ok(());
+        }
+        let slices = if written < head.len() {
+            [IoSlice::new(&head[written..]), IoSlice::new(body)]
+        } else {
+            [
+                IoSlice::new(&body[written - head.len()..]),
+                IoSlice::new(&[]),
+            ]
+        };
+        match stream.write_vectored(&slices) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Err(std::io::Error::other(format!(
+        "{written} of {total} bytes written in {WRITE_ROUNDS_MAX} rounds"
+    )))
 }
