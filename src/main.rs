@@ -72,29 +72,15 @@ enum Command {
         #[arg(long, default_value = "/readyz")]
         path: String,
     },
-    /// Produce to a fresh topic of a running cluster (default: a `galgo dev` on this machine)
-    /// and print throughput and per-batch latency.
+    /// Load a running cluster (default: a `galgo dev` on this machine) in iggy-bench's
+    /// workload shapes (pinned producer, pinned consumer, end to end) and print throughput
+    /// and per-batch latency.
     Bench {
         /// The cluster's configuration (its nodes' client addresses); default: galgo dev's.
         #[arg(long)]
         config: Option<std::path::PathBuf>,
-        /// Producer threads, each with its own client and partition.
-        #[arg(long, default_value_t = 4)]
-        producers: usize,
-        /// Partitions of the bench topic (producer i writes to partition i mod this).
-        #[arg(long, default_value_t = 4)]
-        partitions: u32,
-        /// Replicas per partition (0: the cluster's default).
-        #[arg(long, default_value_t = 0)]
-        replication: u8,
-        /// Batches each producer sends.
-        #[arg(long, default_value_t = 500)]
-        batches: u64,
-        #[arg(long, default_value_t = 1000)]
-        messages_per_batch: u32,
-        /// Bytes per message (a batch holds at most 1 000 000 bytes).
-        #[arg(long, default_value_t = 1000)]
-        message_size: usize,
+        #[command(flatten)]
+        args: bench::BenchArgs,
     },
 }
 
@@ -124,32 +110,14 @@ fn main() -> ExitCode {
         };
     }
     let mut env: Vec<(String, String)> = std::env::vars().collect();
-    if let Command::Bench {
-        config,
-        producers,
-        partitions,
-        replication,
-        batches,
-        messages_per_batch,
-        message_size,
-    } = &cli.command
-    {
+    if let Command::Bench { config, args } = &cli.command {
         let config = match load_config(config.as_deref(), env) {
             Ok(config) => config,
             Err(code) => return code,
         };
         let nodes = client_addresses(&config);
-        let options = bench::BenchOptions {
-            cluster: u128::from(config.cluster.id),
-            nodes,
-            producers: *producers,
-            partitions: *partitions,
-            replication: *replication,
-            batches: *batches,
-            messages_per_batch: *messages_per_batch,
-            message_size: *message_size,
-        };
-        return match bench::run(options, random_u128) {
+        let cluster = u128::from(config.cluster.id);
+        return match bench::run(cluster, nodes, args, random_u128) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("galgo bench: {error}");
