@@ -188,14 +188,15 @@ fn run(config: Config, dev: bool) -> ExitCode {
         }
     };
     let placements = Arc::new(SharedPlacements::default());
+    let shards_ready = Arc::new(readiness::ShardsReadiness::new(shards));
     let started = Arc::new(std::sync::Barrier::new(usize::from(shards) + 1));
     let mut threads = Vec::new();
     for shard in 0..shards {
         let (config, placements, started) = (config.clone(), placements.clone(), started.clone());
-        let stopping = stopping.clone();
+        let (stopping, ready) = (stopping.clone(), shards_ready.clone());
         let thread = std::thread::Builder::new()
             .name(format!("galgo-shard-{shard}"))
-            .spawn(move || run_shard(config, shard, shards, placements, started, stopping))
+            .spawn(move || run_shard(config, shard, shards, placements, started, stopping, ready))
             .expect("a shard thread starts");
         threads.push(thread);
     }
@@ -219,6 +220,7 @@ fn run(config: Config, dev: bool) -> ExitCode {
             random_u128(),
             config.replica.id,
             client_addresses(&config),
+            shards_ready,
         );
         if start_http(&config.replica.http_address, probe).is_err() {
             return ExitCode::FAILURE;
@@ -242,6 +244,7 @@ fn run_shard(
     placements: Arc<SharedPlacements>,
     started: Arc<std::sync::Barrier>,
     stopping: Arc<shutdown::Shutdown>,
+    ready: Arc<readiness::ShardsReadiness>,
 ) {
     let (outcome, uring) = galgo_storage::file_disk::block_on(async move {
         let node = Node::start(config, shard, shards, placements).await?;
@@ -252,6 +255,7 @@ fn run_shard(
         // heartbeat timeout.
         loop {
             monoio::time::sleep(shutdown::POLL_INTERVAL).await;
+            ready.report(shard, node.partitions_not_ready());
             if stopping.requested() {
                 node.hand_over_leadership();
                 stopping.report_led(shard, node.groups_led());

@@ -76,6 +76,9 @@ impl std::error::Error for NodeError {}
 pub type MetadataHost = Rc<GroupHost<MetadataMachine, FileDisk>>;
 pub type PartitionHost = Rc<GroupHost<PartitionMachine, FileDisk>>;
 
+/// Committed ops a partition replica may still have to apply and count as caught up.
+const CATCH_UP_LAG_MAX: u64 = 64;
+
 /// The partition groups the applied metadata places on this node, published by shard 0 for
 /// every shard (the control path: read only when `version` moves).
 #[derive(Default)]
@@ -591,6 +594,34 @@ impl Node {
             .filter(|host| leads(&host.replica.borrow()))
             .count();
         usize::from(metadata) + partitions
+    }
+
+    /// Partition groups the applied metadata places on this shard that are not serving yet:
+    /// not open, changing view, or applied more than `CATCH_UP_LAG_MAX` ops below what they
+    /// know is committed (catching up after a restart; under load a replica applies a
+    /// pipeline or so behind). 0 means this shard's share of the node is ready.
+    pub fn partitions_not_ready(&self) -> usize {
+        let placed: Vec<u64> = self
+            .placements
+            .groups
+            .lock()
+            .expect("no shard panics holding it")
+            .keys()
+            .copied()
+            .filter(|group| shard_of(*group, self.shards) == self.shard)
+            .collect();
+        let partitions = self.partitions.borrow();
+        placed
+            .iter()
+            .filter(|group| match partitions.get(group) {
+                None => true,
+                Some(host) => {
+                    let replica = host.replica.borrow();
+                    replica.status() != galgo_consensus::Status::Normal
+                        || replica.commit_min() + CATCH_UP_LAG_MAX < replica.commit_max()
+                }
+            })
+            .count()
     }
 
     /// The partition groups this node runs, with whether it leads each.
