@@ -496,6 +496,25 @@ fn start_gateway_process(cluster: &Cluster, address: SocketAddr, log: &Path) -> 
     command
 }
 
+/// The iggy 0.11.0 client connected to the gateway at `address` (once it listens) and
+/// logged in as the root user `create_root_user` made.
+async fn gateway_client(address: SocketAddr) -> iggy::prelude::IggyClient {
+    use iggy::prelude::*;
+    let started = Instant::now();
+    while std::net::TcpStream::connect(address).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client = IggyClientBuilder::new()
+        .with_tcp()
+        .with_server_address(address.to_string())
+        .build()
+        .unwrap();
+    client.connect().await.unwrap();
+    client.login_user("iggy", "gateway-secret").await.unwrap();
+    client
+}
+
 /// The crates.io `iggy` 0.11.0 client through one `galgo gateway` in front of the three
 /// nodes: it keeps sending while the primary of its partition's group is SIGKILLed. No error
 /// reaches the client, and polling reads every acknowledged message back exactly once, in
@@ -522,18 +541,7 @@ fn the_iggy_client_through_one_gateway_sees_no_error_when_a_primary_is_killed() 
         .build()
         .unwrap();
     let (killed_node, gap, sent) = runtime.block_on(async {
-        let started = Instant::now();
-        while std::net::TcpStream::connect(gateway).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(30));
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let client = IggyClientBuilder::new()
-            .with_tcp()
-            .with_server_address(gateway.to_string())
-            .build()
-            .unwrap();
-        client.connect().await.unwrap();
-        client.login_user("iggy", "gateway-secret").await.unwrap();
+        let client = gateway_client(gateway).await;
         client.create_stream("orders").await.unwrap();
         let stream = Identifier::named("orders").unwrap();
         let options = TopicCreateOptions {
@@ -663,23 +671,8 @@ fn a_dead_gateways_group_members_expire_and_their_partitions_move() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let connect = |address: SocketAddr| async move {
-            let started = Instant::now();
-            while std::net::TcpStream::connect(address).is_err() {
-                assert!(started.elapsed() < Duration::from_secs(30));
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            let client = IggyClientBuilder::new()
-                .with_tcp()
-                .with_server_address(address.to_string())
-                .build()
-                .unwrap();
-            client.connect().await.unwrap();
-            client.login_user("iggy", "gateway-secret").await.unwrap();
-            client
-        };
-        let first = connect(doomed_address).await;
-        let second = connect(survivor_address).await;
+        let first = gateway_client(doomed_address).await;
+        let second = gateway_client(survivor_address).await;
         first.create_stream("s").await.unwrap();
         let (stream, topic, group) = (
             Identifier::named("s").unwrap(),

@@ -201,18 +201,7 @@ async fn more_partitions(client: &IggyClient, stream: &Identifier, topic: &Ident
         .send_messages(stream, topic, &Partitioning::partition_id(4), &mut messages)
         .await
         .unwrap();
-    let polled = client
-        .poll_messages(
-            stream,
-            topic,
-            Some(4),
-            &Consumer::new(Identifier::numeric(98).unwrap()),
-            &PollingStrategy::offset(0),
-            10,
-            false,
-        )
-        .await
-        .unwrap();
+    let polled = poll_from_start(client, stream, topic, 4, 10).await;
     assert_eq!(payloads(&polled), ["on partition 4"]);
     assert!(client.create_partitions(stream, topic, 0).await.is_err());
     client.delete_partitions(stream, topic, 2).await.unwrap();
@@ -559,18 +548,7 @@ fn the_iggy_client_speaks_tls_to_a_gateway_with_a_certificate() {
             )
             .await
             .unwrap();
-        let polled = tls_client
-            .poll_messages(
-                &stream,
-                &topic,
-                Some(0),
-                &Consumer::new(Identifier::numeric(1).unwrap()),
-                &PollingStrategy::offset(0),
-                10,
-                false,
-            )
-            .await
-            .unwrap();
+        let polled = poll_from_start(&tls_client, &stream, &topic, 0, 10).await;
         assert_eq!(payloads(&polled), ["over TLS"]);
         // A plain-TCP client gets no answer it can use.
         let plain = IggyClientBuilder::new()
@@ -734,24 +712,34 @@ async fn partition_counts(
     stream: &Identifier,
     topic: &Identifier,
 ) -> Vec<usize> {
-    let reader = Consumer::new(Identifier::numeric(99).unwrap());
     let mut counts = Vec::new();
     for partition in 0..3 {
-        let polled = client
-            .poll_messages(
-                stream,
-                topic,
-                Some(partition),
-                &reader,
-                &PollingStrategy::offset(0),
-                1000,
-                false,
-            )
-            .await
-            .unwrap();
+        let polled = poll_from_start(client, stream, topic, partition, 1000).await;
         counts.push(polled.messages.len());
     }
     counts
+}
+
+/// Up to `count` messages of `partition` from offset 0, for a reader that commits nothing.
+async fn poll_from_start(
+    client: &IggyClient,
+    stream: &Identifier,
+    topic: &Identifier,
+    partition: u32,
+    count: u32,
+) -> PolledMessages {
+    client
+        .poll_messages(
+            stream,
+            topic,
+            Some(partition),
+            &Consumer::new(Identifier::numeric(99).unwrap()),
+            &PollingStrategy::offset(0),
+            count,
+            false,
+        )
+        .await
+        .unwrap()
 }
 
 /// Five messages of `partition` for `group`, next with auto-commit.

@@ -1230,43 +1230,59 @@ mod tests {
 
     #[test]
     fn refusals_map_to_the_codes_iggy_clients_know() {
-        assert_eq!(
-            refusal_code(RefusalKind::StreamNameTaken, OPERATION_CREATE_STREAM),
-            ERROR_STREAM_NAME_ALREADY_EXISTS
-        );
-        assert_eq!(
-            refusal_code(RefusalKind::InvalidName, OPERATION_CREATE_TOPIC),
-            ERROR_INVALID_TOPIC_NAME
-        );
-        assert_eq!(
-            refusal_code(RefusalKind::StreamNotFound, OPERATION_DELETE_TOPIC),
-            ERROR_STREAM_ID_NOT_FOUND
-        );
-        assert_eq!(
-            refusal_code(RefusalKind::UsernameTaken, OPERATION_CREATE_USER),
-            ERROR_USER_ALREADY_EXISTS
-        );
-        assert_eq!(
-            refusal_code(RefusalKind::RootProtected, OPERATION_DELETE_USER),
-            ERROR_CANNOT_DELETE_USER
-        );
-        assert_eq!(
-            refusal_code(RefusalKind::RootProtected, OPERATION_UPDATE_PERMISSIONS),
-            ERROR_CANNOT_CHANGE_PERMISSIONS
-        );
-        assert_eq!(
-            refusal_code(
+        let cases = [
+            (
+                RefusalKind::StreamNameTaken,
+                OPERATION_CREATE_STREAM,
+                ERROR_STREAM_NAME_ALREADY_EXISTS,
+            ),
+            (
+                RefusalKind::InvalidName,
+                OPERATION_CREATE_TOPIC,
+                ERROR_INVALID_TOPIC_NAME,
+            ),
+            (
+                RefusalKind::StreamNotFound,
+                OPERATION_DELETE_TOPIC,
+                ERROR_STREAM_ID_NOT_FOUND,
+            ),
+            (
+                RefusalKind::UsernameTaken,
+                OPERATION_CREATE_USER,
+                ERROR_USER_ALREADY_EXISTS,
+            ),
+            (
+                RefusalKind::RootProtected,
+                OPERATION_DELETE_USER,
+                ERROR_CANNOT_DELETE_USER,
+            ),
+            (
+                RefusalKind::RootProtected,
+                OPERATION_UPDATE_PERMISSIONS,
+                ERROR_CANNOT_CHANGE_PERMISSIONS,
+            ),
+            (
                 RefusalKind::LimitReached,
-                OPERATION_CREATE_PERSONAL_ACCESS_TOKEN
+                OPERATION_CREATE_PERSONAL_ACCESS_TOKEN,
+                ERROR_TOKENS_LIMIT_REACHED,
             ),
-            ERROR_TOKENS_LIMIT_REACHED
-        );
-        assert_eq!(
-            refusal_code(
+            (
                 RefusalKind::TokenNameTaken,
-                OPERATION_CREATE_PERSONAL_ACCESS_TOKEN
+                OPERATION_CREATE_PERSONAL_ACCESS_TOKEN,
+                ERROR_TOKEN_ALREADY_EXISTS,
             ),
-            ERROR_TOKEN_ALREADY_EXISTS
-        );
+            (
+                RefusalKind::InvalidValue,
+                OPERATION_CREATE_PARTITIONS,
+                ERROR_INVALID_PARTITIONS_COUNT,
+            ),
+        ];
+        for (kind, operation, code) in cases {
+            assert_eq!(
+                refusal_code(kind, operation),
+                code,
+                "{kind:?} on {operation}"
+            );
+        }
     }
 }

@@ -109,19 +109,7 @@ fn flags<const N: usize>(r: &mut WireReader, what: &str) -> Result<[bool; N], Wi
 /// The permission blob: ten global flags, then streams and their topics, each list ended by
 /// a 0 marker (1 = another entry follows).
 pub fn parse_permissions(r: &mut WireReader) -> Result<Permissions, WireError> {
-    let g = flags::<10>(r, "global permissions")?;
-    let global = GlobalPermissions {
-        manage_servers: g[0],
-        read_servers: g[1],
-        manage_users: g[2],
-        read_users: g[3],
-        manage_streams: g[4],
-        read_streams: g[5],
-        manage_topics: g[6],
-        read_topics: g[7],
-        poll_messages: g[8],
-        send_messages: g[9],
-    };
+    let global = GlobalPermissions::from_flags(flags(r, "global permissions")?);
     let mut streams = BTreeMap::new();
     let mut more_streams = r.u8("has streams")? != 0;
     while more_streams {
@@ -132,7 +120,7 @@ pub fn parse_permissions(r: &mut WireReader) -> Result<Permissions, WireError> {
             ));
         }
         let stream_id = r.u32("stream id")?;
-        let s = flags::<6>(r, "stream permissions")?;
+        let stream_flags = flags(r, "stream permissions")?;
         let mut topics = BTreeMap::new();
         let mut more_topics = r.u8("has topics")? != 0;
         while more_topics {
@@ -143,29 +131,15 @@ pub fn parse_permissions(r: &mut WireReader) -> Result<Permissions, WireError> {
                 ));
             }
             let topic_id = r.u32("topic id")?;
-            let t = flags::<4>(r, "topic permissions")?;
             topics.insert(
                 topic_id,
-                TopicPermissions {
-                    manage_topic: t[0],
-                    read_topic: t[1],
-                    poll_messages: t[2],
-                    send_messages: t[3],
-                },
+                TopicPermissions::from_flags(flags(r, "topic permissions")?),
             );
             more_topics = r.u8("has next topic")? != 0;
         }
         streams.insert(
             stream_id,
-            StreamPermissions {
-                manage_stream: s[0],
-                read_stream: s[1],
-                manage_topics: s[2],
-                read_topics: s[3],
-                poll_messages: s[4],
-                send_messages: s[5],
-                topics,
-            },
+            StreamPermissions::from_flags(stream_flags, topics),
         );
         more_streams = r.u8("has next stream")? != 0;
     }
@@ -173,47 +147,17 @@ pub fn parse_permissions(r: &mut WireReader) -> Result<Permissions, WireError> {
 }
 
 pub fn put_permissions(out: &mut Vec<u8>, permissions: &Permissions) {
-    let g = &permissions.global;
-    for flag in [
-        g.manage_servers,
-        g.read_servers,
-        g.manage_users,
-        g.read_users,
-        g.manage_streams,
-        g.read_streams,
-        g.manage_topics,
-        g.read_topics,
-        g.poll_messages,
-        g.send_messages,
-    ] {
-        out.push(u8::from(flag));
-    }
+    out.extend(permissions.global.flags().map(u8::from));
     out.push(u8::from(!permissions.streams.is_empty()));
     let stream_count = permissions.streams.len();
     for (index, (id, s)) in permissions.streams.iter().enumerate() {
         out.extend_from_slice(&id.to_le_bytes());
-        for flag in [
-            s.manage_stream,
-            s.read_stream,
-            s.manage_topics,
-            s.read_topics,
-            s.poll_messages,
-            s.send_messages,
-        ] {
-            out.push(u8::from(flag));
-        }
+        out.extend(s.flags().map(u8::from));
         out.push(u8::from(!s.topics.is_empty()));
         let topic_count = s.topics.len();
         for (topic_index, (topic_id, t)) in s.topics.iter().enumerate() {
             out.extend_from_slice(&topic_id.to_le_bytes());
-            for flag in [
-                t.manage_topic,
-                t.read_topic,
-                t.poll_messages,
-                t.send_messages,
-            ] {
-                out.push(u8::from(flag));
-            }
+            out.extend(t.flags().map(u8::from));
             out.push(u8::from(topic_index + 1 < topic_count));
         }
         out.push(u8::from(index + 1 < stream_count));

@@ -48,6 +48,86 @@ pub struct Permissions {
     pub streams: BTreeMap<u32, StreamPermissions>,
 }
 
+impl GlobalPermissions {
+    /// The flags in wire order (Iggy's and Galgo's codecs both use it).
+    pub fn flags(&self) -> [bool; 10] {
+        [
+            self.manage_servers,
+            self.read_servers,
+            self.manage_users,
+            self.read_users,
+            self.manage_streams,
+            self.read_streams,
+            self.manage_topics,
+            self.read_topics,
+            self.poll_messages,
+            self.send_messages,
+        ]
+    }
+
+    pub fn from_flags(f: [bool; 10]) -> GlobalPermissions {
+        GlobalPermissions {
+            manage_servers: f[0],
+            read_servers: f[1],
+            manage_users: f[2],
+            read_users: f[3],
+            manage_streams: f[4],
+            read_streams: f[5],
+            manage_topics: f[6],
+            read_topics: f[7],
+            poll_messages: f[8],
+            send_messages: f[9],
+        }
+    }
+}
+
+impl StreamPermissions {
+    /// The stream-level flags in wire order (its topics apart).
+    pub fn flags(&self) -> [bool; 6] {
+        [
+            self.manage_stream,
+            self.read_stream,
+            self.manage_topics,
+            self.read_topics,
+            self.poll_messages,
+            self.send_messages,
+        ]
+    }
+
+    pub fn from_flags(f: [bool; 6], topics: BTreeMap<u32, TopicPermissions>) -> StreamPermissions {
+        StreamPermissions {
+            manage_stream: f[0],
+            read_stream: f[1],
+            manage_topics: f[2],
+            read_topics: f[3],
+            poll_messages: f[4],
+            send_messages: f[5],
+            topics,
+        }
+    }
+}
+
+impl TopicPermissions {
+    /// The flags in wire order.
+    pub fn flags(&self) -> [bool; 4] {
+        [
+            self.manage_topic,
+            self.read_topic,
+            self.poll_messages,
+            self.send_messages,
+        ]
+    }
+
+    pub fn from_flags(f: [bool; 4]) -> TopicPermissions {
+        TopicPermissions {
+            manage_topic: f[0],
+            read_topic: f[1],
+            poll_messages: f[2],
+            send_messages: f[3],
+        }
+    }
+}
+
 /// What a request does, for the permission check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -168,19 +248,7 @@ impl Permissions {
     }
 
     pub fn encode(&self, w: &mut Writer) {
-        let g = &self.global;
-        for flag in [
-            g.manage_servers,
-            g.read_servers,
-            g.manage_users,
-            g.read_users,
-            g.manage_streams,
-            g.read_streams,
-            g.manage_topics,
-            g.read_topics,
-            g.poll_messages,
-            g.send_messages,
-        ] {
+        for flag in self.global.flags() {
             w.bool(flag);
         }
         w.count(
@@ -190,14 +258,7 @@ impl Permissions {
         );
         for (id, s) in &self.streams {
             w.u32(*id);
-            for flag in [
-                s.manage_stream,
-                s.read_stream,
-                s.manage_topics,
-                s.read_topics,
-                s.poll_messages,
-                s.send_messages,
-            ] {
+            for flag in s.flags() {
                 w.bool(flag);
             }
             w.count(
@@ -207,12 +268,7 @@ impl Permissions {
             );
             for (id, t) in &s.topics {
                 w.u32(*id);
-                for flag in [
-                    t.manage_topic,
-                    t.read_topic,
-                    t.poll_messages,
-                    t.send_messages,
-                ] {
+                for flag in t.flags() {
                     w.bool(flag);
                 }
             }
@@ -224,18 +280,7 @@ impl Permissions {
         for flag in &mut f {
             *flag = r.bool("global permission")?;
         }
-        let global = GlobalPermissions {
-            manage_servers: f[0],
-            read_servers: f[1],
-            manage_users: f[2],
-            read_users: f[3],
-            manage_streams: f[4],
-            read_streams: f[5],
-            manage_topics: f[6],
-            read_topics: f[7],
-            poll_messages: f[8],
-            send_messages: f[9],
-        };
+        let global = GlobalPermissions::from_flags(f);
         let mut streams = BTreeMap::new();
         for _ in 0..r.count("stream permissions", PERMISSION_ENTRIES_MAX)? {
             let id = r.u32("stream id")?;
@@ -250,28 +295,9 @@ impl Permissions {
                 for flag in &mut t {
                     *flag = r.bool("topic permission")?;
                 }
-                topics.insert(
-                    topic_id,
-                    TopicPermissions {
-                        manage_topic: t[0],
-                        read_topic: t[1],
-                        poll_messages: t[2],
-                        send_messages: t[3],
-                    },
-                );
+                topics.insert(topic_id, TopicPermissions::from_flags(t));
             }
-            streams.insert(
-                id,
-                StreamPermissions {
-                    manage_stream: f[0],
-                    read_stream: f[1],
-                    manage_topics: f[2],
-                    read_topics: f[3],
-                    poll_messages: f[4],
-                    send_messages: f[5],
-                    topics,
-                },
-            );
+            streams.insert(id, StreamPermissions::from_flags(f, topics));
         }
         Ok(Permissions { global, streams })
     }

@@ -527,28 +527,24 @@ fn random_op(rng: &mut Rng) -> MetadataOp {
     }
 }
 
-#[test]
-fn members_their_gateway_stopped_touching_expire() {
-    let mut m = cluster();
-    ok(&mut m, MetadataOp::CreateStream { name: "s".into() });
+/// Stream "s", its topic "t" with `partitions` partitions, and the topic's group "g".
+fn with_group(m: &mut Metadata, partitions: u32) {
+    ok(m, MetadataOp::CreateStream { name: "s".into() });
+    ok(m, create_topic("s", "t", partitions));
     ok(
-        &mut m,
-        MetadataOp::CreateTopic {
-            stream: name("s"),
-            name: "t".into(),
-            partitions: 2,
-            replication_factor: 1,
-            options: TopicOptions::default(),
-        },
-    );
-    ok(
-        &mut m,
+        m,
         MetadataOp::CreateConsumerGroup {
             stream: name("s"),
             topic: name("t"),
             name: "g".into(),
         },
     );
+}
+
+#[test]
+fn members_their_gateway_stopped_touching_expire() {
+    let mut m = cluster();
+    with_group(&mut m, 2);
     let join = |member: u128| MetadataOp::JoinConsumerGroup {
         stream: name("s"),
         topic: name("t"),
@@ -697,16 +693,7 @@ fn every_kind_of_operation_applies_to_a_state_that_has_what_it_names() {
 #[test]
 fn a_snapshot_round_trips_refuses_truncation_and_is_checked() {
     let mut m = cluster();
-    ok(&mut m, MetadataOp::CreateStream { name: "s".into() });
-    ok(&mut m, create_topic("s", "t", 3));
-    ok(
-        &mut m,
-        MetadataOp::CreateConsumerGroup {
-            stream: name("s"),
-            topic: name("t"),
-            name: "g".into(),
-        },
-    );
+    with_group(&mut m, 3);
     ok(
         &mut m,
         MetadataOp::JoinConsumerGroup {
