@@ -469,6 +469,16 @@ fn a_node_that_lost_its_disk_repairs_everything_without_stopping_the_cluster() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
+/// Three `galgo replica` processes under `root`, with the root user.
+fn three_nodes_with_root(root: &Path) -> Cluster {
+    let mut cluster = Cluster::new(root);
+    for id in 0..3 {
+        cluster.start(id);
+    }
+    create_root_user(&cluster);
+    cluster
+}
+
 /// The root user "iggy" (password "gateway-secret"), as `galgo dev` would set it.
 fn create_root_user(cluster: &Cluster) {
     let mut admin = RoutingClient::new(u128::from(CLUSTER), 0xAD, cluster.clients.clone());
@@ -525,11 +535,7 @@ fn the_iggy_client_through_one_gateway_sees_no_error_when_a_primary_is_killed() 
     use std::str::FromStr;
 
     let root = std::env::temp_dir().join(format!("galgo-cluster-gw-{}", std::process::id()));
-    let mut cluster = Cluster::new(&root);
-    for id in 0..3 {
-        cluster.start(id);
-    }
-    create_root_user(&cluster);
+    let mut cluster = three_nodes_with_root(&root);
     let mut admin = RoutingClient::new(u128::from(CLUSTER), 0xAD, cluster.clients.clone());
     let gateway = free_address();
     let mut gateway_process = start_gateway_process(&cluster, gateway, &root.join("gateway.log"))
@@ -644,11 +650,7 @@ fn a_dead_gateways_group_members_expire_and_their_partitions_move() {
     use iggy::prelude::*;
 
     let root = std::env::temp_dir().join(format!("galgo-cluster-members-{}", std::process::id()));
-    let mut cluster = Cluster::new(&root);
-    for id in 0..3 {
-        cluster.start(id);
-    }
-    create_root_user(&cluster);
+    let cluster = three_nodes_with_root(&root);
     let timeout = Duration::from_millis(1500);
     let (doomed_address, survivor_address) = (free_address(), free_address());
     let mut doomed = start_gateway_process(&cluster, doomed_address, &root.join("doomed.log"))

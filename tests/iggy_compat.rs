@@ -31,16 +31,30 @@ impl Drop for Dev {
     }
 }
 
-fn start_dev(data_dir: &Path, gateway: SocketAddr, log: &Path) -> Dev {
+/// `galgo dev` with its gateway on `gateway`, root USERNAME/PASSWORD, and `env` over that.
+fn start_dev(data_dir: &Path, gateway: SocketAddr, log: &Path, env: &[(&str, &Path)]) -> Dev {
     let (bus, client) = (free_address(), free_address());
     let log = std::fs::File::create(log).unwrap();
-    let child = dev_command(data_dir, bus, client, gateway, PASSWORD)
-        .env("GALGO_ROOT_USERNAME", USERNAME)
+    let mut command = dev_command(data_dir, bus, client, gateway, PASSWORD);
+    command.env("GALGO_ROOT_USERNAME", USERNAME);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let child = command
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log))
         .spawn()
         .expect("galgo dev starts");
     Dev(child)
+}
+
+/// Waits (up to 30 s) until the gateway accepts connections: once the node is up.
+async fn wait_listening(gateway: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(gateway).is_err() {
+        assert!(Instant::now() < deadline, "the gateway never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn client(gateway: SocketAddr) -> IggyClient {
@@ -78,18 +92,13 @@ fn the_iggy_0_11_client_manages_streams_and_topics_through_the_gateway() {
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();
     let gateway = free_address();
-    let _dev = start_dev(&root.join("data"), gateway, &root.join("dev.log"));
+    let _dev = start_dev(&root.join("data"), gateway, &root.join("dev.log"), &[]);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
-        // The gateway listens once the node is up.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(gateway).is_err() {
-            assert!(Instant::now() < deadline, "the gateway never listened");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_listening(gateway).await;
         let client = client(gateway).await;
         client
             .ping()
@@ -495,27 +504,21 @@ fn the_iggy_client_speaks_tls_to_a_gateway_with_a_certificate() {
     std::fs::write(&certificate, certified.cert.pem()).unwrap();
     std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
     let gateway = free_address();
-    let (bus, client_port) = (free_address(), free_address());
-    let log = std::fs::File::create(root.join("dev.log")).unwrap();
-    let child = dev_command(&root.join("data"), bus, client_port, gateway, PASSWORD)
-        .env("GALGO_ROOT_USERNAME", USERNAME)
-        .env("GALGO_GATEWAY_TLS_CERTIFICATE", &certificate)
-        .env("GALGO_GATEWAY_TLS_KEY", &key)
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("galgo dev starts");
-    let _dev = Dev(child);
+    let _dev = start_dev(
+        &root.join("data"),
+        gateway,
+        &root.join("dev.log"),
+        &[
+            ("GALGO_GATEWAY_TLS_CERTIFICATE", &certificate),
+            ("GALGO_GATEWAY_TLS_KEY", &key),
+        ],
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(gateway).is_err() {
-            assert!(Instant::now() < deadline, "the gateway never listened");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_listening(gateway).await;
         let tls_client = IggyClientBuilder::new()
             .with_tcp()
             .with_server_address(gateway.to_string())
