@@ -6,6 +6,7 @@ a consumer group's next with auto-commit, cleanup. Exits non-zero on the first f
 """
 
 import asyncio
+import os
 import sys
 
 from apache_iggy import Consumer, IggyClient, PollingStrategy, SendMessage
@@ -72,12 +73,16 @@ async def main(address: str, username: str, password: str) -> None:
 
     await client.delete_stream("py-stream")
     assert await client.get_stream("py-stream") is None
-    # Without one more round trip here the process aborts (SIGABRT, no message) while the
-    # interpreter exits, after everything above succeeded: seen when the last call is this
-    # not-found read, not when it is any other call. Not analysed yet (docs/gateway.md).
-    await client.ping()
     print("python smoke: 25 messages sent and polled back; next with auto-commit read each once")
 
 
 if __name__ == "__main__":
     asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))
+    # The client's tokio threads may still hand a result to asyncio while CPython shuts
+    # down; CPython 3.11 then ends such a thread with pthread_exit, which cannot unwind Rust
+    # frames, and glibc aborts (SIGABRT) after every call succeeded, whatever the server
+    # answered (CPython gh-87135). The client has no close call, so skip the interpreter's
+    # shutdown: everything is done and checked by now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
