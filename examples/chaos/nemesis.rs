@@ -88,37 +88,43 @@ impl Cluster {
         }
     }
 
-    /// Waits until every replica's healthcheck reports healthy; how long it took.
+    /// Waits until every replica answers ready (its `/readyz`, asked inside its container
+    /// with `galgo health`, not Docker's debounced health status) twice in a row a second
+    /// apart: a replica that comes back from a partition needs a moment to learn it is
+    /// behind, and it is ready only once it caught up. How long it took.
     pub fn wait_healthy(&self, timeout: Duration) -> Result<Duration, String> {
         let started = Instant::now();
+        let mut ready_once = false;
         loop {
-            let mut unhealthy = Vec::new();
+            let mut unready = Vec::new();
             for replica in 0..self.replicas {
                 let container = self.container(replica);
-                let status = docker_output(&[
-                    "inspect",
-                    "--format",
-                    "{{.State.Health.Status}}",
-                    &container,
-                ])
-                .unwrap_or_else(|e| e);
-                if status.trim() != "healthy" {
-                    unhealthy.push(format!("{container}: {}", status.trim()));
+                if let Err(why) = docker(&["exec", &container, "/galgo", "health", REPLICA_HEALTH])
+                {
+                    unready.push(format!("{container}: {why}"));
                 }
             }
-            if unhealthy.is_empty() {
+            if unready.is_empty() && ready_once {
                 return Ok(started.elapsed());
             }
+            ready_once = unready.is_empty();
             if started.elapsed() > timeout {
                 return Err(format!(
-                    "not healthy after {timeout:?}: {}",
-                    unhealthy.join(", ")
+                    "not ready after {timeout:?}: {}",
+                    unready.join(", ")
                 ));
             }
-            std::thread::sleep(Duration::from_millis(250));
+            std::thread::sleep(if ready_once {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_millis(250)
+            });
         }
     }
 }
+
+/// A replica's HTTP endpoint inside its container (deploy/config/cluster.toml).
+const REPLICA_HEALTH: &str = "127.0.0.1:3100";
 
 fn docker(args: &[&str]) -> Result<(), String> {
     docker_output(args).map(|_| ())
