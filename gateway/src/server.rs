@@ -226,7 +226,10 @@ fn serve(
         return;
     };
     let _ = stream.set_nodelay(true);
-    if stream.set_read_timeout(Some(config.idle_timeout)).is_err() {
+    // A client that stops reading ends its connection after the idle timeout too.
+    if stream.set_read_timeout(Some(config.idle_timeout)).is_err()
+        || stream.set_write_timeout(Some(config.idle_timeout)).is_err()
+    {
         return;
     }
     let routing = RoutingClient::new(config.cluster, random_client_id(), config.nodes.clone());

@@ -30,6 +30,10 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(100);
 /// How long a call keeps trying before it gives up.
 pub const CALL_DEADLINE: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
+/// How long one write may block: a node cut off by a partition stops acknowledging, and once
+/// the socket's send buffer is full a write without a limit would wait for the partition to
+/// heal instead of moving on to the other members.
+const WRITE_TIMEOUT: Duration = Duration::from_millis(500);
 /// The pause after a round of members that all failed to answer.
 const RETRY_PAUSE: Duration = Duration::from_millis(10);
 
@@ -460,6 +464,8 @@ impl RoutingClient {
             let address = shard_address(*self.nodes.get(&node)?, shard)?;
             let stream = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT).ok()?;
             let _ = stream.set_nodelay(true);
+            // Without the limit a write could block until a partition heals: no connection.
+            stream.set_write_timeout(Some(WRITE_TIMEOUT)).ok()?;
             self.connections.insert((node, shard), stream);
         }
         self.connections.get_mut(&(node, shard))
