@@ -14,55 +14,24 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use iggy::prelude::*;
 
+/// The benchmark's options (`--help` lists them).
+#[derive(clap::Parser)]
+#[command(about = "One pinned producer, then one pinned consumer, through the iggy client")]
 struct Options {
+    /// The gateway's Iggy binary-protocol address.
+    #[arg(long, default_value = "127.0.0.1:8090")]
     address: String,
+    #[arg(long, default_value = "iggy")]
     username: String,
+    #[arg(long, default_value = "iggy")]
     password: String,
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     batches: u32,
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     messages_per_batch: u32,
-    message_size: usize,
-}
-
-fn parse() -> Result<Options, String> {
-    let mut options = Options {
-        address: "127.0.0.1:8090".to_string(),
-        username: "iggy".to_string(),
-        password: "iggy".to_string(),
-        batches: 1000,
-        messages_per_batch: 1000,
-        message_size: 1000,
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut index = 0;
-    while index < args.len() {
-        let value = args
-            .get(index + 1)
-            .ok_or_else(|| format!("{} needs a value", args[index]))?;
-        let number = || {
-            value
-                .parse::<u64>()
-                .map_err(|_| format!("{}: not a number: {value}", args[index]))
-        };
-        match args[index].as_str() {
-            "--address" => options.address = value.clone(),
-            "--username" => options.username = value.clone(),
-            "--password" => options.password = value.clone(),
-            "--batches" => options.batches = number()? as u32,
-            "--messages-per-batch" => options.messages_per_batch = number()? as u32,
-            "--message-size" => options.message_size = number()? as usize,
-            other => {
-                return Err(format!(
-                    "unknown option {other} (--address, --username, --password, --batches, \
-                     --messages-per-batch, --message-size)"
-                ))
-            }
-        }
-        index += 2;
-    }
-    if options.batches == 0 || options.messages_per_batch == 0 || options.message_size == 0 {
-        return Err("batches, messages per batch and message size must be at least 1".into());
-    }
-    Ok(options)
+    /// Bytes per message.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    message_size: u32,
 }
 
 fn report(what: &str, bytes: u64, messages: u64, elapsed: Duration, latency: &Histogram<u64>) {
@@ -82,7 +51,7 @@ fn report(what: &str, bytes: u64, messages: u64, elapsed: Duration, latency: &Hi
 
 #[tokio::main]
 async fn main() -> Result<(), String> {
-    let options = parse()?;
+    let options = <Options as clap::Parser>::parse();
     let client = IggyClientBuilder::new()
         .with_tcp()
         .with_server_address(options.address.clone())
@@ -113,7 +82,7 @@ async fn main() -> Result<(), String> {
          partition 0",
         options.address, options.batches, options.messages_per_batch, options.message_size
     );
-    let payload = Bytes::from(vec![b'x'; options.message_size]);
+    let payload = Bytes::from(vec![b'x'; options.message_size as usize]);
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
     let started = Instant::now();
     for batch in 0..options.batches {

@@ -62,6 +62,15 @@ impl Cluster {
         }
     }
 
+    /// A cluster under `root` with its three nodes started.
+    fn started(root: &Path) -> Cluster {
+        let mut cluster = Cluster::new(root);
+        for id in 0..3 {
+            cluster.start(id);
+        }
+        cluster
+    }
+
     fn data_dir(&self, id: u8) -> PathBuf {
         self.root.join(format!("node-{id}"))
     }
@@ -143,10 +152,7 @@ fn produce(
 #[test]
 fn three_processes_survive_a_primary_kill_and_keep_every_acknowledged_message() {
     let root = std::env::temp_dir().join(format!("galgo-cluster-{}", std::process::id()));
-    let mut cluster = Cluster::new(&root);
-    for id in 0..3 {
-        cluster.start(id);
-    }
+    let mut cluster = Cluster::started(&root);
     let mut client = RoutingClient::new(u128::from(CLUSTER), 0xC11E, cluster.clients.clone());
     let routes = create_topic(&mut client, "orders", "eu", 3, 3);
     assert_eq!(routes.len(), 3);
@@ -331,10 +337,7 @@ fn http_get(address: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
 #[test]
 fn a_primary_stopped_with_sigterm_hands_over_its_groups_and_exits_cleanly() {
     let root = std::env::temp_dir().join(format!("galgo-sigterm-{}", std::process::id()));
-    let mut cluster = Cluster::new(&root);
-    for id in 0..3 {
-        cluster.start(id);
-    }
+    let mut cluster = Cluster::started(&root);
     let mut client = RoutingClient::new(u128::from(CLUSTER), 0x5167, cluster.clients.clone());
     let route = create_topic(&mut client, "logs", "app", 1, 3)[0].clone();
     for id in 0..3usize {
@@ -418,10 +421,7 @@ fn a_primary_stopped_with_sigterm_hands_over_its_groups_and_exits_cleanly() {
 #[test]
 fn a_node_that_lost_its_disk_repairs_everything_without_stopping_the_cluster() {
     let root = std::env::temp_dir().join(format!("galgo-lost-disk-{}", std::process::id()));
-    let mut cluster = Cluster::new(&root);
-    for id in 0..3 {
-        cluster.start(id);
-    }
+    let mut cluster = Cluster::started(&root);
     let mut client = RoutingClient::new(u128::from(CLUSTER), 0xD15C, cluster.clients.clone());
     let route = create_topic(&mut client, "logs", "app", 1, 3)[0].clone();
     let mut acked = Vec::new();
@@ -471,10 +471,7 @@ fn a_node_that_lost_its_disk_repairs_everything_without_stopping_the_cluster() {
 
 /// Three `galgo replica` processes under `root`, with the root user.
 fn three_nodes_with_root(root: &Path) -> Cluster {
-    let mut cluster = Cluster::new(root);
-    for id in 0..3 {
-        cluster.start(id);
-    }
+    let cluster = Cluster::started(root);
     create_root_user(&cluster);
     cluster
 }

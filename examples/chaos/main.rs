@@ -26,73 +26,36 @@ use iggy::prelude::*;
 use checker::{Anomalies, Read, Sent};
 use nemesis::{Cluster, Fault};
 
+/// The chaos test's options (`--help` lists them).
+#[derive(clap::Parser)]
+#[command(
+    about = "Black-box fault test of the deploy/compose.yaml cluster through the iggy client"
+)]
 struct Options {
+    /// The gateway's Iggy binary-protocol address.
+    #[arg(long, default_value = "127.0.0.1:8090")]
     address: String,
+    #[arg(long, default_value = "iggy")]
     username: String,
+    #[arg(long, default_value = "iggy")]
     password: String,
+    /// How long faults run.
+    #[arg(long, default_value_t = 300)]
     seconds: u64,
+    /// Partitions of the test topic.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
     partitions: u32,
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     messages_per_batch: u32,
-    message_size: usize,
+    /// Bytes per message.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(32..=100_000))]
+    message_size: u32,
+    /// How long each fault lasts.
+    #[arg(long, default_value_t = 5)]
     fault_seconds: u64,
+    /// Containers are PREFIX-replicaN on the network PREFIX.
+    #[arg(long, default_value = "galgo")]
     prefix: String,
-}
-
-const USAGE: &str =
-    "options: --address HOST:PORT (127.0.0.1:8090) --username (iggy) --password (iggy) \
---seconds (300) --partitions (3) --messages-per-batch (10) --message-size (200) \
---fault-seconds (5) --prefix (galgo: containers PREFIX-replicaN on network PREFIX)";
-
-fn parse() -> Result<Options, String> {
-    let mut options = Options {
-        address: "127.0.0.1:8090".to_string(),
-        username: "iggy".to_string(),
-        password: "iggy".to_string(),
-        seconds: 300,
-        partitions: 3,
-        messages_per_batch: 10,
-        message_size: 200,
-        fault_seconds: 5,
-        prefix: "galgo".to_string(),
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut index = 0;
-    while index < args.len() {
-        if args[index] == "--help" || args[index] == "-h" {
-            return Err(USAGE.to_string());
-        }
-        let value = args
-            .get(index + 1)
-            .ok_or_else(|| format!("{} needs a value; {USAGE}", args[index]))?;
-        let number = || {
-            value
-                .parse::<u64>()
-                .map_err(|_| format!("{}: not a number: {value}", args[index]))
-        };
-        match args[index].as_str() {
-            "--address" => options.address = value.clone(),
-            "--username" => options.username = value.clone(),
-            "--password" => options.password = value.clone(),
-            "--seconds" => options.seconds = number()?,
-            "--partitions" => options.partitions = number()? as u32,
-            "--messages-per-batch" => options.messages_per_batch = number()? as u32,
-            "--message-size" => options.message_size = number()? as usize,
-            "--fault-seconds" => options.fault_seconds = number()?,
-            "--prefix" => options.prefix = value.clone(),
-            other => return Err(format!("unknown option {other}; {USAGE}")),
-        }
-        index += 2;
-    }
-    if options.partitions == 0 || options.partitions > 64 {
-        return Err("--partitions must be 1..=64".to_string());
-    }
-    if options.messages_per_batch == 0 || options.messages_per_batch > 1000 {
-        return Err("--messages-per-batch must be 1..=1000".to_string());
-    }
-    if options.message_size < 32 || options.message_size > 100_000 {
-        return Err("--message-size must be 32..=100000".to_string());
-    }
-    Ok(options)
 }
 
 /// Per partition: what each offset held when the live reader polled it.
@@ -151,7 +114,7 @@ async fn main() -> std::process::ExitCode {
 
 /// The number of anomalies (and nemesis failures) found.
 async fn run() -> Result<u64, String> {
-    let options = Arc::new(parse()?);
+    let options = Arc::new(<Options as clap::Parser>::parse());
     let cluster = Arc::new(Cluster {
         prefix: options.prefix.clone(),
         replicas: 3,
@@ -338,7 +301,7 @@ async fn produce(
                     .payload(Bytes::from(checker::payload(
                         partition,
                         sequence,
-                        options.message_size,
+                        options.message_size as usize,
                     )))
                     .build()
                     .expect("a message builds")

@@ -26,7 +26,7 @@ use crate::credentials::{now_us, password_matches};
 use crate::frame::{eviction, reply, Request};
 use crate::messages::{
     choose_partition, parse_offset_request, parse_poll, parse_send, poll_reply, ConsumerTarget,
-    OffsetRequestKind, Strategy, CONSUMER_KIND_SINGLE,
+    OffsetRequestKind, PollRequest, Strategy, CONSUMER_KIND_SINGLE,
 };
 use crate::replies;
 use crate::server::Shared;
@@ -292,14 +292,15 @@ impl Connection {
         if request.code == CODE_POLL_MESSAGES {
             // A single consumer's poll reads the topic from the gateway's cached metadata; a
             // group's needs the current members and generation.
-            let target = parse_poll(&request.body)?.target;
+            let poll = parse_poll(&request.body)?;
+            let target = &poll.target;
             let metadata = if target.consumer.0 == CONSUMER_KIND_SINGLE {
                 self.data_metadata(&target.stream, &target.topic)?
             } else {
                 self.metadata()?
             };
             let user = logged_in_user(&metadata, user_id, username)?;
-            return self.poll(&request.body, &metadata, user);
+            return self.poll(poll, &metadata, user);
         }
         let metadata = self.metadata()?;
         let user = logged_in_user(&metadata, user_id, username)?;
@@ -998,11 +999,10 @@ impl Connection {
     /// offsets asked for; with auto-commit, the consumer's offset is then stored.
     fn poll(
         &mut self,
-        body: &[u8],
+        poll: PollRequest,
         metadata: &Metadata,
         user: &galgo_replica::metadata::users::User,
     ) -> Result<Vec<u8>, WireError> {
-        let poll = parse_poll(body)?;
         let at = self.consumer_route(metadata, user, &poll.target)?;
         let (consumer, partition) = (at.key, at.partition);
         let start = match poll.strategy {

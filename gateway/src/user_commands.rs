@@ -5,7 +5,7 @@
 //! metadata group in clear) and committed through the metadata group.
 
 use galgo_replica::metadata::users::User;
-use galgo_replica::metadata::{Action, Applied, Ident, Metadata, MetadataOp, ROOT_USER_ID};
+use galgo_replica::metadata::{Action, Applied, Ident, Metadata, MetadataOp};
 
 use crate::codes::*;
 use crate::connection::{logged_in_user, require, Connection};
@@ -36,7 +36,7 @@ pub(crate) fn read_users(
             if user.id != me.id {
                 require(me.allows(Action::ReadUsers))?;
             }
-            Ok(user_details(user, user.id == ROOT_USER_ID))
+            Ok(user_details(user))
         }
         CODE_GET_USERS => {
             r.finish("get users")?;
@@ -155,7 +155,7 @@ impl Connection {
                 let user = metadata.users.get(&id).ok_or_else(|| {
                     WireError::new(ERROR_GENERIC, "the created user is not in the metadata")
                 })?;
-                user_details(user, id == ROOT_USER_ID)
+                user_details(user)
             }
             _ => match created_token {
                 Some(token) => {

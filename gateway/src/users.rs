@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use galgo_replica::metadata::{
     GlobalPermissions, Ident, Permissions, StreamPermissions, TopicPermissions, User, UserStatus,
-    PERMISSION_ENTRIES_MAX,
+    PERMISSION_ENTRIES_MAX, ROOT_USER_ID,
 };
 
 use crate::codes::{ERROR_INVALID_FORMAT, ERROR_INVALID_PASSWORD, ERROR_INVALID_USERNAME};
@@ -323,10 +323,10 @@ pub fn put_user(out: &mut Vec<u8>, user: &User) {
 
 /// A user with its permissions: none is `00 00 00 00`, some is `01`, the blob's length and
 /// the blob. The root user reports every permission.
-pub fn user_details(user: &User, is_root: bool) -> Vec<u8> {
+pub fn user_details(user: &User) -> Vec<u8> {
     let mut out = Vec::new();
     put_user(&mut out, user);
-    let permissions = if is_root {
+    let permissions = if user.id == ROOT_USER_ID {
         Some(Permissions::all())
     } else {
         user.permissions.clone()
@@ -585,7 +585,7 @@ mod tests {
             },
         );
         assert_eq!(tokens(&user), vec![2, b't', b'1', 0, 0, 0, 0, 0, 0, 0, 0]);
-        let details = user_details(&user, false);
+        let details = user_details(&user);
         assert_eq!(
             details,
             [
