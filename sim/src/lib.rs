@@ -28,7 +28,7 @@ pub fn describe(options: &Options) -> String {
     let n = &options.network;
     let s = &options.storage;
     format!(
-        "journal={} workload={} return_leadership={} replicas={} offset={} clients={} clients_max={} pipeline={} requests={} body_max={} | net delay={}+exp({}) loss={:.3} replay={:.3}/old {:.3} straggle={:.3} misroute={:.3} cap={} clog={:.4}/{} flip={:.4} partition={:?}/{} p={:.4} | disk w={}+exp({}) read_fault={:.3} write_fault={:.3} misdirect={:.3} lost={:.3} tear={:.2} | crash={:.5} restart={:.4} pause={:.5}",
+        "journal={} workload={} return_leadership={} replicas={} offset={} clients={} clients_max={} pipeline={} requests={} body_max={} | net delay={}+exp({}) loss={:.3} replay={:.3}/old {:.3}/stale acks {:.2} straggle={:.3} misroute={:.3} cap={} clog={:.4}/{} flip={:.4} partition={:?}/{} p={:.4} | disk w={}+exp({}) read_fault={:.3} write_fault={:.3} misdirect={:.3} lost={:.3} tear={:.2} | crash={:.5} restart={:.4} pause={:.5}",
         if options.segment_journal { "segments" } else { "slots" },
         options.workload.name(),
         options.return_leadership,
@@ -44,6 +44,7 @@ pub fn describe(options: &Options) -> String {
         n.loss,
         n.replay,
         n.replay_old,
+        n.replay_stale_acks,
         n.straggler,
         n.misroute,
         n.path_capacity,
@@ -76,8 +77,8 @@ pub fn run_seed(options: Options, bugs: Bugs) -> (Result<(), Failure>, RunStats,
     let corrupted: u64 = disks.iter().map(|d| d.corrupted + d.latent).sum();
     let misdirected: u64 = disks.iter().map(|d| d.misdirected + d.lost).sum();
     let mut faults = format!(
-        "packets={} lost={} replayed={} flipped={} partitions={} | torn={} corrupt={} misdirected/lost={}",
-        net.sent, net.lost, net.replayed, net.flipped, net.partitions, torn, corrupted, misdirected
+        "packets={} lost={} replayed={} stale acks={} flipped={} partitions={} | torn={} corrupt={} misdirected/lost={}",
+        net.sent, net.lost, net.replayed, net.stale_acks_replayed, net.flipped, net.partitions, torn, corrupted, misdirected
     );
     if let Some((records_damaged, memory_torn)) = simulator.segment_fault_stats() {
         faults.push_str(&format!(

@@ -1,10 +1,15 @@
 //! The simulated network: one bounded queue per (source, target) path, exponential delays (so
 //! packets reorder), loss, replay (duplication), clogging, bit flips, and symmetric or
 //! asymmetric partitions of replicas. Packets are frames of bytes; receivers verify checksums.
+//! It also keeps PrepareOks it carried and, when a replica later prepares the same op number in
+//! a newer view, can deliver those old acknowledgements to it again (a connection's stale queue
+//! drained late), the one fault that tests whether a primary counts acks of an older view.
 
 use std::collections::{BTreeMap, VecDeque};
 
+use galgo_consensus::header::HEADER_SIZE;
 use galgo_consensus::prng::Prng;
+use galgo_consensus::{Command, Header};
 
 use crate::options::{NetworkOptions, PartitionMode};
 
@@ -27,6 +32,7 @@ pub struct NetworkStats {
     pub delivered: u64,
     pub lost: u64,
     pub replayed: u64,
+    pub stale_acks_replayed: u64,
     pub misrouted: u64,
     pub flipped: u64,
     pub dropped_full: u64,
@@ -46,12 +52,26 @@ pub struct Network {
     sequence: u64,
     /// Recently delivered packets between replicas, for `replay_old`.
     history: VecDeque<(Node, Node, Vec<u8>)>,
+    /// PrepareOks sent between replicas, for `replay_stale_acks`, oldest first.
+    acks_sent: VecDeque<SentAck>,
     pub faults_enabled: bool,
     pub stats: NetworkStats,
 }
 
 /// Packets kept for late replays.
 const HISTORY_MAX: usize = 512;
+/// PrepareOks kept for stale replays.
+const ACKS_SENT_MAX: usize = 1024;
+
+/// A PrepareOk the network carried from `from` to `to`, acknowledging `op` in `view`.
+#[derive(Clone, Debug)]
+struct SentAck {
+    from: u8,
+    to: u8,
+    view: u32,
+    op: u64,
+    frame: Vec<u8>,
+}
 /// Delay bounds, in ticks, of a straggler packet.
 const STRAGGLER_DELAY_MIN: u64 = 50;
 const STRAGGLER_DELAY_MAX: u64 = 2_000;
@@ -70,6 +90,7 @@ impl Network {
             partitioned: false,
             stability: 0,
             history: VecDeque::new(),
+            acks_sent: VecDeque::new(),
             sequence: 0,
             faults_enabled: true,
             stats: NetworkStats::default(),
@@ -93,6 +114,63 @@ impl Network {
     }
 
     pub fn send(&mut self, now: u64, from: Node, to: Node, frame: Vec<u8>) {
+        if let (Node::Replica(source), Node::Replica(target)) = (from, to) {
+            self.note_replica_frame(now, source, target, &frame);
+        }
+        self.enqueue(now, from, to, frame);
+    }
+
+    /// Records a PrepareOk; on a Prepare, maybe sends the preparing replica the acks it got
+    /// for the same op number in older views again.
+    fn note_replica_frame(&mut self, now: u64, from: u8, to: u8, frame: &[u8]) {
+        if self.options.replay_stale_acks == 0.0 || frame.len() < HEADER_SIZE {
+            return;
+        }
+        let bytes: &[u8; HEADER_SIZE] = frame[..HEADER_SIZE].try_into().expect("header size");
+        let Ok(header) = Header::decode(bytes) else {
+            return;
+        };
+        match header.command {
+            Command::PrepareOk => {
+                if self.acks_sent.len() == ACKS_SENT_MAX {
+                    self.acks_sent.pop_front();
+                }
+                self.acks_sent.push_back(SentAck {
+                    from,
+                    to,
+                    view: header.view,
+                    op: header.op,
+                    frame: frame.to_vec(),
+                });
+            }
+            Command::Prepare
+                if header.replica == from
+                    && self.faults_enabled
+                    && self.prng.chance(self.options.replay_stale_acks) =>
+            {
+                // Each stale ack is delivered again once, then forgotten.
+                let mut index = 0;
+                while index < self.acks_sent.len() {
+                    let ack = &self.acks_sent[index];
+                    if ack.to == from && ack.op == header.op && ack.view < header.view {
+                        let ack = self.acks_sent.remove(index).expect("index in range");
+                        self.stats.stale_acks_replayed += 1;
+                        self.enqueue(
+                            now,
+                            Node::Replica(ack.from),
+                            Node::Replica(ack.to),
+                            ack.frame,
+                        );
+                    } else {
+                        index += 1;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn enqueue(&mut self, now: u64, from: Node, to: Node, frame: Vec<u8>) {
         self.stats.sent += 1;
         let to = match to {
             Node::Replica(_) if self.faults_enabled && self.prng.chance(self.options.misroute) => {
@@ -277,5 +355,85 @@ impl Network {
         self.blocked.clear();
         self.partitioned = false;
         self.clogged_until.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use galgo_consensus::Message;
+
+    fn options(replay_stale_acks: f64) -> NetworkOptions {
+        NetworkOptions {
+            delay_min: 1,
+            delay_mean: 1.0,
+            loss: 0.0,
+            replay: 0.0,
+            replay_old: 0.0,
+            replay_stale_acks,
+            straggler: 0.0,
+            misroute: 0.0,
+            path_capacity: 64,
+            clog_probability: 0.0,
+            clog_mean: 0.0,
+            bit_flip: 0.0,
+            partition_mode: PartitionMode::None,
+            partition_symmetric: true,
+            partition_probability: 0.0,
+            unpartition_probability: 0.0,
+            partition_stability: 0,
+            unpartition_stability: 0,
+        }
+    }
+
+    fn frame(command: Command, replica: u8, view: u32, op: u64) -> Vec<u8> {
+        let mut header = Header::new(command, 1, 1);
+        header.replica = replica;
+        header.view = view;
+        header.op = op;
+        header.set_checksums(&[]);
+        Message::new(header, Vec::new()).encode()
+    }
+
+    /// Delivers everything sent so far; returns the (from, to, command, view, op) of each.
+    fn drain(network: &mut Network, now: u64) -> Vec<(Node, Node, Command, u32, u64)> {
+        let mut seen = Vec::new();
+        for tick in now..now + 100 {
+            for (from, to, frame) in network.deliver(tick) {
+                let header = Message::decode(&frame).expect("intact").header;
+                seen.push((from, to, header.command, header.view, header.op));
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn old_view_acks_for_a_reprepared_op_are_delivered_again() {
+        let mut network = Network::new(options(1.0), 7, 3);
+        let (primary, backup) = (Node::Replica(0), Node::Replica(1));
+        network.send(0, backup, primary, frame(Command::PrepareOk, 1, 3, 10));
+        network.send(0, backup, primary, frame(Command::PrepareOk, 1, 3, 11));
+        assert_eq!(drain(&mut network, 0).len(), 2);
+        // The same view again: nothing stale to replay.
+        network.send(200, primary, backup, frame(Command::Prepare, 0, 3, 10));
+        assert_eq!(drain(&mut network, 200).len(), 1);
+        // Op 10 prepared in view 5: the view-3 ack for op 10 (only) comes back, once.
+        network.send(400, primary, backup, frame(Command::Prepare, 0, 5, 10));
+        let seen = drain(&mut network, 400);
+        assert!(seen.contains(&(backup, primary, Command::PrepareOk, 3, 10)));
+        assert_eq!(seen.len(), 2);
+        assert_eq!(network.stats.stale_acks_replayed, 1);
+        network.send(600, primary, backup, frame(Command::Prepare, 0, 6, 10));
+        assert_eq!(drain(&mut network, 600).len(), 1);
+    }
+
+    #[test]
+    fn stale_acks_stay_quiet_when_the_fault_is_off() {
+        let mut network = Network::new(options(0.0), 7, 3);
+        let (primary, backup) = (Node::Replica(0), Node::Replica(1));
+        network.send(0, backup, primary, frame(Command::PrepareOk, 1, 3, 10));
+        network.send(0, primary, backup, frame(Command::Prepare, 0, 5, 10));
+        assert_eq!(drain(&mut network, 0).len(), 2);
+        assert_eq!(network.stats.stale_acks_replayed, 0);
     }
 }

@@ -11,6 +11,9 @@ pub struct NetworkOptions {
     /// Per tick: re-send one packet from the recent history between replicas (a message from
     /// an older view arriving very late).
     pub replay_old: f64,
+    /// Per Prepare a replica sends: the PrepareOks it got for the same op in older views
+    /// are delivered to it again.
+    pub replay_stale_acks: f64,
     /// Per packet: delayed by 50–2000 ticks instead of the usual delay.
     pub straggler: f64,
     /// Per packet between replicas: delivered to a random replica instead.
@@ -117,6 +120,7 @@ impl Options {
             loss: percent(&mut prng, 30),
             replay: percent(&mut prng, 50),
             replay_old: 0.0,
+            replay_stale_acks: 0.0,
             straggler: 0.0,
             misroute: 0.0,
             path_capacity: prng.range_inclusive(2, 20) as usize,
@@ -181,6 +185,9 @@ impl Options {
                 Workload::Metadata,
             ],
         );
+        if prng.chance(0.5) {
+            options.network.replay_stale_acks = 0.2 + prng.unit() * 0.8;
+        }
         options
     }
 }
