@@ -3,13 +3,17 @@
 //! The flusher (the committer task, or an appender that found no flush running) runs a write
 //! stage and a sync stage side by side. The write stage takes every queued append as a group
 //! and writes its records (laid out on the disk's direct-I/O block), again and again. The sync
-//! stage takes every group written so far and finishes them together: fdatasync of the log,
-//! then their index entries are written and fdatasynced, then their appends complete. So one
-//! fdatasync covers every write that completed while the previous one was in flight. The
-//! record before index order is kept: an index entry is written only after the fdatasync that
-//! covers its record. The write stage waits while the bytes written and not yet durable pass
-//! the queue's byte limit. Any failure fails every group not yet durable and every queued
-//! append, and cuts the files back to the durable log; a failed fdatasync poisons it.
+//! stage works in rounds. Each round takes every group written so far and fdatasyncs the log
+//! for them; at the same time it writes and fdatasyncs the index entries of the groups whose
+//! log fdatasync finished in the round before, and completes their appends. So one fdatasync
+//! covers every write that completed while the previous one was in flight, and under load the
+//! log's and the index's fdatasyncs overlap instead of taking turns. The record before index
+//! order is kept: an index entry is written only after the fdatasync that covers its record.
+//! The index file grows by 64 KiB of zeros at a time, written ahead of the entries, so most
+//! index fdatasyncs flush data only and commit no file size to the filesystem's journal.
+//! The write stage waits while the bytes written and not yet durable pass the queue's byte
+//! limit. Any failure fails every group not yet durable and every queued append, and cuts the
+//! files back to the durable log; a failed fdatasync poisons it.
 
 use std::cell::{Cell, RefCell};
 use std::task::Poll;
@@ -19,10 +23,12 @@ use bytes::{Bytes, BytesMut};
 use crate::aligned::{align_down, align_up};
 use crate::disk::{Disk, FileId};
 use crate::error::StorageError;
-use crate::format::{encode_index_entry, IndexEntry, FILE_HEADER_SIZE, RECORD_HEADER_SIZE};
+use crate::format::{
+    encode_index_entry, IndexEntry, FILE_HEADER_SIZE, INDEX_ENTRY_SIZE, RECORD_HEADER_SIZE,
+};
 use crate::futures::join;
 use crate::log::{remove_segment_files, sync_failed, PartitionLog, Pending};
-use crate::segment::Segment;
+use crate::segment::{Segment, INDEX_ZEROS_AHEAD};
 
 /// Payloads at least this large are written from the caller's buffer instead of being copied
 /// into the group's buffer.
@@ -106,6 +112,10 @@ pub(crate) struct Written {
 }
 
 impl Written {
+    fn payload_bytes(&self) -> u64 {
+        self.group.iter().map(|p| p.payload.len() as u64).sum()
+    }
+
     fn touched(&self) -> Vec<usize> {
         let mut touched: Vec<usize> = self.layout.iter().map(|(s, _)| *s).collect();
         touched.dedup();
@@ -128,6 +138,19 @@ struct Stages {
 }
 
 impl Stages {
+    /// `bytes` of written groups became durable and completed.
+    fn settle(&self, bytes: u64) {
+        let unsynced = self.unsynced_bytes.get();
+        assert!(bytes <= unsynced);
+        self.unsynced_bytes.set(unsynced - bytes);
+    }
+
+    /// A written group failed before it completed.
+    fn fail_unsynced(&self, (group, error): (Vec<Pending>, StorageError)) {
+        self.settle(group.iter().map(|p| p.payload.len() as u64).sum());
+        self.record_failure((group, error));
+    }
+
     /// Adds a stage's failure to any the other stage recorded: every group fails, and an error
     /// that poisons the log (a failed fdatasync) wins over one that does not.
     fn record_failure(&self, (group, error): (Vec<Pending>, StorageError)) {
@@ -250,10 +273,13 @@ impl<D: Disk> PartitionLog<'_, D> {
         }
     }
 
-    /// Makes every group written so far durable with one round of fdatasyncs, again and again,
-    /// until the write stage is done and nothing written is left.
+    /// Makes the groups written so far durable in rounds, until the write stage is done and
+    /// nothing written is left. A round fdatasyncs the log for the newly written groups while
+    /// it indexes the groups the previous round made durable in the log (`log_durable`).
     async fn sync_stage(&self, stages: &Stages) {
+        let mut log_durable: Option<Written> = None;
         loop {
+            let waiting_for_index = log_durable.is_some();
             let batch = self
                 .wait_for(|_| {
                     let mut written = stages.written.borrow_mut();
@@ -264,10 +290,19 @@ impl<D: Disk> PartitionLog<'_, D> {
                         stages.syncing.set(true);
                         return Some(Some(std::mem::take(&mut *written)));
                     }
+                    if waiting_for_index {
+                        // Nothing new to sync: index what is durable in the log, alone.
+                        return Some(Some(Vec::new()));
+                    }
                     stages.writer_done.get().then_some(None)
                 })
                 .await;
             let Some(batch) = batch else {
+                if let Some(unindexed) = log_durable.take() {
+                    // The write stage failed: this group fails with the rest, unindexed.
+                    stages.fail_unsynced((unindexed.group, StorageError::Poisoned));
+                }
+                stages.syncing.set(false);
                 return;
             };
             let mut merged = Written {
@@ -278,15 +313,43 @@ impl<D: Disk> PartitionLog<'_, D> {
                 merged.group.extend(written.group);
                 merged.layout.extend(written.layout);
             }
-            let bytes: u64 = merged.group.iter().map(|p| p.payload.len() as u64).sum();
-            let result = self.finish(merged).await;
-            stages.syncing.set(false);
-            stages
-                .unsynced_bytes
-                .set(stages.unsynced_bytes.get() - bytes);
-            if let Err(failure) = result {
-                stages.record_failure(failure);
+            let to_index = log_durable.take();
+            let (synced, indexed) = join(
+                async {
+                    if merged.group.is_empty() {
+                        Ok(None)
+                    } else {
+                        self.sync_log(merged).await.map(Some)
+                    }
+                },
+                async {
+                    match to_index {
+                        Some(written) => {
+                            let bytes = written.payload_bytes();
+                            self.index(written).await.map(|()| bytes)
+                        }
+                        None => Ok(0),
+                    }
+                },
+            )
+            .await;
+            match indexed {
+                Ok(bytes) => stages.settle(bytes),
+                Err(failure) => stages.fail_unsynced(failure),
             }
+            match synced {
+                Ok(next) => log_durable = next,
+                Err(failure) => stages.fail_unsynced(failure),
+            }
+            if stages.failed.borrow().is_some() {
+                if let Some(unindexed) = log_durable.take() {
+                    // Its index entries were never written: it fails with the rest (the error
+                    // recorded first is the one reported).
+                    stages.fail_unsynced((unindexed.group, StorageError::Poisoned));
+                }
+            }
+            // A group durable in the log but not indexed keeps the flush going.
+            stages.syncing.set(log_durable.is_some());
             self.wake_flusher();
         }
     }
@@ -470,16 +533,21 @@ impl<D: Disk> PartitionLog<'_, D> {
         Ok(())
     }
 
-    /// Makes a written group durable (log fdatasync, index write, index fdatasync), then
-    /// publishes its entries and completes its appends.
-    async fn finish(&self, written: Written) -> Result<(), (Vec<Pending>, StorageError)> {
-        let touched = written.touched();
-        for &segment_index in &touched {
+    /// Makes a written group's records durable (fdatasync of each log file it touched).
+    async fn sync_log(&self, written: Written) -> Result<Written, (Vec<Pending>, StorageError)> {
+        for segment_index in written.touched() {
             let file = self.state.borrow().segments[segment_index].log;
             if let Err(error) = self.disk.sync(file).await {
                 return Err((written.group, sync_failed(error)));
             }
         }
+        Ok(written)
+    }
+
+    /// Writes and fdatasyncs the index entries of a group whose records are durable, then
+    /// publishes its entries and completes its appends.
+    async fn index(&self, written: Written) -> Result<(), (Vec<Pending>, StorageError)> {
+        let touched = written.touched();
         for &segment_index in &touched {
             let (file, at) = {
                 let state = self.state.borrow();
@@ -496,8 +564,28 @@ impl<D: Disk> PartitionLog<'_, D> {
                     buffer.extend_from_slice(&encode_index_entry(entry));
                 }
             }
+            // Past the zeros written ahead: grow the file by a run of zeros in the same write,
+            // so the next groups' index fdatasyncs commit no new file size.
+            let entries_end = at + buffer.len() as u64;
+            let file_end = self.state.borrow().segments[segment_index].idx_file_end;
+            let grown_end = if entries_end > file_end {
+                // Never past the most entries the segment can hold (each record is at least
+                // its header), so tiny test segments stay tiny.
+                let entries_max = self.config.segment_size / RECORD_HEADER_SIZE + 1;
+                let index_max = FILE_HEADER_SIZE + entries_max * INDEX_ENTRY_SIZE;
+                let grown_end = align_up(entries_end, INDEX_ZEROS_AHEAD)
+                    .min(index_max)
+                    .max(entries_end);
+                buffer.resize((grown_end - at) as usize, 0);
+                Some(grown_end)
+            } else {
+                None
+            };
             if let Err(error) = self.disk.write_at(file, at, buffer.freeze()).await {
                 return Err((written.group, error.into()));
+            }
+            if let Some(grown_end) = grown_end {
+                self.state.borrow_mut().segments[segment_index].idx_file_end = grown_end;
             }
         }
         for &segment_index in &touched {
@@ -573,6 +661,9 @@ impl<D: Disk> PartitionLog<'_, D> {
         let _ = self.disk.truncate(idx, idx_end).await;
         let _ = self.disk.truncate(log, log_size).await;
         let mut state = self.state.borrow_mut();
+        // Unknown after a failed truncate: grow the file again on the next index write.
+        let active = state.segments.len() - 1;
+        state.segments[active].idx_file_end = idx_end;
         state.written_end = log_size;
         state.tail = None;
         (state.next_op, state.next_offset, state.timestamp_min) = state.durable_next();

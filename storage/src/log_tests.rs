@@ -551,6 +551,56 @@ fn appends_wait_out_a_truncation_and_retention_leftovers_are_cleaned() {
 }
 
 #[test]
+fn the_index_grows_by_zeros_ahead_which_recovery_reads_as_never_written() {
+    let disk = aligned_disk(17);
+    block_on(async {
+        let config = LogConfig {
+            segment_size: 1 << 20,
+            ..config()
+        };
+        let (log, _) = PartitionLog::open(&disk, config.clone(), 1, 0)
+            .await
+            .unwrap();
+        append_range(&log, 1..11).await;
+        let idx = idx_name(DIR, 1);
+        let entries_end = FILE_HEADER_SIZE + 10 * INDEX_ENTRY_SIZE;
+        let grown = disk.durable_len(&idx).unwrap();
+        assert!(grown > entries_end, "zeros written ahead: {grown}");
+        // More groups write below the grown end: the file keeps its length.
+        append_range(&log, 11..21).await;
+        assert_eq!(disk.durable_len(&idx).unwrap(), grown);
+        drop(log);
+        disk.crash();
+        let (log, report) = PartitionLog::open(&disk, config.clone(), 1, 0)
+            .await
+            .unwrap();
+        assert!(report.faulty.is_empty(), "{report:?}");
+        assert_eq!(report.torn_bytes, 0);
+        assert_eq!(log.op_end(), 21);
+        assert_eq!(
+            disk.durable_len(&idx).unwrap(),
+            FILE_HEADER_SIZE + 20 * INDEX_ENTRY_SIZE,
+            "recovery cuts the zeros"
+        );
+        append_range(&log, 21..31).await;
+        for op in 1..31 {
+            assert_eq!(log.read(op).await.unwrap().meta, meta(op));
+        }
+    });
+    // A tiny segment's index never grows past the entries it can hold.
+    let disk = aligned_disk(18);
+    block_on(async {
+        let (log, _) = open(&disk).await;
+        append_range(&log, 1..41).await;
+        let index_max = FILE_HEADER_SIZE + (4096 / RECORD_HEADER_SIZE + 1) * INDEX_ENTRY_SIZE;
+        for segment in log.segments() {
+            let len = disk.durable_len(&idx_name(DIR, segment.base_op)).unwrap();
+            assert!(len <= index_max, "{len} > {index_max}");
+        }
+    });
+}
+
+#[test]
 fn a_segment_that_cannot_be_created_leaves_nothing_behind() {
     let disk = aligned_disk(15);
     block_on(async {
@@ -558,8 +608,8 @@ fn a_segment_that_cannot_be_created_leaves_nothing_behind() {
         // Append until the next op would roll a new segment.
         let mut op = 1;
         loop {
-            let active = log.segments().last().unwrap().base_op;
-            let size = disk.durable_len(&log_name(DIR, active)).unwrap();
+            // The log's end, not its file's (an aligned disk pads the last block with zeros).
+            let size = log.segments().last().unwrap().size;
             if size + RECORD_HEADER_SIZE + payload(op).len() as u64 > 4096 {
                 break;
             }

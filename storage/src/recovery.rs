@@ -15,6 +15,9 @@
 //! | never written | damaged, at the tail | **torn tail**: cut (it was never acknowledged)    |
 //! | damaged     | damaged, at the tail   | unrecoverable locally (two faults in one slot)    |
 //!
+//! The index file is grown by runs of zeros ahead of its entries (so an index fdatasync has no
+//! new file size to commit); those zeros are entries never written, and recovery cuts them.
+//!
 //! Records after the last index entry are kept while they are valid and continue the log (their
 //! entries are rewritten); the first one that is not is a torn tail and is cut. Records of
 //! sealed segments are verified when read, not at open (`verify_records == false`).
@@ -320,6 +323,7 @@ pub async fn open_segment<D: Disk>(
             .await
             .map_err(|e| StorageError::SyncFailed(e.to_string()))?;
     }
+    segment.idx_file_end = idx_end;
     if log_size > segment.log_size {
         if !is_zero_padding(disk, log, segment.log_size, log_size).await {
             fixes.report.torn_bytes = log_size - segment.log_size;

@@ -34,7 +34,14 @@ pub struct Segment {
     pub sparse: Vec<SparsePoint>,
     /// The last durable entry, if any.
     pub last: Option<IndexEntry>,
+    /// How long this process last made the index file: entries, then zeros written ahead
+    /// (`INDEX_ZEROS_AHEAD`). Index writes below it do not grow the file, so their fdatasync
+    /// has no file size to commit. Recovery reads the zeros as entries never written.
+    pub idx_file_end: u64,
 }
+
+/// Bytes of zeros the index file is grown by at once, ahead of its entries.
+pub const INDEX_ZEROS_AHEAD: u64 = 64 * 1024;
 
 pub fn log_name(dir: &str, base_op: u64) -> String {
     join(dir, &format!("{base_op:020}.log"))
@@ -121,6 +128,7 @@ impl Segment {
             log_size: FILE_HEADER_SIZE,
             sparse: Vec::new(),
             last: None,
+            idx_file_end: FILE_HEADER_SIZE,
         }
     }
 

@@ -107,6 +107,7 @@ impl<D: Disk> PartitionLog<'_, D> {
         }
         self.disk.truncate(idx, idx_end).await?;
         self.disk.sync(idx).await.map_err(sync_failed)?;
+        self.state.borrow_mut().segments[keep_index].idx_file_end = idx_end;
         self.disk.truncate(log, log_end).await?;
         self.disk.sync(log).await.map_err(sync_failed)?;
         let cleared =
