@@ -165,6 +165,19 @@ fn the_iggy_0_11_client_manages_streams_and_topics_through_the_gateway() {
         let stats = client.get_stats().await.unwrap();
         assert!(stats.streams_count >= 1);
         assert!(stats.partitions_count >= 3);
+        // The option catalog: every topic key with its canonical kind; none for streams.
+        let topic_keys = client.describe_options(OptionsScope::Topic).await.unwrap();
+        let durability = topic_keys.iter().find(|o| o.key == "durability").unwrap();
+        assert_eq!(durability.kind, HeaderKind::String);
+        assert_eq!(durability.default_value, b"replicated".to_vec());
+        assert!(topic_keys.iter().any(|o| o.key == "message_expiry"
+            && o.kind == HeaderKind::Uint64
+            && !o.description.is_empty()));
+        assert!(client
+            .describe_options(OptionsScope::Stream)
+            .await
+            .unwrap()
+            .is_empty());
         let me = client.get_me().await.unwrap();
         assert_eq!(me.user_id, Some(0));
         // Every open connection is a client: this one, and the stranger (not logged in).

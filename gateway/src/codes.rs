@@ -44,6 +44,7 @@ pub fn result_framed(operation: u8) -> bool {
 pub const CODE_PING: u32 = 1;
 pub const CODE_GET_STATS: u32 = 10;
 pub const CODE_GET_CLUSTER_METADATA: u32 = 12;
+pub const CODE_DESCRIBE_OPTIONS: u32 = 13;
 pub const CODE_GET_ME: u32 = 20;
 pub const CODE_GET_CLIENT: u32 = 21;
 pub const CODE_GET_CLIENTS: u32 = 22;
@@ -95,6 +96,7 @@ pub fn command_name(operation: u8, code: u32) -> &'static str {
             CODE_PING => "ping",
             CODE_GET_STATS => "get_stats",
             CODE_GET_CLUSTER_METADATA => "get_cluster_metadata",
+            CODE_DESCRIBE_OPTIONS => "describe_options",
             CODE_GET_ME => "get_me",
             CODE_GET_CLIENT => "get_client",
             CODE_GET_CLIENTS => "get_clients",

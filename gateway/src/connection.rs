@@ -314,6 +314,7 @@ impl Connection {
                 let (ip, port) = (self.shared.advertised.ip(), self.shared.advertised.port());
                 replies::cluster("galgo", &ip.to_string(), port, self.shared.http_port)
             }
+            CODE_DESCRIBE_OPTIONS => crate::options_catalog::describe_options(&request.body)?,
             CODE_GET_ME => {
                 let entry = self.shared.clients.get(self.number).ok_or_else(|| {
                     WireError::new(ERROR_GENERIC, "this connection is not registered")

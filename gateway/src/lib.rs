@@ -10,6 +10,7 @@ pub mod frame;
 pub mod member_keeper;
 pub mod messages;
 pub mod metadata_cache;
+pub mod options_catalog;
 pub mod replies;
 pub mod server;
 pub mod tls;
