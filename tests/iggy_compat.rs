@@ -178,6 +178,20 @@ fn the_iggy_0_11_client_manages_streams_and_topics_through_the_gateway() {
             .await
             .unwrap()
             .is_empty());
+        // A snapshot file: a zip whose entries name what was asked for.
+        let snapshot = client
+            .snapshot(
+                SnapshotCompression::Deflated,
+                vec![SystemSnapshotType::Test, SystemSnapshotType::ServerConfig],
+            )
+            .await
+            .unwrap();
+        let zip = &snapshot.0;
+        assert_eq!(&zip[0..4], b"PK\x03\x04");
+        let contains = |needle: &[u8]| zip.windows(needle.len()).any(|w| w == needle);
+        assert!(contains(b"test.txt") && contains(b"server_config.txt"));
+        assert!(!contains(b"process_list.txt"));
+        assert!(contains(format!("listen = {gateway}").as_bytes()));
         let me = client.get_me().await.unwrap();
         assert_eq!(me.user_id, Some(0));
         // Every open connection is a client: this one, and the stranger (not logged in).

@@ -43,6 +43,7 @@ pub fn result_framed(operation: u8) -> bool {
 /// otherwise).
 pub const CODE_PING: u32 = 1;
 pub const CODE_GET_STATS: u32 = 10;
+pub const CODE_GET_SNAPSHOT_FILE: u32 = 11;
 pub const CODE_GET_CLUSTER_METADATA: u32 = 12;
 pub const CODE_DESCRIBE_OPTIONS: u32 = 13;
 pub const CODE_GET_ME: u32 = 20;
@@ -95,6 +96,7 @@ pub fn command_name(operation: u8, code: u32) -> &'static str {
         OPERATION_NON_REPLICATED => match code {
             CODE_PING => "ping",
             CODE_GET_STATS => "get_stats",
+            CODE_GET_SNAPSHOT_FILE => "get_snapshot_file",
             CODE_GET_CLUSTER_METADATA => "get_cluster_metadata",
             CODE_DESCRIBE_OPTIONS => "describe_options",
             CODE_GET_ME => "get_me",

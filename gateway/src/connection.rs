@@ -315,6 +315,12 @@ impl Connection {
                 replies::cluster("galgo", &ip.to_string(), port, self.shared.http_port)
             }
             CODE_DESCRIBE_OPTIONS => crate::options_catalog::describe_options(&request.body)?,
+            CODE_GET_SNAPSHOT_FILE => {
+                require(user.allows(Action::ReadServers))?;
+                let types = crate::snapshot_file::parse_request(&request.body)?;
+                let sources = crate::snapshot_file::gather(&self.shared, &metadata);
+                crate::snapshot_file::archive(&types, &sources)
+            }
             CODE_GET_ME => {
                 let entry = self.shared.clients.get(self.number).ok_or_else(|| {
                     WireError::new(ERROR_GENERIC, "this connection is not registered")

@@ -13,6 +13,7 @@ pub mod metadata_cache;
 pub mod options_catalog;
 pub mod replies;
 pub mod server;
+pub mod snapshot_file;
 pub mod tls;
 mod user_commands;
 pub mod users;

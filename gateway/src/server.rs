@@ -54,6 +54,31 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
+    /// One `key = value` line per setting, for snapshot files; TLS shows only whether it is on.
+    pub fn summary(&self) -> String {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|(id, address)| format!("{id}@{address}"))
+            .collect();
+        format!(
+            "listen = {}\ncluster = {:032x}\nnodes = {}\nhttp_port = {}\nframe_size_max = {}\n\
+             login_frame_size_max = {}\nconnections_max = {}\nidle_timeout_ms = {}\n\
+             member_timeout_ms = {}\ntls = {}\nverbose = {}\n",
+            self.listen,
+            self.cluster,
+            nodes.join(", "),
+            self.http_port,
+            self.frame_size_max,
+            self.login_frame_size_max,
+            self.connections_max,
+            self.idle_timeout.as_millis(),
+            self.member_timeout.as_millis(),
+            if self.tls.is_some() { "on" } else { "off" },
+            self.verbose,
+        )
+    }
+
     pub fn new(listen: SocketAddr, cluster: u128, nodes: Vec<(u8, SocketAddr)>) -> GatewayConfig {
         GatewayConfig {
             listen,
@@ -81,6 +106,8 @@ pub struct Shared {
     pub connections: AtomicU32,
     pub clients: Arc<ClientRegistry>,
     pub metadata_cache: MetadataCache,
+    /// The effective configuration as text, for snapshot files (no secrets).
+    pub config_summary: String,
     started: Instant,
     start_time_us: u64,
     verbose: bool,
@@ -155,6 +182,7 @@ pub fn start(config: GatewayConfig) -> std::io::Result<Gateway> {
         connections: AtomicU32::new(0),
         clients: Arc::new(ClientRegistry::default()),
         metadata_cache: MetadataCache::default(),
+        config_summary: config.summary(),
         started: Instant::now(),
         start_time_us: SystemTime::now()
             .duration_since(UNIX_EPOCH)
