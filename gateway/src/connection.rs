@@ -847,7 +847,7 @@ fn find_group<'a>(
 fn consumer_key(consumer: &(u8, Ident)) -> Result<ConsumerKey, WireError> {
     match consumer {
         (1, Ident::Id(id)) => Ok(ConsumerKey::Consumer(*id)),
-        (1, Ident::Name(name)) => Ok(ConsumerKey::Consumer(xxhash_rust::xxh3::xxh3_64(
+        (1, Ident::Name(name)) => Ok(ConsumerKey::Consumer(twox_hash::XxHash3_64::oneshot(
             name.as_bytes(),
         ) as u32)),
         _ => Err(WireError::new(

@@ -48,7 +48,7 @@ fn u128_at(bytes: &[u8], offset: usize) -> u128 {
 
 /// XXH3-64 of the body, widened: what a client puts in `request_checksum`.
 pub fn body_checksum(body: &[u8]) -> u128 {
-    u128::from(xxhash_rust::xxh3::xxh3_64(body))
+    u128::from(twox_hash::XxHash3_64::oneshot(body))
 }
 
 /// Reads one request of at most `size_max` bytes (header included).

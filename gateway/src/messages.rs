@@ -110,7 +110,7 @@ pub fn choose_partition(
             format!("partition {id} of {partitions}"),
         )),
         Partitioning::Key(key) => {
-            Ok((xxhash_rust::xxh3::xxh3_64(key) % u64::from(partitions)) as u32)
+            Ok((twox_hash::XxHash3_64::oneshot(key) % u64::from(partitions)) as u32)
         }
     }
 }
