@@ -1,5 +1,7 @@
 //! A message: a verified header plus its body, and its wire framing (header bytes then body).
 
+use bytes::Bytes;
+
 use crate::header::{Header, HeaderError, HEADER_SIZE};
 
 /// Largest body a message may carry; frames above this are rejected before allocation.
@@ -8,7 +10,9 @@ pub const BODY_SIZE_MAX: usize = 1 << 20;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
     pub header: Header,
-    pub body: Vec<u8>,
+    /// Shared, not copied, by clones: a prepare's body goes to the journal, the cache, the
+    /// network and the state machine as one buffer.
+    pub body: Bytes,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,7 +26,8 @@ pub enum DecodeError {
 
 impl Message {
     /// Builds a message and seals its checksums.
-    pub fn new(mut header: Header, body: Vec<u8>) -> Message {
+    pub fn new(mut header: Header, body: impl Into<Bytes>) -> Message {
+        let body: Bytes = body.into();
         assert!(body.len() <= BODY_SIZE_MAX);
         header.set_checksums(&body);
         Message { header, body }
@@ -46,8 +51,35 @@ impl Message {
         (self.header.encode(), &self.body)
     }
 
-    /// Decodes one whole frame and verifies both checksums.
+    /// Decodes one whole frame and verifies both checksums; the body is copied out of it.
     pub fn decode(frame: &[u8]) -> Result<Message, DecodeError> {
+        let header = Self::decode_header(frame)?;
+        Ok(Message {
+            header,
+            body: Bytes::copy_from_slice(&frame[HEADER_SIZE..]),
+        })
+    }
+
+    /// A message from a header already decoded (its checksum verified) and the body read
+    /// after it, kept as it is: the size and the body's checksum are verified here.
+    pub fn from_parts(header: Header, body: Bytes) -> Result<Message, DecodeError> {
+        if header.size as usize != HEADER_SIZE + body.len() {
+            return Err(DecodeError::SizeMismatch {
+                header: header.size,
+                frame: HEADER_SIZE + body.len(),
+            });
+        }
+        if body.len() > BODY_SIZE_MAX {
+            return Err(DecodeError::BodyTooLarge(body.len()));
+        }
+        if !header.valid_checksum_body(&body) {
+            return Err(DecodeError::BodyChecksum);
+        }
+        Ok(Message { header, body })
+    }
+
+    /// The verified header of a whole frame whose body matches it.
+    fn decode_header(frame: &[u8]) -> Result<Header, DecodeError> {
         if frame.len() < HEADER_SIZE {
             return Err(DecodeError::Short);
         }
@@ -66,10 +98,7 @@ impl Message {
         if !header.valid_checksum_body(body) {
             return Err(DecodeError::BodyChecksum);
         }
-        Ok(Message {
-            header,
-            body: body.to_vec(),
-        })
+        Ok(header)
     }
 }
 
@@ -96,5 +125,26 @@ mod tests {
             }
         );
         assert_eq!(Message::decode(&frame[..10]), Err(DecodeError::Short));
+    }
+
+    #[test]
+    fn parts_read_apart_are_checked_like_a_frame() {
+        let message = Message::new(Header::new(Command::Request, 1, 2), b"payload".to_vec());
+        let body = Bytes::from_static(b"payload");
+        assert_eq!(
+            Message::from_parts(message.header, body.clone()),
+            Ok(message.clone())
+        );
+        assert_eq!(
+            Message::from_parts(message.header, Bytes::from_static(b"paylaod")),
+            Err(DecodeError::BodyChecksum)
+        );
+        assert_eq!(
+            Message::from_parts(message.header, body.slice(1..)),
+            Err(DecodeError::SizeMismatch {
+                header: 263,
+                frame: 262
+            })
+        );
     }
 }

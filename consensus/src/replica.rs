@@ -17,6 +17,8 @@ use crate::journal::{Journal, SlotState};
 use crate::message::Message;
 use crate::prng::Prng;
 use crate::quorums::{Quorums, REPLICAS_MAX};
+use bytes::Bytes;
+
 use crate::recovery::RecoveredJournal;
 use crate::sessions::{Classification, ClientSessions};
 use crate::timeout::Timeout;
@@ -32,7 +34,7 @@ pub trait StateMachine {
     /// state, the committed state with every op this primary prepared since the last
     /// `reset_projection` applied. The result must fit in a message body. By default the
     /// request body is prepared unchanged.
-    fn prepare(&mut self, op: u64, timestamp: u64, operation: u8, body: Vec<u8>) -> Vec<u8> {
+    fn prepare(&mut self, op: u64, timestamp: u64, operation: u8, body: Bytes) -> Bytes {
         let _ = (op, timestamp, operation);
         body
     }

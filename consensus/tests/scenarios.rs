@@ -353,7 +353,7 @@ fn a_fresh_cluster_elects_a_primary_and_commits() {
     cluster.send_request(&first);
     cluster.run(20);
     assert_eq!(
-        cluster.reply_to(&first).map(|r| r.body.clone()),
+        cluster.reply_to(&first).map(|r| r.body.to_vec()),
         Some(b"one".to_vec())
     );
     for replica in 0..3 {
@@ -409,7 +409,7 @@ fn view_change_with_prepares_in_flight_keeps_every_acknowledged_request() {
     }
     // The in-flight prepares survived the view change: each executed exactly once, in the order
     // the old primary prepared them, on both survivors.
-    let expected: Vec<Vec<u8>> = requests.iter().map(|r| r.body.clone()).collect();
+    let expected: Vec<Vec<u8>> = requests.iter().map(|r| r.body.to_vec()).collect();
     for replica in (0..3).filter(|r| *r != primary) {
         assert_eq!(applied(&cluster, replica), expected);
     }
@@ -447,7 +447,7 @@ fn duplicated_and_replayed_messages_execute_once() {
     cluster.send_request(&requests[0]);
     cluster.send_request(&requests[4]);
     cluster.run(20);
-    let expected: Vec<Vec<u8>> = requests.iter().map(|r| r.body.clone()).collect();
+    let expected: Vec<Vec<u8>> = requests.iter().map(|r| r.body.to_vec()).collect();
     for replica in 0..3 {
         assert_eq!(applied(&cluster, replica), expected, "replica {replica}");
     }
@@ -588,7 +588,7 @@ fn lagging_replica_elected_primary_keeps_committed_ops() {
     cluster.run(600);
     assert_eq!(cluster.primary(), Some(lagging));
     assert!(cluster.replica(lagging).commit_min() >= committed);
-    let expected: Vec<Vec<u8>> = requests.iter().map(|r| r.body.clone()).collect();
+    let expected: Vec<Vec<u8>> = requests.iter().map(|r| r.body.to_vec()).collect();
     assert_eq!(applied(&cluster, lagging), expected);
 }
 

@@ -23,22 +23,24 @@ pub async fn read_frame<S: AsyncReadRent>(stream: &mut S, cluster: u128) -> Fram
         return FrameRead::Closed;
     }
     let header_bytes: &[u8; HEADER_SIZE] = head[..].try_into().expect("a whole header");
-    let size = match Header::decode(header_bytes) {
-        Ok(header) if header.cluster == cluster => header.size as usize,
+    let header = match Header::decode(header_bytes) {
+        Ok(header) if header.cluster == cluster => header,
         _ => return FrameRead::Rejected,
     };
+    let size = header.size as usize;
     if !(HEADER_SIZE..=HEADER_SIZE + BODY_SIZE_MAX).contains(&size) {
         return FrameRead::Rejected;
     }
-    let mut frame = head;
+    // The body is read into its own buffer and kept as the message's body, not copied.
+    let mut body = Vec::new();
     if size > HEADER_SIZE {
-        let (read, body) = stream.read_exact(vec![0u8; size - HEADER_SIZE]).await;
+        let (read, read_body) = stream.read_exact(vec![0u8; size - HEADER_SIZE]).await;
         if read.is_err() {
             return FrameRead::Closed;
         }
-        frame.extend_from_slice(&body);
+        body = read_body;
     }
-    match Message::decode(&frame) {
+    match Message::from_parts(header, body.into()) {
         Ok(message) => FrameRead::Message(message),
         Err(_) => FrameRead::Rejected,
     }

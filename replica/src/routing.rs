@@ -91,7 +91,7 @@ pub struct RoutingClient {
 
 /// The reply to `request`, and the view it came from.
 pub struct Reply {
-    pub body: Vec<u8>,
+    pub body: bytes::Bytes,
     pub view: u32,
     pub op: u64,
 }
@@ -533,14 +533,13 @@ fn read_message(stream: &mut TcpStream, cluster: u128) -> Result<Message, ReadFa
     if header.cluster != cluster || !(HEADER_SIZE..=HEADER_SIZE + BODY_SIZE_MAX).contains(&size) {
         return Err(ReadFailure::Broken);
     }
-    let mut frame = head.to_vec();
-    frame.resize(size, 0);
+    let mut body = vec![0u8; size - HEADER_SIZE];
     // The rest of the frame is on its way: wait for it without the attempt's deadline.
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     stream
-        .read_exact(&mut frame[HEADER_SIZE..])
+        .read_exact(&mut body)
         .map_err(|_| ReadFailure::Broken)?;
-    Message::decode(&frame).map_err(|_| ReadFailure::Broken)
+    Message::from_parts(header, body.into()).map_err(|_| ReadFailure::Broken)
 }
 
 /// Writes of one frame before giving up (a blocking socket takes a frame in a few).

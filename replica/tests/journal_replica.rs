@@ -188,7 +188,7 @@ fn a_replica_on_a_segment_journal_survives_crashes_without_losing_an_acknowledge
             for _ in 0..25 {
                 let request = request(session, number);
                 host.call(&request).await;
-                acknowledged.push(request.body.clone());
+                acknowledged.push(request.body.to_vec());
                 number += 1;
             }
             assert_eq!(

@@ -331,7 +331,7 @@ impl Client {
                     request: header.request,
                     op: header.op,
                     request_checksum,
-                    reply: message.body.clone(),
+                    reply: message.body.to_vec(),
                     broker,
                 })
             }

@@ -10,6 +10,7 @@
 //! reply is the partition's, and a stamped append that applying refuses (offsets that do not
 //! continue the log, a producer stamp the state disagrees with) fails an assertion.
 
+use bytes::Bytes;
 use galgo_consensus::checksum::checksum;
 use galgo_consensus::header::operation;
 use galgo_consensus::StateMachine;
@@ -124,7 +125,7 @@ impl StateMachine for TestStateMachine {
         reply
     }
 
-    fn prepare(&mut self, op: u64, timestamp: u64, operation: u8, body: Vec<u8>) -> Vec<u8> {
+    fn prepare(&mut self, op: u64, timestamp: u64, operation: u8, body: Bytes) -> Bytes {
         let body = match self.partition.as_mut() {
             Some(partition) => partition.prepare(op, timestamp, operation, body),
             None => body,
@@ -133,7 +134,7 @@ impl StateMachine for TestStateMachine {
         stamped.extend_from_slice(&self.projected_applications.to_le_bytes());
         stamped.extend_from_slice(&body);
         self.projected_applications += 1;
-        stamped
+        stamped.into()
     }
 
     fn reset_projection(&mut self) {
@@ -153,8 +154,8 @@ mod tests {
         let mut primary = TestStateMachine::default();
         let mut backup = TestStateMachine::default();
         primary.reset_projection();
-        let first = primary.prepare(1, 1, operation::APPLICATION_MIN, b"a".to_vec());
-        let second = primary.prepare(2, 2, operation::APPLICATION_MIN, b"b".to_vec());
+        let first = primary.prepare(1, 1, operation::APPLICATION_MIN, Bytes::from_static(b"a"));
+        let second = primary.prepare(2, 2, operation::APPLICATION_MIN, Bytes::from_static(b"b"));
         for machine in [&mut primary, &mut backup] {
             machine.apply(1, 1, operation::APPLICATION_MIN, &first);
             machine.apply(2, 2, operation::APPLICATION_MIN, &second);
@@ -168,9 +169,9 @@ mod tests {
     fn a_stamp_from_a_stale_projection_fires() {
         let mut primary = TestStateMachine::default();
         primary.reset_projection();
-        let _dropped = primary.prepare(1, 1, operation::APPLICATION_MIN, b"a".to_vec());
+        let _dropped = primary.prepare(1, 1, operation::APPLICATION_MIN, Bytes::from_static(b"a"));
         // A new view dropped op 1, but the projection was not reset: op 1 again is stamped 1.
-        let stale = primary.prepare(1, 2, operation::APPLICATION_MIN, b"b".to_vec());
+        let stale = primary.prepare(1, 2, operation::APPLICATION_MIN, Bytes::from_static(b"b"));
         let mut backup = TestStateMachine::default();
         backup.apply(1, 2, operation::APPLICATION_MIN, &stale);
     }

@@ -5,6 +5,7 @@
 //! would refuse, becomes an `Answer` op carrying the reply, so every replica answers alike.
 //! `apply` applies committed ops to the committed state and returns the encoded reply.
 
+use bytes::Bytes;
 use galgo_consensus::{Message, StateMachine};
 
 use super::ops::{PartitionOp, ANSWER_LEN_MAX};
@@ -60,17 +61,20 @@ fn micros(timestamp_ns: u64) -> u64 {
 }
 
 impl StateMachine for PartitionMachine {
-    fn prepare(&mut self, op: u64, timestamp: u64, operation: u8, body: Vec<u8>) -> Vec<u8> {
+    fn prepare(&mut self, op: u64, timestamp: u64, operation: u8, body: Bytes) -> Bytes {
         if operation != OPERATION_BROKER {
             return answer(PartitionReply::refused(format!(
                 "unknown operation {operation}"
-            )));
+            )))
+            .into();
         }
         let (request, batch) = match PartitionOp::decode(&body) {
             Ok(decoded) => decoded,
-            Err(error) => return answer(PartitionReply::refused(format!("bad request: {error}"))),
+            Err(error) => {
+                return answer(PartitionReply::refused(format!("bad request: {error}"))).into()
+            }
         };
-        match request {
+        let prepared: Vec<u8> = match request {
             PartitionOp::Append {
                 count, producer, ..
             } => match self.projected.stamp(count, producer, micros(timestamp)) {
@@ -98,10 +102,11 @@ impl StateMachine for PartitionMachine {
                 PartitionReply::refused("retention cuts and answers are decided by the primary"),
             ),
             other => match self.projected.apply(&other, op) {
-                Ok(()) => body,
+                Ok(()) => return body,
                 Err(error) => answer(PartitionReply::refused(format!("{error:?}"))),
             },
-        }
+        };
+        prepared.into()
     }
 
     fn reset_projection(&mut self) {
@@ -163,18 +168,18 @@ mod tests {
             epoch: 1,
             sequence: 0,
         });
-        let first = primary.prepare(1, 5_000, 16, append(3, producer));
+        let first = primary.prepare(1, 5_000, 16, append(3, producer).into());
         // Prepared before op 1 commits: the projection already counts op 1's messages.
-        let second = primary.prepare(2, 6_000, 16, append(2, None));
+        let second = primary.prepare(2, 6_000, 16, append(2, None).into());
         // A retry of the producer's last batch: answered with its offsets, nothing appended.
-        let retry = primary.prepare(3, 7_000, 16, append(3, producer));
+        let retry = primary.prepare(3, 7_000, 16, append(3, producer).into());
         let stale = PartitionOp::StoreConsumerOffset {
             consumer: ConsumerKey::Consumer(1),
             offset: 99,
             generation: None,
         }
         .encode(&[]);
-        let refused = primary.prepare(4, 8_000, 16, stale);
+        let refused = primary.prepare(4, 8_000, 16, stale.into());
         for machine in [&mut primary, &mut backup] {
             assert_eq!(
                 reply(&machine.apply(1, 5_000, 16, &first)),
@@ -211,7 +216,7 @@ mod tests {
     fn an_append_under_another_operation_is_refused_and_counts_no_messages() {
         let mut primary = PartitionMachine::new(PartitionState::new(4, 4));
         primary.reset_projection();
-        let prepared = primary.prepare(1, 1, OPERATION_BROKER + 1, append(3, None));
+        let prepared = primary.prepare(1, 1, OPERATION_BROKER + 1, append(3, None).into());
         assert!(matches!(
             reply(&primary.apply(1, 1, OPERATION_BROKER + 1, &prepared)),
             PartitionReply::Refused { .. }
@@ -225,7 +230,7 @@ mod tests {
         let message = Message::new(header, append(3, None));
         assert_eq!(messages_of(&message, 0), (0, 3));
         // The next real append continues at offset 0, where the log is.
-        let next = primary.prepare(2, 2, OPERATION_BROKER, append(1, None));
+        let next = primary.prepare(2, 2, OPERATION_BROKER, append(1, None).into());
         assert_eq!(
             reply(&primary.apply(2, 2, OPERATION_BROKER, &next)),
             PartitionReply::Appended {
@@ -247,7 +252,7 @@ mod tests {
             }
             .encode(&[]),
         ] {
-            let prepared = primary.prepare(1, 1, 16, body);
+            let prepared = primary.prepare(1, 1, 16, body.into());
             assert!(matches!(
                 reply(&primary.apply(1, 1, 16, &prepared)),
                 PartitionReply::Refused { .. }
