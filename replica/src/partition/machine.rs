@@ -5,10 +5,10 @@
 //! would refuse, becomes an `Answer` op carrying the reply, so every replica answers alike.
 //! `apply` applies committed ops to the committed state and returns the encoded reply.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use galgo_consensus::{Message, StateMachine};
 
-use super::ops::{PartitionOp, ANSWER_LEN_MAX};
+use super::ops::{PartitionOp, ANSWER_LEN_MAX, APPEND_HEAD_SIZE};
 use super::reply::PartitionReply;
 use super::{PartitionState, Stamp};
 use crate::client_protocol::OPERATION_BROKER;
@@ -55,6 +55,17 @@ pub fn messages_of(message: &Message, next_offset: u64) -> (u64, u32) {
     }
 }
 
+/// The request's append with its fixed-size head replaced by the primary's `stamped` one: in
+/// the request's own buffer when nothing else holds it (the batch is not copied).
+fn restamp(request: Bytes, stamped: &PartitionOp) -> Bytes {
+    let head = stamped.encode(&[]);
+    assert_eq!(head.len(), APPEND_HEAD_SIZE);
+    assert!(request.len() >= APPEND_HEAD_SIZE, "decoded as an append");
+    let mut body = BytesMut::from(request);
+    body[..APPEND_HEAD_SIZE].copy_from_slice(&head);
+    body.freeze()
+}
+
 /// Prepare timestamps are nanoseconds; partitions keep microseconds.
 fn micros(timestamp_ns: u64) -> u64 {
     timestamp_ns / 1000
@@ -68,8 +79,9 @@ impl StateMachine for PartitionMachine {
             )))
             .into();
         }
-        let (request, batch) = match PartitionOp::decode(&body) {
-            Ok(decoded) => decoded,
+        // An append's batch stays where it is: only its head is restamped (`restamp`).
+        let request = match PartitionOp::decode(&body) {
+            Ok((request, _batch)) => request,
             Err(error) => {
                 return answer(PartitionReply::refused(format!("bad request: {error}"))).into()
             }
@@ -91,7 +103,7 @@ impl StateMachine for PartitionMachine {
                     self.projected
                         .apply(&stamped, op)
                         .expect("a fresh stamp continues the projected log");
-                    stamped.encode(batch)
+                    return restamp(body, &stamped);
                 }
                 Ok(Stamp::Duplicate {
                     base_offset, count, ..
@@ -156,6 +168,42 @@ mod tests {
 
     fn reply(bytes: &[u8]) -> PartitionReply {
         PartitionReply::decode(bytes).unwrap()
+    }
+
+    #[test]
+    fn a_fresh_append_is_restamped_in_its_own_buffer() {
+        let mut primary = PartitionMachine::new(PartitionState::new(16, 16));
+        primary.reset_projection();
+        let request = Bytes::from(append(3, None));
+        let at = request.as_ptr();
+        let prepared = primary.prepare(1, 5_000, 16, request);
+        assert_eq!(prepared.as_ptr(), at, "the batch was not copied");
+        let (op, batch) = PartitionOp::decode(&prepared).unwrap();
+        assert_eq!(batch, b"batch");
+        assert_eq!(
+            op,
+            PartitionOp::Append {
+                base_offset: 0,
+                count: 3,
+                timestamp: 5,
+                producer: None
+            }
+        );
+        // A buffer someone else still holds is copied, not changed under them.
+        let request = Bytes::from(append(2, None));
+        let held = request.clone();
+        let prepared = primary.prepare(2, 6_000, 16, request);
+        assert_ne!(prepared.as_ptr(), held.as_ptr());
+        assert_eq!(&held[..], &append(2, None)[..]);
+        assert_eq!(
+            PartitionOp::decode(&prepared).unwrap().0,
+            PartitionOp::Append {
+                base_offset: 3,
+                count: 2,
+                timestamp: 6,
+                producer: None
+            }
+        );
     }
 
     #[test]
