@@ -114,7 +114,8 @@ impl Connection {
         }
     }
 
-    pub fn handle(&mut self, request: &Request) -> Outcome {
+    /// Answers `request`; a send takes its body (`RequestBody::into_append`).
+    pub fn handle(&mut self, request: &mut Request) -> Outcome {
         match request.operation {
             OPERATION_REGISTER => return self.register(request),
             OPERATION_NON_REPLICATED if request.code == CODE_PING => {
@@ -894,11 +895,13 @@ impl Connection {
     /// SendMessages: the checked batch, appended to the chosen partition through its group.
     fn send(
         &mut self,
-        request: &Request,
+        request: &mut Request,
         user_id: u32,
         username: &str,
     ) -> Result<Vec<u8>, WireError> {
         let send = parse_send(&request.body)?;
+        let batch_at = request.body.len() - send.batch.len();
+        let batch_len = send.batch.len();
         let metadata = self.data_metadata(&send.stream, &send.topic)?;
         let user = logged_in_user(&metadata, user_id, username)?;
         let target = topic_target(&metadata, &send.stream, &send.topic)?;
@@ -909,23 +912,25 @@ impl Connection {
         let partition =
             choose_partition(&send.partitioning, target.partitions, &mut self.balanced)?;
         let route = self.route(&target, partition)?;
-        let op = PartitionOp::Append {
+        let head = PartitionOp::Append {
             base_offset: 0,
             count: send.message_count,
             timestamp: 0,
             producer: None,
         }
-        .encode(send.batch);
-        if op.len() > galgo_consensus::message::BODY_SIZE_MAX {
+        .encode(&[]);
+        if head.len() + batch_len > galgo_consensus::message::BODY_SIZE_MAX {
             return Err(WireError::new(
                 ERROR_INVALID_FORMAT,
                 format!(
-                    "a batch of {} bytes: at most {} per send",
-                    send.batch.len(),
-                    galgo_consensus::message::BODY_SIZE_MAX - (op.len() - send.batch.len())
+                    "a batch of {batch_len} bytes: at most {} per send",
+                    galgo_consensus::message::BODY_SIZE_MAX - head.len()
                 ),
             ));
         }
+        // The batch goes to the group in the buffer it was read into, behind the head.
+        let op = std::mem::take(&mut request.body).into_append(batch_at, &head);
+        assert_eq!(op.len(), head.len() + batch_len);
         match self.call_partition(&route, op)? {
             PartitionReply::Appended { base_offset, .. } => {
                 let mut body = Vec::with_capacity(24);
@@ -947,7 +952,7 @@ impl Connection {
     fn call_partition(
         &mut self,
         route: &PartitionRoute,
-        op: Vec<u8>,
+        op: impl Into<bytes::Bytes>,
     ) -> Result<PartitionReply, WireError> {
         let answer = self.routing.call_route(route, op).map_err(routing_error)?;
         PartitionReply::decode(&answer.body)

@@ -18,7 +18,66 @@ pub struct Request {
     pub session: u64,
     /// The command code of a non-replicated request (bytes 196..200); 0 otherwise.
     pub code: u32,
-    pub body: Vec<u8>,
+    pub body: RequestBody,
+}
+
+/// A request's body, read after `HEADROOM` spare bytes of its own buffer: a send's batch
+/// becomes a partition append by writing the append's head just before it
+/// (`into_append`), so the batch is never copied on its way to the partition's group.
+#[derive(Clone, Debug, Default)]
+pub struct RequestBody {
+    buffer: Vec<u8>,
+}
+
+impl RequestBody {
+    /// Spare bytes before the body: an append's head (the body's own leading bytes add more).
+    pub const HEADROOM: usize = galgo_replica::partition::ops::APPEND_HEAD_SIZE;
+
+    /// A body of `len` zero bytes, to be read into (`as_mut`).
+    fn zeroed(len: usize) -> RequestBody {
+        RequestBody {
+            buffer: vec![0u8; Self::HEADROOM + len],
+        }
+    }
+
+    pub fn from_slice(body: &[u8]) -> RequestBody {
+        let mut owned = RequestBody::zeroed(body.len());
+        owned.buffer[Self::HEADROOM..].copy_from_slice(body);
+        owned
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.buffer[Self::HEADROOM..]
+    }
+
+    /// The buffer from `head.len()` bytes before the body's byte `at` to its end, with
+    /// `head` written there: the body's tail from `at` (a send's batch) behind a new head,
+    /// without copying the tail. The body is gone after this.
+    pub fn into_append(self, at: usize, head: &[u8]) -> bytes::Bytes {
+        assert!(at <= self.len());
+        assert!(head.len() <= Self::HEADROOM);
+        let start = Self::HEADROOM + at - head.len();
+        let mut buffer = self.buffer;
+        buffer[start..start + head.len()].copy_from_slice(head);
+        bytes::Bytes::from(buffer).slice(start..)
+    }
+}
+
+/// Bodies are equal when their bytes are (the headroom is not part of them).
+impl PartialEq for RequestBody {
+    fn eq(&self, other: &RequestBody) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for RequestBody {}
+
+impl std::ops::Deref for RequestBody {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.buffer[Self::HEADROOM..]
+    }
 }
 
 #[derive(Debug)]
@@ -71,12 +130,12 @@ pub fn read_request(stream: &mut impl Read, size_max: u32) -> Result<Request, Fr
     if (size as usize) < HEADER_SIZE || size > size_max {
         return Err(FrameError::BadSize(u64::from(size)));
     }
-    let mut body = vec![0u8; size as usize - HEADER_SIZE];
-    stream.read_exact(&mut body).map_err(FrameError::Io)?;
+    let mut body = RequestBody::zeroed(size as usize - HEADER_SIZE);
+    stream.read_exact(body.as_mut()).map_err(FrameError::Io)?;
     parse(&header, body)
 }
 
-fn parse(header: &[u8; HEADER_SIZE], body: Vec<u8>) -> Result<Request, FrameError> {
+fn parse(header: &[u8; HEADER_SIZE], body: RequestBody) -> Result<Request, FrameError> {
     if header[60] != COMMAND_REQUEST {
         return Err(FrameError::BadHeader("not a request (command 5)"));
     }
@@ -150,6 +209,27 @@ pub fn eviction(client: u128, reason: u8, versions: Option<(u32, u32)>) -> Vec<u
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_body_becomes_an_append_in_its_own_buffer() {
+        let body = RequestBody::from_slice(b"meta:BATCH");
+        assert_eq!(&body[..], b"meta:BATCH");
+        let tail_at = body.as_ptr() as usize + 5;
+        let head = [7u8; RequestBody::HEADROOM];
+        let op = body.into_append(5, &head);
+        assert_eq!(&op[..RequestBody::HEADROOM], &head[..]);
+        assert_eq!(&op[RequestBody::HEADROOM..], b"BATCH");
+        assert_eq!(
+            op.as_ptr() as usize + RequestBody::HEADROOM,
+            tail_at,
+            "not copied"
+        );
+        // The whole body behind a head, and an empty tail.
+        let op = RequestBody::from_slice(b"xy").into_append(0, b"hh");
+        assert_eq!(&op[..], b"hhxy");
+        let op = RequestBody::from_slice(b"xy").into_append(2, b"hh");
+        assert_eq!(&op[..], b"hh");
+    }
+
     fn request_frame(operation: u8, code: u32, body: &[u8], checksum: bool) -> Vec<u8> {
         let mut frame = vec![0u8; HEADER_SIZE + body.len()];
         frame[48..52].copy_from_slice(&((HEADER_SIZE + body.len()) as u32).to_le_bytes());
@@ -176,7 +256,7 @@ mod tests {
         assert_eq!(request.code, 201);
         let frame = request_frame(128, 0, b"\x08stream-1", true);
         let request = read_request(&mut frame.as_slice(), 1 << 20).unwrap();
-        assert_eq!(request.body, b"\x08stream-1");
+        assert_eq!(&request.body[..], b"\x08stream-1");
     }
 
     #[test]

@@ -291,7 +291,7 @@ fn serve_requests(
         } else {
             config.login_frame_size_max
         };
-        let request = match read_request(stream, size_max) {
+        let mut request = match read_request(stream, size_max) {
             Ok(request) => {
                 metrics::counter!("galgo_gateway_received_bytes_total")
                     .increment((HEADER_SIZE + request.body.len()) as u64);
@@ -311,7 +311,7 @@ fn serve_requests(
         };
         let command = command_name(request.operation, request.code);
         let started = Instant::now();
-        let outcome = connection.handle(&request);
+        let outcome = connection.handle(&mut request);
         let (frame, result) = match &outcome {
             Outcome::Reply(frame) if reply_status(frame) == 0 => (frame, "ok"),
             Outcome::Reply(frame) => (frame, "error"),

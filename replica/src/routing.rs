@@ -315,7 +315,7 @@ impl RoutingClient {
         group: u64,
         members: &[u8],
         placement_offset: u8,
-        body: Vec<u8>,
+        body: impl Into<bytes::Bytes>,
     ) -> Result<Reply, RoutingError> {
         assert!(!members.is_empty() && usize::from(placement_offset) < members.len());
         self.register(group, members, placement_offset)?;
@@ -488,7 +488,7 @@ impl RoutingClient {
     pub fn call_route(
         &mut self,
         route: &PartitionRoute,
-        body: Vec<u8>,
+        body: impl Into<bytes::Bytes>,
     ) -> Result<Reply, RoutingError> {
         self.shards.insert(route.group, route.shard);
         self.call(route.group, &route.members, route.placement_offset, body)
