@@ -270,7 +270,7 @@ fn three_processes_survive_a_primary_kill_and_keep_every_acknowledged_message() 
                 polled.len() as u64,
                 "polled batches are dense"
             );
-            polled.push((batch.base_offset, batch.bytes.clone()));
+            polled.push((batch.base_offset, batch.bytes.to_vec()));
         }
         if polled.len() >= acked.len() {
             break;

@@ -60,6 +60,15 @@ impl Message {
         })
     }
 
+    /// Decodes one whole frame and verifies both checksums; the body shares the frame's buffer.
+    pub fn decode_bytes(frame: Bytes) -> Result<Message, DecodeError> {
+        let header = Self::decode_header(&frame)?;
+        Ok(Message {
+            header,
+            body: frame.slice(HEADER_SIZE..),
+        })
+    }
+
     /// A message from a header already decoded (its checksum verified) and the body read
     /// after it, kept as it is: the size and the body's checksum are verified here.
     pub fn from_parts(header: Header, body: Bytes) -> Result<Message, DecodeError> {

@@ -402,13 +402,13 @@ mod tests {
                 base_offset: 0,
                 count: 3,
                 timestamp: 5,
-                bytes: batch(&[b"a", b"b", b"c"]),
+                bytes: batch(&[b"a", b"b", b"c"]).into(),
             },
             PolledBatch {
                 base_offset: 3,
                 count: 2,
                 timestamp: 6,
-                bytes: batch(&[b"d", b"e"]),
+                bytes: batch(&[b"d", b"e"]).into(),
             },
         ];
         let (reply, served, last) = poll_reply(1, 5, 1, 3, &batches);

@@ -134,7 +134,8 @@ pub struct PolledBatch {
     pub count: u32,
     /// The primary's stamp (µs since the epoch).
     pub timestamp: u64,
-    pub bytes: Vec<u8>,
+    /// The batch, sharing the buffer it was read into.
+    pub bytes: bytes::Bytes,
 }
 
 /// What a node serves for a poll.
@@ -195,7 +196,7 @@ impl PollReply {
                 base_offset: r.u64("base offset")?,
                 count: r.u32("count")?,
                 timestamp: r.u64("timestamp")?,
-                bytes: r.long_bytes("batch", POLL_BYTES_MAX)?,
+                bytes: r.long_bytes("batch", POLL_BYTES_MAX)?.into(),
             });
         }
         r.finish()?;
@@ -591,7 +592,7 @@ mod tests {
                     base_offset: 5,
                     count: 2,
                     timestamp: 7,
-                    bytes: b"xy".to_vec(),
+                    bytes: bytes::Bytes::from_static(b"xy"),
                 }],
             })),
         ] {

@@ -15,6 +15,7 @@ use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use galgo_consensus::header::HEADER_SIZE;
 use galgo_consensus::recovery::RecoveryBugs;
 use galgo_consensus::{
     Bugs, Command, Config as GroupConfig, Header, Message, Replica, StateMachine, Timeouts,
@@ -35,7 +36,7 @@ use crate::journal::{MessagesOf, SegmentJournal};
 use crate::metadata::machine::MetadataMachine;
 use crate::metadata::{Ident, Limits, Metadata, Placement};
 use crate::partition::machine::PartitionMachine;
-use crate::partition::ops::PartitionOp;
+use crate::partition::ops::{PartitionOp, APPEND_HEAD_SIZE};
 use crate::partition::PartitionState;
 use crate::view_state::ViewStateStore;
 
@@ -712,6 +713,16 @@ async fn read_committed(host: &PartitionHost, query: PollQuery) -> Polled {
     let bytes_max = query.bytes_max.min(POLL_BYTES_MAX) as usize;
     let mut bytes = 0usize;
     while op <= commit_min && batches.len() < query.batches_max as usize {
+        if !batches.is_empty() {
+            // A record that cannot fit is not read: its index entry gives its size.
+            if let Ok(entry) = journal.log().entry(op).await {
+                let batch_len =
+                    (entry.length as usize).saturating_sub(HEADER_SIZE + APPEND_HEAD_SIZE);
+                if bytes + batch_len + POLLED_BATCH_OVERHEAD > bytes_max {
+                    break;
+                }
+            }
+        }
         let Some(prepare) = journal.read_prepare(op).await else {
             break; // Faulty here (being repaired): the client polls again.
         };
@@ -752,7 +763,7 @@ async fn read_committed(host: &PartitionHost, query: PollQuery) -> Polled {
             base_offset,
             count,
             timestamp,
-            bytes: batch.to_vec(),
+            bytes: prepare.body.slice(prepare.body.len() - batch.len()..),
         });
     }
     if let Some(start) = timestamp_start {
