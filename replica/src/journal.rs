@@ -341,7 +341,7 @@ impl<'d, D: Disk> SegmentJournal<'d, D> {
 
 async fn read_message<D: Disk>(log: &PartitionLog<'_, D>, op: u64) -> Option<Message> {
     let record = log.read(op).await.ok()?;
-    let message = Message::decode_bytes(record.payload.into()).ok()?;
+    let message = Message::decode_bytes(record.payload).ok()?;
     (message.header.op == op && message.header.checksum == record.meta.checksum).then_some(message)
 }
 

@@ -56,7 +56,8 @@ impl LogConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     pub meta: EntryMeta,
-    pub payload: Vec<u8>,
+    /// The payload, sharing the buffer the record was read into.
+    pub payload: Bytes,
 }
 
 /// A summary of one segment, for retention decisions and status output.
@@ -586,9 +587,11 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
         let Some(payload) = verified_payload(&bytes, &entry.meta) else {
             return Err(self.found_faulty(entry));
         };
+        let payload_len = payload.len();
+        let bytes = Bytes::from(bytes);
         Ok(Record {
             meta: entry.meta,
-            payload: payload.to_vec(),
+            payload: bytes.slice(bytes.len() - payload_len..),
         })
     }
 
