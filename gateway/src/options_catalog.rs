@@ -55,14 +55,16 @@ fn topic_options() -> Vec<OptionSpec> {
             key: "durability",
             kind: KIND_STRING,
             default_value: b"replicated".to_vec(),
-            description: "replicated or persisted: acknowledged once on a quorum's disks; \
-                          relaxed: acknowledged once a quorum holds it in memory.",
+            description: "replicated or persisted: acknowledged once on a quorum's disks. \
+                          relaxed is recorded with the topic, but Galgo does not act on it yet: \
+                          its writes are acknowledged on a quorum's disks too.",
         },
         OptionSpec {
             key: "consumer_offset_durability",
             kind: KIND_STRING,
             default_value: b"replicated".to_vec(),
-            description: "The same choice for stored consumer offsets.",
+            description: "The same choice for stored consumer offsets (relaxed is recorded, \
+                          not acted on yet).",
         },
         OptionSpec {
             key: "messages_required_to_save",
