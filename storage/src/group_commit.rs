@@ -113,7 +113,7 @@ pub(crate) struct Written {
 
 impl Written {
     fn payload_bytes(&self) -> u64 {
-        self.group.iter().map(|p| p.payload.len() as u64).sum()
+        payload_bytes(&self.group)
     }
 
     fn touched(&self) -> Vec<usize> {
@@ -147,7 +147,7 @@ impl Stages {
 
     /// A written group failed before it completed.
     fn fail_unsynced(&self, (group, error): (Vec<Pending>, StorageError)) {
-        self.settle(group.iter().map(|p| p.payload.len() as u64).sum());
+        self.settle(payload_bytes(&group));
         self.record_failure((group, error));
     }
 
@@ -165,6 +165,11 @@ impl Stages {
             }
         }
     }
+}
+
+/// Payload bytes of `group`'s appends (what the write stage's byte limit counts).
+fn payload_bytes(group: &[Pending]) -> u64 {
+    group.iter().map(|p| p.payload.len() as u64).sum()
 }
 
 /// Whether `error` leaves the log unusable until a reopen.
@@ -253,7 +258,7 @@ impl<D: Disk> PartitionLog<'_, D> {
                 state.pending_bytes = 0;
                 std::mem::take(&mut state.pending)
             };
-            let bytes: u64 = group.iter().map(|p| p.payload.len() as u64).sum();
+            let bytes = payload_bytes(&group);
             match self.write_records(group).await {
                 Ok(written) => {
                     stages
