@@ -387,6 +387,9 @@ impl<S: StateMachine> Replica<S> {
     pub fn replica_count(&self) -> u8 {
         self.config.replica_count
     }
+    pub fn group(&self) -> u64 {
+        self.config.group
+    }
     pub fn status(&self) -> Status {
         self.status
     }

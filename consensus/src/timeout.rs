@@ -49,12 +49,6 @@ impl Timeout {
         self.attempts = 0;
     }
 
-    /// Restarts the count (e.g. on a heartbeat) without resetting attempts.
-    pub fn reset(&mut self) {
-        assert!(self.running);
-        self.ticks = 0;
-    }
-
     /// Called after the timeout fired: the next deadline backs off exponentially with jitter.
     pub fn backoff(&mut self, prng: &mut Prng) {
         assert!(self.running);
@@ -65,10 +59,17 @@ impl Timeout {
         self.deadline = prng.range_inclusive(self.after, ceiling).max(1);
     }
 
-    /// Like `reset`, but a no-op when stopped.
+    /// What the timeout waits for showed up (a backup heard its primary): the count starts
+    /// again from the base interval, and earlier backoff is forgotten. Keeping it would leave
+    /// a backup that once timed out in a view (a late heartbeat, a partition that healed)
+    /// waiting up to `after << BACKOFF_ATTEMPTS_MAX` ticks to notice the next failure, and a
+    /// view change needs the votes of a quorum, so the slowest of them sets the failover
+    /// time. A no-op when stopped.
     pub fn reset_if_running(&mut self) {
         if self.running {
             self.ticks = 0;
+            self.attempts = 0;
+            self.deadline = self.after;
         }
     }
 
@@ -101,6 +102,18 @@ mod tests {
         timeout.backoff(&mut prng);
         assert!(!timeout.fired());
         assert_eq!(timeout.attempts, 1);
+        // Backed off twice more, then heard from: the base deadline again.
+        timeout.backoff(&mut prng);
+        timeout.backoff(&mut prng);
+        assert_eq!(timeout.attempts, 3);
+        timeout.reset_if_running();
+        assert_eq!(timeout.attempts, 0);
+        for _ in 0..9 {
+            timeout.tick();
+            assert!(!timeout.fired());
+        }
+        timeout.tick();
+        assert!(timeout.fired());
         timeout.stop();
         for _ in 0..1000 {
             timeout.tick();

@@ -556,6 +556,57 @@ fn a_primary_hands_over_leadership_before_it_stops() {
     assert_eq!(cluster.replica(backup).view(), view_now);
 }
 
+/// A backup cut off for a while times out again and again (its heartbeat timeout backs off
+/// to many times its base). Once it hears its primary again it must wait only the base
+/// timeout to notice the primary's next failure: a view change needs its vote, so a
+/// backed-off backup would hold the whole group up (found by deploy/chaos: 4–8 s failovers
+/// after earlier faults).
+#[test]
+fn a_backup_that_heard_its_primary_again_notices_the_next_failure_in_one_timeout() {
+    let mut cluster = started(3);
+    let session = cluster.register();
+    let primary = cluster.primary().expect("primary");
+    let isolated = (primary + 1) % 3;
+    cluster.filter = Box::new(move |envelope: &Envelope| {
+        let touches =
+            envelope.to == Peer::Replica(isolated) || envelope.from == Peer::Replica(isolated);
+        if touches {
+            Verdict::Drop
+        } else {
+            Verdict::Deliver
+        }
+    });
+    // Long enough for every backoff step of its heartbeat timeout (base 50 ticks).
+    cluster.run(4000);
+    assert_eq!(
+        cluster.primary(),
+        Some(primary),
+        "the majority kept its primary"
+    );
+    cluster.filter = Box::new(|_| Verdict::Deliver);
+    let first = request(session, 1, b"healed");
+    cluster.send_request(&first);
+    // Past two start-view-change windows: the votes it cast while cut off are forgotten.
+    let window = Timeouts::default().start_view_change_window;
+    cluster.run(2 * window + 100);
+    assert!(cluster.reply_to(&first).is_some());
+    assert_eq!(cluster.replica(isolated).status(), Status::Normal);
+    let view = cluster.replica(isolated).view();
+
+    cluster.crash(primary);
+    let heartbeat = Timeouts::default().normal_heartbeat;
+    let mut ticks = 0;
+    while cluster.primary().is_none_or(|p| p == primary) {
+        assert!(
+            ticks < heartbeat * 3,
+            "no new primary {ticks} ticks after the primary failed (heartbeat timeout {heartbeat})"
+        );
+        cluster.run(1);
+        ticks += 1;
+    }
+    assert!(cluster.replica(isolated).view() > view);
+}
+
 #[test]
 fn lagging_replica_elected_primary_keeps_committed_ops() {
     let mut cluster = started(3);
