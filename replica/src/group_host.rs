@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use galgo_consensus::{Action, Completion, IoId, Message, Peer, Replica, StateMachine};
+use galgo_consensus::{Action, Completion, IoId, Message, Peer, Replica, StateMachine, Status};
 use galgo_storage::Disk;
 
 use crate::bus::Bus;
@@ -153,7 +153,8 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
     fn handle(self: &Rc<Self>, event: Event) {
         let actions = {
             let mut replica = self.replica.borrow_mut();
-            match event {
+            let before = (replica.view(), replica.status());
+            let actions = match event {
                 Event::Tick { realtime } => {
                     // The simulator's checker reads the journal's cuts and the committed
                     // headers; a node does not, and must not let them pile up.
@@ -164,11 +165,31 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
                 Event::Message(message) => replica.on_message(message),
                 Event::Completed(io, completion) => replica.on_io_complete(io, completion),
                 Event::HandOver => replica.hand_over_leadership(),
+            };
+            if (replica.view(), replica.status()) != before {
+                self.log_view_change(&replica, before);
             }
+            actions
         };
         for action in actions {
             self.execute(action);
         }
+    }
+
+    /// One line on stderr when the group's view or status changed (rare: a failover, a
+    /// hand-over, leadership returning), so an operator can follow its leadership.
+    fn log_view_change(&self, replica: &Replica<S>, (view, status): (u32, Status)) {
+        let primary = self.members[usize::from(replica.primary_index(replica.view()))];
+        let node = self.members[usize::from(replica.replica())];
+        eprintln!(
+            "galgo: group {} on node {node}: view {view} {status:?} -> view {} {:?} (primary node {primary}{}), commit {} head {}",
+            replica.group(),
+            replica.view(),
+            replica.status(),
+            if replica.is_primary() { ", here" } else { "" },
+            replica.commit_min(),
+            replica.head(),
+        );
     }
 
     fn execute(self: &Rc<Self>, action: Action) {
