@@ -311,6 +311,200 @@ fn three_processes_survive_a_primary_kill_and_keep_every_acknowledged_message() 
     let _ = std::fs::remove_dir_all(&root);
 }
 
+/// Sends `signal` to node `id`'s process (SIGSTOP and SIGCONT pause and resume it, as
+/// `docker pause` does: its sockets stay open and the kernel keeps accepting its bytes).
+fn signal_node(cluster: &Cluster, id: u8, signal: i32) {
+    let child = cluster.processes[id as usize].as_ref().expect("running");
+    let pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: signalling a child process this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+}
+
+/// Waits (producing rounds meanwhile) until the preferred node of each route leads it
+/// (leadership moves there after a second).
+fn wait_for_preferred_primaries(
+    admin: &mut RoutingClient,
+    routes: &[PartitionRoute],
+    produce_round: &mut impl FnMut(),
+) {
+    let started = Instant::now();
+    while !routes.iter().all(|route| {
+        let preferred = route.members[usize::from(route.placement_offset)];
+        admin
+            .group_status(preferred, route.group)
+            .ok()
+            .flatten()
+            .is_some_and(|s| s.primary && s.normal)
+    }) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the preferred nodes never led"
+        );
+        produce_round();
+    }
+}
+
+/// Pauses (SIGSTOP) each node in turn for 4 s while `produce_round` runs again and again,
+/// resumes it and produces 3 s more: the longest time between two finished rounds, per node.
+fn pause_each_node_in_turn(
+    cluster: &Cluster,
+    produce_round: &mut impl FnMut(),
+) -> Vec<(u8, Duration)> {
+    let mut gaps = Vec::new();
+    for id in [1u8, 2, 0] {
+        signal_node(cluster, id, libc::SIGSTOP);
+        let paused = Instant::now();
+        let mut last_round = paused;
+        let mut gap = Duration::ZERO;
+        while paused.elapsed() < Duration::from_secs(4) {
+            produce_round();
+            gap = gap.max(last_round.elapsed());
+            last_round = Instant::now();
+        }
+        signal_node(cluster, id, libc::SIGCONT);
+        // The resumed node catches up while production goes on.
+        let resumed = Instant::now();
+        while resumed.elapsed() < Duration::from_secs(3) {
+            produce_round();
+        }
+        eprintln!("node {id} paused for 4 s: longest time without an acknowledgement {gap:?}");
+        gaps.push((id, gap));
+    }
+    gaps
+}
+
+/// Each node in turn is paused for 4 s while one lockstep producer appends through the
+/// routing client to three partitions in turn (one led by each node). A paused primary must
+/// cost a view change of its groups, not the pause.
+#[test]
+fn a_paused_primary_costs_a_view_change_not_the_whole_pause() {
+    let root = std::env::temp_dir().join(format!("galgo-pause-{}", std::process::id()));
+    let cluster = Cluster::started(&root);
+    let mut admin = RoutingClient::new(u128::from(CLUSTER), 0xAD, cluster.clients.clone());
+    let mut client = RoutingClient::new(u128::from(CLUSTER), 0x9A05E, cluster.clients.clone());
+    let routes = create_topic(&mut admin, "clicks", "web", 3, 3);
+    let mut sequences = [0u64; 3];
+    let mut produce_round = || {
+        for (index, route) in routes.iter().enumerate() {
+            let payload = format!("click {}", sequences[index]).into_bytes();
+            produce(&mut client, route, sequences[index], &payload);
+            sequences[index] += 1;
+        }
+    };
+    wait_for_preferred_primaries(&mut admin, &routes, &mut produce_round);
+    for (id, gap) in pause_each_node_in_turn(&cluster, &mut produce_round) {
+        assert!(
+            gap < Duration::from_secs(3),
+            "pausing node {id} stopped acknowledgements for {gap:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// The same through one gateway and the iggy 0.11.0 client (as `deploy/chaos` runs it).
+#[test]
+fn through_a_gateway_a_paused_primary_costs_a_view_change_not_the_whole_pause() {
+    use iggy::prelude::*;
+    use std::str::FromStr;
+
+    let root = std::env::temp_dir().join(format!("galgo-pause-gw-{}", std::process::id()));
+    let cluster = three_nodes_with_root(&root);
+    let mut admin = RoutingClient::new(u128::from(CLUSTER), 0xAD, cluster.clients.clone());
+    let gateway = free_address();
+    let mut gateway_process = start_gateway_process(&cluster, gateway, &root.join("gateway.log"))
+        .spawn()
+        .expect("galgo gateway starts");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = runtime.block_on(async {
+        let client = gateway_client(gateway).await;
+        client.create_stream("clicks").await.unwrap();
+        let options = TopicCreateOptions {
+            partitions_count: Some(3),
+            ..TopicCreateOptions::default()
+        };
+        let stream = Identifier::named("clicks").unwrap();
+        client.create_topic(&stream, "web", &options).await.unwrap();
+        client
+    });
+    let routes = admin.topic_routes("clicks", "web").unwrap().unwrap();
+    let (stream, topic) = (
+        Identifier::named("clicks").unwrap(),
+        Identifier::named("web").unwrap(),
+    );
+    // A consumer polls the three partitions in turn through the same gateway meanwhile.
+    let consuming = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let consumer_thread = {
+        let consuming = consuming.clone();
+        let handle = runtime.handle().clone();
+        let (stream, topic) = (stream.clone(), topic.clone());
+        std::thread::spawn(move || {
+            handle.block_on(async {
+                let reader = gateway_client(gateway).await;
+                let consumer = Consumer::new(Identifier::numeric(1).unwrap());
+                let mut next = [0u64; 3];
+                let mut polls = 0u64;
+                while consuming.load(std::sync::atomic::Ordering::Relaxed) {
+                    let partition = (polls % 3) as usize;
+                    polls += 1;
+                    let page = reader
+                        .poll_messages(
+                            &stream,
+                            &topic,
+                            Some(partition as u32),
+                            &consumer,
+                            &PollingStrategy::offset(next[partition]),
+                            100,
+                            false,
+                        )
+                        .await
+                        .expect("a poll answer");
+                    if let Some(last) = page.messages.last() {
+                        next[partition] = last.header.offset + 1;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                next.iter().sum::<u64>()
+            })
+        })
+    };
+    let mut batch = 0u64;
+    let mut produce_round = || {
+        for partition in 0..3u32 {
+            let mut messages: Vec<IggyMessage> = (0..10)
+                .map(|i| IggyMessage::from_str(&format!("b{batch}-m{i}")).unwrap())
+                .collect();
+            runtime
+                .block_on(client.send_messages(
+                    &stream,
+                    &topic,
+                    &Partitioning::partition_id(partition),
+                    &mut messages,
+                ))
+                .unwrap_or_else(|error| panic!("batch {batch} surfaced an error: {error}"));
+            batch += 1;
+        }
+    };
+    wait_for_preferred_primaries(&mut admin, &routes, &mut produce_round);
+    let gaps = pause_each_node_in_turn(&cluster, &mut produce_round);
+    consuming.store(false, std::sync::atomic::Ordering::Relaxed);
+    let consumed = consumer_thread.join().expect("the consumer ends");
+    eprintln!("the consumer read {consumed} messages meanwhile");
+    let _ = gateway_process.kill();
+    let _ = gateway_process.wait();
+    for (id, gap) in gaps {
+        assert!(
+            gap < Duration::from_secs(3),
+            "pausing node {id} stopped acknowledgements through the gateway for {gap:?}"
+        );
+    }
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
 /// A GET of `path` on `address`: the status and the body (a minimal HTTP/1.1 client).
 fn http_get(address: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
