@@ -251,6 +251,10 @@ pub struct Replica<S: StateMachine> {
     leadership_return_timeout: Timeout,
     /// Each replica's `commit_min` as its latest PrepareOk of this view reported it.
     peer_commit: [u64; REPLICAS_MAX as usize],
+    /// The tick (`ticks`) of each replica's latest PrepareOk of this view, 0 for none.
+    peer_ack_tick: [u64; REPLICAS_MAX as usize],
+    /// Ticks since open (a count, not a clock).
+    ticks: u64,
     /// Ops whose prepare was requested since the last repair timeout.
     repair_requested: BTreeSet<u64>,
 
@@ -332,6 +336,8 @@ impl<S: StateMachine> Replica<S> {
                 timeouts.leadership_return,
             ),
             peer_commit: [0; REPLICAS_MAX as usize],
+            peer_ack_tick: [0; REPLICAS_MAX as usize],
+            ticks: 0,
             actions: Vec::new(),
             committed: Vec::new(),
             config,
@@ -442,6 +448,7 @@ impl<S: StateMachine> Replica<S> {
 
     pub fn on_tick(&mut self, realtime: u64) -> Vec<Action> {
         self.realtime = realtime;
+        self.ticks += 1;
         for timeout in [
             &mut self.prepare_timeout,
             &mut self.commit_message_timeout,
@@ -694,7 +701,8 @@ impl<S: StateMachine> Replica<S> {
     // ----- normal operation: primary -----
 
     /// On a primary that is not the preferred one: once the preferred replica has stayed
-    /// caught up (its acks report a commit within a pipeline of ours) for the return timeout,
+    /// caught up (its acks report a commit within a pipeline of ours) and alive (it acked
+    /// a prepare within a heartbeat timeout) for the return timeout,
     /// start a view change to the next view it leads. Backups join a view change above their
     /// view, so leadership moves in one view change, with no timeout to wait out.
     fn check_leadership_return(&mut self) {
@@ -710,7 +718,14 @@ impl<S: StateMachine> Replica<S> {
         let caught_up = self.peer_commit[usize::from(preferred)]
             .saturating_add(self.config.pipeline_max as u64)
             >= self.commit_min;
-        if !caught_up {
+        // And alive: it acknowledged a prepare within a heartbeat timeout. A commit that
+        // stands still (an idle group, or a producer held up elsewhere) keeps an old ack
+        // "caught up" forever, and leadership would move to a node that is gone, again and
+        // again (found by deploy/chaos: the metadata group cycling through a paused node).
+        // So an idle group keeps its primary until writes flow again.
+        let last_ack = self.peer_ack_tick[usize::from(preferred)];
+        let alive = last_ack > 0 && self.ticks - last_ack <= self.config.timeouts.normal_heartbeat;
+        if !caught_up || !alive {
             self.leadership_return_timeout.stop();
             return;
         }
@@ -731,6 +746,7 @@ impl<S: StateMachine> Replica<S> {
 
     fn start_primary_timers(&mut self) {
         self.peer_commit = [0; REPLICAS_MAX as usize];
+        self.peer_ack_tick = [0; REPLICAS_MAX as usize];
         self.leadership_return_timeout.stop();
         self.normal_heartbeat_timeout.stop();
         self.view_change_message_timeout.stop();
@@ -909,6 +925,7 @@ impl<S: StateMachine> Replica<S> {
         if header.view == self.view && header.replica < self.config.replica_count {
             let commit = &mut self.peer_commit[usize::from(header.replica)];
             *commit = (*commit).max(header.commit);
+            self.peer_ack_tick[usize::from(header.replica)] = self.ticks;
         }
         let from = self.bit(header.replica);
         let matched_by_op_only = old_view_bug && header.view < self.view;

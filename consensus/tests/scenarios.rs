@@ -69,6 +69,8 @@ struct Cluster {
     sent: Vec<Envelope>,
     replies: Vec<Message>,
     bugs: Bugs,
+    /// `Config::return_leadership` of replicas started from now on.
+    return_leadership: bool,
 }
 
 impl Cluster {
@@ -82,6 +84,7 @@ impl Cluster {
             sent: Vec::new(),
             replies: Vec::new(),
             bugs,
+            return_leadership: false,
         };
         for replica in 0..replica_count {
             cluster.start(replica);
@@ -101,7 +104,7 @@ impl Cluster {
             clients_max: 4,
             ops_max: OPS_MAX,
             redundant_headers: true,
-            return_leadership: false,
+            return_leadership: self.return_leadership,
             timeouts: Timeouts::default(),
             bugs: self.bugs,
         }
@@ -605,6 +608,62 @@ fn a_backup_that_heard_its_primary_again_notices_the_next_failure_in_one_timeout
         ticks += 1;
     }
     assert!(cluster.replica(isolated).view() > view);
+}
+
+/// Leadership returns to the preferred replica (0) while writes flow (its acks say it is
+/// alive and caught up), and never moves to it while it is down, even with the group idle: a
+/// commit that stands still must not make a dead replica look caught up (found by
+/// deploy/chaos: the metadata group handed to a paused node again and again).
+#[test]
+fn leadership_returns_to_a_live_preferred_replica_and_never_to_a_dead_one() {
+    let mut cluster = Cluster::new(3, Bugs::none());
+    cluster.return_leadership = true;
+    for replica in 0..3 {
+        cluster.start(replica);
+    }
+    cluster.run(200);
+    let session = cluster.register();
+    let mut number = 0;
+    let mut write_for = |cluster: &mut Cluster, ticks: u64| {
+        for _ in 0..ticks / 10 {
+            number += 1;
+            cluster.send_request(&request(session, number, b"w"));
+            cluster.run(10);
+        }
+    };
+    write_for(&mut cluster, 400);
+    assert_eq!(
+        cluster.primary(),
+        Some(0),
+        "leadership returned to the preferred replica"
+    );
+
+    cluster.crash(0);
+    cluster.run(400);
+    let primary = cluster.primary().expect("a new primary");
+    assert_ne!(primary, 0);
+    // Replica 0 comes back and acks a few writes (caught up, in this view), then dies again
+    // before leadership returned, and the group goes idle: its last ack stays "caught up".
+    cluster.start(0);
+    write_for(&mut cluster, 60);
+    assert_eq!(cluster.primary(), Some(primary), "not back yet");
+    cluster.crash(0);
+    let view = cluster.replica(primary).view();
+    cluster.run(2000);
+    assert_eq!(
+        cluster.replica(primary).view(),
+        view,
+        "the view moved on while the preferred replica was down"
+    );
+    assert_eq!(cluster.primary(), Some(primary));
+
+    cluster.start(0);
+    write_for(&mut cluster, 600);
+    assert_eq!(
+        cluster.primary(),
+        Some(0),
+        "leadership back once it returned"
+    );
 }
 
 #[test]
