@@ -408,16 +408,7 @@ fn through_a_gateway_a_paused_primary_costs_a_view_change_not_the_whole_pause() 
     use std::str::FromStr;
 
     let root = std::env::temp_dir().join(format!("galgo-pause-gw-{}", std::process::id()));
-    let cluster = three_nodes_with_root(&root);
-    let mut admin = RoutingClient::new(u128::from(CLUSTER), 0xAD, cluster.clients.clone());
-    let gateway = free_address();
-    let mut gateway_process = start_gateway_process(&cluster, gateway, &root.join("gateway.log"))
-        .spawn()
-        .expect("galgo gateway starts");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (cluster, mut admin, gateway, mut gateway_process, runtime) = behind_one_gateway(&root);
     let client = runtime.block_on(async {
         let client = gateway_client(gateway).await;
         client.create_stream("clicks").await.unwrap();
@@ -697,6 +688,31 @@ fn start_gateway_process(cluster: &Cluster, address: SocketAddr, log: &Path) -> 
     command
 }
 
+/// Three nodes with the root user under `root`, one `galgo gateway` in front of them (on a
+/// free address, logging to `root/gateway.log`), an admin routing client and a runtime for
+/// the iggy client.
+fn behind_one_gateway(
+    root: &Path,
+) -> (
+    Cluster,
+    RoutingClient,
+    SocketAddr,
+    Child,
+    tokio::runtime::Runtime,
+) {
+    let cluster = three_nodes_with_root(root);
+    let admin = RoutingClient::new(u128::from(CLUSTER), 0xAD, cluster.clients.clone());
+    let gateway = free_address();
+    let gateway_process = start_gateway_process(&cluster, gateway, &root.join("gateway.log"))
+        .spawn()
+        .expect("galgo gateway starts");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    (cluster, admin, gateway, gateway_process, runtime)
+}
+
 /// The iggy 0.11.0 client connected to the gateway at `address` (once it listens) and
 /// logged in as the root user `create_root_user` made.
 async fn gateway_client(address: SocketAddr) -> iggy::prelude::IggyClient {
@@ -726,17 +742,7 @@ fn the_iggy_client_through_one_gateway_sees_no_error_when_a_primary_is_killed() 
     use std::str::FromStr;
 
     let root = std::env::temp_dir().join(format!("galgo-cluster-gw-{}", std::process::id()));
-    let mut cluster = three_nodes_with_root(&root);
-    let mut admin = RoutingClient::new(u128::from(CLUSTER), 0xAD, cluster.clients.clone());
-    let gateway = free_address();
-    let mut gateway_process = start_gateway_process(&cluster, gateway, &root.join("gateway.log"))
-        .spawn()
-        .expect("galgo gateway starts");
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (mut cluster, mut admin, gateway, mut gateway_process, runtime) = behind_one_gateway(&root);
     let (killed_node, gap, sent) = runtime.block_on(async {
         let client = gateway_client(gateway).await;
         client.create_stream("orders").await.unwrap();
