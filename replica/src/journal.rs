@@ -6,8 +6,12 @@
 //! order, into a gap above the log's end (repair fills the ops below later), or over an op
 //! the log holds (the same prepare again, a repair of a faulty one, or, after a view change,
 //! another prepare, which cuts the log there first). A write above the end waits, held in
-//! memory, for its turn; a cut drops the held writes above it, and they complete as
-//! `Abandoned`, never as written. A write completes as written only once its record and index
+//! memory, for its turn, but only while a write of the op below is under way (the core issues
+//! a prepare only on top of one written or being written): a write with nothing coming below
+//! it, or whose writer below ended without appending, completes as `Abandoned` and the core
+//! writes it again when it can. A held write never waits on a write that was not issued, so
+//! held writes cannot fill the core's slot writes while the one they wait for has no room. A
+//! cut drops the held writes above it, and they complete as `Abandoned`, never as written. A write completes as written only once its record and index
 //! entry are durable, so the core's "prepare and header durable" is one completion
 //! (`redundant_headers = false`).
 
@@ -64,6 +68,9 @@ pub struct SegmentJournal<'d, D: Disk> {
     held: RefCell<BTreeMap<u64, Held>>,
     /// Checksums of ops submitted and not yet durable.
     queued: RefCell<BTreeMap<u64, u128>>,
+    /// How many `write_prepare` calls are under way, by op: a write may be held only while
+    /// the op below has one.
+    writing: RefCell<BTreeMap<u64, u32>>,
     /// Ops after which the log was cut since the last `take_cuts`.
     cuts: RefCell<Vec<u64>>,
     root_checksum: u128,
@@ -113,6 +120,7 @@ impl<'d, D: Disk> SegmentJournal<'d, D> {
             messages_of,
             held: RefCell::new(BTreeMap::new()),
             queued: RefCell::new(BTreeMap::new()),
+            writing: RefCell::new(BTreeMap::new()),
             cuts: RefCell::new(Vec::new()),
             root_checksum: root.checksum,
         };
@@ -133,10 +141,16 @@ impl<'d, D: Disk> SegmentJournal<'d, D> {
     pub async fn write_prepare(&self, message: Message) -> Result<WriteOutcome, StorageError> {
         let op = message.header.op;
         assert!(op >= 1, "the root prepare is never written");
+        // Ends this write's turn in `writing` however it ends (a dropped future included).
+        let _writing = WritingGuard::enter(self, op);
         for _ in 0..EXCLUSIVE_TURNS_MAX {
             match self.try_write_prepare(&message).await {
                 Ok(Step::Done(outcome)) => return Ok(outcome),
                 Ok(Step::Hold) => {
+                    if !self.writing.borrow().contains_key(&(op - 1)) {
+                        // Nothing is coming below: holding would wait for good.
+                        return Ok(WriteOutcome::Abandoned);
+                    }
                     let (turn, wait) = oneshot::channel();
                     {
                         let mut held = self.held.borrow_mut();
@@ -148,7 +162,8 @@ impl<'d, D: Disk> SegmentJournal<'d, D> {
                             "more held writes than the core issues"
                         );
                     }
-                    // Told `Written` when the op below is submitted: then it tries again.
+                    // Told `Written` when the op below is submitted or its write ended: then
+                    // it tries again.
                     if wait.await.unwrap_or(WriteOutcome::Abandoned) == WriteOutcome::Abandoned {
                         return Ok(WriteOutcome::Abandoned);
                     }
@@ -339,6 +354,46 @@ impl<'d, D: Disk> SegmentJournal<'d, D> {
     }
 }
 
+/// One `write_prepare` under way at `op`. When the last write of an op ends, a write held
+/// at the op above is told to try again: it goes on if the op below landed, and is abandoned
+/// if not.
+struct WritingGuard<'j, 'd, D: Disk> {
+    journal: &'j SegmentJournal<'d, D>,
+    op: u64,
+}
+
+impl<'j, 'd, D: Disk> WritingGuard<'j, 'd, D> {
+    fn enter(journal: &'j SegmentJournal<'d, D>, op: u64) -> WritingGuard<'j, 'd, D> {
+        let mut writing = journal.writing.borrow_mut();
+        let count = writing.entry(op).or_insert(0);
+        *count += 1;
+        assert!(
+            *count as usize <= HELD_MAX + 1,
+            "more writes of one op than the core issues"
+        );
+        WritingGuard { journal, op }
+    }
+}
+
+impl<D: Disk> Drop for WritingGuard<'_, '_, D> {
+    fn drop(&mut self) {
+        let last = {
+            let mut writing = self.journal.writing.borrow_mut();
+            let count = writing.get_mut(&self.op).expect("entered");
+            assert!(*count > 0);
+            *count -= 1;
+            let last = *count == 0;
+            if last {
+                writing.remove(&self.op);
+            }
+            last
+        };
+        if last {
+            self.journal.give_turn(self.op + 1);
+        }
+    }
+}
+
 async fn read_message<D: Disk>(log: &PartitionLog<'_, D>, op: u64) -> Option<Message> {
     let record = log.read(op).await.ok()?;
     let message = Message::decode_bytes(record.payload).ok()?;
@@ -443,26 +498,77 @@ mod tests {
     }
 
     #[test]
-    fn a_write_above_a_gap_waits_for_the_ops_below() {
+    fn a_write_above_a_gap_waits_for_the_write_below_under_way() {
         let disk = MemoryDisk::new(2);
         let messages = chain(4, 0, 0);
         block_on(async {
             let (journal, _) = open(&disk, &DurableState::initial()).await;
-            let above = journal.write_prepare(messages[3].clone());
-            let below = async {
-                for message in &messages[..3] {
-                    journal.write_prepare(message.clone()).await.unwrap();
-                }
-            };
-            let (outcome, ()) = join(above, below).await;
-            assert_eq!(outcome.unwrap(), WriteOutcome::Written);
+            journal.write_prepare(messages[0].clone()).await.unwrap();
+            // Ops 2, 3 and 4 are issued together, each on top of the one being written.
+            let (two, (three, four)) = join(
+                journal.write_prepare(messages[1].clone()),
+                join(
+                    journal.write_prepare(messages[2].clone()),
+                    journal.write_prepare(messages[3].clone()),
+                ),
+            )
+            .await;
+            for outcome in [two, three, four] {
+                assert_eq!(outcome.unwrap(), WriteOutcome::Written);
+            }
             assert_eq!(journal.log().op_end(), 5);
             assert_eq!(journal.read_prepare(4).await.unwrap(), messages[3]);
         });
     }
 
+    /// Polls `future` up to `polls` times (its wakes are not waited for): `None` if it is
+    /// still pending, so a write that would wait for good fails the test instead of hanging it.
+    fn poll_bounded<F: std::future::Future>(future: F, polls: u32) -> Option<F::Output> {
+        let mut future = std::pin::pin!(future);
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        for _ in 0..polls {
+            if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut context) {
+                return Some(output);
+            }
+        }
+        None
+    }
+
     #[test]
-    fn another_prepare_cuts_the_log_and_abandons_held_writes_above_it() {
+    fn a_write_with_no_write_below_under_way_is_abandoned_not_held() {
+        // Before, such a write was held until the op below came, which might be never: with
+        // its slot write taken, enough of them left the core no room to write that op (a
+        // backup's group stalled with 256 held writes).
+        let disk = MemoryDisk::new(7);
+        let messages = chain(4, 0, 0);
+        let opened = poll_bounded(open(&disk, &DurableState::initial()), 1_000);
+        let (journal, _) = opened.expect("the journal opens");
+        for message in &messages[..2] {
+            let written = poll_bounded(journal.write_prepare(message.clone()), 1_000);
+            assert_eq!(written.expect("ends").unwrap(), WriteOutcome::Written);
+        }
+        // Op 4 above the gap at op 3, which nobody writes.
+        let above = poll_bounded(journal.write_prepare(messages[3].clone()), 1_000);
+        assert_eq!(above.expect("not held").unwrap(), WriteOutcome::Abandoned);
+        // Op 3 on top of a stale op 2 (another chain's): no write of the right op 2 comes.
+        let other = chain(3, 1, 5);
+        let stale = poll_bounded(journal.write_prepare(other[2].clone()), 1_000);
+        assert_eq!(stale.expect("not held").unwrap(), WriteOutcome::Abandoned);
+        assert_eq!(
+            journal.log().op_end(),
+            3,
+            "nothing landed above a gap or a stale op"
+        );
+        // Written in order, both land.
+        for message in &messages[2..] {
+            let written = poll_bounded(journal.write_prepare(message.clone()), 1_000);
+            assert_eq!(written.expect("ends").unwrap(), WriteOutcome::Written);
+        }
+        assert_eq!(journal.log().op_end(), 5);
+    }
+
+    #[test]
+    fn another_prepare_cuts_the_log_and_nothing_lands_on_the_replaced_one() {
         let disk = MemoryDisk::new(3);
         let old = chain(5, 0, 0);
         // The view change kept ops 1 and 2 and replaced everything from op 3.
@@ -472,18 +578,25 @@ mod tests {
             for message in &old {
                 journal.write_prepare(message.clone()).await.unwrap();
             }
-            // Op 8 of the new chain waits above a gap...
-            let held = journal.write_prepare(new[7].clone());
+            // The new op 3 replaces the old one while the new op 4 is issued on top of it.
             let replace = async {
-                // ...when the new op 3 replaces the old one.
                 let outcome = journal.write_prepare(new[2].clone()).await.unwrap();
                 assert_eq!(outcome, WriteOutcome::Written);
             };
-            let (held, ()) = join(held, replace).await;
-            assert_eq!(held.unwrap(), WriteOutcome::Abandoned, "never told written");
-            assert_eq!(journal.log().op_end(), 4);
+            let ((), above) = join(replace, journal.write_prepare(new[3].clone())).await;
             assert_eq!(journal.read_prepare(3).await.unwrap(), new[2]);
-            assert!(journal.read_prepare(4).await.is_none());
+            // Op 4 was either held and abandoned by the cut (the core writes it again) or
+            // appended on the new op 3: never on the old one.
+            match above.unwrap() {
+                WriteOutcome::Written => {
+                    assert_eq!(journal.log().op_end(), 5);
+                    assert_eq!(journal.read_prepare(4).await.unwrap(), new[3]);
+                }
+                WriteOutcome::Abandoned => {
+                    assert_eq!(journal.log().op_end(), 4);
+                    assert!(journal.read_prepare(4).await.is_none());
+                }
+            }
         });
     }
 
