@@ -5,6 +5,7 @@
 //! run it deterministically and the node runtime can drive it with real disks and sockets.
 
 pub mod bugs;
+pub mod checkpoint;
 pub mod checksum;
 pub mod durable;
 pub mod header;
@@ -19,6 +20,7 @@ pub mod timeout;
 pub mod view_change;
 
 pub use bugs::{Bug, Bugs};
+pub use checkpoint::Checkpoint;
 pub use durable::DurableState;
 pub use header::{Command, Header};
 pub use journal::Journal;

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::bugs::{Bug, Bugs};
+use crate::checkpoint::Checkpoint;
 use crate::durable::{known_canonical, DurableState, VIEW_HEADERS_MAX};
 use crate::header::{flags, operation, Command, Header};
 use crate::journal::{Journal, SlotState};
@@ -42,6 +43,19 @@ pub trait StateMachine {
     /// The projection starts again from the committed state: called on a primary before its
     /// first `prepare` of a view, once every op it inherited from earlier views is applied.
     fn reset_projection(&mut self) {}
+
+    /// The state after the last applied op, for a checkpoint; `None` when this machine keeps
+    /// none (its replica then applies the log from op 1 at every open).
+    fn snapshot(&self) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Replaces the state with one `snapshot` made; false, with the state unchanged, if the
+    /// bytes are not one.
+    fn restore(&mut self, snapshot: &[u8]) -> bool {
+        let _ = snapshot;
+        false
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -273,6 +287,19 @@ impl<S: StateMachine> Replica<S> {
         recovered: RecoveredJournal,
         seed: u64,
     ) -> Replica<S> {
+        Replica::open_from(config, state_machine, durable, recovered, seed, None)
+    }
+
+    /// `open`, starting from `checkpoint` (see `restore_checkpoint`) when there is one and it
+    /// belongs to this log.
+    pub fn open_from(
+        config: Config,
+        state_machine: S,
+        durable: DurableState,
+        recovered: RecoveredJournal,
+        seed: u64,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Replica<S> {
         let RecoveredJournal {
             journal,
             header_fixes,
@@ -342,6 +369,9 @@ impl<S: StateMachine> Replica<S> {
             committed: Vec::new(),
             config,
         };
+        if let Some(checkpoint) = checkpoint {
+            replica.restore_checkpoint(checkpoint);
+        }
         replica.prepare_timestamp = replica
             .journal
             .header(replica.journal.head())
@@ -383,6 +413,49 @@ impl<S: StateMachine> Replica<S> {
                 .start_with_jitter(&mut replica.prng);
         }
         replica
+    }
+
+    /// Starts from `checkpoint` if it is of this log: its op is in the journal with the same
+    /// checksum (a committed op, so canonical), its sessions decode for this group and the
+    /// state machine takes its snapshot. Then ops up to it count as applied and are not read
+    /// again. Otherwise nothing changes and the log is applied from op 1. Whether it was used.
+    fn restore_checkpoint(&mut self, checkpoint: &Checkpoint) -> bool {
+        assert_eq!(self.commit_min, 0, "a checkpoint is restored at open only");
+        if checkpoint.op == 0 || checkpoint.op > self.journal.head() {
+            return false;
+        }
+        let op_checksum = self.journal.header(checkpoint.op).map(|h| h.checksum);
+        if op_checksum != Some(checkpoint.op_checksum) {
+            return false;
+        }
+        let Some(sessions) = ClientSessions::decode(&checkpoint.sessions, self.config.clients_max)
+        else {
+            return false;
+        };
+        if !self.state_machine.restore(&checkpoint.machine) {
+            return false;
+        }
+        self.sessions = sessions;
+        self.commit_min = checkpoint.op;
+        self.commit_max = self.commit_max.max(checkpoint.op);
+        assert!(self.commit_min <= self.journal.head());
+        true
+    }
+
+    /// A checkpoint of the state as of `commit_min`: `None` before the first op or when the
+    /// state machine keeps no snapshot. The host stores it for `open_from`.
+    pub fn checkpoint(&self) -> Option<Checkpoint> {
+        if self.commit_min == 0 {
+            return None;
+        }
+        let machine = self.state_machine.snapshot()?;
+        let op_checksum = self.journal.header(self.commit_min)?.checksum;
+        Some(Checkpoint {
+            op: self.commit_min,
+            op_checksum,
+            sessions: self.sessions.encode(),
+            machine,
+        })
     }
 
     // ----- accessors used by hosts and checkers -----

@@ -144,6 +144,73 @@ impl ClientSessions {
     }
 }
 
+/// Bytes of one session's fixed part in `ClientSessions::encode`.
+const SESSION_FIXED_SIZE: usize = 16 + 8 + 4 + 16 + 4;
+
+impl ClientSessions {
+    /// The table for a checkpoint: count, then per client (ascending) its id, session,
+    /// request, request checksum and cached reply (size 0: none), all little-endian.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&(self.sessions.len() as u32).to_le_bytes());
+        for (client, session) in &self.sessions {
+            bytes.extend_from_slice(&client.to_le_bytes());
+            bytes.extend_from_slice(&session.session.to_le_bytes());
+            bytes.extend_from_slice(&session.request.to_le_bytes());
+            bytes.extend_from_slice(&session.request_checksum.to_le_bytes());
+            let reply = session
+                .reply
+                .as_ref()
+                .map(Message::encode)
+                .unwrap_or_default();
+            bytes.extend_from_slice(&(reply.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&reply);
+        }
+        bytes
+    }
+
+    /// A table `encode` made, for a group of at most `clients_max` clients; `None` if the
+    /// bytes are not one (a count over the limit, a short entry, a reply that does not verify).
+    pub fn decode(bytes: &[u8], clients_max: usize) -> Option<ClientSessions> {
+        let count = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+        if count > clients_max {
+            return None;
+        }
+        let mut table = ClientSessions::new(clients_max);
+        let mut at = 4usize;
+        for _ in 0..count {
+            let fixed = bytes.get(at..at + SESSION_FIXED_SIZE)?;
+            let client = u128::from_le_bytes(fixed[..16].try_into().ok()?);
+            let session = u64::from_le_bytes(fixed[16..24].try_into().ok()?);
+            let request = u32::from_le_bytes(fixed[24..28].try_into().ok()?);
+            let request_checksum = u128::from_le_bytes(fixed[28..44].try_into().ok()?);
+            let reply_size = u32::from_le_bytes(fixed[44..48].try_into().ok()?) as usize;
+            at += SESSION_FIXED_SIZE;
+            let reply = if reply_size == 0 {
+                None
+            } else {
+                let frame = bytes.get(at..at.checked_add(reply_size)?)?;
+                at += reply_size;
+                Some(Message::decode(frame).ok()?)
+            };
+            let entry = Session {
+                session,
+                request,
+                request_checksum,
+                reply,
+            };
+            if table.sessions.insert(client, entry).is_some() {
+                return None; // A client twice.
+            }
+        }
+        if at != bytes.len() {
+            return None;
+        }
+        assert!(table.sessions.len() <= clients_max);
+        Some(table)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +258,38 @@ mod tests {
             sessions.classify(&request(7, 4, 2, b"old")),
             Classification::Evict(EvictionReason::SessionTooLow)
         );
+    }
+
+    #[test]
+    fn a_table_comes_back_as_it_was_encoded_and_damage_is_refused() {
+        let mut table = ClientSessions::new(4);
+        table.register(10, 1);
+        table.register(11, 2);
+        let request = request(10, 1, 1, b"x");
+        let reply = Message::new(Header::new(Command::Reply, 1, 0), b"answer".to_vec());
+        table.record_reply(10, 1, request.checksum, reply.clone());
+        let bytes = table.encode();
+        let back = ClientSessions::decode(&bytes, 4).expect("decodes");
+        assert_eq!(back.encode(), bytes);
+        let session = back.get(10).unwrap();
+        assert_eq!((session.session, session.request), (1, 1));
+        assert_eq!(session.reply.as_ref().unwrap().body, reply.body);
+        assert_eq!(
+            back.classify(&request),
+            Classification::Resend(Box::new(reply))
+        );
+        // More clients than the group allows, a cut, or a damaged reply: refused.
+        assert!(ClientSessions::decode(&bytes, 1).is_none());
+        for len in 0..bytes.len() {
+            assert!(
+                ClientSessions::decode(&bytes[..len], 4).is_none(),
+                "cut at {len}"
+            );
+        }
+        let mut damaged = bytes.clone();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 1;
+        assert!(ClientSessions::decode(&damaged, 4).is_none());
     }
 
     #[test]

@@ -8,8 +8,8 @@ use galgo_consensus::header::operation;
 use galgo_consensus::journal::SlotState;
 use galgo_consensus::recovery::{recover_journal, RecoveredJournal, RecoveryBugs, SlotRead};
 use galgo_consensus::{
-    Action, Bugs, Command, Completion, Config, DurableState, Header, Journal, Message, Peer,
-    Replica, StateMachine, Status, Timeouts,
+    Action, Bugs, Checkpoint, Command, Completion, Config, DurableState, Header, Journal, Message,
+    Peer, Replica, StateMachine, Status, Timeouts,
 };
 
 const CLUSTER: u128 = 7;
@@ -29,6 +29,34 @@ impl StateMachine for CountingStateMachine {
     fn apply(&mut self, op: u64, _timestamp: u64, _operation: u8, body: &[u8]) -> Vec<u8> {
         self.applied.push((op, body.to_vec()));
         body.to_vec()
+    }
+
+    fn snapshot(&self) -> Option<Vec<u8>> {
+        let mut bytes = Vec::new();
+        for (op, body) in &self.applied {
+            bytes.extend_from_slice(&op.to_le_bytes());
+            bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(body);
+        }
+        Some(bytes)
+    }
+
+    fn restore(&mut self, mut snapshot: &[u8]) -> bool {
+        let mut applied = Vec::new();
+        while !snapshot.is_empty() {
+            if snapshot.len() < 12 {
+                return false;
+            }
+            let op = u64::from_le_bytes(snapshot[..8].try_into().unwrap());
+            let len = u32::from_le_bytes(snapshot[8..12].try_into().unwrap()) as usize;
+            let Some(body) = snapshot.get(12..12 + len) else {
+                return false;
+            };
+            applied.push((op, body.to_vec()));
+            snapshot = &snapshot[12 + len..];
+        }
+        self.applied = applied;
+        true
     }
 }
 
@@ -71,6 +99,8 @@ struct Cluster {
     bugs: Bugs,
     /// `Config::return_leadership` of replicas started from now on.
     return_leadership: bool,
+    /// The checkpoint each replica opens from at its next start.
+    checkpoints: Vec<Option<Checkpoint>>,
 }
 
 impl Cluster {
@@ -85,6 +115,7 @@ impl Cluster {
             replies: Vec::new(),
             bugs,
             return_leadership: false,
+            checkpoints: vec![None; replica_count as usize],
         };
         for replica in 0..replica_count {
             cluster.start(replica);
@@ -151,12 +182,13 @@ impl Cluster {
                 RecoveryBugs::default(),
             )
         };
-        let mut opened = Replica::open(
+        let mut opened = Replica::open_from(
             self.config(replica),
             CountingStateMachine::default(),
             durable,
             recovered,
             u64::from(replica) + 1,
+            self.checkpoints[replica as usize].as_ref(),
         );
         let actions = opened.on_tick(0);
         self.replicas[replica as usize] = Some(opened);
@@ -752,4 +784,84 @@ fn old_primary_with_the_only_corrupt_copy_of_an_uncommitted_prepare() {
             "replica {replica}"
         );
     }
+}
+
+/// Commits `count` requests numbered from `first`, one at a time.
+fn commit_requests(cluster: &mut Cluster, session: u64, first: u32, count: u32) {
+    for number in first..first + count {
+        let request = request(session, number, format!("request {number}").as_bytes());
+        for _ in 0..50 {
+            cluster.send_request(&request);
+            if cluster.reply_to(&request).is_some() {
+                break;
+            }
+            cluster.run(10);
+        }
+        assert!(
+            cluster.reply_to(&request).is_some(),
+            "request {number} committed"
+        );
+    }
+}
+
+#[test]
+fn a_replica_opened_from_its_checkpoint_applies_only_the_ops_after_it() {
+    let mut cluster = Cluster::new(3, Bugs::none());
+    cluster.run(5);
+    let session = cluster.register();
+    commit_requests(&mut cluster, session, 1, 5);
+    cluster.run(20);
+    let checkpoint = cluster.replica(1).checkpoint().expect("a checkpoint");
+    assert!(
+        checkpoint.op >= 6,
+        "the register and five requests: op {}",
+        checkpoint.op
+    );
+    commit_requests(&mut cluster, session, 6, 3);
+    cluster.run(20);
+    cluster.crash(1);
+    cluster.checkpoints[1] = Some(checkpoint.clone());
+    cluster.start(1);
+    assert!(
+        cluster.replica(1).commit_min() >= checkpoint.op,
+        "ops up to the checkpoint count as applied at open"
+    );
+    commit_requests(&mut cluster, session, 9, 2);
+    cluster.run(50);
+    // Restored state plus the ops after the checkpoint, each once: the same as a replica that
+    // applied everything.
+    let expected = &cluster.replica(0).state_machine().applied;
+    assert_eq!(expected.len(), 10);
+    assert_eq!(&cluster.replica(1).state_machine().applied, expected);
+}
+
+#[test]
+fn a_checkpoint_of_another_log_is_ignored() {
+    let mut cluster = Cluster::new(3, Bugs::none());
+    cluster.run(5);
+    let session = cluster.register();
+    commit_requests(&mut cluster, session, 1, 4);
+    cluster.run(20);
+    let mut forged = cluster.replica(1).checkpoint().expect("a checkpoint");
+    // The op's checksum names another prepare, and the state carries an op never committed:
+    // used, it would show in the applied list.
+    forged.op_checksum ^= 1;
+    forged.machine = CountingStateMachine {
+        applied: vec![(1, b"never committed".to_vec())],
+    }
+    .snapshot()
+    .unwrap();
+    cluster.crash(1);
+    cluster.checkpoints[1] = Some(forged);
+    cluster.start(1);
+    assert_eq!(
+        cluster.replica(1).commit_min(),
+        0,
+        "applies its log from op 1"
+    );
+    commit_requests(&mut cluster, session, 5, 1);
+    cluster.run(50);
+    let expected = &cluster.replica(0).state_machine().applied;
+    assert_eq!(expected.len(), 5);
+    assert_eq!(&cluster.replica(1).state_machine().applied, expected);
 }

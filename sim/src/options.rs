@@ -77,6 +77,9 @@ pub struct Options {
     /// What the group runs: the plain test state machine, or one of Galgo's broker state
     /// machines under its own workload (and checks).
     pub workload: Workload,
+    /// A replica saves a checkpoint each time its commit passed this many ops since its last
+    /// one, and opens from it after a crash (0: never).
+    pub checkpoint_interval: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,6 +172,7 @@ impl Options {
             segment_journal: false,
             return_leadership: false,
             workload: Workload::Test,
+            checkpoint_interval: 0,
         };
         // Drawn last, so adding it left every earlier draw of a seed as it was.
         options.network.replay_old = percent(&mut prng, 5);
@@ -188,6 +192,7 @@ impl Options {
         if prng.chance(0.5) {
             options.network.replay_stale_acks = 0.2 + prng.unit() * 0.8;
         }
+        options.checkpoint_interval = *pick(&mut prng, &[0u64, 0, 4, 16, 64]);
         options
     }
 }

@@ -10,8 +10,8 @@ use galgo_consensus::prng::Prng;
 use galgo_consensus::quorums::Quorums;
 use galgo_consensus::recovery::{recover_journal, RecoveryBugs, SlotRead};
 use galgo_consensus::{
-    Action, Bug, Bugs, Command, Completion, Config, Header, IoId, Message, Peer, Replica, Status,
-    Timeouts,
+    Action, Bug, Bugs, Checkpoint, Command, Completion, Config, Header, IoId, Message, Peer,
+    Replica, Status, Timeouts,
 };
 
 use crate::broker_checker::BrokerChecker;
@@ -35,6 +35,9 @@ pub struct RunStats {
     pub acks: usize,
     pub crashes: u64,
     pub restarts: u64,
+    /// Checkpoints saved, and restarts that opened from one.
+    pub checkpoints: u64,
+    pub checkpoint_opens: u64,
     pub pauses: u64,
     pub view_max: u32,
     pub commit_max: u64,
@@ -52,6 +55,9 @@ pub struct Simulator {
     segments: Option<Vec<SegmentStore>>,
     replicas: Vec<Option<Replica<TestStateMachine>>>,
     paused: Vec<bool>,
+    /// Each replica's saved checkpoint, as its bytes (written whole and synced: a crash keeps
+    /// it; the storage fault rate may flip a byte of it), and the op it was taken at.
+    checkpoints: Vec<Option<(u64, Vec<u8>)>>,
     superblock_sequence: Vec<u64>,
     incarnation: u64,
     clients: Vec<Client>,
@@ -112,6 +118,7 @@ impl Simulator {
             disks,
             replicas: Vec::new(),
             paused: vec![false; n as usize],
+            checkpoints: vec![None; n as usize],
             superblock_sequence: vec![1; n as usize],
             incarnation: 0,
             clients,
@@ -189,13 +196,47 @@ impl Simulator {
         }
         self.incarnation += 1;
         let seed = self.options.seed ^ self.incarnation.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        Replica::open(
+        // A checkpoint that does not decode (a flipped byte) is as good as none.
+        let checkpoint = self.checkpoints[replica as usize]
+            .as_ref()
+            .and_then(|(_, bytes)| Checkpoint::decode(bytes).ok());
+        let opened = Replica::open_from(
             self.config(replica),
             TestStateMachine::new(self.options.workload),
             durable,
             recovered,
             seed,
-        )
+            checkpoint.as_ref(),
+        );
+        if opened.commit_min() > 0 {
+            self.stats.checkpoint_opens += 1;
+        }
+        opened
+    }
+
+    /// Saves a checkpoint of each running replica whose commit moved `checkpoint_interval`
+    /// ops past its last one.
+    fn save_checkpoints(&mut self) {
+        let interval = self.options.checkpoint_interval;
+        if interval == 0 {
+            return;
+        }
+        for r in 0..self.options.replica_count as usize {
+            let Some(replica) = self.replicas[r].as_ref() else {
+                continue;
+            };
+            let last = self.checkpoints[r].as_ref().map_or(0, |(op, _)| *op);
+            if replica.commit_min() < last + interval {
+                continue;
+            }
+            let Some(checkpoint) = replica.checkpoint() else {
+                continue;
+            };
+            let bytes = checkpoint.encode().expect("a small state");
+            assert_eq!(Checkpoint::decode(&bytes).as_ref(), Ok(&checkpoint));
+            self.checkpoints[r] = Some((checkpoint.op, bytes));
+            self.stats.checkpoints += 1;
+        }
     }
 
     /// What the slot disk holds for each op, read back as recovery sees it.
@@ -452,6 +493,13 @@ impl Simulator {
                     }
                     // Damage to durable records, where the atlas allows it.
                     let damage_p = self.options.storage.write_fault / 10.0;
+                    if let Some((_, bytes)) = self.checkpoints[index].as_mut() {
+                        // A checkpoint is a cache of work: damage only costs a longer open.
+                        if self.prng.chance(damage_p) {
+                            let at = self.prng.below(bytes.len() as u64) as usize;
+                            bytes[at] ^= 1 << self.prng.below(8);
+                        }
+                    }
                     if let Some(segments) = self.segments.as_mut() {
                         if self.replicas[index].is_some() && self.prng.chance(damage_p) {
                             let disk = &self.disks[index];
@@ -510,6 +558,7 @@ impl Simulator {
         let nodes: Vec<Node> = (0..replica_count).map(Node::Replica).collect();
         self.network.tick(self.now, &nodes);
         self.check()?;
+        self.save_checkpoints();
         if self.faults {
             self.tick_faults();
         }

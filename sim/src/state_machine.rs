@@ -143,6 +143,85 @@ impl StateMachine for TestStateMachine {
             partition.reset_projection();
         }
     }
+
+    /// Count, hash and applications, then the partition's and the metadata's own snapshots
+    /// (each a u32 size, `u32::MAX` for none). The history is the checker's, not state.
+    fn snapshot(&self) -> Option<Vec<u8>> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&self.count.to_le_bytes());
+        bytes.extend_from_slice(&self.hash.to_le_bytes());
+        bytes.extend_from_slice(&self.applications.to_le_bytes());
+        let parts = [
+            self.partition.as_ref().map(|p| p.snapshot()),
+            self.metadata.as_ref().map(|m| m.snapshot()),
+        ];
+        for part in parts {
+            match part {
+                None => bytes.extend_from_slice(&u32::MAX.to_le_bytes()),
+                Some(snapshot) => {
+                    let snapshot = snapshot?;
+                    bytes.extend_from_slice(&(snapshot.len() as u32).to_le_bytes());
+                    bytes.extend_from_slice(&snapshot);
+                }
+            }
+        }
+        Some(bytes)
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> bool {
+        let Some(fixed) = snapshot.get(..40) else {
+            return false;
+        };
+        let count = u64::from_le_bytes(fixed[..8].try_into().expect("8"));
+        let hash = u128::from_le_bytes(fixed[8..24].try_into().expect("16"));
+        let applications = u64::from_le_bytes(fixed[24..32].try_into().expect("8"));
+        let partition_size = u32::from_le_bytes(fixed[32..36].try_into().expect("4"));
+        let rest = &snapshot[36..];
+        let (partition, rest) = match split_part(rest, partition_size) {
+            Some(split) => split,
+            None => return false,
+        };
+        let Some(size) = rest.get(..4) else {
+            return false;
+        };
+        let metadata_size = u32::from_le_bytes(size.try_into().expect("4"));
+        let (metadata, rest) = match split_part(&rest[4..], metadata_size) {
+            Some(split) => split,
+            None => return false,
+        };
+        // Both parts as this workload has them, or the snapshot is not of this machine.
+        if !rest.is_empty()
+            || partition.is_some() != self.partition.is_some()
+            || metadata.is_some() != self.metadata.is_some()
+        {
+            return false;
+        }
+        if let (Some(bytes), Some(machine)) = (partition, self.partition.as_mut()) {
+            if !machine.restore(bytes) {
+                return false;
+            }
+        }
+        if let (Some(bytes), Some(machine)) = (metadata, self.metadata.as_mut()) {
+            if !machine.restore(bytes) {
+                return false;
+            }
+        }
+        self.count = count;
+        self.hash = hash;
+        self.applications = applications;
+        self.projected_applications = applications;
+        true
+    }
+}
+
+/// A part of `bytes` of `size` bytes (`u32::MAX`: no part) and what follows it.
+fn split_part(bytes: &[u8], size: u32) -> Option<(Option<&[u8]>, &[u8])> {
+    if size == u32::MAX {
+        return Some((None, bytes));
+    }
+    let size = size as usize;
+    let part = bytes.get(..size)?;
+    Some((Some(part), &bytes[size..]))
 }
 
 #[cfg(test)]

@@ -146,6 +146,22 @@ impl MetadataMachine {
 }
 
 impl StateMachine for MetadataMachine {
+    fn snapshot(&self) -> Option<Vec<u8>> {
+        self.metadata.encode_snapshot().ok()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> bool {
+        match Metadata::decode_snapshot(snapshot, self.metadata.limits.clone()) {
+            Ok(metadata) => {
+                self.metadata = metadata;
+                // The placements may be any others now.
+                self.placements_version += 1;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     fn apply(&mut self, _op: u64, timestamp: u64, _operation: u8, body: &[u8]) -> Vec<u8> {
         let op = match MetadataOp::decode(body) {
             Ok(op) => op,

@@ -125,6 +125,25 @@ impl StateMachine for PartitionMachine {
         self.projected = self.committed.clone();
     }
 
+    fn snapshot(&self) -> Option<Vec<u8>> {
+        self.committed.encode_snapshot().ok()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> bool {
+        let limits = (
+            self.committed.consumers_max,
+            self.committed.producers.producers_max,
+        );
+        match PartitionState::decode_snapshot(snapshot, limits.0, limits.1) {
+            Ok(state) => {
+                self.projected = state.clone();
+                self.committed = state;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     fn apply(&mut self, op: u64, _timestamp: u64, operation: u8, body: &[u8]) -> Vec<u8> {
         if operation != OPERATION_BROKER {
             // Prepared as a refusal; changes nothing (and `messages_of` counts no messages).
@@ -168,6 +187,33 @@ mod tests {
 
     fn reply(bytes: &[u8]) -> PartitionReply {
         PartitionReply::decode(bytes).unwrap()
+    }
+
+    #[test]
+    fn a_restored_snapshot_is_the_committed_and_the_projected_state() {
+        let mut primary = PartitionMachine::new(PartitionState::new(16, 16));
+        primary.reset_projection();
+        for (op, count) in [(1u64, 3u32), (2, 4)] {
+            let prepared = primary.prepare(op, op * 1_000, 16, Bytes::from(append(count, None)));
+            primary.apply(op, op * 1_000, 16, &prepared);
+        }
+        let snapshot = primary.snapshot().expect("a partition keeps snapshots");
+        let mut restored = PartitionMachine::new(PartitionState::new(16, 16));
+        assert!(restored.restore(&snapshot));
+        assert_eq!(restored.state(), primary.state());
+        assert_eq!(restored.state().next_offset, 7);
+        // The projection starts from the restored state: the next batch follows offset 6.
+        let prepared = restored.prepare(3, 3_000, 16, Bytes::from(append(1, None)));
+        let (stamped, _) = PartitionOp::decode(&prepared).unwrap();
+        assert!(matches!(
+            stamped,
+            PartitionOp::Append { base_offset: 7, .. }
+        ));
+        // Bytes that are not a snapshot change nothing.
+        let before = restored.state().clone();
+        assert!(!restored.restore(&snapshot[..snapshot.len() - 1]));
+        assert!(!restored.restore(b"garbage"));
+        assert_eq!(restored.state(), &before);
     }
 
     #[test]
