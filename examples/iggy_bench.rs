@@ -32,6 +32,9 @@ struct Options {
     /// Bytes per message.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     message_size: u32,
+    /// Keep the bench's stream and its messages at the end (to measure a restart with data).
+    #[arg(long)]
+    keep: bool,
 }
 
 fn report(what: &str, bytes: u64, messages: u64, elapsed: Duration, latency: &Histogram<u64>) {
@@ -159,6 +162,10 @@ async fn main() -> Result<(), String> {
         &latency,
     );
     println!("  Iggy on this machine: 1346 MB/s pinned consumer");
+    if options.keep {
+        println!("stream {name} kept");
+        return Ok(());
+    }
     client
         .delete_stream(&stream)
         .await

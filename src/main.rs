@@ -130,7 +130,7 @@ fn main() -> ExitCode {
             Ok(config) => config,
             Err(code) => return code,
         };
-        return match serve_clients(&config, *verbose) {
+        return match serve_clients(&config, *verbose, None) {
             Ok(()) => loop {
                 std::thread::park();
             },
@@ -211,7 +211,7 @@ fn run(config: Config, dev: bool) -> ExitCode {
         config.replica.data_dir.display()
     );
     if dev {
-        if serve_clients(&config, false).is_err() {
+        if serve_clients(&config, false, Some(shards_ready)).is_err() {
             return ExitCode::FAILURE;
         }
     } else if !config.replica.http_address.is_empty() {
@@ -304,12 +304,25 @@ fn client_addresses(config: &Config) -> Vec<(u8, std::net::SocketAddr)> {
 
 /// What a gateway process (`galgo gateway`, or inside `galgo dev`) runs: the root user set
 /// if the cluster has no user, the Iggy-protocol gateway, and HTTP on `gateway.http_address`.
-fn serve_clients(config: &Config, verbose: bool) -> Result<(), ()> {
+/// Inside `galgo dev` (`local_shards`) `/readyz` also waits for the node's own partition
+/// groups, so a dev server that is still opening its logs is not ready.
+fn serve_clients(
+    config: &Config,
+    verbose: bool,
+    local_shards: Option<std::sync::Arc<readiness::ShardsReadiness>>,
+) -> Result<(), ()> {
     let (cluster, nodes) = (u128::from(config.cluster.id), client_addresses(config));
     let root_nodes = nodes.clone();
     std::thread::spawn(move || set_root_user(cluster, root_nodes));
     start_gateway(config, verbose)?;
-    let probe = readiness::gateway_probe(cluster, random_u128(), nodes);
+    let mut gateway = readiness::gateway_probe(cluster, random_u128(), nodes);
+    let probe: http::Probe = match local_shards {
+        None => gateway,
+        Some(shards) => Box::new(move || {
+            gateway()?;
+            readiness::local_partitions_ready(&shards)
+        }),
+    };
     start_http(&config.gateway.http_address, probe)
 }
 

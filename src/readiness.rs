@@ -98,13 +98,19 @@ pub fn replica_probe(
             Ok(None) => return Err("the metadata replica is not running yet".to_string()),
             Err(error) => return Err(format!("the node's client port does not answer: {error}")),
         }
-        match shards.partitions_not_ready()? {
-            0 => Ok(()),
-            count => Err(format!(
-                "{count} partition groups are opening, changing view or catching up"
-            )),
-        }
+        local_partitions_ready(&shards)
     })
+}
+
+/// Ready when every shard of this node reported each partition group placed on it serving
+/// (and shard 0 its metadata applied and published).
+pub fn local_partitions_ready(shards: &ShardsReadiness) -> Result<(), String> {
+    match shards.partitions_not_ready()? {
+        0 => Ok(()),
+        count => Err(format!(
+            "{count} partition groups are opening, changing view or catching up"
+        )),
+    }
 }
 
 #[cfg(test)]

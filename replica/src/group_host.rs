@@ -14,6 +14,7 @@ use galgo_consensus::{Action, Completion, IoId, Message, Peer, Replica, StateMac
 use galgo_storage::Disk;
 
 use crate::bus::Bus;
+use crate::checkpoint_store::CheckpointStore;
 use crate::journal::{SegmentJournal, WriteOutcome};
 use crate::view_state::ViewStateStore;
 
@@ -83,6 +84,18 @@ pub struct GroupHost<S: StateMachine, D: Disk + 'static> {
     pub replies: RefCell<VecDeque<Message>>,
     pub replies_max: usize,
     pub replies_dropped: std::cell::Cell<u64>,
+    /// Where and how often the group saves checkpoints (none: it never does).
+    checkpointing: RefCell<Option<Checkpointing<D>>>,
+}
+
+/// A group's checkpoints: the store (taken by the one save in flight) and when the next is due.
+struct Checkpointing<D: Disk + 'static> {
+    disk: &'static D,
+    store: Rc<RefCell<Option<CheckpointStore>>>,
+    interval: u64,
+    /// The commit at which the next save starts (moved on at each start, so a failing disk
+    /// is tried once per interval, not on every tick).
+    next_due: std::cell::Cell<u64>,
 }
 
 impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
@@ -112,6 +125,7 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
             replies: RefCell::new(VecDeque::new()),
             replies_max: 4096,
             replies_dropped: std::cell::Cell::new(0),
+            checkpointing: RefCell::new(None),
         });
         if ticks == Ticks::Own {
             let ticker = Rc::downgrade(&host);
@@ -140,6 +154,55 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
         host
     }
 
+    /// Saves a checkpoint into `store` each time the group's commit moved `interval` ops past
+    /// the last one (on a tick, the save in its own task).
+    pub fn keep_checkpoints(&self, disk: &'static D, store: CheckpointStore, interval: u64) {
+        assert!(interval > 0);
+        let next_due = store.op() + interval;
+        *self.checkpointing.borrow_mut() = Some(Checkpointing {
+            disk,
+            store: Rc::new(RefCell::new(Some(store))),
+            interval,
+            next_due: std::cell::Cell::new(next_due),
+        });
+    }
+
+    fn save_checkpoint_if_due(&self, replica: &Replica<S>) {
+        let checkpointing = self.checkpointing.borrow();
+        let Some(checkpointing) = checkpointing.as_ref() else {
+            return;
+        };
+        if replica.commit_min() < checkpointing.next_due.get() {
+            return;
+        }
+        let Some(mut store) = checkpointing.store.borrow_mut().take() else {
+            return; // A save is in flight.
+        };
+        let Some(checkpoint) = replica.checkpoint().filter(|c| c.op > store.op()) else {
+            *checkpointing.store.borrow_mut() = Some(store);
+            return;
+        };
+        checkpointing
+            .next_due
+            .set(checkpoint.op + checkpointing.interval);
+        let (slot, disk, group) = (
+            checkpointing.store.clone(),
+            checkpointing.disk,
+            replica.group(),
+        );
+        monoio::spawn(async move {
+            // Not fatal, even a failed sync: the file is checked when read, and the log keeps
+            // every op, so a checkpoint lost costs only a longer open.
+            if let Err(error) = store.save(disk, &checkpoint).await {
+                eprintln!(
+                    "galgo: group {group}: the checkpoint at op {} was not saved: {error}",
+                    checkpoint.op
+                );
+            }
+            *slot.borrow_mut() = Some(store);
+        });
+    }
+
     /// The group's journal (its log), for reads of committed records.
     pub fn journal(&self) -> &Rc<SegmentJournal<'static, D>> {
         &self.journal
@@ -160,6 +223,7 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
                     // headers; a node does not, and must not let them pile up.
                     let _ = self.journal.take_cuts();
                     let _ = replica.take_committed();
+                    self.save_checkpoint_if_due(&replica);
                     replica.on_tick(realtime)
                 }
                 Event::Message(message) => replica.on_message(message),

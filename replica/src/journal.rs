@@ -20,8 +20,9 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use futures_channel::oneshot;
+use galgo_consensus::header::HEADER_SIZE;
 use galgo_consensus::recovery::{recover_journal, RecoveredJournal, RecoveryBugs, SlotRead};
-use galgo_consensus::{DurableState, Header, Message};
+use galgo_consensus::{Command, DurableState, Header, Message};
 use galgo_storage::{Disk, EntryMeta, LogConfig, PartitionLog, StorageError};
 
 /// Writes held above the log's end, at most: the core keeps at most this many slot writes in
@@ -79,7 +80,11 @@ pub struct SegmentJournal<'d, D: Disk> {
 impl<'d, D: Disk> SegmentJournal<'d, D> {
     /// Opens the log in `config.dir` and rebuilds the core's journal from it and the durable
     /// view state. Ops the rebuilt journal does not keep (a view change had replaced them
-    /// before the crash) are cut from the log.
+    /// before the crash) are cut from the log. Ops up to `checkpoint_op` (committed ones a
+    /// checkpoint covers, so they are not applied again) are known by their prepare header
+    /// alone, read and checked by its own checksum: the rest of those records is verified by
+    /// the reads that need it (a repair, a poll). Every op above it is read and verified whole.
+    #[allow(clippy::too_many_arguments)]
     pub async fn open(
         disk: &'d D,
         config: LogConfig,
@@ -88,6 +93,7 @@ impl<'d, D: Disk> SegmentJournal<'d, D> {
         ops_max: u64,
         messages_of: MessagesOf,
         recovery_bugs: RecoveryBugs,
+        checkpoint_op: u64,
     ) -> Result<(SegmentJournal<'d, D>, RecoveredJournal), StorageError> {
         let (log, report) = PartitionLog::open(disk, config, 1, 0).await?;
         let mut faulty: Vec<u64> = report.faulty.iter().map(|f| f.op).collect();
@@ -97,11 +103,13 @@ impl<'d, D: Disk> SegmentJournal<'d, D> {
             let read = if faulty.contains(&op) {
                 (SlotRead::Acknowledged, SlotRead::Corrupt)
             } else {
-                match read_message(&log, op).await {
-                    Some(message) => (
-                        SlotRead::Valid(message.header),
-                        SlotRead::Valid(message.header),
-                    ),
+                let read = if op <= checkpoint_op {
+                    read_header(&log, op).await
+                } else {
+                    read_message(&log, op).await.map(|message| message.header)
+                };
+                match read {
+                    Some(header) => (SlotRead::Valid(header), SlotRead::Valid(header)),
                     None => {
                         // Intact to the log, yet not this op's prepare: faulty, repair it.
                         log.mark_faulty(op).await?;
@@ -394,6 +402,16 @@ impl<D: Disk> Drop for WritingGuard<'_, '_, D> {
     }
 }
 
+/// `op`'s prepare header read alone, checked by its own checksum and against the index entry
+/// (the body is not read: its checksum, in the header, is verified by whole reads).
+async fn read_header<D: Disk>(log: &PartitionLog<'_, D>, op: u64) -> Option<Header> {
+    let (meta, bytes) = log.read_head(op, HEADER_SIZE as u32).await.ok()?;
+    let raw: &[u8; HEADER_SIZE] = bytes.get(..HEADER_SIZE)?.try_into().ok()?;
+    let header = Header::decode(raw).ok()?;
+    (header.op == op && header.checksum == meta.checksum && header.command == Command::Prepare)
+        .then_some(header)
+}
+
 async fn read_message<D: Disk>(log: &PartitionLog<'_, D>, op: u64) -> Option<Message> {
     let record = log.read(op).await.ok()?;
     let message = Message::decode_bytes(record.payload).ok()?;
@@ -456,6 +474,7 @@ mod tests {
             OPS_MAX,
             no_messages,
             RecoveryBugs::default(),
+            0,
         )
         .await
         .unwrap()

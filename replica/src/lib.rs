@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod bus;
+pub mod checkpoint_store;
 pub mod client_port;
 pub mod client_protocol;
 pub mod codec;

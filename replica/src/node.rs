@@ -23,6 +23,7 @@ use galgo_consensus::{
 use galgo_storage::{FileDisk, LogConfig, StorageError};
 
 use crate::bus::{Bus, BusConfig};
+use crate::checkpoint_store::{CheckpointStore, CHECKPOINT_INTERVAL_OPS};
 use crate::client_port::{self, ClientTable, RequestHandler};
 use crate::client_protocol::{
     GroupStatus, GroupStatusQuery, MetadataAnswer, MetadataQuery, PartitionRoute, PollQuery,
@@ -600,7 +601,8 @@ impl Node {
     /// Partition groups the applied metadata places on this shard that are not serving yet:
     /// not open, changing view, or applied more than `CATCH_UP_LAG_MAX` ops below what they
     /// know is committed (catching up after a restart; under load a replica applies a
-    /// pipeline or so behind). 0 means this shard's share of the node is ready.
+    /// pipeline or so behind), plus one on shard 0 while its metadata replica is applying or
+    /// its placements are unpublished. 0 means this shard's share of the node is ready.
     pub fn partitions_not_ready(&self) -> usize {
         let placed: Vec<u64> = self
             .placements
@@ -611,18 +613,29 @@ impl Node {
             .copied()
             .filter(|group| shard_of(*group, self.shards) == self.shard)
             .collect();
+        // Shard 0 also waits for its metadata replica to apply what it knows is committed and
+        // for the placements of that state to be published: until then `placed` may be empty
+        // or old (a node that just opened would look ready before knowing its groups).
+        let metadata_behind = self.metadata.as_ref().map_or(0, |metadata| {
+            let replica = metadata.replica.borrow();
+            let version = replica.state_machine().placements_version;
+            let behind = replica.commit_min() < replica.commit_max()
+                || self.metadata_placements_seen.get() != Some(version);
+            usize::from(behind)
+        });
         let partitions = self.partitions.borrow();
-        placed
-            .iter()
-            .filter(|group| match partitions.get(group) {
-                None => true,
-                Some(host) => {
-                    let replica = host.replica.borrow();
-                    replica.status() != galgo_consensus::Status::Normal
-                        || replica.commit_min() + CATCH_UP_LAG_MAX < replica.commit_max()
-                }
-            })
-            .count()
+        metadata_behind
+            + placed
+                .iter()
+                .filter(|group| match partitions.get(group) {
+                    None => true,
+                    Some(host) => {
+                        let replica = host.replica.borrow();
+                        replica.status() != galgo_consensus::Status::Normal
+                            || replica.commit_min() + CATCH_UP_LAG_MAX < replica.commit_max()
+                    }
+                })
+                .count()
     }
 
     /// The partition groups this node runs, with whether it leads each.
@@ -803,6 +816,9 @@ async fn open_group<S: StateMachine + 'static>(
     let (view_state, durable) = ViewStateStore::open(disk, &format!("superblock-{group}"))
         .await
         .map_err(|e| NodeError::Storage(format!("group {group}: superblock"), e))?;
+    let (checkpoints, checkpoint) = CheckpointStore::open(disk, format!("checkpoint-{group}"))
+        .await
+        .map_err(|e| NodeError::Storage(format!("group {group}: checkpoint"), e))?;
     let (journal, recovered) = SegmentJournal::open(
         disk,
         LogConfig {
@@ -814,6 +830,7 @@ async fn open_group<S: StateMachine + 'static>(
         OPS_MAX,
         messages_of,
         RecoveryBugs::default(),
+        checkpoint.as_ref().map_or(0, |c| c.op),
     )
     .await
     .map_err(|e| NodeError::Storage(format!("group {group}: log"), e))?;
@@ -832,8 +849,15 @@ async fn open_group<S: StateMachine + 'static>(
         timeouts: Timeouts::default(),
         bugs: Bugs::none(),
     };
-    let replica = Replica::open(config, machine, durable, recovered, seed(me, group));
-    Ok(GroupHost::start(
+    let replica = Replica::open_from(
+        config,
+        machine,
+        durable,
+        recovered,
+        seed(me, group),
+        checkpoint.as_ref(),
+    );
+    let host = GroupHost::start(
         replica,
         journal,
         view_state,
@@ -841,5 +865,7 @@ async fn open_group<S: StateMachine + 'static>(
         placement.members.clone(),
         Some(sink),
         Ticks::Delivered,
-    ))
+    );
+    host.keep_checkpoints(disk, checkpoints, CHECKPOINT_INTERVAL_OPS);
+    Ok(host)
 }

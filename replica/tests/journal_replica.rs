@@ -83,6 +83,7 @@ impl<'d> Host<'d> {
             OPS_MAX,
             no_messages,
             RecoveryBugs::default(),
+            0,
         )
         .await
         .unwrap();

@@ -128,6 +128,7 @@ async fn start_node(
         OPS_MAX,
         no_messages,
         RecoveryBugs::default(),
+        0,
     )
     .await
     .unwrap();

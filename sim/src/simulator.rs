@@ -171,10 +171,20 @@ impl Simulator {
             truncate_at_first_corrupt: self.bugs.has(Bug::TruncateAtFirstCorrupt),
         };
         let root = Header::root(CLUSTER, GROUP);
+        // A checkpoint that does not decode (a flipped byte) is as good as none.
+        let checkpoint = self.checkpoints[replica as usize]
+            .as_ref()
+            .and_then(|(_, bytes)| Checkpoint::decode(bytes).ok());
+        let checkpoint_op = checkpoint.as_ref().map_or(0, |c| c.op);
         let recovered = match self.segments.as_mut() {
             Some(segments) => {
-                let recovered =
-                    segments[replica as usize].open(&durable, root, OPS_MAX, recovery_bugs);
+                let recovered = segments[replica as usize].open(
+                    &durable,
+                    root,
+                    OPS_MAX,
+                    recovery_bugs,
+                    checkpoint_op,
+                );
                 for after_op in segments[replica as usize].take_cuts() {
                     self.checker.on_prepares_cut(replica, after_op);
                 }
@@ -196,10 +206,6 @@ impl Simulator {
         }
         self.incarnation += 1;
         let seed = self.options.seed ^ self.incarnation.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        // A checkpoint that does not decode (a flipped byte) is as good as none.
-        let checkpoint = self.checkpoints[replica as usize]
-            .as_ref()
-            .and_then(|(_, bytes)| Checkpoint::decode(bytes).ok());
         let opened = Replica::open_from(
             self.config(replica),
             TestStateMachine::new(self.options.workload),

@@ -595,6 +595,28 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
         })
     }
 
+    /// The first `len` bytes (at most) of `op`'s payload, read without verifying the record:
+    /// for a caller that checks what it reads itself (a prepare header's own checksum) and
+    /// leaves the rest of the record to the reads that need it, which verify it.
+    pub async fn read_head(&self, op: u64, len: u32) -> Result<(EntryMeta, Vec<u8>), StorageError> {
+        let entry = self.entry(op).await?;
+        let log = {
+            let state = self.state.borrow();
+            state.segment_of(op).ok_or(StorageError::NotFound(op))?.log
+        };
+        let head = len.min(entry.length) as usize;
+        let at = entry.position + RECORD_HEADER_SIZE;
+        let bytes = match self.disk.read_at(log, at, head).await {
+            Ok(bytes) => bytes,
+            Err(DiskError::ReadFailed { .. } | DiskError::ShortRead { .. }) => {
+                return Err(self.found_faulty(entry));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        assert_eq!(bytes.len(), head);
+        Ok((entry.meta, bytes))
+    }
+
     /// The op whose batch holds message `offset`; the first op when `offset` precedes the log
     /// (retention deleted it); `None` when `offset` is at or past the end.
     pub async fn find_offset(&self, offset: u64) -> Result<Option<u64>, StorageError> {

@@ -1,0 +1,111 @@
+//! A group's checkpoints on disk: the consensus core's `Checkpoint`, encoded, in the storage
+//! crate's pair of snapshot files in the group's checkpoint directory, written in turn so a
+//! crash during a write leaves the previous one. A checkpoint only saves work when the group
+//! opens (the log keeps every op), so a missing or damaged one costs time, never data: the
+//! group then applies its log from an older checkpoint or from op 1.
+
+use galgo_consensus::Checkpoint;
+use galgo_storage::disk::parent;
+use galgo_storage::snapshot::{read_newest_snapshot, write_snapshot, SnapshotRef};
+use galgo_storage::{Disk, StorageError};
+
+/// Committed ops between two checkpoints of a group: at most this many are applied again
+/// when it opens (each a read of its whole record).
+pub const CHECKPOINT_INTERVAL_OPS: u64 = 256;
+
+pub struct CheckpointStore {
+    dir: String,
+    /// The newest intact checkpoint file (the next write goes to the other one).
+    current: Option<SnapshotRef>,
+}
+
+impl CheckpointStore {
+    /// Opens (creating) the directory `dir` and reads the newest intact checkpoint in it.
+    pub async fn open<D: Disk>(
+        disk: &D,
+        dir: String,
+    ) -> Result<(CheckpointStore, Option<Checkpoint>), StorageError> {
+        disk.create_dir_all(&dir).await?;
+        disk.sync_dir(parent(&dir)).await?;
+        let (current, checkpoint) = match read_newest_snapshot(disk, &dir).await? {
+            None => (None, None),
+            Some((reference, body)) => match Checkpoint::decode(&body) {
+                Ok(checkpoint) if checkpoint.op == reference.op => {
+                    (Some(reference), Some(checkpoint))
+                }
+                // Intact as a file, yet not a checkpoint of that op: as good as none.
+                _ => (Some(reference), None),
+            },
+        };
+        Ok((CheckpointStore { dir, current }, checkpoint))
+    }
+
+    /// The op of the newest checkpoint saved (0: none).
+    pub fn op(&self) -> u64 {
+        self.current.map_or(0, |current| current.op)
+    }
+
+    /// Makes `checkpoint` durable as the newest one; the previous one stays intact until it
+    /// is. An error leaves the previous one the newest.
+    pub async fn save<D: Disk>(
+        &mut self,
+        disk: &D,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StorageError> {
+        assert!(checkpoint.op > self.op(), "checkpoints move forward");
+        let bytes = checkpoint
+            .encode()
+            .map_err(|error| StorageError::Invalid(format!("checkpoint: {error}")))?;
+        let reference =
+            write_snapshot(disk, &self.dir, self.current, checkpoint.op, &bytes).await?;
+        assert_eq!(reference.op, checkpoint.op);
+        self.current = Some(reference);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use galgo_storage::file_disk::block_on;
+    use galgo_storage::MemoryDisk;
+
+    fn checkpoint(op: u64) -> Checkpoint {
+        Checkpoint {
+            op,
+            op_checksum: u128::from(op) * 7,
+            sessions: vec![op as u8; 3],
+            machine: vec![1, 2, op as u8],
+        }
+    }
+
+    #[test]
+    fn the_newest_checkpoint_survives_a_reopen_and_a_damaged_one_falls_back() {
+        let disk = MemoryDisk::new(31);
+        block_on(async {
+            let (mut store, found) = CheckpointStore::open(&disk, "checkpoint-5".into())
+                .await
+                .unwrap();
+            assert_eq!((found, store.op()), (None, 0));
+            store.save(&disk, &checkpoint(10)).await.unwrap();
+            store.save(&disk, &checkpoint(20)).await.unwrap();
+            let (store, found) = CheckpointStore::open(&disk, "checkpoint-5".into())
+                .await
+                .unwrap();
+            assert_eq!((found, store.op()), (Some(checkpoint(20)), 20));
+            // The newer file damaged: the older checkpoint, not an error.
+            let newer = store.current.unwrap().file;
+            disk.corrupt(&format!("checkpoint-5/snapshot.{newer}"), 70);
+            let (mut store, found) = CheckpointStore::open(&disk, "checkpoint-5".into())
+                .await
+                .unwrap();
+            assert_eq!((found, store.op()), (Some(checkpoint(10)), 10));
+            // The next save replaces the damaged file, never the intact one.
+            store.save(&disk, &checkpoint(30)).await.unwrap();
+            let (_, found) = CheckpointStore::open(&disk, "checkpoint-5".into())
+                .await
+                .unwrap();
+            assert_eq!(found, Some(checkpoint(30)));
+        });
+    }
+}
