@@ -33,21 +33,24 @@ impl RequestBody {
     /// Spare bytes before the body: an append's head (the body's own leading bytes add more).
     pub const HEADROOM: usize = galgo_replica::partition::ops::APPEND_HEAD_SIZE;
 
-    /// A body of `len` zero bytes, to be read into (`as_mut`).
-    fn zeroed(len: usize) -> RequestBody {
-        RequestBody {
-            buffer: vec![0u8; Self::HEADROOM + len],
+    /// A body of exactly `len` bytes read from `stream`. The buffer is not zeroed first (a
+    /// socket reads into its spare capacity): zeroing 1 MB per send was 5 % of the gateway's
+    /// time. `UnexpectedEof` if the stream ends before `len` bytes.
+    fn read_from(stream: &mut impl Read, len: usize) -> std::io::Result<RequestBody> {
+        let mut buffer = Vec::with_capacity(Self::HEADROOM + len);
+        buffer.resize(Self::HEADROOM, 0);
+        stream.take(len as u64).read_to_end(&mut buffer)?;
+        if buffer.len() != Self::HEADROOM + len {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
+        Ok(RequestBody { buffer })
     }
 
     pub fn from_slice(body: &[u8]) -> RequestBody {
-        let mut owned = RequestBody::zeroed(body.len());
-        owned.buffer[Self::HEADROOM..].copy_from_slice(body);
-        owned
-    }
-
-    fn as_mut(&mut self) -> &mut [u8] {
-        &mut self.buffer[Self::HEADROOM..]
+        let mut buffer = Vec::with_capacity(Self::HEADROOM + body.len());
+        buffer.resize(Self::HEADROOM, 0);
+        buffer.extend_from_slice(body);
+        RequestBody { buffer }
     }
 
     /// The buffer from `head.len()` bytes before the body's byte `at` to its end, with
@@ -130,8 +133,8 @@ pub fn read_request(stream: &mut impl Read, size_max: u32) -> Result<Request, Fr
     if (size as usize) < HEADER_SIZE || size > size_max {
         return Err(FrameError::BadSize(u64::from(size)));
     }
-    let mut body = RequestBody::zeroed(size as usize - HEADER_SIZE);
-    stream.read_exact(body.as_mut()).map_err(FrameError::Io)?;
+    let body =
+        RequestBody::read_from(stream, size as usize - HEADER_SIZE).map_err(FrameError::Io)?;
     parse(&header, body)
 }
 
@@ -305,6 +308,14 @@ mod tests {
             read_request(&mut &frame[..0], 1 << 20),
             Err(FrameError::Closed)
         ));
+        // A body cut short: an error, never a body padded out to its size.
+        let frame = request_frame(128, 0, &[5u8; 300], true);
+        assert!(matches!(
+            read_request(&mut &frame[..HEADER_SIZE + 299], 1 << 20),
+            Err(FrameError::Io(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof
+        ));
+        let request = read_request(&mut frame.as_slice(), 1 << 20).unwrap();
+        assert_eq!(&request.body[..], &[5u8; 300][..]);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use galgo_consensus::header::HEADER_SIZE;
 use galgo_consensus::message::BODY_SIZE_MAX;
 use galgo_consensus::{Header, Message};
+use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncReadRentExt};
 
 // Returned once per frame and matched at once: boxing the message would only add an allocation.
@@ -32,13 +33,18 @@ pub async fn read_frame<S: AsyncReadRent>(stream: &mut S, cluster: u128) -> Fram
         return FrameRead::Rejected;
     }
     // The body is read into its own buffer and kept as the message's body, not copied.
+    // Into spare capacity, not a zeroed buffer (zeroing 1 MB per frame was 7 % of a shard's
+    // time under a 1 MB-batch producer).
     let mut body = Vec::new();
-    if size > HEADER_SIZE {
-        let (read, read_body) = stream.read_exact(vec![0u8; size - HEADER_SIZE]).await;
+    let body_len = size - HEADER_SIZE;
+    if body_len > 0 {
+        let buffer = Vec::with_capacity(body_len).slice_mut(0..body_len);
+        let (read, read_body) = stream.read_exact(buffer).await;
         if read.is_err() {
             return FrameRead::Closed;
         }
-        body = read_body;
+        body = read_body.into_inner();
+        assert_eq!(body.len(), body_len);
     }
     match Message::from_parts(header, body.into()) {
         Ok(message) => FrameRead::Message(message),
