@@ -136,18 +136,30 @@ fn encode_offset_and_timestamp(bytes: &mut [u8], meta: &EntryMeta) {
 
 /// The 64-byte header of a record carrying `payload`.
 pub fn encode_record_header(meta: &EntryMeta, payload: &[u8]) -> [u8; RECORD_HEADER_SIZE as usize] {
-    assert!(payload.len() <= PAYLOAD_SIZE_MAX as usize);
+    encode_record_header_parts(meta, &[payload])
+}
+
+/// `encode_record_header` of the payload made of `parts` in order.
+pub fn encode_record_header_parts(
+    meta: &EntryMeta,
+    parts: &[&[u8]],
+) -> [u8; RECORD_HEADER_SIZE as usize] {
+    let payload_len: usize = parts.iter().map(|part| part.len()).sum();
+    assert!(payload_len <= PAYLOAD_SIZE_MAX as usize);
     let mut bytes = [0u8; RECORD_HEADER_SIZE as usize];
     bytes[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
-    bytes[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    bytes[4..8].copy_from_slice(&(payload_len as u32).to_le_bytes());
     bytes[8..16].copy_from_slice(&meta.op.to_le_bytes());
     bytes[16..32].copy_from_slice(&meta.checksum.to_le_bytes());
     encode_offset_and_timestamp(&mut bytes, meta);
     bytes[48..52].copy_from_slice(&meta.message_count.to_le_bytes());
-    let checksum = checksum64(&[&bytes[0..56], payload]);
+    let mut hashed: Vec<&[u8]> = Vec::with_capacity(1 + parts.len());
+    hashed.push(&bytes[0..56]);
+    hashed.extend_from_slice(parts);
+    let checksum = checksum64(&hashed);
     bytes[56..64].copy_from_slice(&checksum.to_le_bytes());
     let decoded = decode_record_header(&bytes).expect("an encoded header decodes");
-    assert_eq!(decoded, (*meta, payload.len() as u32));
+    assert_eq!(decoded, (*meta, payload_len as u32));
     bytes
 }
 

@@ -169,7 +169,7 @@ impl Stages {
 
 /// Payload bytes of `group`'s appends (what the write stage's byte limit counts).
 fn payload_bytes(group: &[Pending]) -> u64 {
-    group.iter().map(|p| p.payload.len() as u64).sum()
+    group.iter().map(|p| p.payload_len() as u64).sum()
 }
 
 /// Whether `error` leaves the log unusable until a reopen.
@@ -391,7 +391,7 @@ impl<D: Disk> PartitionLog<'_, D> {
         let mut layout: Vec<(usize, IndexEntry)> = Vec::with_capacity(group.len());
         let mut end = self.state.borrow().written_end;
         for pending in &group {
-            let size = RECORD_HEADER_SIZE + pending.payload.len() as u64;
+            let size = RECORD_HEADER_SIZE + pending.payload_len() as u64;
             // A segment with records seals when the next one would pass the size.
             let roll = end > FILE_HEADER_SIZE && end + size > self.config.segment_size;
             if roll {
@@ -415,7 +415,7 @@ impl<D: Disk> PartitionLog<'_, D> {
             let entry = IndexEntry {
                 meta: pending.meta,
                 position: end,
-                length: pending.payload.len() as u32,
+                length: pending.payload_len() as u32,
             };
             end = entry.record_end();
             layout.push((index, entry));
@@ -475,6 +475,7 @@ impl<D: Disk> PartitionLog<'_, D> {
         }
         for (_, pending) in records {
             parts.push(&pending.header);
+            parts.push(&pending.payload_head);
             parts.push(&pending.payload);
         }
         let stream = Stream {
@@ -521,10 +522,13 @@ impl<D: Disk> PartitionLog<'_, D> {
         for (entry, pending) in records {
             buffer_start.get_or_insert(entry.position);
             buffer.extend_from_slice(&pending.header);
+            buffer.extend_from_slice(&pending.payload_head);
             if pending.payload.len() >= PAYLOAD_COPY_MAX {
                 let at = buffer_start.take().expect("set above");
                 chunks.push((at, buffer.split().freeze()));
-                chunks.push((entry.position + RECORD_HEADER_SIZE, pending.payload.clone()));
+                let body_at =
+                    entry.position + RECORD_HEADER_SIZE + pending.payload_head.len() as u64;
+                chunks.push((body_at, pending.payload.clone()));
             } else {
                 buffer.extend_from_slice(&pending.payload);
             }
@@ -714,6 +718,7 @@ mod tests {
         (
             Pending {
                 meta,
+                payload_head: Bytes::new(),
                 payload,
                 header,
                 done,

@@ -18,7 +18,7 @@ use futures_channel::oneshot;
 use crate::disk::{Disk, DiskError};
 use crate::error::StorageError;
 use crate::format::{
-    encode_index_entry, encode_record, encode_record_header, verified_payload, EntryMeta,
+    encode_index_entry, encode_record, encode_record_header_parts, verified_payload, EntryMeta,
     IndexEntry, PAYLOAD_SIZE_MAX, RECORD_HEADER_SIZE,
 };
 use crate::recovery::{
@@ -90,10 +90,20 @@ impl Appending {
 
 pub(crate) struct Pending {
     pub(crate) meta: EntryMeta,
+    /// The payload is `payload_head` then `payload` (a caller's header and body, written
+    /// without being joined first); `payload_head` is empty for a one-part payload.
+    pub(crate) payload_head: Bytes,
     pub(crate) payload: Bytes,
     /// The record header, checksum included, computed by the appender (off the flusher).
     pub(crate) header: [u8; RECORD_HEADER_SIZE as usize],
     pub(crate) done: oneshot::Sender<Result<(), StorageError>>,
+}
+
+impl Pending {
+    /// Bytes of the whole payload (both parts).
+    pub(crate) fn payload_len(&self) -> usize {
+        self.payload_head.len() + self.payload.len()
+    }
 }
 
 pub(crate) struct State {
@@ -374,6 +384,18 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
     /// Queues one prepare for the next group commit, checking it continues the log. Ops queue
     /// in call order; `commit_queued` (by any caller) makes them durable.
     pub fn submit(&self, meta: EntryMeta, payload: Bytes) -> Result<Appending, StorageError> {
+        self.submit_parts(meta, Bytes::new(), payload)
+    }
+
+    /// `submit` of the payload `head` then `body`, as one record: the parts are copied once,
+    /// into the write, never joined in a buffer of their own first.
+    pub fn submit_parts(
+        &self,
+        meta: EntryMeta,
+        head: Bytes,
+        body: Bytes,
+    ) -> Result<Appending, StorageError> {
+        let payload_len = head.len() + body.len();
         let mut state = self.state.borrow_mut();
         if state.poisoned {
             return Err(StorageError::Poisoned);
@@ -399,27 +421,27 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
                 meta.timestamp, state.timestamp_min
             )));
         }
-        if payload.len() > PAYLOAD_SIZE_MAX as usize {
+        if payload_len > PAYLOAD_SIZE_MAX as usize {
             return Err(StorageError::Invalid(format!(
-                "payload of {} bytes is over the limit of {PAYLOAD_SIZE_MAX}",
-                payload.len()
+                "payload of {payload_len} bytes is over the limit of {PAYLOAD_SIZE_MAX}"
             )));
         }
         if state.pending.len() >= self.config.pending_max
-            || state.pending_bytes + payload.len() as u64 > self.config.pending_bytes_max
+            || state.pending_bytes + payload_len as u64 > self.config.pending_bytes_max
         {
             return Err(StorageError::QueueFull);
         }
         let (sender, receiver) = oneshot::channel();
-        state.pending_bytes += payload.len() as u64;
+        state.pending_bytes += payload_len as u64;
         state.next_op += 1;
         state.next_offset = Some(meta.offset_first + u64::from(meta.message_count));
         state.timestamp_min = meta.timestamp;
-        let header = encode_record_header(&meta, &payload);
+        let header = encode_record_header_parts(&meta, &[&head, &body]);
         state.pending.push(Pending {
             meta,
             header,
-            payload,
+            payload_head: head,
+            payload: body,
             done: sender,
         });
         for waker in [state.flush_waker.take(), state.committer_waker.take()]
