@@ -185,19 +185,10 @@ fn three_processes_survive_a_primary_kill_and_keep_every_acknowledged_message() 
     // never resumes view 0 on open); leadership moves to the preferred one once it has kept
     // up for a second. Kill it when it leads: it is the node that must get leadership back.
     let primary = route.members[usize::from(route.placement_offset)];
-    let started = Instant::now();
-    while !client
-        .group_status(primary, route.group)
-        .ok()
-        .flatten()
-        .is_some_and(|s| s.primary && s.normal)
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the preferred node never led"
-        );
-        produce_n(&mut client, 1, &mut acked);
-    }
+    let mut admin = RoutingClient::new(u128::from(CLUSTER), 0xAD, cluster.clients.clone());
+    wait_for_preferred_primaries(&mut admin, std::slice::from_ref(&route), &mut || {
+        produce_n(&mut client, 1, &mut acked)
+    });
     produce_n(&mut client, 20, &mut acked);
     cluster.kill(primary);
     let killed = Instant::now();

@@ -827,11 +827,16 @@ fn a_replica_opened_from_its_checkpoint_applies_only_the_ops_after_it() {
         "ops up to the checkpoint count as applied at open"
     );
     commit_requests(&mut cluster, session, 9, 2);
-    cluster.run(50);
     // Restored state plus the ops after the checkpoint, each once: the same as a replica that
     // applied everything.
+    assert_replica_1_applied_as_replica_0(&mut cluster, 10);
+}
+
+/// After the network settles, replica 1 has applied exactly what replica 0 has: `count` ops.
+fn assert_replica_1_applied_as_replica_0(cluster: &mut Cluster, count: usize) {
+    cluster.run(50);
     let expected = &cluster.replica(0).state_machine().applied;
-    assert_eq!(expected.len(), 10);
+    assert_eq!(expected.len(), count);
     assert_eq!(&cluster.replica(1).state_machine().applied, expected);
 }
 
@@ -860,8 +865,5 @@ fn a_checkpoint_of_another_log_is_ignored() {
         "applies its log from op 1"
     );
     commit_requests(&mut cluster, session, 5, 1);
-    cluster.run(50);
-    let expected = &cluster.replica(0).state_machine().applied;
-    assert_eq!(expected.len(), 5);
-    assert_eq!(&cluster.replica(1).state_machine().applied, expected);
+    assert_replica_1_applied_as_replica_0(&mut cluster, 5);
 }
