@@ -186,6 +186,8 @@ fn three_processes_survive_a_primary_kill_and_keep_every_acknowledged_message() 
     // up for a second. Kill it when it leads: it is the node that must get leadership back.
     let primary = route.members[usize::from(route.placement_offset)];
     let mut admin = RoutingClient::new(u128::from(CLUSTER), 0xAD, cluster.clients.clone());
+    // The routes tell the status queries which shard runs each group.
+    admin.topic_routes("orders", "eu").unwrap();
     wait_for_preferred_primaries(&mut admin, std::slice::from_ref(&route), &mut || {
         produce_n(&mut client, 1, &mut acked)
     });
