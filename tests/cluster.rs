@@ -337,6 +337,20 @@ fn wait_for_preferred_primaries(
     }
 }
 
+/// Runs `produce_round` again and again for `duration`: the longest time from the start, or
+/// from the end of one round, to the end of the next.
+fn longest_gap_for(duration: Duration, produce_round: &mut impl FnMut()) -> Duration {
+    let started = Instant::now();
+    let mut last_round = started;
+    let mut gap = Duration::ZERO;
+    while started.elapsed() < duration {
+        produce_round();
+        gap = gap.max(last_round.elapsed());
+        last_round = Instant::now();
+    }
+    gap
+}
+
 /// Pauses (SIGSTOP) each node in turn for 4 s while `produce_round` runs again and again,
 /// resumes it and produces 3 s more: the longest time between two finished rounds, per node.
 fn pause_each_node_in_turn(
@@ -346,14 +360,7 @@ fn pause_each_node_in_turn(
     let mut gaps = Vec::new();
     for id in [1u8, 2, 0] {
         signal_node(cluster, id, libc::SIGSTOP);
-        let paused = Instant::now();
-        let mut last_round = paused;
-        let mut gap = Duration::ZERO;
-        while paused.elapsed() < Duration::from_secs(4) {
-            produce_round();
-            gap = gap.max(last_round.elapsed());
-            last_round = Instant::now();
-        }
+        let gap = longest_gap_for(Duration::from_secs(4), produce_round);
         signal_node(cluster, id, libc::SIGCONT);
         // The resumed node catches up while production goes on.
         let resumed = Instant::now();
@@ -967,21 +974,9 @@ fn after_kills_and_restarts_a_pause_still_costs_a_view_change() {
     wait_for_preferred_primaries(&mut admin, &routes, &mut produce_round);
     for id in [0u8, 1, 2] {
         cluster.kill(id);
-        let killed = Instant::now();
-        let mut last = killed;
-        let mut gap = Duration::ZERO;
-        while killed.elapsed() < Duration::from_secs(5) {
-            produce_round();
-            gap = gap.max(last.elapsed());
-            last = Instant::now();
-        }
+        let mut gap = longest_gap_for(Duration::from_secs(5), &mut produce_round);
         cluster.start(id);
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(4) {
-            produce_round();
-            gap = gap.max(last.elapsed());
-            last = Instant::now();
-        }
+        gap = gap.max(longest_gap_for(Duration::from_secs(4), &mut produce_round));
         eprintln!("node {id} killed for 5 s: longest gap {gap:?}");
         assert!(gap < Duration::from_secs(3), "killing node {id}: {gap:?}");
     }
