@@ -337,6 +337,38 @@ fn wait_for_preferred_primaries(
     }
 }
 
+/// A lockstep producer through the routing client: each round appends one message to each
+/// partition of a topic in turn, numbered per partition.
+struct RoundProducer {
+    client: RoutingClient,
+    routes: Vec<PartitionRoute>,
+    sequences: Vec<u64>,
+    payload: fn(u64) -> Vec<u8>,
+}
+
+impl RoundProducer {
+    fn new(cluster: &Cluster, routes: &[PartitionRoute], payload: fn(u64) -> Vec<u8>) -> Self {
+        RoundProducer {
+            client: RoutingClient::new(u128::from(CLUSTER), 0x9A05E, cluster.clients.clone()),
+            routes: routes.to_vec(),
+            sequences: vec![0; routes.len()],
+            payload,
+        }
+    }
+
+    fn round(&mut self) {
+        for (route, sequence) in self.routes.iter().zip(&mut self.sequences) {
+            produce(
+                &mut self.client,
+                route,
+                *sequence,
+                &(self.payload)(*sequence),
+            );
+            *sequence += 1;
+        }
+    }
+}
+
 /// Runs `produce_round` again and again for `duration`: the longest time from the start, or
 /// from the end of one round, to the end of the next.
 fn longest_gap_for(duration: Duration, produce_round: &mut impl FnMut()) -> Duration {
@@ -381,16 +413,11 @@ fn a_paused_primary_costs_a_view_change_not_the_whole_pause() {
     let root = std::env::temp_dir().join(format!("galgo-pause-{}", std::process::id()));
     let cluster = Cluster::started(&root);
     let mut admin = RoutingClient::new(u128::from(CLUSTER), 0xAD, cluster.clients.clone());
-    let mut client = RoutingClient::new(u128::from(CLUSTER), 0x9A05E, cluster.clients.clone());
     let routes = create_topic(&mut admin, "clicks", "web", 3, 3);
-    let mut sequences = [0u64; 3];
-    let mut produce_round = || {
-        for (index, route) in routes.iter().enumerate() {
-            let payload = format!("click {}", sequences[index]).into_bytes();
-            produce(&mut client, route, sequences[index], &payload);
-            sequences[index] += 1;
-        }
-    };
+    let mut producer = RoundProducer::new(&cluster, &routes, |sequence| {
+        format!("click {sequence}").into_bytes()
+    });
+    let mut produce_round = || producer.round();
     wait_for_preferred_primaries(&mut admin, &routes, &mut produce_round);
     for (id, gap) in pause_each_node_in_turn(&cluster, &mut produce_round) {
         assert!(
@@ -961,16 +988,9 @@ fn after_kills_and_restarts_a_pause_still_costs_a_view_change() {
     let root = std::env::temp_dir().join(format!("galgo-killpause-{}", std::process::id()));
     let mut cluster = Cluster::started(&root);
     let mut admin = RoutingClient::new(u128::from(CLUSTER), 0xAD, cluster.clients.clone());
-    let mut client = RoutingClient::new(u128::from(CLUSTER), 0x9A05E, cluster.clients.clone());
     let routes = create_topic(&mut admin, "clicks", "web", 3, 3);
-    let mut sequences = [0u64; 3];
-    let mut produce_round = || {
-        for (index, route) in routes.iter().enumerate() {
-            let payload = vec![b'x'; 2000];
-            produce(&mut client, route, sequences[index], &payload);
-            sequences[index] += 1;
-        }
-    };
+    let mut producer = RoundProducer::new(&cluster, &routes, |_| vec![b'x'; 2000]);
+    let mut produce_round = || producer.round();
     wait_for_preferred_primaries(&mut admin, &routes, &mut produce_round);
     for id in [0u8, 1, 2] {
         cluster.kill(id);
