@@ -418,28 +418,27 @@ impl<S: StateMachine> Replica<S> {
     /// Starts from `checkpoint` if it is of this log: its op is in the journal with the same
     /// checksum (a committed op, so canonical), its sessions decode for this group and the
     /// state machine takes its snapshot. Then ops up to it count as applied and are not read
-    /// again. Otherwise nothing changes and the log is applied from op 1. Whether it was used.
-    fn restore_checkpoint(&mut self, checkpoint: &Checkpoint) -> bool {
+    /// again. Otherwise nothing changes and the log is applied from op 1.
+    fn restore_checkpoint(&mut self, checkpoint: &Checkpoint) {
         assert_eq!(self.commit_min, 0, "a checkpoint is restored at open only");
         if checkpoint.op == 0 || checkpoint.op > self.journal.head() {
-            return false;
+            return;
         }
         let op_checksum = self.journal.header(checkpoint.op).map(|h| h.checksum);
         if op_checksum != Some(checkpoint.op_checksum) {
-            return false;
+            return;
         }
         let Some(sessions) = ClientSessions::decode(&checkpoint.sessions, self.config.clients_max)
         else {
-            return false;
+            return;
         };
         if !self.state_machine.restore(&checkpoint.machine) {
-            return false;
+            return;
         }
         self.sessions = sessions;
         self.commit_min = checkpoint.op;
         self.commit_max = self.commit_max.max(checkpoint.op);
         assert!(self.commit_min <= self.journal.head());
-        true
     }
 
     /// A checkpoint of the state as of `commit_min`: `None` before the first op or when the

@@ -11,9 +11,9 @@
 //! it, or whose writer below ended without appending, completes as `Abandoned` and the core
 //! writes it again when it can. A held write never waits on a write that was not issued, so
 //! held writes cannot fill the core's slot writes while the one they wait for has no room. A
-//! cut drops the held writes above it, and they complete as `Abandoned`, never as written. A write completes as written only once its record and index
-//! entry are durable, so the core's "prepare and header durable" is one completion
-//! (`redundant_headers = false`).
+//! cut drops the held writes above it, and they complete as `Abandoned`, never as written. A
+//! write completes as written only once its record and index entry are durable, so the
+//! core's "prepare and header durable" is one completion (`redundant_headers = false`).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;

@@ -169,27 +169,31 @@ impl StateMachine for TestStateMachine {
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> bool {
-        let Some(fixed) = snapshot.get(..40) else {
+        let Some((fixed, mut rest)) = snapshot.split_at_checked(32) else {
             return false;
         };
         let count = u64::from_le_bytes(fixed[..8].try_into().expect("8"));
         let hash = u128::from_le_bytes(fixed[8..24].try_into().expect("16"));
         let applications = u64::from_le_bytes(fixed[24..32].try_into().expect("8"));
-        let partition_size = u32::from_le_bytes(fixed[32..36].try_into().expect("4"));
-        let rest = &snapshot[36..];
-        let (partition, rest) = match split_part(rest, partition_size) {
-            Some(split) => split,
-            None => return false,
-        };
-        let Some(size) = rest.get(..4) else {
-            return false;
-        };
-        let metadata_size = u32::from_le_bytes(size.try_into().expect("4"));
-        let (metadata, rest) = match split_part(&rest[4..], metadata_size) {
-            Some(split) => split,
-            None => return false,
-        };
-        // Both parts as this workload has them, or the snapshot is not of this machine.
+        // The partition's part, then the metadata's, as `snapshot` wrote them.
+        let mut parts: [Option<&[u8]>; 2] = [None, None];
+        for part in &mut parts {
+            let Some((size, after)) = rest.split_at_checked(4) else {
+                return false;
+            };
+            rest = after;
+            let size = u32::from_le_bytes(size.try_into().expect("4"));
+            if size != u32::MAX {
+                let Some((bytes, after)) = rest.split_at_checked(size as usize) else {
+                    return false;
+                };
+                *part = Some(bytes);
+                rest = after;
+            }
+        }
+        let [partition, metadata] = parts;
+        // Both parts as this workload has them, or the snapshot is not of this machine (a
+        // workload runs one of the two at most, so at most one restore below can change state).
         if !rest.is_empty()
             || partition.is_some() != self.partition.is_some()
             || metadata.is_some() != self.metadata.is_some()
@@ -214,16 +218,6 @@ impl StateMachine for TestStateMachine {
     }
 }
 
-/// A part of `bytes` of `size` bytes (`u32::MAX`: no part) and what follows it.
-fn split_part(bytes: &[u8], size: u32) -> Option<(Option<&[u8]>, &[u8])> {
-    if size == u32::MAX {
-        return Some((None, bytes));
-    }
-    let size = size as usize;
-    let part = bytes.get(..size)?;
-    Some((Some(part), &bytes[size..]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,6 +235,29 @@ mod tests {
         }
         assert_eq!(primary.hash, backup.hash);
         assert_eq!(backup.applications, 2);
+    }
+
+    #[test]
+    fn a_snapshot_restores_the_same_state_and_other_bytes_are_refused() {
+        let mut primary = TestStateMachine::new(Workload::Broker);
+        primary.reset_projection();
+        let op = primary.prepare(1, 1, operation::APPLICATION_MIN, Bytes::from_static(b"a"));
+        primary.apply(1, 1, operation::APPLICATION_MIN, &op);
+        let snapshot = primary.snapshot().expect("a snapshot");
+        let mut restored = TestStateMachine::new(Workload::Broker);
+        assert!(restored.restore(&snapshot));
+        assert_eq!(
+            (restored.count, restored.hash, restored.applications),
+            (primary.count, primary.hash, primary.applications)
+        );
+        // Cut, extended, or of another workload: refused, nothing changed.
+        let mut other = TestStateMachine::new(Workload::Test);
+        assert!(!other.restore(&snapshot));
+        assert!(!restored.restore(&snapshot[..snapshot.len() - 1]));
+        let mut longer = snapshot.clone();
+        longer.push(0);
+        assert!(!restored.restore(&longer));
+        assert_eq!(other.count, 0);
     }
 
     #[test]
