@@ -11,7 +11,7 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use galgo_consensus::{Action, Completion, IoId, Message, Peer, Replica, StateMachine, Status};
-use galgo_storage::Disk;
+use galgo_storage::{Disk, StorageError};
 
 use crate::bus::Bus;
 use crate::checkpoint_store::CheckpointStore;
@@ -38,10 +38,24 @@ pub struct Inbox {
     events: VecDeque<Event>,
     waiter: Option<Waker>,
     pub dropped: u64,
+    /// Set when the host is dropped: the group's task ends.
+    closed: bool,
 }
 
 impl Inbox {
+    /// Ends the group's task: queued events are dropped and no more are taken.
+    fn close(&mut self) {
+        self.closed = true;
+        self.events.clear();
+        if let Some(waker) = self.waiter.take() {
+            waker.wake();
+        }
+    }
+
     fn push(&mut self, event: Event) {
+        if self.closed {
+            return;
+        }
         let completion = matches!(event, Event::Completed(..));
         if self.events.len() >= INBOX_MAX && !completion {
             self.dropped += 1;
@@ -121,6 +135,7 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
                 events: VecDeque::new(),
                 waiter: None,
                 dropped: 0,
+                closed: false,
             })),
             replies: RefCell::new(VecDeque::new()),
             replies_max: 4096,
@@ -144,7 +159,9 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
         let (runner, inbox) = (Rc::downgrade(&host), host.inbox.clone());
         monoio::spawn(async move {
             loop {
-                let event = next_event(&inbox).await;
+                let Some(event) = next_event(&inbox).await else {
+                    return;
+                };
                 let Some(host) = runner.upgrade() else {
                     return;
                 };
@@ -201,6 +218,38 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
             }
             *slot.borrow_mut() = Some(store);
         });
+    }
+
+    /// Stops the group: its task ends and handles no more events (those queued are dropped),
+    /// so the core starts no new disk work. What is in flight finishes (see `io_idle`).
+    pub fn stop(&self) {
+        self.inbox.borrow_mut().close();
+    }
+
+    /// True while none of the group's disk work is under way or queued: no prepare write or
+    /// read (each holds the journal), no view state write, no checkpoint save. A stopped
+    /// group's files are closed only then.
+    pub fn io_idle(&self) -> bool {
+        let checkpoint_saving = self
+            .checkpointing
+            .borrow()
+            .as_ref()
+            .is_some_and(|c| c.store.borrow().is_none());
+        Rc::strong_count(&self.journal) == 1
+            && self.view_state.borrow().is_some()
+            && !checkpoint_saving
+    }
+
+    /// Closes the group's log and superblock files, for a stopped group whose disk work is
+    /// done (`io_idle`). The host takes no more work.
+    pub async fn close_files(&self) -> Result<(), StorageError> {
+        assert!(self.io_idle(), "no disk work under way");
+        self.journal.log().close().await?;
+        let view_state = self.view_state.borrow_mut().take();
+        if let Some(view_state) = view_state {
+            view_state.close().await;
+        }
+        Ok(())
     }
 
     /// The group's journal (its log), for reads of committed records.
@@ -324,6 +373,13 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
     }
 }
 
+impl<S: StateMachine, D: Disk + 'static> Drop for GroupHost<S, D> {
+    fn drop(&mut self) {
+        // Ends the group's task, which waits on the inbox (it holds no strong reference).
+        self.inbox.borrow_mut().close();
+    }
+}
+
 /// The wall clock in nanoseconds since the epoch (0 if it reads before it).
 pub fn realtime_now() -> u64 {
     std::time::SystemTime::now()
@@ -331,11 +387,15 @@ pub fn realtime_now() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-async fn next_event(inbox: &RefCell<Inbox>) -> Event {
+/// The next event for the group's task, or `None` once its host is gone.
+async fn next_event(inbox: &RefCell<Inbox>) -> Option<Event> {
     std::future::poll_fn(|cx| {
         let mut inbox = inbox.borrow_mut();
+        if inbox.closed {
+            return Poll::Ready(None);
+        }
         match inbox.events.pop_front() {
-            Some(event) => Poll::Ready(event),
+            Some(event) => Poll::Ready(Some(event)),
             None => {
                 inbox.waiter = Some(cx.waker().clone());
                 Poll::Pending

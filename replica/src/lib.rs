@@ -13,6 +13,7 @@ pub mod client_protocol;
 pub mod codec;
 pub mod config;
 pub mod frame;
+pub mod group_files;
 pub mod group_host;
 pub mod journal;
 pub mod metadata;

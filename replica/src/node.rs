@@ -5,7 +5,8 @@
 //! shard has its own replica bus (port + shard, talking to the same shard of the other nodes)
 //! and client port (port + shard): nothing on the data path crosses threads. Shard 0 publishes
 //! the groups the applied metadata places on this node (`SharedPlacements`, a lock taken only
-//! when they change); every shard starts and stops its own. A stopped group's files stay.
+//! when they change); every shard starts and stops its own. A stopped group's files are
+//! closed, and removed once the metadata has deleted the group (`group_files`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,7 +21,7 @@ use galgo_consensus::recovery::RecoveryBugs;
 use galgo_consensus::{
     Bugs, Command, Config as GroupConfig, Header, Message, Replica, StateMachine, Timeouts,
 };
-use galgo_storage::{FileDisk, LogConfig, StorageError};
+use galgo_storage::{Disk, FileDisk, LogConfig, StorageError};
 
 use crate::bus::{Bus, BusConfig};
 use crate::checkpoint_store::{CheckpointStore, CHECKPOINT_INTERVAL_OPS};
@@ -32,6 +33,9 @@ use crate::client_protocol::{
     OPERATION_POLL, OPERATION_TOPIC_ROUTES, POLLED_BATCH_OVERHEAD, POLL_BYTES_MAX, ROUTES_PER_PAGE,
 };
 use crate::config::Config;
+use crate::group_files::{
+    checkpoint_dir, group_of_file, log_dir, remove_group_files, superblock_name, DeletedGroups,
+};
 use crate::group_host::{realtime_now, Event, GroupHost, ReplySink, Ticks, TICK};
 use crate::journal::{MessagesOf, SegmentJournal};
 use crate::metadata::machine::MetadataMachine;
@@ -55,6 +59,9 @@ const CONSUMERS_MAX: u32 = 10_000;
 const PRODUCERS_MAX: u32 = 10_000;
 /// How long the node waits for its listen addresses to become free at start.
 const BIND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a stopped group's disk work may take before its files are left open (and, if it
+/// was deleted, on disk until the node restarts), in ticks.
+const RETIRE_TICKS_MAX: u32 = 3_000;
 /// Messages queued per peer on the bus, and received but not yet routed.
 const BUS_QUEUE_MAX: usize = 65_536;
 
@@ -86,12 +93,19 @@ const CATCH_UP_LAG_MAX: u64 = 64;
 #[derive(Default)]
 pub struct SharedPlacements {
     version: AtomicU64,
-    groups: Mutex<BTreeMap<u64, Placement>>,
+    groups: Mutex<Published>,
+}
+
+/// What shard 0 publishes: the groups placed on this node and which groups are deleted.
+#[derive(Default)]
+struct Published {
+    placed: BTreeMap<u64, Placement>,
+    deleted: DeletedGroups,
 }
 
 impl SharedPlacements {
-    fn publish(&self, groups: BTreeMap<u64, Placement>) {
-        *self.groups.lock().expect("no shard panics holding it") = groups;
+    fn publish(&self, placed: BTreeMap<u64, Placement>, deleted: DeletedGroups) {
+        *self.groups.lock().expect("no shard panics holding it") = Published { placed, deleted };
         self.version.fetch_add(1, Ordering::Release);
     }
 }
@@ -122,6 +136,11 @@ pub struct Node {
     pub partitions: RefCell<BTreeMap<u64, PartitionHost>>,
     /// Partition groups being opened.
     starting: RefCell<BTreeSet<u64>>,
+    /// Partition groups stopped whose files are not closed yet.
+    retiring: RefCell<BTreeSet<u64>>,
+    /// A sweep for deleted groups' files is running; newer placements came meanwhile.
+    sweeping: Cell<bool>,
+    sweep_again: Cell<bool>,
     /// The published placements version this shard last started and stopped groups for.
     placements_seen: Cell<Option<u64>>,
     /// Shard 0: the metadata's placements version last published.
@@ -240,6 +259,9 @@ impl Node {
             partitions: RefCell::new(BTreeMap::new()),
             starting: RefCell::new(BTreeSet::new()),
             placements_seen: Cell::new(None),
+            retiring: RefCell::new(BTreeSet::new()),
+            sweeping: Cell::new(false),
+            sweep_again: Cell::new(false),
             metadata_placements_seen: Cell::new(None),
             client_address,
         });
@@ -478,19 +500,27 @@ impl Node {
             return;
         }
         let me = self.config.replica.id;
-        let placed: BTreeMap<u64, Placement> = {
+        let (placed, deleted) = {
             let replica = metadata.replica.borrow();
             let metadata = &replica.state_machine().metadata;
-            metadata
-                .streams
-                .values()
-                .flat_map(|stream| stream.topics.values())
-                .flat_map(|topic| topic.partitions.iter())
+            let partitions = || {
+                metadata
+                    .streams
+                    .values()
+                    .flat_map(|stream| stream.topics.values())
+                    .flat_map(|topic| topic.partitions.iter())
+            };
+            let placed: BTreeMap<u64, Placement> = partitions()
                 .filter(|partition| partition.placement.members.contains(&me))
                 .map(|partition| (partition.group, partition.placement.clone()))
-                .collect()
+                .collect();
+            let live = partitions().map(|partition| partition.group).collect();
+            (
+                placed,
+                DeletedGroups::new(metadata.partition_group_next, live),
+            )
         };
-        self.placements.publish(placed);
+        self.placements.publish(placed, deleted);
         self.metadata_placements_seen.set(Some(version));
     }
 
@@ -503,18 +533,35 @@ impl Node {
             return;
         }
         let me = self.config.replica.id;
-        let wanted: BTreeMap<u64, Placement> = self
-            .placements
-            .groups
-            .lock()
-            .expect("no shard panics holding it")
-            .iter()
-            .filter(|(group, _)| shard_of(**group, self.shards) == self.shard)
-            .map(|(group, placement)| (*group, placement.clone()))
-            .collect();
-        self.partitions
-            .borrow_mut()
-            .retain(|group, _| wanted.contains_key(group));
+        let (wanted, deleted): (BTreeMap<u64, Placement>, DeletedGroups) = {
+            let published = self
+                .placements
+                .groups
+                .lock()
+                .expect("no shard panics holding it");
+            let wanted = published
+                .placed
+                .iter()
+                .filter(|(group, _)| shard_of(**group, self.shards) == self.shard)
+                .map(|(group, placement)| (*group, placement.clone()))
+                .collect();
+            (wanted, published.deleted.clone())
+        };
+        let stopped: Vec<(u64, PartitionHost)> = {
+            let mut partitions = self.partitions.borrow_mut();
+            let gone: Vec<u64> = partitions
+                .keys()
+                .filter(|group| !wanted.contains_key(group))
+                .copied()
+                .collect();
+            gone.into_iter()
+                .filter_map(|group| partitions.remove(&group).map(|host| (group, host)))
+                .collect()
+        };
+        for (group, host) in stopped {
+            self.retire(group, host, deleted.is_deleted(group));
+        }
+        self.sweep_deleted_groups(deleted);
         for (group, placement) in wanted {
             if self.partitions.borrow().contains_key(&group)
                 || !self.starting.borrow_mut().insert(group)
@@ -567,6 +614,90 @@ impl Node {
         self.placements_seen.set(Some(version));
     }
 
+    /// Stops a group no longer placed here, closes its files once its disk work is done, and
+    /// removes them when the metadata deleted the group.
+    fn retire(self: &Rc<Self>, group: u64, host: PartitionHost, deleted: bool) {
+        host.stop();
+        self.retiring.borrow_mut().insert(group);
+        let (node, disk) = (Rc::downgrade(self), self.disk);
+        monoio::spawn(async move {
+            // Reads and polls hold the host; writes, reads and saves hold its files.
+            let mut ticks = 0;
+            while Rc::strong_count(&host) > 1 || !host.io_idle() {
+                if ticks == RETIRE_TICKS_MAX {
+                    eprintln!(
+                        "galgo: partition group {group} stopped, but its disk work did not end \
+                         within {:?}: its files stay until the node restarts",
+                        TICK * RETIRE_TICKS_MAX
+                    );
+                    if let Some(node) = node.upgrade() {
+                        node.retiring.borrow_mut().remove(&group);
+                    }
+                    return;
+                }
+                monoio::time::sleep(TICK).await;
+                ticks += 1;
+            }
+            let closed = host.close_files().await;
+            drop(host);
+            match closed {
+                Ok(()) if deleted => remove_deleted_group(disk, group).await,
+                Ok(()) => {}
+                Err(error) => {
+                    eprintln!("galgo: partition group {group} stopped; closing its log: {error}")
+                }
+            }
+            if let Some(node) = node.upgrade() {
+                node.retiring.borrow_mut().remove(&group);
+            }
+        });
+    }
+
+    /// Removes the files this shard's deleted groups left in the data directory (a group
+    /// deleted while the node was down, or a removal a crash cut short). Groups running,
+    /// opening or being retired are left to their own tasks.
+    fn sweep_deleted_groups(self: &Rc<Self>, deleted: DeletedGroups) {
+        if self.sweeping.replace(true) {
+            // The running sweep has the placements looked at again when it ends.
+            self.sweep_again.set(true);
+            return;
+        }
+        let (node, disk) = (Rc::downgrade(self), self.disk);
+        monoio::spawn(async move {
+            let names = match disk.list("").await {
+                Ok(names) => names,
+                Err(error) => {
+                    eprintln!("galgo: listing the data directory: {error}");
+                    Vec::new()
+                }
+            };
+            let found: BTreeSet<u64> = names
+                .iter()
+                .filter_map(|name| group_of_file(name))
+                .filter(|group| deleted.is_deleted(*group))
+                .collect();
+            for group in found {
+                let Some(node) = node.upgrade() else {
+                    return;
+                };
+                let busy = shard_of(group, node.shards) != node.shard
+                    || node.partitions.borrow().contains_key(&group)
+                    || node.starting.borrow().contains(&group)
+                    || node.retiring.borrow().contains(&group);
+                drop(node);
+                if !busy {
+                    remove_deleted_group(disk, group).await;
+                }
+            }
+            if let Some(node) = node.upgrade() {
+                node.sweeping.set(false);
+                if node.sweep_again.replace(false) {
+                    node.placements_seen.set(None);
+                }
+            }
+        });
+    }
+
     /// The node is about to stop: every group of more than one replica that this shard leads
     /// hands its leadership over (call again for a group that elected it once more).
     pub fn hand_over_leadership(&self) {
@@ -609,6 +740,7 @@ impl Node {
             .groups
             .lock()
             .expect("no shard panics holding it")
+            .placed
             .keys()
             .copied()
             .filter(|group| shard_of(*group, self.shards) == self.shard)
@@ -794,6 +926,16 @@ fn reply_sink(clients: &Rc<ClientTable>) -> ReplySink {
     })
 }
 
+/// Removes a deleted group's files, saying so (a failure leaves them to the next sweep).
+async fn remove_deleted_group(disk: &'static FileDisk, group: u64) {
+    match remove_group_files(disk, group).await {
+        Ok(()) => eprintln!("galgo: removed the files of deleted partition group {group}"),
+        Err(error) => {
+            eprintln!("galgo: removing the files of deleted partition group {group}: {error}")
+        }
+    }
+}
+
 /// Opens one group's superblock and log, recovers its journal and starts its host.
 #[allow(clippy::too_many_arguments)]
 async fn open_group<S: StateMachine + 'static>(
@@ -813,17 +955,17 @@ async fn open_group<S: StateMachine + 'static>(
         .iter()
         .position(|m| *m == me)
         .expect("placed on this node") as u8;
-    let (view_state, durable) = ViewStateStore::open(disk, &format!("superblock-{group}"))
+    let (view_state, durable) = ViewStateStore::open(disk, &superblock_name(group))
         .await
         .map_err(|e| NodeError::Storage(format!("group {group}: superblock"), e))?;
-    let (checkpoints, checkpoint) = CheckpointStore::open(disk, format!("checkpoint-{group}"))
+    let (checkpoints, checkpoint) = CheckpointStore::open(disk, checkpoint_dir(group))
         .await
         .map_err(|e| NodeError::Storage(format!("group {group}: checkpoint"), e))?;
     let (journal, recovered) = SegmentJournal::open(
         disk,
         LogConfig {
             segment_size,
-            ..LogConfig::new(format!("group-{group}"))
+            ..LogConfig::new(log_dir(group))
         },
         &durable,
         Header::root(cluster, group),

@@ -11,6 +11,11 @@ pub struct ViewStateStore<'d, D: Disk> {
 }
 
 impl<'d, D: Disk> ViewStateStore<'d, D> {
+    /// Closes the superblock file, for a group that is done.
+    pub async fn close(self) {
+        self.superblock.close().await;
+    }
+
     /// Opens (creating) the superblock file `name`: the state last persisted, or the initial
     /// state of a new group.
     pub async fn open(

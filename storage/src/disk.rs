@@ -66,7 +66,7 @@ impl From<std::io::Error> for DiskError {
 pub trait Disk {
     /// Creates `dir` and its parents; durable once `sync_dir` of its parent completes.
     async fn create_dir_all(&self, dir: &str) -> Result<(), DiskError>;
-    /// File names (not paths) directly inside `dir`, sorted.
+    /// Names (not paths) of the files and directories directly inside `dir`, sorted.
     async fn list(&self, dir: &str) -> Result<Vec<String>, DiskError>;
     /// Opens `name`, creating it empty when `create` is set and it does not exist.
     async fn open(&self, name: &str, create: bool) -> Result<FileId, DiskError>;
@@ -84,6 +84,8 @@ pub trait Disk {
     async fn truncate(&self, file: FileId, len: u64) -> Result<(), DiskError>;
     /// Removes `name`. Durable once `sync_dir` of its directory completes.
     async fn remove(&self, name: &str) -> Result<(), DiskError>;
+    /// Removes the empty directory `dir`. Durable once `sync_dir` of its parent completes.
+    async fn remove_dir(&self, dir: &str) -> Result<(), DiskError>;
     /// Makes created and removed names in `dir` durable.
     async fn sync_dir(&self, dir: &str) -> Result<(), DiskError>;
     /// The block size on which writes go straight to the device (O_DIRECT), or 1 when every

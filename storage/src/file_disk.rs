@@ -198,6 +198,13 @@ impl Disk for FileDisk {
         })
     }
 
+    async fn remove_dir(&self, dir: &str) -> Result<(), DiskError> {
+        fs::remove_dir(self.path(dir)).map_err(|error| match error.kind() {
+            std::io::ErrorKind::NotFound => DiskError::NotFound(dir.to_string()),
+            _ => DiskError::from(error),
+        })
+    }
+
     async fn sync_dir(&self, dir: &str) -> Result<(), DiskError> {
         fs::File::open(self.path(dir))?.sync_all()?;
         Ok(())

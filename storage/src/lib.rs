@@ -29,5 +29,5 @@ pub use disk::{Disk, DiskError, FileId};
 pub use error::StorageError;
 pub use file_disk::FileDisk;
 pub use format::{EntryMeta, IndexEntry};
-pub use log::{Appending, LogConfig, PartitionLog, Record, Retention, SegmentInfo};
+pub use log::{remove_log_dir, Appending, LogConfig, PartitionLog, Record, Retention, SegmentInfo};
 pub use memory_disk::MemoryDisk;

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use futures_channel::oneshot;
 
-use crate::disk::{Disk, DiskError};
+use crate::disk::{join, parent, Disk, DiskError};
 use crate::error::StorageError;
 use crate::format::{
     encode_index_entry, encode_record, encode_record_header_parts, verified_payload, EntryMeta,
@@ -881,6 +881,48 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
         }
         Ok(Some(info))
     }
+}
+
+impl<D: Disk> PartitionLog<'_, D> {
+    /// Closes every segment's files, for a log that is done (its group was stopped). Refused
+    /// while an append, flush or exclusive operation is under way; afterwards every append is
+    /// refused and every read fails.
+    pub async fn close(&self) -> Result<(), StorageError> {
+        let files: Vec<_> = {
+            let mut state = self.state.borrow_mut();
+            state.begin_exclusive()?;
+            // Left set: the log takes no more work.
+            state.poisoned = true;
+            state.segments.iter().flat_map(|s| [s.log, s.idx]).collect()
+        };
+        for file in files {
+            self.disk.close(file).await;
+        }
+        Ok(())
+    }
+}
+
+/// Removes a closed log's directory `dir` and everything in it (the log of a deleted group).
+/// Idempotent: a crash part way leaves less of the same directory, and a second call finishes.
+pub async fn remove_log_dir<D: Disk>(disk: &D, dir: &str) -> Result<(), StorageError> {
+    let names = match disk.list(dir).await {
+        Ok(names) => names,
+        Err(DiskError::NotFound(_)) => return Ok(()),
+        Err(error) => return Err(error.into()),
+    };
+    for name in names {
+        match disk.remove(&join(dir, &name)).await {
+            Ok(()) | Err(DiskError::NotFound(_)) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    disk.sync_dir(dir).await?;
+    match disk.remove_dir(dir).await {
+        Ok(()) | Err(DiskError::NotFound(_)) => {}
+        Err(error) => return Err(error.into()),
+    }
+    disk.sync_dir(parent(dir)).await?;
+    Ok(())
 }
 
 /// True when `segment` starts where the last of `segments` ends (or is the first).

@@ -6,7 +6,9 @@ use bytes::Bytes;
 
 use crate::file_disk::block_on;
 use crate::format::{EntryMeta, FILE_HEADER_SIZE, INDEX_ENTRY_SIZE, RECORD_HEADER_SIZE};
-use crate::log::{retention_count, LogConfig, PartitionLog, Retention, SegmentInfo};
+use crate::log::{
+    remove_log_dir, retention_count, LogConfig, PartitionLog, Retention, SegmentInfo,
+};
 use crate::memory_disk::MemoryDisk;
 use crate::segment::{idx_name, log_name};
 use crate::{Disk, DiskError, StorageError};
@@ -390,6 +392,38 @@ fn retention_deletes_whole_sealed_segments_oldest_first() {
         drop(log);
         let (log, _) = open(&disk).await;
         assert_eq!(log.first_op(), first);
+    });
+}
+
+#[test]
+fn a_closed_log_takes_no_more_work_and_its_directory_can_be_removed() {
+    let disk = aligned_disk(12);
+    block_on(async {
+        let (log, _) = open(&disk).await;
+        append_range(&log, 1..41).await;
+        assert!(log.segments().len() > 1);
+        disk.create_dir_all("other").await.unwrap();
+        let other = disk.open("other/keep", true).await.unwrap();
+        disk.write_at(other, 0, Bytes::from_static(b"kept"))
+            .await
+            .unwrap();
+        assert!(disk.open_count() > 1);
+        log.close().await.unwrap();
+        assert_eq!(disk.open_count(), 1, "every segment file is closed");
+        assert!(matches!(
+            log.append(meta(41), payload(41)).await,
+            Err(StorageError::Poisoned)
+        ));
+        assert!(log.read(7).await.is_err());
+        remove_log_dir(&disk, DIR).await.unwrap();
+        assert!(matches!(disk.list(DIR).await, Err(DiskError::NotFound(_))));
+        // Idempotent, and nothing outside the directory is touched.
+        remove_log_dir(&disk, DIR).await.unwrap();
+        assert_eq!(disk.list("other").await.unwrap(), vec!["keep".to_string()]);
+        // A crash after the removal does not bring the log back: the directory is empty.
+        disk.crash();
+        let (log, _) = open(&disk).await;
+        assert_eq!((log.first_op(), log.op_end()), (1, 1));
     });
 }
 

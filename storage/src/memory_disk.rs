@@ -197,6 +197,11 @@ impl MemoryDisk {
         state.files.get(name).map(|f| f.durable.len() as u64)
     }
 
+    /// Handles open now (not closed and not invalidated by a crash).
+    pub fn open_count(&self) -> usize {
+        self.state.borrow().open.len()
+    }
+
     /// The name behind an open handle (a crash or a close invalidates handles). A file removed
     /// while still open is gone for its handle too.
     fn name_of(state: &State, file: FileId) -> Result<String, DiskError> {
@@ -243,12 +248,15 @@ impl Disk for MemoryDisk {
         if !dir.is_empty() && !state.dirs.contains(dir) {
             return Err(DiskError::NotFound(dir.to_string()));
         }
-        Ok(state
+        // Files and directories, as a real directory lists them.
+        let names: BTreeSet<String> = state
             .files
             .keys()
+            .chain(state.dirs.iter())
             .filter(|name| parent(name) == dir)
             .map(|name| name.rsplit('/').next().expect("a name").to_string())
-            .collect())
+            .collect();
+        Ok(names.into_iter().collect())
     }
 
     async fn open(&self, name: &str, create: bool) -> Result<FileId, DiskError> {
@@ -384,6 +392,21 @@ impl Disk for MemoryDisk {
         };
         state.bytes_used -= file.current.len() as u64;
         state.removed.insert(name.to_string(), file);
+        Ok(())
+    }
+
+    async fn remove_dir(&self, dir: &str) -> Result<(), DiskError> {
+        let mut state = self.state.borrow_mut();
+        if !state.dirs.contains(dir) {
+            return Err(DiskError::NotFound(dir.to_string()));
+        }
+        let prefix = format!("{dir}/");
+        let occupied = state.files.keys().any(|name| name.starts_with(&prefix))
+            || state.dirs.iter().any(|other| other.starts_with(&prefix));
+        if occupied {
+            return Err(DiskError::Io(format!("directory {dir} is not empty")));
+        }
+        state.dirs.remove(dir);
         Ok(())
     }
 

@@ -150,6 +150,11 @@ impl<'d, D: Disk> Superblock<'d, D> {
         self.sequence
     }
 
+    /// Closes the file, for a superblock that is done (its group was stopped).
+    pub async fn close(self) {
+        self.disk.close(self.file).await;
+    }
+
     /// Writes `payload` as the next state; durable when this returns.
     pub async fn write(&mut self, payload: &[u8]) -> Result<u64, StorageError> {
         if payload.len() > SUPERBLOCK_PAYLOAD_MAX {
