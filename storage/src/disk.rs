@@ -74,6 +74,17 @@ pub trait Disk {
     async fn size(&self, file: FileId) -> Result<u64, DiskError>;
     /// Reads exactly `len` bytes at `offset`.
     async fn read_at(&self, file: FileId, offset: u64, len: usize) -> Result<Vec<u8>, DiskError>;
+    /// `read_at` for a large read whose bytes are kept as they are (a record): a disk may read
+    /// it another way (straight from the device), and the bytes may sit inside a larger
+    /// allocation.
+    async fn read_bytes_at(
+        &self,
+        file: FileId,
+        offset: u64,
+        len: usize,
+    ) -> Result<Bytes, DiskError> {
+        self.read_at(file, offset, len).await.map(Bytes::from)
+    }
     /// Writes all of `bytes` at `offset`. Not durable until `sync`. A write whose offset,
     /// length and buffer address are multiples of `write_alignment` may bypass the page cache.
     async fn write_at(&self, file: FileId, offset: u64, bytes: Bytes) -> Result<(), DiskError>;

@@ -17,8 +17,9 @@ use std::path::PathBuf;
 use std::rc::Rc;
 
 use bytes::Bytes;
+use monoio::buf::IoBufMut;
 
-use crate::aligned::{is_direct_aligned, DIRECT_BLOCK};
+use crate::aligned::{align_down, align_up, is_direct_aligned, DIRECT_BLOCK};
 use crate::disk::{Disk, DiskError, FileId};
 
 /// Open files kept per disk (each holds up to three descriptors: buffered, direct, control);
@@ -115,6 +116,7 @@ impl Disk for FileDisk {
         let direct = if self.direct {
             use std::os::unix::fs::OpenOptionsExt;
             fs::OpenOptions::new()
+                .read(true)
                 .write(true)
                 .custom_flags(libc::O_DIRECT)
                 .open(&path)
@@ -161,6 +163,22 @@ impl Disk for FileDisk {
                 Err(DiskError::ReadFailed { file, offset })
             }
             Err(error) => Err(error.into()),
+        }
+    }
+
+    async fn read_bytes_at(
+        &self,
+        file: FileId,
+        offset: u64,
+        len: usize,
+    ) -> Result<Bytes, DiskError> {
+        let direct = {
+            let files = self.files.borrow();
+            files.get(&file).ok_or(closed(file))?.direct.clone()
+        };
+        match direct {
+            Some(direct) if len >= DIRECT_READ_MIN => read_direct(&direct, file, offset, len).await,
+            _ => self.read_at(file, offset, len).await.map(Bytes::from),
         }
     }
 
@@ -237,6 +255,58 @@ impl Disk for FileDisk {
 }
 
 /// The error for a handle closed meanwhile (its segment was removed, say).
+/// Reads of at least this many bytes go straight to the device (O_DIRECT). Writes bypass the
+/// page cache, so a buffered read of a record finds nothing there and pays the kernel's cold
+/// read path: on this kind of machine 1 MiB reads ran at 0.6 GB/s buffered against 2.0 GB/s
+/// direct. Smaller reads (index entries, headers) stay buffered, where the cache helps.
+pub const DIRECT_READ_MIN: usize = 64 * 1024;
+
+/// Reads `len` bytes at `offset` through the O_DIRECT descriptor: the block-aligned span that
+/// covers them, into a block-aligned part of one allocation, returned as a slice of it.
+async fn read_direct(
+    direct: &monoio::fs::File,
+    file: FileId,
+    offset: u64,
+    len: usize,
+) -> Result<Bytes, DiskError> {
+    let start = align_down(offset, DIRECT_BLOCK);
+    let end = align_up(offset + len as u64, DIRECT_BLOCK);
+    let span = (end - start) as usize;
+    let block = DIRECT_BLOCK as usize;
+    let mut buffer: Vec<u8> = Vec::with_capacity(span + block);
+    // Zeros up to the first block boundary of the allocation, where the read lands.
+    let pad = buffer.as_ptr().align_offset(block);
+    assert!(pad < block);
+    buffer.resize(pad, 0);
+    let needed = (offset - start) as usize + len;
+    let mut read = 0usize;
+    // Each pass reads at least one block or ends; a span is at most `len` plus two blocks.
+    while read < needed {
+        let window = buffer.slice_mut(pad + read..pad + span);
+        let (result, window) = direct.read_at(window, start + read as u64).await;
+        buffer = window.into_inner();
+        match result {
+            Ok(0) => return Err(DiskError::ShortRead { file, offset, len }),
+            Ok(count) => {
+                read += count;
+                // Direct reads stop on a block boundary, except at the end of the file.
+                if read < needed && !read.is_multiple_of(block) {
+                    return Err(DiskError::ShortRead { file, offset, len });
+                }
+            }
+            Err(error) if error.raw_os_error() == Some(libc::EIO) => {
+                return Err(DiskError::ReadFailed { file, offset })
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    assert_eq!(buffer.len(), pad + read);
+    let first = pad + (offset - start) as usize;
+    let bytes = Bytes::from(buffer).slice(first..first + len);
+    assert_eq!(bytes.len(), len);
+    Ok(bytes)
+}
+
 fn closed(file: FileId) -> DiskError {
     DiskError::Io(format!("file {} is closed", file.0))
 }
@@ -272,6 +342,64 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn large_reads_go_direct_and_return_the_same_bytes_as_buffered_ones() {
+        let dir = temp_dir("direct-read");
+        let disk = FileDisk::new(&dir);
+        block_on(async {
+            let file = disk.open("a.log", true).await.unwrap();
+            // Not a whole number of blocks, and partly written through the page cache.
+            let size = 3 * DIRECT_READ_MIN + 1234;
+            let contents: Vec<u8> = (0..size).map(|i| (i * 7 + i / 4096) as u8).collect();
+            disk.write_at(file, 0, Bytes::from(contents[..size - 5000].to_vec()))
+                .await
+                .unwrap();
+            disk.sync(file).await.unwrap();
+            disk.write_at(
+                file,
+                (size - 5000) as u64,
+                Bytes::from(contents[size - 5000..].to_vec()),
+            )
+            .await
+            .unwrap();
+            assert!(
+                disk.files.borrow()[&file].direct.is_some(),
+                "needs O_DIRECT (not tmpfs)"
+            );
+            for (offset, len) in [
+                (0, DIRECT_READ_MIN),
+                (1, DIRECT_READ_MIN),
+                (4095, DIRECT_READ_MIN + 2),
+                (5000, 2 * DIRECT_READ_MIN),
+                (size - DIRECT_READ_MIN, DIRECT_READ_MIN),
+                (size - DIRECT_READ_MIN - 3, DIRECT_READ_MIN + 3),
+                (0, size),
+            ] {
+                let bytes = disk.read_bytes_at(file, offset as u64, len).await.unwrap();
+                assert_eq!(
+                    &bytes[..],
+                    &contents[offset..offset + len],
+                    "{offset} {len}"
+                );
+            }
+            for (offset, len) in [
+                (size - DIRECT_READ_MIN + 1, DIRECT_READ_MIN),
+                (size, DIRECT_READ_MIN),
+            ] {
+                assert!(matches!(
+                    disk.read_bytes_at(file, offset as u64, len).await,
+                    Err(DiskError::ShortRead { .. })
+                ));
+            }
+            // Small reads stay buffered and agree too.
+            assert_eq!(
+                &disk.read_bytes_at(file, 10, 100).await.unwrap()[..],
+                &contents[10..110]
+            );
+        });
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -599,18 +599,18 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
             state.segment_of(op).ok_or(StorageError::NotFound(op))?.log
         };
         let length = RECORD_HEADER_SIZE as usize + entry.length as usize;
-        let bytes = match self.disk.read_at(log, entry.position, length).await {
+        let bytes = match self.disk.read_bytes_at(log, entry.position, length).await {
             Ok(bytes) => bytes,
             Err(DiskError::ReadFailed { .. } | DiskError::ShortRead { .. }) => {
                 return Err(self.found_faulty(entry));
             }
             Err(error) => return Err(error.into()),
         };
+        assert_eq!(bytes.len(), length);
         let Some(payload) = verified_payload(&bytes, &entry.meta) else {
             return Err(self.found_faulty(entry));
         };
         let payload_len = payload.len();
-        let bytes = Bytes::from(bytes);
         Ok(Record {
             meta: entry.meta,
             payload: bytes.slice(bytes.len() - payload_len..),
