@@ -16,6 +16,7 @@ use galgo_storage::{Disk, StorageError};
 use crate::bus::Bus;
 use crate::checkpoint_store::CheckpointStore;
 use crate::journal::{SegmentJournal, WriteOutcome};
+use crate::read_ahead::{ReadAhead, ReadAheadBudget};
 use crate::view_state::ViewStateStore;
 
 pub const TICK: Duration = Duration::from_millis(10);
@@ -100,6 +101,8 @@ pub struct GroupHost<S: StateMachine, D: Disk + 'static> {
     pub replies_dropped: std::cell::Cell<u64>,
     /// Where and how often the group saves checkpoints (none: it never does).
     checkpointing: RefCell<Option<Checkpointing<D>>>,
+    /// A partition's read-ahead for its consumers (none: polls read every record themselves).
+    read_ahead: RefCell<Option<Rc<ReadAhead>>>,
 }
 
 /// A group's checkpoints: the store (taken by the one save in flight) and when the next is due.
@@ -141,6 +144,7 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
             replies_max: 4096,
             replies_dropped: std::cell::Cell::new(0),
             checkpointing: RefCell::new(None),
+            read_ahead: RefCell::new(None),
         });
         if ticks == Ticks::Own {
             let ticker = Rc::downgrade(&host);
@@ -250,6 +254,15 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
             view_state.close().await;
         }
         Ok(())
+    }
+
+    /// Gives the group a read-ahead for its consumers' polls.
+    pub fn read_ahead_with(&self, budget: Rc<ReadAheadBudget>) {
+        *self.read_ahead.borrow_mut() = Some(Rc::new(ReadAhead::new(budget)));
+    }
+
+    pub fn read_ahead(&self) -> Option<Rc<ReadAhead>> {
+        self.read_ahead.borrow().clone()
     }
 
     /// The group's journal (its log), for reads of committed records.

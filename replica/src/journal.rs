@@ -428,7 +428,7 @@ async fn read_message<D: Disk>(log: &PartitionLog<'_, D>, op: u64) -> Option<Mes
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use galgo_consensus::Command;
     use galgo_storage::file_disk::block_on;
@@ -443,7 +443,7 @@ mod tests {
 
     /// A chain of prepares 1..=count in `view`, each chained to the one before (`salt` makes
     /// another chain).
-    fn chain(count: u64, view: u32, salt: u8) -> Vec<Message> {
+    pub(crate) fn chain(count: u64, view: u32, salt: u8) -> Vec<Message> {
         fork(&[], count, view, salt)
     }
 
@@ -471,7 +471,7 @@ mod tests {
         }
     }
 
-    async fn open<'d>(
+    pub(crate) async fn open<'d>(
         disk: &'d MemoryDisk,
         durable: &DurableState,
     ) -> (SegmentJournal<'d, MemoryDisk>, RecoveredJournal) {

@@ -19,5 +19,6 @@ pub mod journal;
 pub mod metadata;
 pub mod node;
 pub mod partition;
+pub mod read_ahead;
 pub mod routing;
 pub mod view_state;

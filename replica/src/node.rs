@@ -43,6 +43,7 @@ use crate::metadata::{Ident, Limits, Metadata, Placement};
 use crate::partition::machine::PartitionMachine;
 use crate::partition::ops::{PartitionOp, APPEND_HEAD_SIZE};
 use crate::partition::PartitionState;
+use crate::read_ahead::ReadAheadBudget;
 use crate::view_state::ViewStateStore;
 
 /// The metadata group's id.
@@ -138,6 +139,8 @@ pub struct Node {
     starting: RefCell<BTreeSet<u64>>,
     /// Partition groups stopped whose files are not closed yet.
     retiring: RefCell<BTreeSet<u64>>,
+    /// What this shard's partitions hold read ahead for their consumers.
+    read_ahead_budget: Rc<ReadAheadBudget>,
     /// A sweep for deleted groups' files is running; newer placements came meanwhile.
     sweeping: Cell<bool>,
     sweep_again: Cell<bool>,
@@ -260,6 +263,7 @@ impl Node {
             starting: RefCell::new(BTreeSet::new()),
             placements_seen: Cell::new(None),
             retiring: RefCell::new(BTreeSet::new()),
+            read_ahead_budget: Rc::default(),
             sweeping: Cell::new(false),
             sweep_again: Cell::new(false),
             metadata_placements_seen: Cell::new(None),
@@ -598,6 +602,7 @@ impl Node {
                 node.starting.borrow_mut().remove(&group);
                 match opened {
                     Ok(host) => {
+                        host.read_ahead_with(node.read_ahead_budget.clone());
                         node.partitions.borrow_mut().insert(group, host);
                         // Look at the placements again next tick: they may have moved on
                         // while this group opened (a group no longer placed here stops).
@@ -854,6 +859,8 @@ async fn read_committed(host: &PartitionHost, query: PollQuery) -> Polled {
         return polled;
     };
     let mut timestamp_start = None;
+    let read_ahead = host.read_ahead();
+    let mut next_op = None;
     let batches = &mut polled.batches;
     let bytes_max = query.bytes_max.min(POLL_BYTES_MAX) as usize;
     let mut bytes = 0usize;
@@ -868,7 +875,15 @@ async fn read_committed(host: &PartitionHost, query: PollQuery) -> Polled {
                 }
             }
         }
-        let Some(prepare) = journal.read_prepare(op).await else {
+        let read_ahead = match &read_ahead {
+            Some(read_ahead) => read_ahead.take(op).await,
+            None => None,
+        };
+        let prepare = match read_ahead {
+            Some(prepare) => prepare,
+            None => journal.read_prepare(op).await,
+        };
+        let Some(prepare) = prepare else {
             break; // Faulty here (being repaired): the client polls again.
         };
         op += 1;
@@ -910,6 +925,13 @@ async fn read_committed(host: &PartitionHost, query: PollQuery) -> Polled {
             timestamp,
             bytes: prepare.body.slice(prepare.body.len() - batch.len()..),
         });
+        next_op = Some(op);
+    }
+    // The consumer's next poll most likely starts at the op after the last one served.
+    if let (Some(read_ahead), Some(next)) = (&read_ahead, next_op) {
+        if next <= host.replica.borrow().commit_min() {
+            read_ahead.start(&journal, next);
+        }
     }
     if let Some(start) = timestamp_start {
         polled.start = start;
