@@ -88,6 +88,7 @@ async fn main() -> Result<(), String> {
     let payload = Bytes::from(vec![b'x'; options.message_size as usize]);
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
     let started = Instant::now();
+    let mut slowest: Option<(u32, u64)> = None;
     for batch in 0..options.batches {
         let mut messages: Vec<IggyMessage> = (0..options.messages_per_batch)
             .map(|_| {
@@ -107,9 +108,11 @@ async fn main() -> Result<(), String> {
             )
             .await
             .map_err(|e| format!("batch {batch}: {e}"))?;
-        latency
-            .record(sent.elapsed().as_micros().max(1) as u64)
-            .expect("in bounds");
+        let micros = sent.elapsed().as_micros().max(1) as u64;
+        latency.record(micros).expect("in bounds");
+        if slowest.is_none_or(|(_, worst)| micros > worst) {
+            slowest = Some((batch, micros));
+        }
     }
     let messages = u64::from(options.batches) * u64::from(options.messages_per_batch);
     let bytes = messages * options.message_size as u64;
@@ -120,6 +123,12 @@ async fn main() -> Result<(), String> {
         started.elapsed(),
         &latency,
     );
+    if let Some((batch, micros)) = slowest {
+        println!(
+            "  slowest batch: #{batch} ({:.2} ms)",
+            micros as f64 / 1000.0
+        );
+    }
     println!("  Iggy on this machine: 362 MB/s with --enforce-fsync, 990 MB/s from memory");
 
     let consumer = Consumer::new(Identifier::numeric(1).map_err(|e| e.to_string())?);

@@ -1,6 +1,7 @@
 //! Deleting a stream removes its partition groups' files from `galgo dev`'s data directory:
 //! at once while the node runs, and, for files a stopped node left behind, when it starts
-//! again. The files of live groups, and of group ids the metadata never allocated, stay.
+//! again. The files of live groups, and of group ids the metadata never allocated, stay. A
+//! request for a deleted group is answered at once with `OPERATION_NOT_PRIMARY`.
 
 mod common;
 
@@ -9,12 +10,17 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{create_topic, dev_command, free_address, read_partition};
+use galgo_consensus::header::HEADER_SIZE;
+use galgo_consensus::{Command, Header, Message};
 use galgo_replica::client_protocol::PartitionRoute;
+use galgo_replica::client_protocol::{OPERATION_BROKER, OPERATION_NOT_PRIMARY};
 use galgo_replica::metadata::machine::MetadataReply;
 use galgo_replica::metadata::{Ident, MetadataOp};
+use galgo_replica::node::{shard_address, shard_of};
 use galgo_replica::partition::ops::PartitionOp;
 use galgo_replica::partition::reply::PartitionReply;
 use galgo_replica::routing::RoutingClient;
+use std::io::{Read, Write};
 
 /// `galgo dev`'s cluster id.
 const CLUSTER: u128 = 1;
@@ -72,6 +78,31 @@ fn append(client: &mut RoutingClient, route: &PartitionRoute, payload: &[u8]) {
     ));
 }
 
+/// Sends one append for `group` to the node's client port (the group's shard) on a raw
+/// connection; returns the answer's header and the request's checksum.
+fn raw_request(client_port: std::net::SocketAddr, group: u64) -> (Header, u128) {
+    let mut header = Header::new(Command::Request, CLUSTER, group);
+    header.client = 0xDE3;
+    header.request = 1;
+    header.operation = OPERATION_BROKER;
+    let op = PartitionOp::Append {
+        base_offset: 0,
+        count: 1,
+        timestamp: 0,
+        producer: None,
+    };
+    let request = Message::new(header, op.encode(b"late").to_vec());
+    let address = shard_address(client_port, shard_of(group, 2)).unwrap();
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let (head, body) = request.frame_parts();
+    stream.write_all(&head).unwrap();
+    stream.write_all(body).unwrap();
+    let mut answer = [0u8; HEADER_SIZE];
+    stream.read_exact(&mut answer).unwrap();
+    (Header::decode(&answer).unwrap(), request.header.checksum)
+}
+
 #[test]
 fn a_deleted_stream_leaves_no_partition_files_behind() {
     let root: PathBuf =
@@ -115,6 +146,11 @@ fn a_deleted_stream_leaves_no_partition_files_behind() {
             .all(|r| files_of(&data_dir, r.group).is_empty())
     });
     eprintln!("removed {:?} after the delete", started.elapsed());
+    // A request for a group the node no longer runs is answered at once, not dropped.
+    let answer = raw_request(addresses[1], dropped[1].group);
+    assert_eq!(answer.0.command, Command::Reply);
+    assert_eq!(answer.0.operation, OPERATION_NOT_PRIMARY);
+    assert_eq!(answer.0.context, answer.1, "it answers that very request");
     for route in &kept {
         assert_eq!(files_of(&data_dir, route.group).len(), 3);
     }

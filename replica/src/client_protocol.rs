@@ -17,6 +17,12 @@ pub const OPERATION_TOPIC_ROUTES: u8 = 250;
 /// `GroupStatusQuery`, reply body `GroupStatus`.
 pub const OPERATION_GROUP_STATUS: u8 = 251;
 
+/// The node's answer to a request (`OPERATION_BROKER` or a register) its replica of the group
+/// cannot take now: the group is not placed here or not open yet (a topic just created), or
+/// the replica is a backup or changing view. Empty body. The client asks the next member at
+/// once (pausing after a whole round) instead of waiting out its attempt timeout.
+pub const OPERATION_NOT_PRIMARY: u8 = 254;
+
 /// Version 3: polled batches carry their timestamp.
 const QUERY_VERSION: u8 = 3;
 

@@ -30,7 +30,8 @@ use crate::client_protocol::{
     GroupStatus, GroupStatusQuery, MetadataAnswer, MetadataQuery, PartitionRoute, PollQuery,
     PollReply, PollStart, Polled, PolledBatch, ReplicaStatus, RoutesPage, TopicQuery, TopicRoutes,
     METADATA_BYTES_MAX, OPERATION_BROKER, OPERATION_GROUP_STATUS, OPERATION_METADATA,
-    OPERATION_POLL, OPERATION_TOPIC_ROUTES, POLLED_BATCH_OVERHEAD, POLL_BYTES_MAX, ROUTES_PER_PAGE,
+    OPERATION_NOT_PRIMARY, OPERATION_POLL, OPERATION_TOPIC_ROUTES, POLLED_BATCH_OVERHEAD,
+    POLL_BYTES_MAX, ROUTES_PER_PAGE,
 };
 use crate::config::Config;
 use crate::group_files::{
@@ -302,6 +303,8 @@ impl Node {
 
     /// A message from a peer: to its group, if this node runs it (else dropped: VSR
     /// retransmits, and the group may be starting).
+    /// Hands a peer's message to its group's replica; a group not running here drops it (VSR
+    /// retransmits).
     fn route(&self, message: Message) {
         if message.header.group == METADATA_GROUP {
             if let Some(metadata) = &self.metadata {
@@ -310,6 +313,36 @@ impl Node {
         } else if let Some(host) = self.partitions.borrow().get(&message.header.group) {
             host.deliver(Event::Message(message));
         }
+    }
+
+    /// Hands a client's request to its group's replica if that replica is the group's primary
+    /// in a normal view; else answers `OPERATION_NOT_PRIMARY` at once (a backup would drop
+    /// it, and the client would wait out its attempt timeout before asking the next member).
+    fn route_request(&self, message: Message) -> Option<Message> {
+        assert_eq!(message.header.command, Command::Request);
+        fn takes_requests<S: StateMachine>(replica: &Replica<S>) -> bool {
+            replica.status() == galgo_consensus::Status::Normal && replica.is_primary()
+        }
+        let group = message.header.group;
+        if group == METADATA_GROUP {
+            if let Some(metadata) = &self.metadata {
+                if takes_requests(&metadata.replica.borrow()) {
+                    metadata.deliver(Event::Message(message));
+                    return None;
+                }
+            }
+        } else if let Some(host) = self.partitions.borrow().get(&group) {
+            if takes_requests(&host.replica.borrow()) {
+                host.deliver(Event::Message(message));
+                return None;
+            }
+        }
+        let mut header = Header::new(Command::Reply, self.cluster, group);
+        header.client = message.header.client;
+        header.context = message.header.checksum;
+        header.request = message.header.request;
+        header.operation = OPERATION_NOT_PRIMARY;
+        Some(Message::new(header, Vec::new()))
     }
 
     fn on_client_message(&self, message: Message) -> Option<Message> {
@@ -332,7 +365,7 @@ impl Node {
         if operation == OPERATION_BROKER
             || operation == galgo_consensus::header::operation::REGISTER
         {
-            self.route(message);
+            return self.route_request(message);
         }
         None
     }

@@ -20,7 +20,8 @@ use galgo_consensus::{Command, Header, Message};
 use crate::client_protocol::{
     GroupStatus, GroupStatusQuery, MetadataAnswer, MetadataQuery, PartitionRoute, PollQuery,
     PollReply, Polled, ReplicaStatus, TopicQuery, TopicRoutes, OPERATION_BROKER,
-    OPERATION_GROUP_STATUS, OPERATION_METADATA, OPERATION_POLL, OPERATION_TOPIC_ROUTES,
+    OPERATION_GROUP_STATUS, OPERATION_METADATA, OPERATION_NOT_PRIMARY, OPERATION_POLL,
+    OPERATION_TOPIC_ROUTES,
 };
 use crate::metadata::{Limits, Metadata};
 use crate::node::{shard_address, METADATA_GROUP};
@@ -396,6 +397,8 @@ impl RoutingClient {
                 Some(reply) if reply.header.command == Command::Eviction => {
                     return Err(RoutingError::Evicted { group });
                 }
+                // That node does not run the group (yet): the next member, without waiting.
+                Some(reply) if reply.header.operation == OPERATION_NOT_PRIMARY => {}
                 Some(reply) => {
                     self.views.insert(group, reply.header.view);
                     return Ok(Reply {
