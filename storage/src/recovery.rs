@@ -83,7 +83,7 @@ pub(crate) async fn read_intact_record<D: Disk>(
         return None;
     }
     let payload = disk
-        .read_at(file, position + RECORD_HEADER_SIZE, length as usize)
+        .read_bytes_at(file, position + RECORD_HEADER_SIZE, length as usize)
         .await
         .ok()?;
     record_valid(&header, &payload).then_some((meta, length))
