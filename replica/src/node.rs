@@ -303,8 +303,6 @@ impl Node {
 
     /// A message from a peer: to its group, if this node runs it (else dropped: VSR
     /// retransmits, and the group may be starting).
-    /// Hands a peer's message to its group's replica; a group not running here drops it (VSR
-    /// retransmits).
     fn route(&self, message: Message) {
         if message.header.group == METADATA_GROUP {
             if let Some(metadata) = &self.metadata {
