@@ -6,10 +6,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::{create_topic, dev_command, free_address, read_partition};
+use common::{create_topic, dev_command, free_address, read_partition, spawn_logged};
 use galgo_consensus::header::HEADER_SIZE;
 use galgo_consensus::{Command, Header, Message};
 use galgo_replica::client_protocol::PartitionRoute;
@@ -27,17 +27,11 @@ const CLUSTER: u128 = 1;
 const DEADLINE: Duration = Duration::from_secs(20);
 
 fn start(data_dir: &Path, addresses: [std::net::SocketAddr; 3], log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
     let [bus, client, gateway] = addresses;
-    dev_command(data_dir, bus, client, gateway, "deleted-groups")
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("galgo dev starts")
+    spawn_logged(
+        dev_command(data_dir, bus, client, gateway, "deleted-groups"),
+        log,
+    )
 }
 
 /// The names in `data_dir` that belong to partition group `group`.

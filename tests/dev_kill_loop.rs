@@ -7,11 +7,11 @@
 
 mod common;
 
-use common::{create_topic, dev_command, free_address, read_partition};
+use common::{create_topic, dev_command, free_address, read_partition, spawn_logged};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,16 +35,10 @@ fn start(
     gateway: SocketAddr,
     log: &Path,
 ) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    dev_command(data_dir, bus, client, gateway, "kill-loop")
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("galgo dev starts")
+    spawn_logged(
+        dev_command(data_dir, bus, client, gateway, "kill-loop"),
+        log,
+    )
 }
 
 #[test]

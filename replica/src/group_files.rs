@@ -8,7 +8,8 @@
 
 use std::collections::BTreeSet;
 
-use galgo_storage::{remove_log_dir, Disk, DiskError, StorageError};
+use galgo_storage::disk::gone;
+use galgo_storage::{remove_log_dir, Disk, StorageError};
 
 /// The directory of group `group`'s partition log.
 pub fn log_dir(group: u64) -> String {
@@ -69,10 +70,7 @@ impl DeletedGroups {
 pub async fn remove_group_files<D: Disk>(disk: &D, group: u64) -> Result<(), StorageError> {
     remove_log_dir(disk, &log_dir(group)).await?;
     remove_log_dir(disk, &checkpoint_dir(group)).await?;
-    match disk.remove(&superblock_name(group)).await {
-        Ok(()) | Err(DiskError::NotFound(_)) => {}
-        Err(error) => return Err(error.into()),
-    }
+    gone(disk.remove(&superblock_name(group)).await)?;
     disk.sync_dir("").await?;
     Ok(())
 }

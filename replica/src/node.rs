@@ -44,7 +44,7 @@ use crate::metadata::{Ident, Limits, Metadata, Placement};
 use crate::partition::machine::PartitionMachine;
 use crate::partition::ops::{PartitionOp, APPEND_HEAD_SIZE};
 use crate::partition::PartitionState;
-use crate::read_ahead::ReadAheadBudget;
+use crate::read_ahead::{ReadAhead, ReadAheadBudget};
 use crate::view_state::ViewStateStore;
 
 /// The metadata group's id.
@@ -906,15 +906,7 @@ async fn read_committed(host: &PartitionHost, query: PollQuery) -> Polled {
                 }
             }
         }
-        let read_ahead = match &read_ahead {
-            Some(read_ahead) => read_ahead.take(op).await,
-            None => None,
-        };
-        let prepare = match read_ahead {
-            Some(prepare) => prepare,
-            None => journal.read_prepare(op).await,
-        };
-        let Some(prepare) = prepare else {
+        let Some(prepare) = committed_prepare(&journal, read_ahead.as_deref(), op).await else {
             break; // Faulty here (being repaired): the client polls again.
         };
         op += 1;
@@ -968,6 +960,20 @@ async fn read_committed(host: &PartitionHost, query: PollQuery) -> Polled {
         polled.start = start;
     }
     polled
+}
+
+/// The prepare of committed `op`: the one read ahead if the partition holds it, else read now.
+async fn committed_prepare(
+    journal: &SegmentJournal<'static, FileDisk>,
+    read_ahead: Option<&ReadAhead>,
+    op: u64,
+) -> Option<Message> {
+    if let Some(read_ahead) = read_ahead {
+        if let Some(prepare) = read_ahead.take(op).await {
+            return prepare;
+        }
+    }
+    journal.read_prepare(op).await
 }
 
 fn reply_sink(clients: &Rc<ClientTable>) -> ReplySink {

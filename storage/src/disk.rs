@@ -108,6 +108,15 @@ pub trait Disk {
 }
 
 /// Joins a directory and a file name into a disk name.
+/// A removal's result with "already gone" counted as done (removals that may be repeated
+/// after a crash).
+pub fn gone(removed: Result<(), DiskError>) -> Result<(), DiskError> {
+    match removed {
+        Ok(()) | Err(DiskError::NotFound(_)) => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
 pub fn join(dir: &str, name: &str) -> String {
     if dir.is_empty() {
         name.to_string()

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use futures_channel::oneshot;
 
-use crate::disk::{join, parent, Disk, DiskError};
+use crate::disk::{gone, join, parent, Disk, DiskError};
 use crate::error::StorageError;
 use crate::format::{
     encode_index_entry, encode_record, encode_record_header_parts, verified_payload, EntryMeta,
@@ -911,16 +911,10 @@ pub async fn remove_log_dir<D: Disk>(disk: &D, dir: &str) -> Result<(), StorageE
         Err(error) => return Err(error.into()),
     };
     for name in names {
-        match disk.remove(&join(dir, &name)).await {
-            Ok(()) | Err(DiskError::NotFound(_)) => {}
-            Err(error) => return Err(error.into()),
-        }
+        gone(disk.remove(&join(dir, &name)).await)?;
     }
     disk.sync_dir(dir).await?;
-    match disk.remove_dir(dir).await {
-        Ok(()) | Err(DiskError::NotFound(_)) => {}
-        Err(error) => return Err(error.into()),
-    }
+    gone(disk.remove_dir(dir).await)?;
     disk.sync_dir(parent(dir)).await?;
     Ok(())
 }
@@ -958,10 +952,7 @@ pub(crate) async fn remove_segment_files<D: Disk>(
 ) -> Result<(), StorageError> {
     // The index first: an index without its log is never left behind as a sealed segment.
     for name in [idx_name(dir, base), log_name(dir, base)] {
-        match disk.remove(&name).await {
-            Ok(()) | Err(DiskError::NotFound(_)) => {}
-            Err(error) => return Err(error.into()),
-        }
+        gone(disk.remove(&name).await)?;
     }
     disk.sync_dir(dir).await?;
     Ok(())

@@ -65,6 +65,20 @@ pub fn dev_command(
     command
 }
 
+/// Starts `command` with its stdout and stderr appended to `log`.
+pub fn spawn_logged(mut command: Command, log: &Path) -> std::process::Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    command
+        .stdout(std::process::Stdio::from(log.try_clone().unwrap()))
+        .stderr(std::process::Stdio::from(log))
+        .spawn()
+        .expect("galgo starts")
+}
+
 /// The messages of a partition log on disk: (offset, payload) of every append, in log order.
 pub fn read_partition(dir: &Path, group: u64) -> Vec<(u64, Vec<u8>)> {
     let disk = FileDisk::new(dir);
