@@ -1,8 +1,8 @@
 //! Checksums of on-disk records: xxh3-64 over the exact bytes (a 64-bit hash per record is
 //! enough to tell damage from data; the VSR identity of a prepare is its own 128-bit checksum).
-//! twox-hash picks AVX2 or SSE2 at run time.
-
-use std::hash::Hasher;
+//! twox-hash picks AVX2 or SSE2 at run time for one part; several parts go through
+//! xxhash-rust's streaming hasher (measured on 256 B + 1 MB: twox-hash's streaming hasher
+//! 150 µs, xxhash-rust's 37 µs, a one-shot of the joined bytes 18 µs plus the join).
 
 use twox_hash::XxHash3_64;
 
@@ -25,11 +25,11 @@ pub fn checksum64(parts: &[&[u8]]) -> u64 {
         }
         return XxHash3_64::oneshot(&joined[..at]);
     }
-    let mut hasher = XxHash3_64::new();
+    let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
     for part in parts {
-        hasher.write(part);
+        hasher.update(part);
     }
-    hasher.finish()
+    hasher.digest()
 }
 
 #[cfg(test)]
@@ -59,6 +59,13 @@ mod tests {
             let (a, b) = data.split_at(len / 3);
             assert_eq!(checksum64(&[a, b]), expected, "{len} in two parts");
         }
+        // A journal record: a 256-byte prepare header, then a 1 MB body. Parts and one part go
+        // through different implementations, which must agree.
+        let (header, body) = bytes[..1_000_256].split_at(256);
+        assert_eq!(
+            checksum64(&[header, body]),
+            XxHash3_64::oneshot(&bytes[..1_000_256])
+        );
         assert_eq!(checksum64(&[&bytes]), xxhash_rust::xxh3::xxh3_64(&bytes));
     }
 }
