@@ -14,6 +14,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use galgo_gateway::server::GatewayConfig;
 use galgo_replica::config::{Config, DEV_CONFIG};
+use galgo_replica::local_port::LocalPorts;
 use galgo_replica::metadata::machine::MetadataReply;
 use galgo_replica::metadata::{MetadataOp, UserStatus};
 use galgo_replica::node::{Node, SharedPlacements};
@@ -130,7 +131,7 @@ fn main() -> ExitCode {
             Ok(config) => config,
             Err(code) => return code,
         };
-        return match serve_clients(&config, *verbose, None) {
+        return match serve_clients(&config, *verbose, None, None) {
             Ok(()) => loop {
                 std::thread::park();
             },
@@ -190,13 +191,24 @@ fn run(config: Config, dev: bool) -> ExitCode {
     let placements = Arc::new(SharedPlacements::default());
     let shards_ready = Arc::new(readiness::ShardsReadiness::new(shards));
     let started = Arc::new(std::sync::Barrier::new(usize::from(shards) + 1));
+    // `galgo dev`'s gateway reaches the shards through in-process links.
+    let local = dev.then(|| LocalPorts::new(config.replica.id, shards));
     let mut threads = Vec::new();
     for shard in 0..shards {
         let (config, placements, started) = (config.clone(), placements.clone(), started.clone());
-        let (stopping, ready) = (stopping.clone(), shards_ready.clone());
+        let (stopping, ready, local) = (stopping.clone(), shards_ready.clone(), local.clone());
+        let shard_run = ShardRun {
+            shard,
+            shards,
+            placements,
+            local,
+            started,
+            stopping,
+            ready,
+        };
         let thread = std::thread::Builder::new()
             .name(format!("galgo-shard-{shard}"))
-            .spawn(move || run_shard(config, shard, shards, placements, started, stopping, ready))
+            .spawn(move || run_shard(config, shard_run))
             .expect("a shard thread starts");
         threads.push(thread);
     }
@@ -211,7 +223,7 @@ fn run(config: Config, dev: bool) -> ExitCode {
         config.replica.data_dir.display()
     );
     if dev {
-        if serve_clients(&config, false, Some(shards_ready)).is_err() {
+        if serve_clients(&config, false, Some(shards_ready), local).is_err() {
             return ExitCode::FAILURE;
         }
     } else if !config.replica.http_address.is_empty() {
@@ -235,19 +247,32 @@ fn run(config: Config, dev: bool) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// One shard: its runtime, its node half, until the process ends. A shard that cannot start
-/// ends the process (a node without one of its shards would silently lose its groups).
-fn run_shard(
-    config: Config,
+/// What a shard thread shares with the rest of the process.
+struct ShardRun {
     shard: u16,
     shards: u16,
     placements: Arc<SharedPlacements>,
+    /// Where a gateway in this process takes its links to the shard (`galgo dev`).
+    local: Option<Arc<LocalPorts>>,
     started: Arc<std::sync::Barrier>,
     stopping: Arc<shutdown::Shutdown>,
     ready: Arc<readiness::ShardsReadiness>,
-) {
+}
+
+/// One shard: its runtime, its node half, until the process ends. A shard that cannot start
+/// ends the process (a node without one of its shards would silently lose its groups).
+fn run_shard(config: Config, run: ShardRun) {
+    let ShardRun {
+        shard,
+        shards,
+        placements,
+        local,
+        started,
+        stopping,
+        ready,
+    } = run;
     let (outcome, uring) = galgo_storage::file_disk::block_on(async move {
-        let node = Node::start(config, shard, shards, placements).await?;
+        let node = Node::start(config, shard, shards, placements, local).await?;
         started.wait();
         // The shard's tasks run on until the process ends. Everything acknowledged is already
         // durable, so even a kill loses nothing acknowledged; on SIGTERM or SIGINT the shard
@@ -310,11 +335,12 @@ fn serve_clients(
     config: &Config,
     verbose: bool,
     local_shards: Option<std::sync::Arc<readiness::ShardsReadiness>>,
+    local: Option<Arc<LocalPorts>>,
 ) -> Result<(), ()> {
     let (cluster, nodes) = (u128::from(config.cluster.id), client_addresses(config));
     let root_nodes = nodes.clone();
     std::thread::spawn(move || set_root_user(cluster, root_nodes));
-    start_gateway(config, verbose)?;
+    start_gateway(config, verbose, local)?;
     let mut gateway = readiness::gateway_probe(cluster, random_u128(), nodes);
     let probe: http::Probe = match local_shards {
         None => gateway,
@@ -327,7 +353,7 @@ fn serve_clients(
 }
 
 /// Starts the Iggy-protocol gateway on `gateway.tcp_address` for the cluster of `config`.
-fn start_gateway(config: &Config, verbose: bool) -> Result<(), ()> {
+fn start_gateway(config: &Config, verbose: bool, local: Option<Arc<LocalPorts>>) -> Result<(), ()> {
     let listen: std::net::SocketAddr = config
         .gateway
         .tcp_address
@@ -343,6 +369,7 @@ fn start_gateway(config: &Config, verbose: bool) -> Result<(), ()> {
     gateway.http_port = http.port();
     gateway.verbose = verbose;
     gateway.member_timeout = std::time::Duration::from_millis(config.gateway.member_timeout_ms);
+    gateway.local = local;
     let tls = &config.gateway.tls_certificate;
     if !tls.is_empty() {
         let key = std::path::Path::new(&config.gateway.tls_key);

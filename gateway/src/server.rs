@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use galgo_replica::local_port::LocalPorts;
 use galgo_replica::routing::RoutingClient;
 
 use crate::clients::{ClientRegistry, Registered};
@@ -51,6 +52,8 @@ pub struct GatewayConfig {
     /// Consumer-group members of this gateway are touched every sixth of this; members of a
     /// gateway that stopped leave their groups after it (`member_keeper`).
     pub member_timeout: Duration,
+    /// The node of this process (`galgo dev`), reached through in-process links, not TCP.
+    pub local: Option<Arc<LocalPorts>>,
 }
 
 impl GatewayConfig {
@@ -64,7 +67,7 @@ impl GatewayConfig {
         format!(
             "listen = {}\ncluster = {:032x}\nnodes = {}\nhttp_port = {}\nframe_size_max = {}\n\
              login_frame_size_max = {}\nconnections_max = {}\nidle_timeout_ms = {}\n\
-             member_timeout_ms = {}\ntls = {}\nverbose = {}\n",
+             member_timeout_ms = {}\ntls = {}\nverbose = {}\nlocal_links = {}\n",
             self.listen,
             self.cluster,
             nodes.join(", "),
@@ -76,6 +79,7 @@ impl GatewayConfig {
             self.member_timeout.as_millis(),
             if self.tls.is_some() { "on" } else { "off" },
             self.verbose,
+            if self.local.is_some() { "on" } else { "off" },
         )
     }
 
@@ -93,6 +97,16 @@ impl GatewayConfig {
             verbose: false,
             tls: None,
             member_timeout: Duration::from_secs(30),
+            local: None,
+        }
+    }
+
+    /// A routing client for this gateway's cluster, with a new client identity.
+    pub fn routing_client(&self) -> RoutingClient {
+        let client = RoutingClient::new(self.cluster, random_client_id(), self.nodes.clone());
+        match &self.local {
+            Some(local) => client.with_local_ports(local.clone()),
+            None => client,
         }
     }
 }
@@ -189,7 +203,7 @@ pub fn start(config: GatewayConfig) -> std::io::Result<Gateway> {
             .map_or(0, |d| d.as_micros() as u64),
         verbose: config.verbose,
     });
-    let keeper = RoutingClient::new(config.cluster, random_client_id(), config.nodes.clone());
+    let keeper = config.routing_client();
     let (keeper_shared, timeout) = (shared.clone(), config.member_timeout);
     std::thread::Builder::new()
         .name("galgo-gateway-members".to_string())
@@ -260,7 +274,7 @@ fn serve(
     {
         return;
     }
-    let routing = RoutingClient::new(config.cluster, random_client_id(), config.nodes.clone());
+    let routing = config.routing_client();
     let mut connection = Connection::new(shared.clone(), routing, peer, number, member);
     match &config.tls {
         None => serve_requests(&mut stream, config, &shared, &mut connection, peer),

@@ -1,9 +1,10 @@
-//! A node's client port: TCP connections from routing clients (and, later, the gateway).
-//! Each connection reads whole consensus messages (checked by `frame::read_frame`) and hands
-//! requests to the node; replies come back through the `ClientTable`, which maps a client id
-//! to the connection it last spoke on, and wait in that connection's bounded queue for its
-//! writer. A connection that sends a bad frame is closed; so is one whose queue overflows
-//! (a client that does not read its replies).
+//! A node's client port: TCP connections from routing clients and gateways, and in-process
+//! links from a gateway in the same process (`local_port`). Each TCP connection reads whole
+//! consensus messages (checked by `frame::read_frame`) and hands requests to the node; replies
+//! come back through the `ClientTable`, which maps a client id to the connection it last spoke
+//! on, and wait in that connection's bounded queue for its writer (a link's replies go
+//! straight into its bounded channel, as messages). A connection that sends a bad frame is
+//! closed; so is one whose queue overflows (a client that does not read its replies).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -11,11 +12,16 @@ use std::rc::{Rc, Weak};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
+use std::sync::mpsc::SyncSender;
+
+use futures_channel::mpsc;
+use galgo_consensus::message::BODY_SIZE_MAX;
 use galgo_consensus::Message;
 use monoio::io::{AsyncWriteRentExt, Splitable};
 use monoio::net::{TcpListener, TcpStream};
 
 use crate::frame::{read_frame, FrameRead};
+use crate::local_port::{self, LinkEnds};
 
 /// Connections open at once, at most.
 pub const CONNECTIONS_MAX: usize = 256;
@@ -40,10 +46,32 @@ pub struct Connection {
     ids: Cell<usize>,
     waiter: RefCell<Option<Waker>>,
     closed: Cell<bool>,
+    /// An in-process link's reply channel: its replies go there as messages, not frames.
+    link: Option<SyncSender<Message>>,
 }
 
 impl Connection {
-    fn push(&self, frame: Vec<u8>) {
+    fn new(id: u64, link: Option<SyncSender<Message>>) -> Connection {
+        Connection {
+            id,
+            replies: RefCell::new(VecDeque::new()),
+            replies_bytes: Cell::new(0),
+            ids: Cell::new(0),
+            waiter: RefCell::new(None),
+            closed: Cell::new(false),
+            link,
+        }
+    }
+
+    fn push(&self, reply: &Message) {
+        if let Some(link) = &self.link {
+            if !local_port::push_reply(link, reply) {
+                // Its reader is gone or does not keep up.
+                self.close();
+            }
+            return;
+        }
+        let frame = reply.encode();
         let mut replies = self.replies.borrow_mut();
         if replies.len() >= REPLIES_QUEUED_MAX
             || self.replies_bytes.get() + frame.len() > REPLY_BYTES_QUEUED_MAX
@@ -100,6 +128,12 @@ pub struct ClientTable {
 }
 
 impl ClientTable {
+    fn take_id(&self) -> u64 {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        id
+    }
+
     /// Sends `reply` to the connection its client last spoke on.
     pub fn deliver(&self, reply: &Message) {
         let connection = self
@@ -108,7 +142,7 @@ impl ClientTable {
             .get(&reply.header.client)
             .and_then(Weak::upgrade);
         match connection {
-            Some(connection) if !connection.closed.get() => connection.push(reply.encode()),
+            Some(connection) if !connection.closed.get() => connection.push(reply),
             _ => self.dropped.set(self.dropped.get() + 1),
         }
     }
@@ -163,16 +197,7 @@ pub async fn serve(
         }
         let _ = stream.set_nodelay(true);
         table.open.set(table.open.get() + 1);
-        let id = table.next_id.get();
-        table.next_id.set(id + 1);
-        let connection = Rc::new(Connection {
-            id,
-            replies: RefCell::new(VecDeque::new()),
-            replies_bytes: Cell::new(0),
-            ids: Cell::new(0),
-            waiter: RefCell::new(None),
-            closed: Cell::new(false),
-        });
+        let connection = Rc::new(Connection::new(table.take_id(), None));
         let (table, handler) = (table.clone(), handler.clone());
         monoio::spawn(async move {
             run_connection(stream, &table, &connection, cluster, &handler).await;
@@ -212,9 +237,66 @@ async fn run_connection(
             table.register(message.header.client, connection);
         }
         if let Some(reply) = handler(message) {
-            connection.push(reply.encode());
+            connection.push(&reply);
         }
     }
     connection.close();
     writer_task.await;
+}
+
+/// Serves the in-process links `links` brings (`local_port::LocalPorts::register`) until the
+/// process's gateway side is gone; each is a connection of `table` like a TCP one.
+pub async fn serve_local(
+    mut links: mpsc::Receiver<LinkEnds>,
+    table: Rc<ClientTable>,
+    cluster: u128,
+    handler: RequestHandler,
+) {
+    while let Some(ends) = next(&mut links).await {
+        if table.open.get() >= CONNECTIONS_MAX {
+            continue; // Dropping the ends breaks the link.
+        }
+        table.open.set(table.open.get() + 1);
+        let connection = Rc::new(Connection::new(table.take_id(), Some(ends.replies)));
+        let (table, handler) = (table.clone(), handler.clone());
+        monoio::spawn(async move {
+            run_link(ends.requests, &table, &connection, cluster, &handler).await;
+            connection.close();
+            table.forget(&connection);
+            table.open.set(table.open.get() - 1);
+        });
+    }
+}
+
+/// The next item of a channel, `None` once every sender is gone.
+async fn next<T>(receiver: &mut mpsc::Receiver<T>) -> Option<T> {
+    use futures_core::Stream;
+    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *receiver).poll_next(cx)).await
+}
+
+async fn run_link(
+    mut requests: mpsc::Receiver<Message>,
+    table: &Rc<ClientTable>,
+    connection: &Rc<Connection>,
+    cluster: u128,
+    handler: &RequestHandler,
+) {
+    // Ends when the caller drops its end, or its replies overflowed.
+    while !connection.closed.get() {
+        let message = match monoio::time::timeout(IDLE_MAX, next(&mut requests)).await {
+            Ok(Some(message)) => message,
+            Ok(None) | Err(_) => break,
+        };
+        // Sealed by `Message::new` in this process: what `read_frame` checks of a TCP frame
+        // besides the checksums (which cannot have changed in memory).
+        if message.header.cluster != cluster || message.body.len() > BODY_SIZE_MAX {
+            break;
+        }
+        if message.header.client != 0 {
+            table.register(message.header.client, connection);
+        }
+        if let Some(reply) = handler(message) {
+            connection.push(&reply);
+        }
+    }
 }

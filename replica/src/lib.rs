@@ -16,6 +16,7 @@ pub mod frame;
 pub mod group_files;
 pub mod group_host;
 pub mod journal;
+pub mod local_port;
 pub mod metadata;
 pub mod node;
 pub mod partition;

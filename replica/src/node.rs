@@ -39,6 +39,7 @@ use crate::group_files::{
 };
 use crate::group_host::{realtime_now, Event, GroupHost, ReplySink, Ticks, TICK};
 use crate::journal::{MessagesOf, SegmentJournal};
+use crate::local_port::LocalPorts;
 use crate::metadata::machine::MetadataMachine;
 use crate::metadata::{Ident, Limits, Metadata, Placement};
 use crate::partition::machine::PartitionMachine;
@@ -165,13 +166,15 @@ fn seed(node: u8, group: u64) -> u64 {
 }
 
 impl Node {
-    /// Opens the data directory and every group's files, binds the bus and the client port,
-    /// and starts the node's tasks on the current monoio runtime.
+    /// Opens the data directory and every group's files, binds the bus and the client port
+    /// (and, with `local`, takes in-process links from a gateway in this process), and starts
+    /// the node's tasks on the current monoio runtime.
     pub async fn start(
         config: Config,
         shard: u16,
         shards: u16,
         placements: Arc<SharedPlacements>,
+        local: Option<Arc<LocalPorts>>,
     ) -> Result<Rc<Node>, NodeError> {
         assert!(shard < shards);
         let data_dir = config.replica.data_dir.clone();
@@ -297,6 +300,16 @@ impl Node {
             let node = handler_node.upgrade()?;
             node.on_client_message(message)
         });
+        if let Some(local) = local {
+            assert_eq!(local.node(), me, "the local ports are this node's");
+            let links = local.register(shard);
+            monoio::spawn(client_port::serve_local(
+                links,
+                clients.clone(),
+                cluster,
+                handler.clone(),
+            ));
+        }
         monoio::spawn(client_port::serve(listener, clients, cluster, handler));
         Ok(node)
     }

@@ -5,12 +5,14 @@
 //! member, with the same request identity (client, session, request number): the group's
 //! session table makes a retried request execute at most once, and a retry of a request that
 //! already committed gets the original reply. Blocking (std sockets), one request in flight
-//! per client; the gateway will run one per worker.
+//! per client; the gateway runs one per connection. A client given its process's
+//! `LocalPorts` reaches that node's shards through in-process links instead of TCP.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use galgo_consensus::header::{operation, HEADER_SIZE};
@@ -23,6 +25,7 @@ use crate::client_protocol::{
     OPERATION_GROUP_STATUS, OPERATION_METADATA, OPERATION_NOT_PRIMARY, OPERATION_POLL,
     OPERATION_TOPIC_ROUTES,
 };
+use crate::local_port::{LinkFailure, LocalLink, LocalPorts};
 use crate::metadata::{Limits, Metadata};
 use crate::node::{shard_address, METADATA_GROUP};
 
@@ -76,7 +79,9 @@ pub struct RoutingClient {
     client: u128,
     nodes: BTreeMap<u8, SocketAddr>,
     /// One connection per (node, shard): shard s of a node listens on its port + s.
-    connections: BTreeMap<(u8, u16), TcpStream>,
+    connections: BTreeMap<(u8, u16), Link>,
+    /// This process's node, reached through in-process links.
+    local: Option<Arc<LocalPorts>>,
     /// The shard that runs each partition group (from its route; 0 when unknown).
     shards: BTreeMap<u64, u16>,
     sessions: BTreeMap<u64, Session>,
@@ -107,6 +112,7 @@ impl RoutingClient {
             client,
             nodes: nodes.into_iter().collect(),
             connections: BTreeMap::new(),
+            local: None,
             shards: BTreeMap::new(),
             sessions: BTreeMap::new(),
             views: BTreeMap::new(),
@@ -121,6 +127,16 @@ impl RoutingClient {
     pub fn with_attempt_timeout(mut self, timeout: Duration) -> RoutingClient {
         assert!(timeout > Duration::ZERO);
         self.attempt_timeout = timeout;
+        self
+    }
+
+    /// Reaches node `local.node()` through in-process links (a gateway in the node's process).
+    pub fn with_local_ports(mut self, local: Arc<LocalPorts>) -> RoutingClient {
+        assert!(
+            self.nodes.contains_key(&local.node()),
+            "a node of the cluster"
+        );
+        self.local = Some(local);
         self
     }
 
@@ -423,25 +439,26 @@ impl RoutingClient {
     /// Sends `request` to `node` and waits up to the attempt timeout for its reply (or this
     /// client's eviction); `None` on silence or a broken connection.
     fn exchange(&mut self, node: u8, shard: u16, request: &Message) -> Option<Message> {
-        let stream = self.connection(node, shard)?;
-        // Sealed by `Message::new` in this client; header and body go out without a copy.
-        let (head, body) = request.frame_parts();
-        if write_all_vectored(stream, &head, body).is_err() {
+        let sent = match self.connection(node, shard)? {
+            // Sealed by `Message::new` in this client; header and body go out without a copy.
+            Link::Tcp(stream) => {
+                let (head, body) = request.frame_parts();
+                write_all_vectored(stream, &head, body).is_ok()
+            }
+            Link::Local(link) => link.send(request).is_ok(),
+        };
+        if !sent {
             self.connections.remove(&(node, shard));
             return None;
         }
         let deadline = Instant::now() + self.attempt_timeout;
         loop {
             let left = deadline.checked_duration_since(Instant::now())?;
-            let stream = self.connections.get_mut(&(node, shard))?;
-            if stream
-                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                .is_err()
-            {
-                self.connections.remove(&(node, shard));
-                return None;
-            }
-            match read_message(stream, self.cluster) {
+            let received = match self.connections.get_mut(&(node, shard))? {
+                Link::Tcp(stream) => receive_tcp(stream, left, self.cluster),
+                Link::Local(link) => link.receive(left),
+            };
+            match received {
                 Ok(message) => {
                     let answers = message.header.context == request.header.checksum
                         && message.header.command == Command::Reply;
@@ -453,8 +470,8 @@ impl RoutingClient {
                     }
                     // A late reply to an earlier attempt: skip it.
                 }
-                Err(ReadFailure::TimedOut) => return None,
-                Err(ReadFailure::Broken) => {
+                Err(LinkFailure::TimedOut) => return None,
+                Err(LinkFailure::Broken) => {
                     self.connections.remove(&(node, shard));
                     return None;
                 }
@@ -462,14 +479,20 @@ impl RoutingClient {
         }
     }
 
-    fn connection(&mut self, node: u8, shard: u16) -> Option<&mut TcpStream> {
+    fn connection(&mut self, node: u8, shard: u16) -> Option<&mut Link> {
         if !self.connections.contains_key(&(node, shard)) {
-            let address = shard_address(*self.nodes.get(&node)?, shard)?;
-            let stream = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT).ok()?;
-            let _ = stream.set_nodelay(true);
-            // Without the limit a write could block until a partition heals: no connection.
-            stream.set_write_timeout(Some(WRITE_TIMEOUT)).ok()?;
-            self.connections.insert((node, shard), stream);
+            let link = match &self.local {
+                Some(local) if local.node() == node => Link::Local(local.connect(shard)?),
+                _ => {
+                    let address = shard_address(*self.nodes.get(&node)?, shard)?;
+                    let stream = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT).ok()?;
+                    let _ = stream.set_nodelay(true);
+                    // Without the limit a write could block until a partition heals.
+                    stream.set_write_timeout(Some(WRITE_TIMEOUT)).ok()?;
+                    Link::Tcp(stream)
+                }
+            };
+            self.connections.insert((node, shard), link);
         }
         self.connections.get_mut(&(node, shard))
     }
@@ -504,19 +527,35 @@ impl RoutingClient {
     }
 }
 
-enum ReadFailure {
-    TimedOut,
-    Broken,
+/// How this client reaches one shard of one node.
+enum Link {
+    Tcp(TcpStream),
+    Local(LocalLink),
+}
+
+/// The next whole message on `stream`, waiting at most `left` for its first byte.
+fn receive_tcp(
+    stream: &mut TcpStream,
+    left: Duration,
+    cluster: u128,
+) -> Result<Message, LinkFailure> {
+    if stream
+        .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+        .is_err()
+    {
+        return Err(LinkFailure::Broken);
+    }
+    read_message(stream, cluster)
 }
 
 /// One whole, checked message (a timeout only before its first byte is clean; one in the
 /// middle of a frame breaks the connection, since the stream is then out of step).
-fn read_message(stream: &mut TcpStream, cluster: u128) -> Result<Message, ReadFailure> {
+fn read_message(stream: &mut TcpStream, cluster: u128) -> Result<Message, LinkFailure> {
     let mut head = [0u8; HEADER_SIZE];
     let mut filled = 0;
     while filled < HEADER_SIZE {
         match stream.read(&mut head[filled..]) {
-            Ok(0) => return Err(ReadFailure::Broken),
+            Ok(0) => return Err(LinkFailure::Broken),
             Ok(read) => filled += read,
             Err(e)
                 if filled == 0
@@ -525,24 +564,24 @@ fn read_message(stream: &mut TcpStream, cluster: u128) -> Result<Message, ReadFa
                         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                     ) =>
             {
-                return Err(ReadFailure::TimedOut)
+                return Err(LinkFailure::TimedOut)
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return Err(ReadFailure::Broken),
+            Err(_) => return Err(LinkFailure::Broken),
         }
     }
-    let header = Header::decode(&head).map_err(|_| ReadFailure::Broken)?;
+    let header = Header::decode(&head).map_err(|_| LinkFailure::Broken)?;
     let size = header.size as usize;
     if header.cluster != cluster || !(HEADER_SIZE..=HEADER_SIZE + BODY_SIZE_MAX).contains(&size) {
-        return Err(ReadFailure::Broken);
+        return Err(LinkFailure::Broken);
     }
     let mut body = vec![0u8; size - HEADER_SIZE];
     // The rest of the frame is on its way: wait for it without the attempt's deadline.
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     stream
         .read_exact(&mut body)
-        .map_err(|_| ReadFailure::Broken)?;
-    Message::from_parts(header, body.into()).map_err(|_| ReadFailure::Broken)
+        .map_err(|_| LinkFailure::Broken)?;
+    Message::from_parts(header, body.into()).map_err(|_| LinkFailure::Broken)
 }
 
 /// Writes of one frame before giving up (a blocking socket takes a frame in a few).
