@@ -262,18 +262,11 @@ struct ShardRun {
 /// One shard: its runtime, its node half, until the process ends. A shard that cannot start
 /// ends the process (a node without one of its shards would silently lose its groups).
 fn run_shard(config: Config, run: ShardRun) {
-    let ShardRun {
-        shard,
-        shards,
-        placements,
-        local,
-        started,
-        stopping,
-        ready,
-    } = run;
+    let shard = run.shard;
     let (outcome, uring) = galgo_storage::file_disk::block_on(async move {
-        let node = Node::start(config, shard, shards, placements, local).await?;
-        started.wait();
+        let node = Node::start(config, shard, run.shards, run.placements, run.local).await?;
+        run.started.wait();
+        let (stopping, ready) = (run.stopping, run.ready);
         // The shard's tasks run on until the process ends. Everything acknowledged is already
         // durable, so even a kill loses nothing acknowledged; on SIGTERM or SIGINT the shard
         // first hands over the leadership of its groups, so that they do not wait out a
