@@ -99,6 +99,10 @@ pub enum LinkFailure {
 impl LocalLink {
     /// Queues `request` for the shard (a clone shares the body).
     pub fn send(&mut self, request: &Message) -> Result<(), LinkFailure> {
+        // Sealed by `Message::new` in this process: the header is checked here (cheap), the
+        // body's checksum in debug builds, as `Message::frame_parts` does for TCP.
+        assert!(request.header.valid_checksum());
+        debug_assert!(request.header.valid_checksum_body(&request.body));
         match self.requests.try_send(request.clone()) {
             Ok(()) => Ok(()),
             // A full queue means the shard has not taken this link's earlier requests: as for
