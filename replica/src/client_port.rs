@@ -9,10 +9,9 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::{Rc, Weak};
+use std::sync::mpsc::SyncSender;
 use std::task::{Poll, Waker};
 use std::time::Duration;
-
-use std::sync::mpsc::SyncSender;
 
 use futures_channel::mpsc;
 use galgo_consensus::message::BODY_SIZE_MAX;
@@ -128,10 +127,37 @@ pub struct ClientTable {
 }
 
 impl ClientTable {
-    fn take_id(&self) -> u64 {
+    /// A new connection (a link's when `link` is its reply channel); `None` at the limit.
+    fn open_connection(&self, link: Option<SyncSender<Message>>) -> Option<Rc<Connection>> {
+        if self.open.get() >= CONNECTIONS_MAX {
+            return None;
+        }
+        self.open.set(self.open.get() + 1);
         let id = self.next_id.get();
         self.next_id.set(id + 1);
-        id
+        Some(Rc::new(Connection::new(id, link)))
+    }
+
+    fn close_connection(&self, connection: &Connection) {
+        connection.close();
+        self.forget(connection);
+        self.open.set(self.open.get() - 1);
+    }
+
+    /// A request that arrived on `connection`: its client's replies go there from now on,
+    /// and an answer the node gives at once goes back on it.
+    fn take_request(
+        &self,
+        connection: &Rc<Connection>,
+        handler: &RequestHandler,
+        message: Message,
+    ) {
+        if message.header.client != 0 {
+            self.register(message.header.client, connection);
+        }
+        if let Some(reply) = handler(message) {
+            connection.push(&reply);
+        }
     }
 
     /// Sends `reply` to the connection its client last spoke on.
@@ -192,18 +218,14 @@ pub async fn serve(
             monoio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        if table.open.get() >= CONNECTIONS_MAX {
+        let Some(connection) = table.open_connection(None) else {
             continue; // Dropping the stream closes it.
-        }
+        };
         let _ = stream.set_nodelay(true);
-        table.open.set(table.open.get() + 1);
-        let connection = Rc::new(Connection::new(table.take_id(), None));
         let (table, handler) = (table.clone(), handler.clone());
         monoio::spawn(async move {
             run_connection(stream, &table, &connection, cluster, &handler).await;
-            connection.close();
-            table.forget(&connection);
-            table.open.set(table.open.get() - 1);
+            table.close_connection(&connection);
         });
     }
 }
@@ -233,12 +255,7 @@ async fn run_connection(
             Ok(FrameRead::Message(message)) => message,
             Ok(FrameRead::Closed | FrameRead::Rejected) | Err(_) => break,
         };
-        if message.header.client != 0 {
-            table.register(message.header.client, connection);
-        }
-        if let Some(reply) = handler(message) {
-            connection.push(&reply);
-        }
+        table.take_request(connection, handler, message);
     }
     connection.close();
     writer_task.await;
@@ -253,17 +270,13 @@ pub async fn serve_local(
     handler: RequestHandler,
 ) {
     while let Some(ends) = next(&mut links).await {
-        if table.open.get() >= CONNECTIONS_MAX {
+        let Some(connection) = table.open_connection(Some(ends.replies)) else {
             continue; // Dropping the ends breaks the link.
-        }
-        table.open.set(table.open.get() + 1);
-        let connection = Rc::new(Connection::new(table.take_id(), Some(ends.replies)));
+        };
         let (table, handler) = (table.clone(), handler.clone());
         monoio::spawn(async move {
             run_link(ends.requests, &table, &connection, cluster, &handler).await;
-            connection.close();
-            table.forget(&connection);
-            table.open.set(table.open.get() - 1);
+            table.close_connection(&connection);
         });
     }
 }
@@ -292,11 +305,6 @@ async fn run_link(
         if message.header.cluster != cluster || message.body.len() > BODY_SIZE_MAX {
             break;
         }
-        if message.header.client != 0 {
-            table.register(message.header.client, connection);
-        }
-        if let Some(reply) = handler(message) {
-            connection.push(&reply);
-        }
+        table.take_request(connection, handler, message);
     }
 }
