@@ -2,6 +2,12 @@
 //! durably held. The log is append-only and addressed by op (partition segments are the log;
 //! ops never wrap), so the durable slot of op `n` is slot `n`.
 //!
+//! Memory is bounded by compaction: `compact(op)` forgets every entry below `op`, which becomes
+//! the journal's `base`. Only ops that are committed, applied and durable here are compacted
+//! (the replica decides), so everything below the base is canonical and on disk: it reads as
+//! `Entry::COMPACTED` (no header, never written again), headers for it are ignored, and the
+//! hash chain counts as complete once it reaches the base.
+//!
 //! Per entry:
 //! * `header`: the header this replica believes is canonical for the op (None: unknown).
 //! * `state`: `Missing` (no durable prepare for `header`), `Writing` (write in flight), `Clean`.
@@ -31,6 +37,14 @@ impl Entry {
         faulty: false,
     };
 
+    /// Below the base: durable and committed, forgotten by the journal. Clean, so nothing
+    /// writes it again; no header, so nothing repairs or acknowledges it.
+    pub const COMPACTED: Entry = Entry {
+        header: None,
+        state: SlotState::Clean,
+        faulty: false,
+    };
+
     pub fn checksum(&self) -> Option<u128> {
         self.header.map(|header| header.checksum)
     }
@@ -43,8 +57,11 @@ impl Entry {
 
 #[derive(Clone, Debug)]
 pub struct Journal {
-    /// `entries[op]`; `entries[0]` is the root prepare. `entries.len() - 1` is the head op.
+    /// `entries[op - base]`; `entries[0]` is the root prepare or, after compaction, the entry
+    /// of the base op (its header known, its prepare durable). Never empty.
     entries: Vec<Entry>,
+    /// The lowest op held: 0 until the first compaction.
+    base: u64,
     ops_max: u64,
 }
 
@@ -57,6 +74,7 @@ impl Journal {
                 state: SlotState::Clean,
                 faulty: false,
             }],
+            base: 0,
             ops_max,
         }
     }
@@ -66,21 +84,40 @@ impl Journal {
     }
 
     pub fn head(&self) -> u64 {
-        (self.entries.len() - 1) as u64
+        self.base + (self.entries.len() - 1) as u64
+    }
+
+    /// The lowest op whose entry is held (see the module comment).
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// How many entries are held in memory (never zero: the base's is always held).
+    pub fn held(&self) -> usize {
+        self.entries.len()
     }
 
     pub fn entry(&self, op: u64) -> &Entry {
-        self.entries.get(op as usize).unwrap_or(&Entry::EMPTY)
+        if op < self.base {
+            return &Entry::COMPACTED;
+        }
+        self.entries
+            .get((op - self.base) as usize)
+            .unwrap_or(&Entry::EMPTY)
     }
 
     pub fn entry_mut(&mut self, op: u64) -> &mut Entry {
         assert!(op <= self.head(), "op {op} beyond head {}", self.head());
-        &mut self.entries[op as usize]
+        assert!(op >= self.base, "op {op} below the base {}", self.base);
+        &mut self.entries[(op - self.base) as usize]
     }
 
     pub fn header(&self, op: u64) -> Option<&Header> {
+        if op < self.base {
+            return None;
+        }
         self.entries
-            .get(op as usize)
+            .get((op - self.base) as usize)
             .and_then(|entry| entry.header.as_ref())
     }
 
@@ -98,10 +135,14 @@ impl Journal {
 
     /// Installs `header` as the canonical header for its op. A different header replaces the
     /// old one and the slot is no longer clean; the same header keeps the slot's state.
+    /// Headers below the base are ignored: those ops are committed and held.
     pub fn set_header(&mut self, header: Header) {
         assert!(header.op >= 1);
+        if header.op < self.base {
+            return;
+        }
         self.extend_to(header.op);
-        let entry = &mut self.entries[header.op as usize];
+        let entry = self.entry_mut(header.op);
         if entry.checksum() == Some(header.checksum) {
             return;
         }
@@ -116,7 +157,8 @@ impl Journal {
     /// Forgets a header that turned out not to be canonical (a broken hash chain).
     pub fn forget_header(&mut self, op: u64) {
         assert!(op >= 1 && op <= self.head());
-        let entry = &mut self.entries[op as usize];
+        assert!(op > self.base, "the base op {} is committed", self.base);
+        let entry = self.entry_mut(op);
         entry.header = None;
         if entry.state == SlotState::Clean {
             entry.state = SlotState::Missing;
@@ -124,9 +166,30 @@ impl Journal {
     }
 
     /// Drops every entry above `op`.
+    /// Committed ops are never truncated, so `op` is at or above the base.
     pub fn truncate_after(&mut self, op: u64) {
         assert!(op <= self.head());
-        self.entries.truncate(op as usize + 1);
+        assert!(
+            op >= self.base,
+            "truncation at {op} below the base {}",
+            self.base
+        );
+        self.entries.truncate((op - self.base) as usize + 1);
+    }
+
+    /// Forgets every entry below `op`, which becomes the base. The caller guarantees that
+    /// every op in `base..=op` is committed, applied and durable here, and that `op`'s
+    /// header is hash-chained to the entries above it.
+    pub fn compact(&mut self, op: u64) {
+        assert!(op >= self.base && op <= self.head());
+        let entry = self.entry(op);
+        assert!(
+            entry.present(),
+            "compaction to op {op}, which is not durable"
+        );
+        self.entries.drain(..(op - self.base) as usize);
+        self.base = op;
+        assert_eq!(self.entries[0].header.map(|h| h.op), Some(op));
     }
 
     /// True when the header at `op` is linked to the one at `op + 1` (or `op` is the head).
@@ -141,14 +204,15 @@ impl Journal {
     }
 
     /// Lowest op `low` such that every header in `low..=head` is known and hash-chained down
-    /// from the head (`head + 1` if the head itself is unknown). Bounded by `floor`.
+    /// from the head (`head + 1` if the head itself is unknown). Bounded by `floor` and by the
+    /// base: a chain that reaches the base is complete.
     pub fn chain_floor(&self, floor: u64) -> u64 {
         let head = self.head();
         if self.header(head).is_none() {
             return head + 1;
         }
         let mut low = head;
-        while low > floor {
+        while low > floor.max(self.base) {
             let below = low - 1;
             match self.header(below) {
                 Some(header) if self.header(low).expect("known").parent == header.checksum => {
@@ -193,5 +257,54 @@ mod tests {
         assert_eq!(journal.chain_floor(2), 2);
         journal.truncate_after(4);
         assert_eq!(journal.head(), 4);
+    }
+
+    fn clean_journal(count: u64) -> (Journal, Vec<Header>) {
+        let headers = chain(count);
+        let mut journal = Journal::new(headers[0], 100);
+        for header in &headers[1..] {
+            journal.set_header(*header);
+            journal.entry_mut(header.op).state = SlotState::Clean;
+        }
+        (journal, headers)
+    }
+
+    #[test]
+    fn compaction_forgets_the_entries_below_the_base() {
+        let (mut journal, headers) = clean_journal(8);
+        journal.compact(5);
+        assert_eq!((journal.base(), journal.head(), journal.held()), (5, 8, 4));
+        assert_eq!(journal.entry(4), &Entry::COMPACTED);
+        assert_eq!(journal.header(4), None);
+        assert_eq!(journal.header(5), Some(&headers[5]));
+        assert!(journal.entry(5).present());
+        // A chain that reaches the base is complete.
+        assert_eq!(journal.chain_floor(0), 5);
+        // Headers of compacted ops are ignored; ops above extend as before.
+        let mut other = headers[3];
+        other.checksum ^= 1;
+        journal.set_header(other);
+        assert_eq!(journal.entry(3), &Entry::COMPACTED);
+        journal.truncate_after(6);
+        assert_eq!(journal.head(), 6);
+        journal.set_header(headers[7]);
+        assert_eq!(journal.head(), 7);
+        assert_eq!(journal.chain_floor(0), 5);
+    }
+
+    #[test]
+    #[should_panic(expected = "below the base")]
+    fn a_truncation_below_the_base_is_refused() {
+        let (mut journal, _) = clean_journal(8);
+        journal.compact(5);
+        journal.truncate_after(4);
+    }
+
+    #[test]
+    #[should_panic(expected = "not durable")]
+    fn compaction_to_an_op_not_durable_is_refused() {
+        let (mut journal, _) = clean_journal(8);
+        journal.entry_mut(6).state = SlotState::Missing;
+        journal.compact(6);
     }
 }

@@ -27,4 +27,5 @@ pub use journal::Journal;
 pub use message::Message;
 pub use replica::{
     Action, Completion, Config, IoId, Peer, Replica, StateMachine, Status, Timeouts,
+    JOURNAL_KEEP_OPS_MIN,
 };

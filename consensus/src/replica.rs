@@ -99,6 +99,10 @@ pub struct Config {
     pub clients_max: usize,
     /// Highest op the log may hold.
     pub ops_max: u64,
+    /// Journal entries kept in memory below `commit_min`; older ones are compacted (see
+    /// `Journal::compact`) and served from disk. At least `JOURNAL_KEEP_OPS_MIN`;
+    /// `u64::MAX` never compacts.
+    pub journal_keep_ops: u64,
     /// Write each prepare's header again in a separate redundant header zone after the
     /// prepare (a slot journal). A log that keeps its own redundant record and makes it
     /// durable with the prepare (partition segments) sets this false: a prepare's completion
@@ -119,8 +123,15 @@ impl Config {
         assert!(self.pipeline_max >= 1 && self.pipeline_max + 2 <= VIEW_HEADERS_MAX);
         assert!(self.clients_max >= 1);
         assert!(self.ops_max >= 1);
+        assert!(self.journal_keep_ops >= JOURNAL_KEEP_OPS_MIN);
     }
 }
+
+/// The fewest journal entries a replica keeps below its commit point. A view change reads
+/// up to `2 * pipeline_max + 1` entries below the head (DVC) and `VIEW_HEADERS_MAX` (StartView),
+/// and a new primary's pipeline starts at most `pipeline_max` below its head: all of that
+/// must be in memory (a compacted op has no header, so it would read as a nack).
+pub const JOURNAL_KEEP_OPS_MIN: u64 = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Peer {
@@ -152,6 +163,13 @@ pub enum Action {
         io: IoId,
         op: u64,
     },
+    /// Read the headers of the durable prepares `op_min..=op_max` back (ops below the
+    /// journal's base, to serve a peer; see `Completion::Headers`).
+    ReadHeaders {
+        io: IoId,
+        op_min: u64,
+        op_max: u64,
+    },
     /// Write the durable view state (the superblock).
     PersistState {
         io: IoId,
@@ -168,6 +186,9 @@ pub enum Completion {
     Abandoned,
     /// The prepare read back and verified by the host, or `None` if unreadable or corrupt.
     Read(Option<Message>),
+    /// Headers read back for `ReadHeaders`, ascending: the longest run ending at its
+    /// `op_max` whose every header read back intact and of its op (empty if none did).
+    Headers(Vec<Header>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,13 +202,18 @@ enum PendingIo {
     WritePrepare { op: u64, checksum: u128 },
     WriteHeader { op: u64, checksum: u128 },
     Read { op: u64, purpose: ReadPurpose },
+    ReadHeaders { to: u8, op_min: u64, op_max: u64 },
     Persist { view: u32, log_view: u32 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ReadPurpose {
     Commit,
-    Serve(u8),
+    /// For a peer's repair, which named the prepare's checksum.
+    Serve {
+        to: u8,
+        checksum: u128,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -557,6 +583,9 @@ impl<S: StateMachine> Replica<S> {
             self.on_view_change_status_timeout();
         }
         self.check_leadership_return();
+        // Also here, not only as ops commit: a replica opened with a long log compacts it
+        // without waiting for the next commit.
+        self.compact_journal();
         if self.repair_timeout.fired() {
             self.repair_timeout.start();
             // Whatever is still missing is requested again.
@@ -617,6 +646,9 @@ impl<S: StateMachine> Replica<S> {
             }
             (PendingIo::Read { op, purpose }, Completion::Read(result)) => {
                 self.on_prepare_read(op, purpose, result)
+            }
+            (PendingIo::ReadHeaders { to, op_min, op_max }, Completion::Headers(headers)) => {
+                self.on_headers_read(to, op_min, op_max, headers)
             }
             (PendingIo::Persist { view, log_view }, Completion::Written) => {
                 self.on_persisted(view, log_view)
@@ -1176,8 +1208,8 @@ impl<S: StateMachine> Replica<S> {
     fn accept_repaired_prepare(&mut self, message: Message) {
         let header = message.header;
         let op = header.op;
-        if op > self.journal.head() || op == 0 {
-            return;
+        if op > self.journal.head() || op == 0 || op < self.journal.base() {
+            return; // Below the base: committed and held here.
         }
         let expected = self.expected_checksum(op);
         if expected != Some(header.checksum) {
@@ -1461,7 +1493,7 @@ impl<S: StateMachine> Replica<S> {
         let io = self.io(PendingIo::Read { op, purpose });
         match purpose {
             ReadPurpose::Commit => self.reads_commit += 1,
-            ReadPurpose::Serve(_) => self.reads_serve += 1,
+            ReadPurpose::Serve { .. } => self.reads_serve += 1,
         }
         self.actions.push(Action::ReadPrepare { io, op });
     }
@@ -1473,11 +1505,16 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn on_prepare_read(&mut self, op: u64, purpose: ReadPurpose, result: Option<Message>) {
-        match purpose {
-            ReadPurpose::Commit => self.reads_commit -= 1,
-            ReadPurpose::Serve(_) => self.reads_serve -= 1,
-        }
-        let expected = self.journal.entry(op).checksum();
+        let expected = match purpose {
+            ReadPurpose::Commit => {
+                self.reads_commit -= 1;
+                self.journal.entry(op).checksum()
+            }
+            ReadPurpose::Serve { checksum, .. } => {
+                self.reads_serve -= 1;
+                Some(checksum)
+            }
+        };
         match result {
             Some(message)
                 if Some(message.header.checksum) == expected && message.header.op == op =>
@@ -1490,12 +1527,17 @@ impl<S: StateMachine> Replica<S> {
                             self.try_become_normal_primary();
                         }
                     }
-                    ReadPurpose::Serve(to) => self.send_replica(to, message),
+                    ReadPurpose::Serve { to, .. } => self.send_replica(to, message),
                 }
             }
             _ => {
-                // Corrupt or misdirected on disk: this replica lost the prepare. Repair it.
-                if op <= self.journal.head() && self.journal.entry(op).state == SlotState::Clean {
+                // Corrupt or misdirected on disk: this replica lost the prepare. Repair it (below
+                // the base the journal no longer tracks the op: a peer asks another replica).
+                if op <= self.journal.head()
+                    && op >= self.journal.base()
+                    && self.journal.entry(op).checksum() == expected
+                    && self.journal.entry(op).state == SlotState::Clean
+                {
                     let entry = self.journal.entry_mut(op);
                     entry.state = SlotState::Missing;
                     entry.faulty = true;
@@ -1561,6 +1603,33 @@ impl<S: StateMachine> Replica<S> {
                     break;
                 }
             }
+        }
+        self.compact_journal();
+    }
+
+    /// Bounds the journal's memory: once `2 * journal_keep_ops` entries lie below
+    /// `commit_min`, forgets all but the last `journal_keep_ops` of them. Stops below any op
+    /// not durable here (it still needs repair) or with a write chain in flight; every op
+    /// below `commit_min` is committed, applied and canonical.
+    fn compact_journal(&mut self) {
+        let keep = self.config.journal_keep_ops;
+        let base = self.journal.base();
+        if self.commit_min.saturating_sub(base) < keep.saturating_mul(2) {
+            return;
+        }
+        let target = self.commit_min - keep;
+        let writing_from = self.slot_writes.first().copied().unwrap_or(u64::MAX);
+        if !self.journal.entry(base).present() || writing_from <= base {
+            return;
+        }
+        let mut op = base;
+        // Bounded by `target - base`, which is at most `commit_min`.
+        while op < target && op + 1 < writing_from && self.journal.entry(op + 1).present() {
+            op += 1;
+        }
+        if op > base {
+            self.journal.compact(op);
+            assert!(self.journal.base() + keep <= self.commit_min);
         }
     }
 
@@ -1802,6 +1871,8 @@ impl<S: StateMachine> Replica<S> {
         let count = head.min(2 * self.config.pipeline_max as u64 + 1);
         assert!(count as usize <= DVC_ENTRIES_MAX);
         let first = head + 1 - count;
+        // A compacted entry has no header and would read as a nack.
+        assert!(first >= self.journal.base());
         let entries = (first..=head)
             .map(|op| {
                 let entry = self.journal.entry(op);
@@ -2134,16 +2205,16 @@ impl<S: StateMachine> Replica<S> {
         }
         // Header breaks: walk down from the head along the hash chain.
         let floor = self.journal.chain_floor(0);
-        if floor > 1 && floor <= head + 1 {
+        if floor > self.journal.base().max(1) && floor <= head + 1 {
             let broken = floor - 1;
             if let Some(next) = self.journal.header(floor).copied() {
-                if let Some(target) = trusted_primary.or_else(|| self.random_other()) {
+                if let Some(target) = self.repair_target(broken, trusted_primary) {
                     self.send_request_prepare(target, broken, next.parent);
                     budget = budget.saturating_sub(1);
                 }
             }
             let low = broken.saturating_sub(HEADERS_PER_MESSAGE_MAX - 1).max(1);
-            if let Some(target) = trusted_primary.or_else(|| self.random_other()) {
+            if let Some(target) = self.repair_target(broken, trusted_primary) {
                 self.send_request_headers(target, low, broken);
                 budget = budget.saturating_sub(1);
             }
@@ -2208,7 +2279,7 @@ impl<S: StateMachine> Replica<S> {
                     } else {
                         let target = match self.repair_sources.get(&op) {
                             Some(holders) => self.pick_from(*holders),
-                            None => trusted_primary.or_else(|| self.random_other()),
+                            None => self.repair_target(op, trusted_primary),
                         };
                         if let Some(target) = target {
                             self.send_request_prepare(target, op, checksum);
@@ -2219,6 +2290,18 @@ impl<S: StateMachine> Replica<S> {
                 }
             }
             op += 1;
+        }
+    }
+
+    /// Where to ask for `op`'s prepare or headers: the primary of our view when we trust one
+    /// (it holds every op), else any other replica. An op old enough to be compacted on the
+    /// primary goes to any replica half the time: the primary no longer repairs its own copy
+    /// of a compacted op, so if that copy is damaged only another replica can serve it.
+    fn repair_target(&mut self, op: u64, trusted_primary: Option<u8>) -> Option<u8> {
+        let compactable = op.saturating_add(JOURNAL_KEEP_OPS_MIN) <= self.commit_max;
+        match trusted_primary {
+            Some(primary) if !compactable || self.prng.below(2) == 0 => Some(primary),
+            _ => self.random_other(),
         }
     }
 
@@ -2252,9 +2335,22 @@ impl<S: StateMachine> Replica<S> {
 
     fn on_request_prepare(&mut self, header: &Header) {
         if header.replica == self.config.replica
+            || header.replica >= self.config.replica_count
             || header.op == 0
             || header.op > self.journal.head()
         {
+            return;
+        }
+        let serve = ReadPurpose::Serve {
+            to: header.replica,
+            checksum: header.context,
+        };
+        if header.op < self.journal.base() {
+            // Compacted: committed and durable here. The read is checked against the checksum
+            // the peer named, which it took from the canonical chain.
+            if self.reads_serve < READS_SERVE_MAX {
+                self.read_prepare(header.op, serve);
+            }
             return;
         }
         let entry = self.journal.entry(header.op);
@@ -2264,12 +2360,12 @@ impl<S: StateMachine> Replica<S> {
         if let Some(message) = self.cached(header.op).cloned() {
             self.send_replica(header.replica, message);
         } else if entry.present() && self.reads_serve < READS_SERVE_MAX {
-            self.read_prepare(header.op, ReadPurpose::Serve(header.replica));
+            self.read_prepare(header.op, serve);
         }
     }
 
     fn on_request_headers(&mut self, header: &Header) {
-        if header.replica == self.config.replica {
+        if header.replica == self.config.replica || header.replica >= self.config.replica_count {
             return;
         }
         let op_max = header.op.min(self.journal.head());
@@ -2278,7 +2374,24 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         // Only headers hash-chained from our head, so we never spread stale ones.
-        let floor = self.journal.chain_floor(0).max(op_min);
+        let chain_floor = self.journal.chain_floor(0);
+        let base = self.journal.base();
+        if op_min < base && chain_floor == base && self.reads_serve < READS_SERVE_MAX {
+            // Below the base the chain is our committed log on disk: read it back.
+            let disk_max = op_max.min(base - 1);
+            let io = self.io(PendingIo::ReadHeaders {
+                to: header.replica,
+                op_min,
+                op_max: disk_max,
+            });
+            self.reads_serve += 1;
+            self.actions.push(Action::ReadHeaders {
+                io,
+                op_min,
+                op_max: disk_max,
+            });
+        }
+        let floor = chain_floor.max(op_min);
         if floor > op_max {
             return;
         }
@@ -2286,12 +2399,46 @@ impl<S: StateMachine> Replica<S> {
         for op in floor..=op_max {
             body.extend_from_slice(&self.journal.header(op).expect("chained").encode());
         }
+        self.send_headers(header.replica, op_max, body);
+    }
+
+    fn send_headers(&mut self, to: u8, op_max: u64, body: Vec<u8>) {
         let mut reply = self.header(Command::Headers);
         reply.op = op_max;
         reply.commit = self.commit_max;
         reply.log_view = self.log_view;
         reply.operation = u8::from(self.status == Status::Normal && self.is_primary());
-        self.send_replica(header.replica, Message::new(reply, body));
+        self.send_replica(to, Message::new(reply, body));
+    }
+
+    /// Headers of compacted ops read back for a peer: sent if they are one hash chain of the
+    /// requested ops (and link to the journal's entry above them, when it is held).
+    fn on_headers_read(&mut self, to: u8, op_min: u64, op_max: u64, headers: Vec<Header>) {
+        self.reads_serve -= 1;
+        assert!(headers.len() as u64 <= op_max + 1 - op_min);
+        let first_op = op_max + 1 - headers.len() as u64;
+        let mut parent: Option<u128> = None;
+        for (expected_op, header) in (first_op..).zip(headers.iter()) {
+            assert_eq!(header.op, expected_op, "the host reads the ops asked for");
+            assert_eq!(header.command, Command::Prepare);
+            if parent.is_some_and(|parent| parent != header.parent) {
+                return; // Not one chain: a stale record on disk. The peer asks elsewhere.
+            }
+            parent = Some(header.checksum);
+        }
+        if let (Some(last), Some(above)) = (headers.last(), self.journal.header(op_max + 1)) {
+            if above.parent != last.checksum {
+                return;
+            }
+        }
+        if headers.is_empty() {
+            return;
+        }
+        let mut body = Vec::with_capacity(headers.len() * crate::header::HEADER_SIZE);
+        for header in &headers {
+            body.extend_from_slice(&header.encode());
+        }
+        self.send_headers(to, op_max, body);
     }
 
     fn on_headers(&mut self, message: Message) {
@@ -2309,8 +2456,8 @@ impl<S: StateMachine> Replica<S> {
         let covered_before = (self.journal.head() + 1).saturating_sub(floor_before);
         for candidate in headers.iter().rev() {
             let op = candidate.op;
-            if op == 0 || op > self.config.ops_max {
-                continue;
+            if op <= self.journal.base() || op > self.config.ops_max {
+                continue; // Ops at or below the base are committed and held here.
             }
             if trusted {
                 if op > self.journal.head() {
@@ -2339,7 +2486,7 @@ impl<S: StateMachine> Replica<S> {
             // once instead of at the next repair timeout.
             let floor = self.journal.chain_floor(0);
             let covered = (self.journal.head() + 1).saturating_sub(floor);
-            if covered > covered_before && floor > 1 {
+            if covered > covered_before && floor > self.journal.base().max(1) {
                 let broken = floor - 1;
                 let low = broken.saturating_sub(HEADERS_PER_MESSAGE_MAX - 1).max(1);
                 self.send_request_headers(header.replica, low, broken);

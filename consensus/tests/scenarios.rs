@@ -9,7 +9,7 @@ use galgo_consensus::journal::SlotState;
 use galgo_consensus::recovery::{recover_journal, RecoveredJournal, RecoveryBugs, SlotRead};
 use galgo_consensus::{
     Action, Bugs, Checkpoint, Command, Completion, Config, DurableState, Header, Journal, Message,
-    Peer, Replica, StateMachine, Status, Timeouts,
+    Peer, Replica, StateMachine, Status, Timeouts, JOURNAL_KEEP_OPS_MIN,
 };
 
 const CLUSTER: u128 = 7;
@@ -134,6 +134,7 @@ impl Cluster {
             request_queue_max: 16,
             clients_max: 4,
             ops_max: OPS_MAX,
+            journal_keep_ops: JOURNAL_KEEP_OPS_MIN,
             redundant_headers: true,
             return_leadership: self.return_leadership,
             timeouts: Timeouts::default(),
@@ -242,6 +243,15 @@ impl Cluster {
                         disk.prepares.get(&op).cloned()
                     };
                     (io, Completion::Read(read))
+                }
+                Action::ReadHeaders { io, op_min, op_max } => {
+                    // The longest run ending at op_max whose headers are on the disk.
+                    let mut headers: Vec<Header> = (op_min..=op_max)
+                        .rev()
+                        .map_while(|op| disk.headers.get(&op).copied())
+                        .collect();
+                    headers.reverse();
+                    (io, Completion::Headers(headers))
                 }
                 Action::PersistState { io, state } => {
                     disk.durable = Some(state);
@@ -866,4 +876,51 @@ fn a_checkpoint_of_another_log_is_ignored() {
     );
     commit_requests(&mut cluster, session, 5, 1);
     assert_replica_1_applied_as_replica_0(&mut cluster, 5);
+}
+
+#[test]
+fn a_replica_that_lost_its_disk_catches_up_from_the_others_compacted_logs() {
+    let mut cluster = Cluster::new(3, Bugs::none());
+    cluster.run(5);
+    let session = cluster.register();
+    commit_requests(&mut cluster, session, 1, 5);
+    cluster.crash(2);
+    cluster.disks[2] = MemoryDisk::default();
+    let total = 4 * JOURNAL_KEEP_OPS_MIN as u32;
+    commit_requests(&mut cluster, session, 6, total - 5);
+    cluster.run(20);
+    for replica in [0, 1] {
+        let journal = cluster.replica(replica).journal();
+        let commit_min = cluster.replica(replica).commit_min();
+        assert!(
+            journal.base() + JOURNAL_KEEP_OPS_MIN <= commit_min,
+            "replica {replica} compacted: base {} commit {commit_min}",
+            journal.base()
+        );
+        assert!(
+            journal.held() as u64 <= 3 * JOURNAL_KEEP_OPS_MIN,
+            "replica {replica} holds {} entries",
+            journal.held()
+        );
+    }
+    let sent_before = cluster.sent.len();
+    cluster.start(2);
+    cluster.run(400);
+    assert_eq!(applied(&cluster, 2).len(), total as usize);
+    assert_eq!(applied(&cluster, 2), applied(&cluster, 0));
+    // Headers of compacted ops came from the others' disks.
+    let base_min = [0, 1]
+        .iter()
+        .map(|r| cluster.replica(*r).journal().base())
+        .min()
+        .expect("two replicas");
+    let from_disk = cluster.sent[sent_before..]
+        .iter()
+        .filter(|e| {
+            e.to == Peer::Replica(2)
+                && e.message.header.command == Command::Headers
+                && e.message.header.op < base_min
+        })
+        .count();
+    assert!(from_disk > 0, "no headers of compacted ops were served");
 }

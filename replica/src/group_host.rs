@@ -363,6 +363,15 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
                     }
                 });
             }
+            Action::ReadHeaders { io, op_min, op_max } => {
+                let (host, journal) = (Rc::downgrade(self), self.journal.clone());
+                monoio::spawn(async move {
+                    let headers = journal.read_headers(op_min, op_max).await;
+                    if let Some(host) = host.upgrade() {
+                        host.deliver(Event::Completed(io, Completion::Headers(headers)));
+                    }
+                });
+            }
             Action::WriteHeader { .. } => {
                 unreachable!("a segment journal runs without a header zone")
             }

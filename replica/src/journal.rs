@@ -28,6 +28,8 @@ use galgo_storage::{Disk, EntryMeta, LogConfig, PartitionLog, StorageError};
 /// Writes held above the log's end, at most: the core keeps at most this many slot writes in
 /// flight.
 pub const HELD_MAX: usize = 256;
+/// Headers one `read_headers` call reads, at most (the core asks for one message's worth).
+pub const HEADERS_READ_MAX: u64 = 256;
 /// Executor turns a cut or repair waits, at most, for appends in flight to finish.
 const EXCLUSIVE_TURNS_MAX: u32 = 100_000;
 
@@ -284,6 +286,27 @@ impl<'d, D: Disk> SegmentJournal<'d, D> {
     /// The prepare of `op` read back and verified, or `None` if it is missing or damaged.
     pub async fn read_prepare(&self, op: u64) -> Option<Message> {
         read_message(&self.log, op).await
+    }
+
+    /// The prepare headers of `op_min..=op_max`, ascending: the longest run ending at
+    /// `op_max` that reads back intact (each header by its own checksum and the index entry),
+    /// as the core's `ReadHeaders` asks. At most `HEADERS_READ_MAX` ops are read.
+    pub async fn read_headers(&self, op_min: u64, op_max: u64) -> Vec<Header> {
+        assert!(op_min <= op_max && op_max - op_min < HEADERS_READ_MAX);
+        let mut headers = Vec::new();
+        let mut op = op_max;
+        loop {
+            match read_header(&self.log, op).await {
+                Some(header) => headers.push(header),
+                None => break,
+            }
+            if op == op_min {
+                break;
+            }
+            op -= 1;
+        }
+        headers.reverse();
+        headers
     }
 
     fn give_turn(&self, op: u64) {
@@ -661,6 +684,37 @@ pub(crate) mod tests {
                 WriteOutcome::Written
             );
             assert_eq!(journal.read_prepare(6).await.unwrap(), messages[5]);
+        });
+    }
+
+    #[test]
+    fn headers_read_back_as_the_intact_run_below_the_highest_op() {
+        let disk = MemoryDisk::new(9);
+        let messages = chain(10, 0, 0);
+        block_on(async {
+            let durable = DurableState::initial();
+            let (journal, _) = open(&disk, &durable).await;
+            for message in &messages {
+                journal.write_prepare(message.clone()).await.unwrap();
+            }
+            let headers: Vec<Header> = messages.iter().map(|m| m.header).collect();
+            assert_eq!(journal.read_headers(3, 8).await, headers[2..8].to_vec());
+            assert_eq!(journal.read_headers(10, 10).await, headers[9..10].to_vec());
+            let position = journal.log().entry(5).await.unwrap().position;
+            let base = journal
+                .log()
+                .segments()
+                .iter()
+                .rev()
+                .find(|s| s.base_op <= 5)
+                .unwrap()
+                .base_op;
+            drop(journal);
+            // A byte of op 5's prepare header.
+            disk.corrupt(&format!("g7/{base:020}.log"), position + 64 + 10);
+            let (journal, _) = open(&disk, &durable).await;
+            assert_eq!(journal.read_headers(3, 8).await, headers[5..8].to_vec());
+            assert_eq!(journal.read_headers(3, 5).await, Vec::<Header>::new());
         });
     }
 

@@ -50,9 +50,11 @@ use crate::view_state::ViewStateStore;
 
 /// The metadata group's id.
 pub const METADATA_GROUP: u64 = 0;
-/// Highest op a group's log may hold (the journal keeps every op's header in memory until
-/// compaction is built, so this is also a memory bound).
+/// Highest op a group's log may hold.
 pub const OPS_MAX: u64 = 1 << 32;
+/// Journal entries a group keeps in memory below its commit point (between this and twice
+/// this, about 200 bytes each); older ops are served from the log on disk.
+pub const JOURNAL_KEEP_OPS: u64 = 256;
 const PIPELINE_MAX: usize = 8;
 const REQUEST_QUEUE_MAX: usize = 256;
 /// Client sessions per group.
@@ -425,7 +427,7 @@ impl Node {
                 commit_max: replica.commit_max(),
                 head: replica.head(),
                 // A scan of the journal: fine for a status query, not for a hot path.
-                durable_through: (1..=replica.head())
+                durable_through: (replica.journal().base().max(1)..=replica.head())
                     .find(|op| !replica.journal().entry(*op).present())
                     .map_or(replica.head(), |op| op - 1),
             }
@@ -1058,6 +1060,7 @@ async fn open_group<S: StateMachine + 'static>(
         request_queue_max: REQUEST_QUEUE_MAX,
         clients_max: CLIENTS_MAX,
         ops_max: OPS_MAX,
+        journal_keep_ops: JOURNAL_KEEP_OPS,
         redundant_headers: false,
         return_leadership: true,
         timeouts: Timeouts::default(),

@@ -46,6 +46,7 @@ fn config() -> Config {
         request_queue_max: 64,
         clients_max: 4,
         ops_max: OPS_MAX,
+        journal_keep_ops: galgo_consensus::JOURNAL_KEEP_OPS_MIN,
         redundant_headers: false,
         return_leadership: false,
         timeouts: Timeouts::default(),
@@ -127,6 +128,10 @@ impl<'d> Host<'d> {
                 Action::ReadPrepare { io, op } => {
                     (io, Completion::Read(self.journal.read_prepare(op).await))
                 }
+                Action::ReadHeaders { io, op_min, op_max } => (
+                    io,
+                    Completion::Headers(self.journal.read_headers(op_min, op_max).await),
+                ),
                 Action::PersistState { io, state } => {
                     self.view_state.persist(&state).await.unwrap();
                     (io, Completion::Written)

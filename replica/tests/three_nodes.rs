@@ -144,6 +144,7 @@ async fn start_node(
         request_queue_max: 64,
         clients_max: 8,
         ops_max: OPS_MAX,
+        journal_keep_ops: galgo_consensus::JOURNAL_KEEP_OPS_MIN,
         redundant_headers: false,
         return_leadership: false,
         timeouts: Timeouts::default(),

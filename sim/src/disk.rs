@@ -34,11 +34,16 @@ pub struct PendingWrite {
     pub ready_at: u64,
 }
 
+/// One header slot read back: its op and bytes.
+pub type HeaderSlot = (u64, Vec<u8>);
+
 #[derive(Clone, Debug)]
 pub struct PendingRead {
     pub io: u64,
     pub op: u64,
     pub ready_at: u64,
+    /// Headers of `header_ops_from..=op` (read from the header zone), not a prepare.
+    pub header_ops_from: Option<u64>,
 }
 
 /// Which replicas may suffer faults on which op: a deterministic function of the seed.
@@ -174,7 +179,28 @@ impl Disk {
                 self.options.read_latency_min,
                 self.options.read_latency_mean,
             );
-        self.reads.push(PendingRead { io, op, ready_at });
+        self.reads.push(PendingRead {
+            io,
+            op,
+            ready_at,
+            header_ops_from: None,
+        });
+    }
+
+    /// A read of the header slots of `op_min..=op_max`; `complete_header_reads` returns it.
+    pub fn submit_read_headers(&mut self, now: u64, io: u64, op_min: u64, op_max: u64) {
+        assert!(op_min <= op_max);
+        let ready_at = now
+            + self.latency(
+                self.options.read_latency_min,
+                self.options.read_latency_mean,
+            );
+        self.reads.push(PendingRead {
+            io,
+            op: op_max,
+            ready_at,
+            header_ops_from: Some(op_min),
+        });
     }
 
     fn zone_mut(&mut self, zone: Zone) -> &mut Vec<Option<Vec<u8>>> {
@@ -276,7 +302,7 @@ impl Disk {
         let mut done = Vec::new();
         let mut index = 0;
         while index < self.reads.len() {
-            if self.reads[index].ready_at > now {
+            if self.reads[index].ready_at > now || self.reads[index].header_ops_from.is_some() {
                 index += 1;
                 continue;
             }
@@ -284,6 +310,32 @@ impl Disk {
             self.stats.reads += 1;
             let bytes = self.read_slot(Zone::Prepare, read.op);
             done.push((read.io, read.op, bytes));
+        }
+        done
+    }
+
+    /// Header reads whose latency has passed: each io with the header slots of its ops read
+    /// from `op_max` down, stopping at the first slot never written (`None` for it).
+    pub fn complete_header_reads(&mut self, now: u64) -> Vec<(u64, Vec<HeaderSlot>)> {
+        let mut done = Vec::new();
+        let mut index = 0;
+        while index < self.reads.len() {
+            let read = &self.reads[index];
+            if read.ready_at > now || read.header_ops_from.is_none() {
+                index += 1;
+                continue;
+            }
+            let read = self.reads.remove(index);
+            let op_min = read.header_ops_from.expect("a header read");
+            let mut slots = Vec::new();
+            for op in (op_min..=read.op).rev() {
+                self.stats.reads += 1;
+                match self.read_slot(Zone::Header, op) {
+                    Some(bytes) => slots.push((op, bytes)),
+                    None => break,
+                }
+            }
+            done.push((read.io, slots));
         }
         done
     }

@@ -1,6 +1,7 @@
 //! Swarm options: every knob of a run drawn from its seed, so each seed tests a different mix.
 
 use galgo_consensus::prng::Prng;
+use galgo_consensus::JOURNAL_KEEP_OPS_MIN;
 
 #[derive(Clone, Debug)]
 pub struct NetworkOptions {
@@ -80,6 +81,9 @@ pub struct Options {
     /// A replica saves a checkpoint each time its commit passed this many ops since its last
     /// one, and opens from it after a crash (0: never).
     pub checkpoint_interval: u64,
+    /// Journal entries each replica keeps below its commit point (`Config::journal_keep_ops`):
+    /// small values make runs compact their journals and serve repairs from disk.
+    pub journal_keep_ops: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,6 +177,7 @@ impl Options {
             return_leadership: false,
             workload: Workload::Test,
             checkpoint_interval: 0,
+            journal_keep_ops: u64::MAX,
         };
         // Drawn last, so adding it left every earlier draw of a seed as it was.
         options.network.replay_old = percent(&mut prng, 5);
@@ -193,6 +198,10 @@ impl Options {
             options.network.replay_stale_acks = 0.2 + prng.unit() * 0.8;
         }
         options.checkpoint_interval = *pick(&mut prng, &[0u64, 0, 4, 16, 64]);
+        options.journal_keep_ops = *pick(
+            &mut prng,
+            &[u64::MAX, JOURNAL_KEEP_OPS_MIN, JOURNAL_KEEP_OPS_MIN, 96],
+        );
         options
     }
 }

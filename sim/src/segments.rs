@@ -33,6 +33,7 @@ enum Outcome {
         written: bool,
     },
     Read(Option<Box<Message>>),
+    Headers(Vec<galgo_consensus::Header>),
 }
 
 struct PendingIo {
@@ -157,6 +158,12 @@ impl SegmentStore {
         self.push(io, ready_at, Box::pin(future));
     }
 
+    pub fn submit_read_headers(&mut self, io: u64, ready_at: u64, op_min: u64, op_max: u64) {
+        let journal = self.journal();
+        let future = async move { Outcome::Headers(journal.read_headers(op_min, op_max).await) };
+        self.push(io, ready_at, Box::pin(future));
+    }
+
     fn push(&mut self, io: u64, ready_at: u64, future: Pin<Box<dyn Future<Output = Outcome>>>) {
         self.ios.push(PendingIo {
             io,
@@ -211,6 +218,11 @@ impl SegmentStore {
                 Outcome::Read(message) => Completed {
                     io: pending.io,
                     completion: Completion::Read(message.map(|m| *m)),
+                    durable: None,
+                },
+                Outcome::Headers(headers) => Completed {
+                    io: pending.io,
+                    completion: Completion::Headers(headers),
                     durable: None,
                 },
             });

@@ -42,6 +42,11 @@ pub struct RunStats {
     pub view_max: u32,
     pub commit_max: u64,
     pub liveness_ticks: u64,
+    /// The highest journal base any replica compacted to, and the reads of compacted ops'
+    /// headers and prepares served to peers from disk.
+    pub journal_base_max: u64,
+    pub compacted_header_reads: u64,
+    pub compacted_prepare_reads: u64,
 }
 
 pub struct Simulator {
@@ -143,6 +148,7 @@ impl Simulator {
             request_queue_max: self.options.clients_max,
             clients_max: self.options.clients_max,
             ops_max: OPS_MAX,
+            journal_keep_ops: self.options.journal_keep_ops,
             redundant_headers: !self.options.segment_journal,
             return_leadership: self.options.return_leadership,
             timeouts: Timeouts::default(),
@@ -284,6 +290,7 @@ impl Simulator {
 
     fn execute(&mut self, replica: u8, actions: Vec<Action>) {
         for action in actions {
+            self.count_compacted_read(replica, &action);
             match action {
                 Action::Send { to, message } => {
                     let to = match to {
@@ -340,6 +347,14 @@ impl Simulator {
                 Action::ReadPrepare { io, op } => {
                     self.disks[replica as usize].submit_read(self.now, io.0, op)
                 }
+                Action::ReadHeaders { io, op_min, op_max } if self.segments.is_some() => {
+                    let ready_at = self.now + self.disks[replica as usize].read_latency();
+                    let segments = self.segments.as_mut().expect("segment mode");
+                    segments[replica as usize].submit_read_headers(io.0, ready_at, op_min, op_max);
+                }
+                Action::ReadHeaders { io, op_min, op_max } => {
+                    self.disks[replica as usize].submit_read_headers(self.now, io.0, op_min, op_max)
+                }
                 Action::PersistState { io, state } => {
                     let sequence = self.superblock_sequence[replica as usize] + 1;
                     self.superblock_sequence[replica as usize] = sequence;
@@ -351,6 +366,21 @@ impl Simulator {
                     );
                 }
             }
+        }
+    }
+
+    /// Counts reads of compacted ops (below the replica's journal base), for the run's stats.
+    fn count_compacted_read(&mut self, replica: u8, action: &Action) {
+        let Some(base) = self.replicas[replica as usize]
+            .as_ref()
+            .map(|r| r.journal().base())
+        else {
+            return;
+        };
+        match action {
+            Action::ReadHeaders { .. } => self.stats.compacted_header_reads += 1,
+            Action::ReadPrepare { op, .. } if *op < base => self.stats.compacted_prepare_reads += 1,
+            _ => {}
         }
     }
 
@@ -421,6 +451,25 @@ impl Simulator {
                     .on_io_complete(IoId(io), Completion::Read(message));
                 self.execute(r, actions);
             }
+            for (io, slots) in self.disks[r as usize].complete_header_reads(self.now) {
+                // Ascending from the highest op down to the first slot that does not decode
+                // as that op's prepare header.
+                let mut headers: Vec<Header> = slots
+                    .iter()
+                    .map_while(|(op, bytes)| {
+                        let raw: &[u8; HEADER_SIZE] = bytes.get(..HEADER_SIZE)?.try_into().ok()?;
+                        Header::decode(raw)
+                            .ok()
+                            .filter(|h| h.op == *op && h.command == Command::Prepare)
+                    })
+                    .collect();
+                headers.reverse();
+                let actions = self.replicas[r as usize]
+                    .as_mut()
+                    .expect("alive")
+                    .on_io_complete(IoId(io), Completion::Headers(headers));
+                self.execute(r, actions);
+            }
             let (completed, cuts) = match self.segments.as_mut() {
                 Some(segments) => {
                     let completed = segments[r as usize].step(self.now);
@@ -458,6 +507,7 @@ impl Simulator {
                 self.broker_checker.check_state(r, partition.state())?;
             }
             self.stats.view_max = self.stats.view_max.max(replica.view());
+            self.stats.journal_base_max = self.stats.journal_base_max.max(replica.journal().base());
             self.stats.commit_max = self.stats.commit_max.max(replica.commit_min());
         }
         Ok(())
