@@ -68,13 +68,20 @@ pub struct Journal {
 impl Journal {
     pub fn new(root: Header, ops_max: u64) -> Journal {
         assert_eq!(root.op, 0);
+        Journal::starting_at(root, ops_max)
+    }
+
+    /// A journal whose base is `base`: the root, or a committed op durable here (a replica
+    /// opened from a checkpoint of that op). Its entry is clean; nothing below it is held.
+    pub fn starting_at(base: Header, ops_max: u64) -> Journal {
+        assert!(base.op <= ops_max);
         Journal {
             entries: vec![Entry {
-                header: Some(root),
+                header: Some(base),
                 state: SlotState::Clean,
                 faulty: false,
             }],
-            base: 0,
+            base: base.op,
             ops_max,
         }
     }

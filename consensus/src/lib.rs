@@ -26,6 +26,6 @@ pub use header::{Command, Header};
 pub use journal::Journal;
 pub use message::Message;
 pub use replica::{
-    Action, Completion, Config, IoId, Peer, Replica, StateMachine, Status, Timeouts,
-    JOURNAL_KEEP_OPS_MIN,
+    checkpoint_held, checkpoint_restores, Action, Completion, Config, IoId, Peer, Replica,
+    StateMachine, Status, Timeouts, JOURNAL_KEEP_OPS_MIN,
 };

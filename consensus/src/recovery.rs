@@ -118,8 +118,23 @@ pub fn recover_journal(
     slots: &[(SlotRead, SlotRead)],
     bugs: RecoveryBugs,
 ) -> RecoveredJournal {
-    assert!(slots.len() as u64 <= ops_max);
-    let mut journal = Journal::new(root, ops_max);
+    assert_eq!(root.op, 0);
+    recover_journal_from(root, ops_max, durable, slots, bugs)
+}
+
+/// `recover_journal` above `base`: the root, or a committed op durable here (the op of the
+/// checkpoint the replica opens from), which becomes the journal's base. `slots[i]` is op
+/// `base.op + 1 + i`; nothing below the base is read or held.
+pub fn recover_journal_from(
+    base: Header,
+    ops_max: u64,
+    durable: &DurableState,
+    slots: &[(SlotRead, SlotRead)],
+    bugs: RecoveryBugs,
+) -> RecoveredJournal {
+    assert!(base.op + slots.len() as u64 <= ops_max);
+    let first_op = base.op + 1;
+    let mut journal = Journal::starting_at(base, ops_max);
     let mut header_fixes = Vec::new();
 
     // Above the log view's head, every op of the log was prepared in the log view itself:
@@ -140,7 +155,7 @@ pub fn recover_journal(
         .iter()
         .enumerate()
         .map(|(index, (header, prepare))| {
-            let op = index as u64 + 1;
+            let op = first_op + index as u64;
             (current(op, *header), current(op, *prepare))
         })
         .collect();
@@ -181,7 +196,7 @@ pub fn recover_journal(
     }
 
     for (index, decision) in decisions.iter().enumerate() {
-        let op = index as u64 + 1;
+        let op = first_op + index as u64;
         journal.extend_to(op);
         let entry = journal.entry_mut(op);
         *entry = match decision {
@@ -219,8 +234,8 @@ pub fn recover_journal(
 /// The durable view headers are canonical for the log view: they override what the slots say.
 fn install_view_headers(journal: &mut Journal, durable: &DurableState) {
     for header in &durable.view_headers {
-        if header.op == 0 {
-            continue;
+        if header.op <= journal.base() {
+            continue; // Committed, and held as the base or below it.
         }
         journal.extend_to(header.op);
         let entry = journal.entry_mut(header.op);

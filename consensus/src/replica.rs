@@ -216,6 +216,13 @@ enum ReadPurpose {
     },
 }
 
+/// A disk read for a peer's repair.
+#[derive(Clone, Copy, Debug)]
+enum ServeRead {
+    Prepare { op: u64, to: u8, checksum: u128 },
+    Headers { to: u8, op_min: u64, op_max: u64 },
+}
+
 #[derive(Clone, Debug)]
 struct PipelineEntry {
     op: u64,
@@ -229,6 +236,9 @@ const REPAIR_REQUESTED_MAX: usize = 64;
 const HEADERS_PER_MESSAGE_MAX: u64 = 64;
 const READS_COMMIT_MAX: usize = 8;
 const READS_SERVE_MAX: usize = 4;
+/// Reads for peers waiting for one of the `READS_SERVE_MAX` to finish, at most; beyond it a
+/// request is dropped (the peer asks again at its repair timeout).
+const SERVE_WAITING_MAX: usize = 64;
 /// Most slot write chains in flight at once.
 const SLOT_WRITES_MAX: usize = 256;
 
@@ -280,6 +290,8 @@ pub struct Replica<S: StateMachine> {
     persist_wanted: bool,
     reads_commit: usize,
     reads_serve: usize,
+    /// Reads for peers waiting for a free read, oldest first.
+    serve_waiting: VecDeque<ServeRead>,
 
     prepare_timeout: Timeout,
     commit_message_timeout: Timeout,
@@ -297,10 +309,34 @@ pub struct Replica<S: StateMachine> {
     ticks: u64,
     /// Ops whose prepare was requested since the last repair timeout.
     repair_requested: BTreeSet<u64>,
+    /// Ops requested in the repair round before the last timeout (`repair_requested` then):
+    /// asked again of any replica, not only the primary.
+    repair_retry: BTreeSet<u64>,
 
     actions: Vec<Action>,
     /// Headers of ops committed (applied) since the host last drained them.
     committed: Vec<Header>,
+}
+
+/// Whether `checkpoint` restores: its sessions decode for `clients_max` and `machine` takes
+/// its snapshot (and then holds it). A host that recovers its journal from the checkpoint's
+/// op (`recover_journal_from`) must know this first: the ops below are then never read, so
+/// the replica could not apply them instead.
+pub fn checkpoint_restores<S: StateMachine>(
+    checkpoint: &Checkpoint,
+    clients_max: usize,
+    machine: &mut S,
+) -> bool {
+    checkpoint.op > 0
+        && ClientSessions::decode(&checkpoint.sessions, clients_max).is_some()
+        && machine.restore(&checkpoint.machine)
+}
+
+/// Whether the recovered journal holds `checkpoint`'s op with its checksum, so that
+/// `open_from` starts from it. When it does not, the host opens with no checkpoint and a
+/// machine `checkpoint_restores` did not touch.
+pub fn checkpoint_held(recovered: &RecoveredJournal, checkpoint: &Checkpoint) -> bool {
+    recovered.journal.header(checkpoint.op).map(|h| h.checksum) == Some(checkpoint.op_checksum)
 }
 
 impl<S: StateMachine> Replica<S> {
@@ -370,6 +406,7 @@ impl<S: StateMachine> Replica<S> {
             persist_wanted: false,
             reads_commit: 0,
             reads_serve: 0,
+            serve_waiting: VecDeque::new(),
             prepare_timeout: Timeout::new("prepare", timeouts.prepare),
             commit_message_timeout: Timeout::new("commit_message", timeouts.commit_message),
             normal_heartbeat_timeout: Timeout::new("normal_heartbeat", timeouts.normal_heartbeat),
@@ -384,6 +421,7 @@ impl<S: StateMachine> Replica<S> {
             ),
             repair_timeout: Timeout::new("repair", timeouts.repair),
             repair_requested: BTreeSet::new(),
+            repair_retry: BTreeSet::new(),
             leadership_return_timeout: Timeout::new(
                 "leadership return",
                 timeouts.leadership_return,
@@ -398,6 +436,10 @@ impl<S: StateMachine> Replica<S> {
         if let Some(checkpoint) = checkpoint {
             replica.restore_checkpoint(checkpoint);
         }
+        assert!(
+            replica.commit_min >= replica.journal.base(),
+            "a journal recovered above op 0 needs the checkpoint of its base (see checkpoint_restores)"
+        );
         replica.prepare_timestamp = replica
             .journal
             .header(replica.journal.head())
@@ -589,7 +631,7 @@ impl<S: StateMachine> Replica<S> {
         if self.repair_timeout.fired() {
             self.repair_timeout.start();
             // Whatever is still missing is requested again.
-            self.repair_requested.clear();
+            self.repair_retry = std::mem::take(&mut self.repair_requested);
             self.repair();
         }
         std::mem::take(&mut self.actions)
@@ -1162,6 +1204,12 @@ impl<S: StateMachine> Replica<S> {
         assert_eq!(header.view, self.view);
         self.commit_max = self.commit_max.max(header.commit);
         let op = header.op;
+        if op < self.journal.base() {
+            // Committed and durable here; this primary's log is canonical, so the prepare is
+            // the one we hold. A new primary whose commit is behind ours needs the ack.
+            self.send_prepare_ok_for(&header);
+            return;
+        }
         if op <= self.commit_min {
             let entry = self.journal.entry(op);
             if entry.checksum() != Some(header.checksum) {
@@ -1289,6 +1337,14 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn send_prepare_ok(&mut self, op: u64) {
+        let Some(prepare) = self.journal.header(op).copied() else {
+            return;
+        };
+        self.send_prepare_ok_for(&prepare);
+    }
+
+    /// Acknowledges `prepare`, durable in our log.
+    fn send_prepare_ok_for(&mut self, prepare: &Header) {
         // An ack promises the prepare is in our log for this view: the log view must be
         // durable, or a crash would let recovery read the prepare as a stale write of an older
         // log view and drop it. `on_persisted` sends the acks held back here.
@@ -1299,9 +1355,7 @@ impl<S: StateMachine> Replica<S> {
         {
             return;
         }
-        let Some(prepare) = self.journal.header(op).copied() else {
-            return;
-        };
+        let op = prepare.op;
         let mut header = self.header(Command::PrepareOk);
         header.op = op;
         header.context = prepare.checksum;
@@ -1512,6 +1566,7 @@ impl<S: StateMachine> Replica<S> {
             }
             ReadPurpose::Serve { checksum, .. } => {
                 self.reads_serve -= 1;
+                self.serve_next();
                 Some(checksum)
             }
         };
@@ -1870,9 +1925,10 @@ impl<S: StateMachine> Replica<S> {
         let head = self.journal.head();
         let count = head.min(2 * self.config.pipeline_max as u64 + 1);
         assert!(count as usize <= DVC_ENTRIES_MAX);
-        let first = head + 1 - count;
-        // A compacted entry has no header and would read as a nack.
-        assert!(first >= self.journal.base());
+        // Not below the base: a compacted entry has no header and would read as a nack. Those
+        // ops are at or below our commit_min, which the DVC reports, so the new primary
+        // decides none of them (a journal opened from a checkpoint has its base that close).
+        let first = (head + 1 - count).max(self.journal.base());
         let entries = (first..=head)
             .map(|op| {
                 let entry = self.journal.entry(op);
@@ -2207,14 +2263,18 @@ impl<S: StateMachine> Replica<S> {
         let floor = self.journal.chain_floor(0);
         if floor > self.journal.base().max(1) && floor <= head + 1 {
             let broken = floor - 1;
+            let retry = self.repair_retry.contains(&broken);
             if let Some(next) = self.journal.header(floor).copied() {
-                if let Some(target) = self.repair_target(broken, trusted_primary) {
+                if let Some(target) = self.repair_target(retry, trusted_primary) {
                     self.send_request_prepare(target, broken, next.parent);
+                    if self.repair_requested.len() < REPAIR_REQUESTED_MAX {
+                        self.repair_requested.insert(broken);
+                    }
                     budget = budget.saturating_sub(1);
                 }
             }
             let low = broken.saturating_sub(HEADERS_PER_MESSAGE_MAX - 1).max(1);
-            if let Some(target) = self.repair_target(broken, trusted_primary) {
+            if let Some(target) = self.repair_target(retry, trusted_primary) {
                 self.send_request_headers(target, low, broken);
                 budget = budget.saturating_sub(1);
             }
@@ -2279,7 +2339,10 @@ impl<S: StateMachine> Replica<S> {
                     } else {
                         let target = match self.repair_sources.get(&op) {
                             Some(holders) => self.pick_from(*holders),
-                            None => self.repair_target(op, trusted_primary),
+                            None => {
+                                let retry = self.repair_retry.contains(&op);
+                                self.repair_target(retry, trusted_primary)
+                            }
                         };
                         if let Some(target) = target {
                             self.send_request_prepare(target, op, checksum);
@@ -2294,13 +2357,12 @@ impl<S: StateMachine> Replica<S> {
     }
 
     /// Where to ask for `op`'s prepare or headers: the primary of our view when we trust one
-    /// (it holds every op), else any other replica. An op old enough to be compacted on the
-    /// primary goes to any replica half the time: the primary no longer repairs its own copy
-    /// of a compacted op, so if that copy is damaged only another replica can serve it.
-    fn repair_target(&mut self, op: u64, trusted_primary: Option<u8>) -> Option<u8> {
-        let compactable = op.saturating_add(JOURNAL_KEEP_OPS_MIN) <= self.commit_max;
+    /// (it holds every op), else any other replica. A request the last round did not get
+    /// answered goes to any replica: the primary no longer repairs its own copy of a
+    /// compacted op, so if that copy is damaged only another replica can serve it.
+    fn repair_target(&mut self, retry: bool, trusted_primary: Option<u8>) -> Option<u8> {
         match trusted_primary {
-            Some(primary) if !compactable || self.prng.below(2) == 0 => Some(primary),
+            Some(primary) if !retry => Some(primary),
             _ => self.random_other(),
         }
     }
@@ -2341,16 +2403,15 @@ impl<S: StateMachine> Replica<S> {
         {
             return;
         }
-        let serve = ReadPurpose::Serve {
+        let read = ServeRead::Prepare {
+            op: header.op,
             to: header.replica,
             checksum: header.context,
         };
         if header.op < self.journal.base() {
             // Compacted: committed and durable here. The read is checked against the checksum
             // the peer named, which it took from the canonical chain.
-            if self.reads_serve < READS_SERVE_MAX {
-                self.read_prepare(header.op, serve);
-            }
+            self.serve(read);
             return;
         }
         let entry = self.journal.entry(header.op);
@@ -2359,9 +2420,40 @@ impl<S: StateMachine> Replica<S> {
         }
         if let Some(message) = self.cached(header.op).cloned() {
             self.send_replica(header.replica, message);
-        } else if entry.present() && self.reads_serve < READS_SERVE_MAX {
-            self.read_prepare(header.op, serve);
+        } else if entry.present() {
+            self.serve(read);
         }
+    }
+
+    /// Starts `read` now if fewer than `READS_SERVE_MAX` are under way, else queues it.
+    fn serve(&mut self, read: ServeRead) {
+        if self.reads_serve < READS_SERVE_MAX {
+            self.start_serve_read(read);
+        } else if self.serve_waiting.len() < SERVE_WAITING_MAX {
+            self.serve_waiting.push_back(read);
+        }
+    }
+
+    fn serve_next(&mut self) {
+        assert!(self.reads_serve < READS_SERVE_MAX);
+        if let Some(read) = self.serve_waiting.pop_front() {
+            self.start_serve_read(read);
+        }
+    }
+
+    fn start_serve_read(&mut self, read: ServeRead) {
+        match read {
+            ServeRead::Prepare { op, to, checksum } => {
+                self.read_prepare(op, ReadPurpose::Serve { to, checksum });
+            }
+            ServeRead::Headers { to, op_min, op_max } => {
+                let io = self.io(PendingIo::ReadHeaders { to, op_min, op_max });
+                self.reads_serve += 1;
+                self.actions
+                    .push(Action::ReadHeaders { io, op_min, op_max });
+            }
+        }
+        assert!(self.reads_serve <= READS_SERVE_MAX);
     }
 
     fn on_request_headers(&mut self, header: &Header) {
@@ -2376,19 +2468,12 @@ impl<S: StateMachine> Replica<S> {
         // Only headers hash-chained from our head, so we never spread stale ones.
         let chain_floor = self.journal.chain_floor(0);
         let base = self.journal.base();
-        if op_min < base && chain_floor == base && self.reads_serve < READS_SERVE_MAX {
+        if op_min < base && chain_floor == base {
             // Below the base the chain is our committed log on disk: read it back.
-            let disk_max = op_max.min(base - 1);
-            let io = self.io(PendingIo::ReadHeaders {
+            self.serve(ServeRead::Headers {
                 to: header.replica,
                 op_min,
-                op_max: disk_max,
-            });
-            self.reads_serve += 1;
-            self.actions.push(Action::ReadHeaders {
-                io,
-                op_min,
-                op_max: disk_max,
+                op_max: op_max.min(base - 1),
             });
         }
         let floor = chain_floor.max(op_min);
@@ -2415,6 +2500,7 @@ impl<S: StateMachine> Replica<S> {
     /// requested ops (and link to the journal's entry above them, when it is held).
     fn on_headers_read(&mut self, to: u8, op_min: u64, op_max: u64, headers: Vec<Header>) {
         self.reads_serve -= 1;
+        self.serve_next();
         assert!(headers.len() as u64 <= op_max + 1 - op_min);
         let first_op = op_max + 1 - headers.len() as u64;
         let mut parent: Option<u128> = None;

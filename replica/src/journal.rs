@@ -21,7 +21,9 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use futures_channel::oneshot;
 use galgo_consensus::header::HEADER_SIZE;
-use galgo_consensus::recovery::{recover_journal, RecoveredJournal, RecoveryBugs, SlotRead};
+use galgo_consensus::recovery::{
+    recover_journal, recover_journal_from, RecoveredJournal, RecoveryBugs, SlotRead,
+};
 use galgo_consensus::{Command, DurableState, Header, Message};
 use galgo_storage::{Disk, EntryMeta, LogConfig, PartitionLog, StorageError};
 
@@ -82,10 +84,15 @@ pub struct SegmentJournal<'d, D: Disk> {
 impl<'d, D: Disk> SegmentJournal<'d, D> {
     /// Opens the log in `config.dir` and rebuilds the core's journal from it and the durable
     /// view state. Ops the rebuilt journal does not keep (a view change had replaced them
-    /// before the crash) are cut from the log. Ops up to `checkpoint_op` (committed ones a
-    /// checkpoint covers, so they are not applied again) are known by their prepare header
-    /// alone, read and checked by its own checksum: the rest of those records is verified by
-    /// the reads that need it (a repair, a poll). Every op above it is read and verified whole.
+    /// before the crash) are cut from the log.
+    ///
+    /// `checkpoint` is the op and prepare checksum of a checkpoint the replica will open from
+    /// (one `checkpoint_restores` accepted). The journal then starts at that op (its header
+    /// read back with that checksum), or just below the lowest op under it the log reports
+    /// faulty, so that the core still repairs it: the ops below are not read at all. Ops from
+    /// there up to the checkpoint's are known by their prepare header alone, read and checked
+    /// by its own checksum (the rest of those records is verified by the reads that need it:
+    /// a repair, a poll). Every op above it is read and verified whole.
     #[allow(clippy::too_many_arguments)]
     pub async fn open(
         disk: &'d D,
@@ -95,13 +102,28 @@ impl<'d, D: Disk> SegmentJournal<'d, D> {
         ops_max: u64,
         messages_of: MessagesOf,
         recovery_bugs: RecoveryBugs,
-        checkpoint_op: u64,
+        checkpoint: Option<(u64, u128)>,
     ) -> Result<(SegmentJournal<'d, D>, RecoveredJournal), StorageError> {
         let (log, report) = PartitionLog::open(disk, config, 1, 0).await?;
         let mut faulty: Vec<u64> = report.faulty.iter().map(|f| f.op).collect();
         let op_end = log.op_end();
-        let mut slots = Vec::with_capacity(op_end.saturating_sub(1) as usize);
-        for op in 1..op_end {
+        let checkpoint_op = checkpoint.map_or(0, |(op, _)| op);
+        let base = match checkpoint {
+            Some((op, checksum)) if op < op_end && !faulty.contains(&op) => {
+                let held = read_header(&log, op)
+                    .await
+                    .is_some_and(|header| header.checksum == checksum);
+                let below_faulty = faulty.iter().filter(|f| **f <= op).min().map(|f| f - 1);
+                match below_faulty.unwrap_or(op) {
+                    base_op if held && base_op >= 1 => read_header(&log, base_op).await,
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let first_op = base.map_or(1, |header| header.op + 1);
+        let mut slots = Vec::with_capacity(op_end.saturating_sub(first_op) as usize);
+        for op in first_op..op_end {
             let read = if faulty.contains(&op) {
                 (SlotRead::Acknowledged, SlotRead::Corrupt)
             } else {
@@ -122,8 +144,12 @@ impl<'d, D: Disk> SegmentJournal<'d, D> {
             };
             slots.push(read);
         }
-        let recovered = recover_journal(root, ops_max, durable, &slots, recovery_bugs);
+        let recovered = match base {
+            Some(base) => recover_journal_from(base, ops_max, durable, &slots, recovery_bugs),
+            None => recover_journal(root, ops_max, durable, &slots, recovery_bugs),
+        };
         assert!(recovered.header_fixes.is_empty(), "no header zone to fix");
+        assert!(recovered.journal.base() <= checkpoint_op);
         let journal = SegmentJournal {
             disk,
             log,
@@ -506,7 +532,7 @@ pub(crate) mod tests {
             OPS_MAX,
             no_messages,
             RecoveryBugs::default(),
-            0,
+            None,
         )
         .await
         .unwrap()
@@ -684,6 +710,62 @@ pub(crate) mod tests {
                 WriteOutcome::Written
             );
             assert_eq!(journal.read_prepare(6).await.unwrap(), messages[5]);
+        });
+    }
+
+    async fn open_at<'d>(
+        disk: &'d MemoryDisk,
+        checkpoint: Option<(u64, u128)>,
+    ) -> (SegmentJournal<'d, MemoryDisk>, RecoveredJournal) {
+        SegmentJournal::open(
+            disk,
+            config(),
+            &DurableState::initial(),
+            root(),
+            OPS_MAX,
+            no_messages,
+            RecoveryBugs::default(),
+            checkpoint,
+        )
+        .await
+        .unwrap()
+    }
+
+    #[test]
+    fn a_journal_opened_from_a_checkpoint_starts_at_its_op_and_reads_nothing_below() {
+        let disk = MemoryDisk::new(10);
+        let messages = chain(30, 0, 0);
+        block_on(async {
+            let (journal, _) = open_at(&disk, None).await;
+            for message in &messages {
+                journal.write_prepare(message.clone()).await.unwrap();
+            }
+            let at_20 = Some((20, messages[19].header.checksum));
+            let position = journal.log().entry(7).await.unwrap().position;
+            let segment = journal
+                .log()
+                .segments()
+                .iter()
+                .rev()
+                .find(|s| s.base_op <= 7)
+                .unwrap()
+                .base_op;
+            drop(journal);
+            let (_, recovered) = open_at(&disk, at_20).await;
+            assert_eq!(recovered.journal.base(), 20);
+            assert_eq!(recovered.journal.head(), 30);
+            assert!((20..=30).all(|op| recovered.journal.entry(op).present()));
+            // Another log's checkpoint: the whole log is read.
+            let (_, recovered) = open_at(&disk, Some((20, 1))).await;
+            assert_eq!(recovered.journal.base(), 0);
+            assert!((1..=30).all(|op| recovered.journal.entry(op).present()));
+            // A damaged prepare header below the checkpoint's op: a whole open finds it, an
+            // open from the checkpoint does not read it.
+            disk.corrupt(&format!("g7/{segment:020}.log"), position + 64 + 100);
+            let (_, recovered) = open_at(&disk, Some((20, 1))).await;
+            assert!(recovered.journal.entry(7).faulty);
+            let (_, recovered) = open_at(&disk, at_20).await;
+            assert_eq!(recovered.journal.base(), 20);
         });
     }
 

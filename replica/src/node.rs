@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex};
 use galgo_consensus::header::HEADER_SIZE;
 use galgo_consensus::recovery::RecoveryBugs;
 use galgo_consensus::{
-    Bugs, Command, Config as GroupConfig, Header, Message, Replica, StateMachine, Timeouts,
+    checkpoint_held, checkpoint_restores, Bugs, Command, Config as GroupConfig, Header, Message,
+    Replica, StateMachine, Timeouts,
 };
 use galgo_storage::{Disk, FileDisk, LogConfig, StorageError};
 
@@ -229,11 +230,15 @@ impl Node {
         })
         .await?;
         let clients = Rc::new(ClientTable::default());
-        let metadata_machine = MetadataMachine::new(Metadata::new(
-            nodes.clone(),
-            config.cluster.replication,
-            Limits::default(),
-        ));
+        let replication = config.cluster.replication;
+        let metadata_nodes = nodes.clone();
+        let metadata_machine = move || {
+            MetadataMachine::new(Metadata::new(
+                metadata_nodes.clone(),
+                replication,
+                Limits::default(),
+            ))
+        };
         let metadata = if shard == 0 {
             let host = open_group(
                 disk,
@@ -628,7 +633,7 @@ impl Node {
             let segment_size = self.config.storage.segment_size;
             monoio::spawn(async move {
                 let machine =
-                    PartitionMachine::new(PartitionState::new(CONSUMERS_MAX, PRODUCERS_MAX));
+                    || PartitionMachine::new(PartitionState::new(CONSUMERS_MAX, PRODUCERS_MAX));
                 let opened = open_group(
                     disk,
                     cluster,
@@ -1018,7 +1023,7 @@ async fn open_group<S: StateMachine + 'static>(
     group: u64,
     me: u8,
     placement: &Placement,
-    machine: S,
+    new_machine: impl Fn() -> S,
     messages_of: MessagesOf,
     segment_size: u64,
     bus: Rc<Bus>,
@@ -1035,6 +1040,10 @@ async fn open_group<S: StateMachine + 'static>(
     let (checkpoints, checkpoint) = CheckpointStore::open(disk, checkpoint_dir(group))
         .await
         .map_err(|e| NodeError::Storage(format!("group {group}: checkpoint"), e))?;
+    // Only a checkpoint that restores lets the journal start at its op (the ops below are
+    // then not read); one that does not is ignored and the log is applied from op 1.
+    let mut machine = new_machine();
+    let checkpoint = checkpoint.filter(|c| checkpoint_restores(c, CLIENTS_MAX, &mut machine));
     let (journal, recovered) = SegmentJournal::open(
         disk,
         LogConfig {
@@ -1046,10 +1055,20 @@ async fn open_group<S: StateMachine + 'static>(
         OPS_MAX,
         messages_of,
         RecoveryBugs::default(),
-        checkpoint.as_ref().map_or(0, |c| c.op),
+        checkpoint.as_ref().map(|c| (c.op, c.op_checksum)),
     )
     .await
     .map_err(|e| NodeError::Storage(format!("group {group}: log"), e))?;
+    let checkpoint = match checkpoint {
+        Some(c) if checkpoint_held(&recovered, &c) => Some(c),
+        Some(_) => {
+            // The log does not hold the checkpoint's op as it was: apply it from op 1, on a
+            // machine the checkpoint did not restore.
+            machine = new_machine();
+            None
+        }
+        None => None,
+    };
     let config = GroupConfig {
         cluster,
         group,

@@ -84,7 +84,7 @@ impl<'d> Host<'d> {
             OPS_MAX,
             no_messages,
             RecoveryBugs::default(),
-            0,
+            None,
         )
         .await
         .unwrap();

@@ -128,7 +128,7 @@ async fn start_node(
         OPS_MAX,
         no_messages,
         RecoveryBugs::default(),
-        0,
+        None,
     )
     .await
     .unwrap();

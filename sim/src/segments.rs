@@ -108,7 +108,7 @@ impl SegmentStore {
         root: Header,
         ops_max: u64,
         recovery_bugs: RecoveryBugs,
-        checkpoint_op: u64,
+        checkpoint: Option<(u64, u128)>,
     ) -> RecoveredJournal {
         assert!(self.journal.is_none() && self.ios.is_empty());
         let config = LogConfig {
@@ -123,7 +123,7 @@ impl SegmentStore {
             ops_max,
             no_messages,
             recovery_bugs,
-            checkpoint_op,
+            checkpoint,
         ))
         .unwrap_or_else(|error| panic!("the segment journal does not open: {error}"));
         self.journal = Some(Rc::new(journal));

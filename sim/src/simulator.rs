@@ -10,8 +10,8 @@ use galgo_consensus::prng::Prng;
 use galgo_consensus::quorums::Quorums;
 use galgo_consensus::recovery::{recover_journal, RecoveryBugs, SlotRead};
 use galgo_consensus::{
-    Action, Bug, Bugs, Checkpoint, Command, Completion, Config, Header, IoId, Message, Peer,
-    Replica, Status, Timeouts,
+    checkpoint_held, checkpoint_restores, Action, Bug, Bugs, Checkpoint, Command, Completion,
+    Config, Header, IoId, Message, Peer, Replica, Status, Timeouts,
 };
 
 use crate::broker_checker::BrokerChecker;
@@ -177,11 +177,12 @@ impl Simulator {
             truncate_at_first_corrupt: self.bugs.has(Bug::TruncateAtFirstCorrupt),
         };
         let root = Header::root(CLUSTER, GROUP);
-        // A checkpoint that does not decode (a flipped byte) is as good as none.
+        // A checkpoint that does not decode (a flipped byte) or restore is as good as none.
+        let mut machine = TestStateMachine::new(self.options.workload);
         let checkpoint = self.checkpoints[replica as usize]
             .as_ref()
-            .and_then(|(_, bytes)| Checkpoint::decode(bytes).ok());
-        let checkpoint_op = checkpoint.as_ref().map_or(0, |c| c.op);
+            .and_then(|(_, bytes)| Checkpoint::decode(bytes).ok())
+            .filter(|c| checkpoint_restores(c, self.options.clients_max, &mut machine));
         let recovered = match self.segments.as_mut() {
             Some(segments) => {
                 let recovered = segments[replica as usize].open(
@@ -189,7 +190,7 @@ impl Simulator {
                     root,
                     OPS_MAX,
                     recovery_bugs,
-                    checkpoint_op,
+                    checkpoint.as_ref().map(|c| (c.op, c.op_checksum)),
                 );
                 for after_op in segments[replica as usize].take_cuts() {
                     self.checker.on_prepares_cut(replica, after_op);
@@ -201,9 +202,19 @@ impl Simulator {
                 recover_journal(root, OPS_MAX, &durable, &slots, recovery_bugs)
             }
         };
+        // The log must hold the checkpoint's op as it was; else the log is applied from op 1 on
+        // a machine the checkpoint did not restore.
+        let checkpoint = match checkpoint {
+            Some(c) if checkpoint_held(&recovered, &c) => Some(c),
+            Some(_) => {
+                machine = TestStateMachine::new(self.options.workload);
+                None
+            }
+            None => None,
+        };
         // What recovery found intact is durable here, whether or not its write completed
         // before the crash (an in-flight write may land).
-        for op in 1..=recovered.journal.head() {
+        for op in recovered.journal.base().max(1)..=recovered.journal.head() {
             let entry = recovered.journal.entry(op);
             if entry.present() {
                 let checksum = entry.checksum().expect("present");
@@ -214,7 +225,7 @@ impl Simulator {
         let seed = self.options.seed ^ self.incarnation.wrapping_mul(0x2545_f491_4f6c_dd1d);
         let opened = Replica::open_from(
             self.config(replica),
-            TestStateMachine::new(self.options.workload),
+            machine,
             durable,
             recovered,
             seed,
