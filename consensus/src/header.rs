@@ -53,6 +53,9 @@ pub enum Command {
     Headers = 11,
     RequestPrepare = 12,
     Eviction = 13,
+    /// Many groups' `Commit` heartbeats to one peer in one frame: the replica bus packs and
+    /// unpacks it (`replica/src/commit_batch.rs`); the core never sees one.
+    CommitBatch = 14,
 }
 
 impl Command {
@@ -72,6 +75,7 @@ impl Command {
             11 => Command::Headers,
             12 => Command::RequestPrepare,
             13 => Command::Eviction,
+            14 => Command::CommitBatch,
             _ => return None,
         })
     }

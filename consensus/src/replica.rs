@@ -669,7 +669,7 @@ impl<S: StateMachine> Replica<S> {
             Command::RequestHeaders => self.on_request_headers(&message.header),
             Command::Headers => self.on_headers(message),
             Command::RequestPrepare => self.on_request_prepare(&message.header),
-            Command::Reply | Command::Eviction | Command::Reserved => {}
+            Command::Reply | Command::Eviction | Command::CommitBatch | Command::Reserved => {}
         }
         std::mem::take(&mut self.actions)
     }

@@ -8,7 +8,9 @@
 //! each checked (header checksum, size limit, body checksum) before it is delivered. A bad
 //! hello or frame closes that connection and nothing else. Inbound messages wait in one bounded
 //! queue for `recv`. Frames queued for a peer while its writer was busy (the heartbeats and
-//! commits of every group in one tick) leave in one write of up to 256 KiB.
+//! commits of every group in one tick) leave in one write of up to 256 KiB, and the `Commit`
+//! heartbeats among them leave as one `CommitBatch` frame of 48-byte records, the newest per
+//! group (`commit_batch.rs`), which the receiving bus turns back into `Commit` messages.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -19,14 +21,16 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use galgo_consensus::Message;
+use galgo_consensus::{Command, Message};
 
+use crate::commit_batch::{batch_message, record_of, unbatch, CommitRecord, COMMITS_PER_BATCH_MAX};
 use crate::frame::{read_frame, FrameRead};
 use monoio::io::{AsyncReadRentExt, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 
 const HELLO_MAGIC: u32 = 0x6761_6c62; // "galb"
-const HELLO_VERSION: u16 = 2;
+                                      // 3: `CommitBatch` frames (a node of version 2 would close the connection on one).
+const HELLO_VERSION: u16 = 3;
 const HELLO_SIZE: usize = 32;
 const RECONNECT_DELAY_MIN: Duration = Duration::from_millis(10);
 const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(1);
@@ -61,6 +65,16 @@ pub struct BusStats {
     pub connects: u64,
     /// Inbound connections refused because `INBOUND_MAX` were open.
     pub refused: u64,
+    /// `Commit` messages sent inside `CommitBatch` frames (counted in `sent` too), and the
+    /// batch frames themselves.
+    pub commits_batched: u64,
+    pub commit_batches: u64,
+}
+
+/// What waits in a peer's queue: an encoded frame, or a `Commit` to batch.
+enum Outgoing {
+    Frame(Vec<u8>),
+    Commit(CommitRecord),
 }
 
 /// A bounded queue with one waiting consumer.
@@ -113,26 +127,61 @@ async fn pop<T>(queue: &RefCell<Queue<T>>, stopped: &Cell<bool>) -> Option<T> {
 /// Bytes one write to a peer carries, at most (a frame larger than this goes alone).
 const BATCH_BYTES_MAX: usize = 256 * 1024;
 
-/// `first` and the frames queued behind it, up to `BATCH_BYTES_MAX`, as one buffer; and how
-/// many frames that is.
-fn take_batch(queue: &RefCell<Queue<Vec<u8>>>, first: Vec<u8>) -> (Vec<u8>, u64) {
+/// One write's worth for a peer: `first` and what is queued behind it, frames up to
+/// `BATCH_BYTES_MAX` and commits up to `COMMITS_PER_BATCH_MAX` groups, as one buffer.
+struct Write {
+    bytes: Vec<u8>,
+    /// Messages it carries (a batched `Commit` counts as one).
+    messages: u64,
+    commits_batched: u64,
+    commit_batches: u64,
+}
+
+fn take_write(queue: &RefCell<Queue<Outgoing>>, first: Outgoing, cluster: u128) -> Write {
     let mut queue = queue.borrow_mut();
-    let mut batch = first;
-    let mut frames = 1;
-    while let Some(next) = queue.items.front() {
-        if batch.len() + next.len() > BATCH_BYTES_MAX {
-            break;
+    let mut bytes = Vec::new();
+    let mut messages = 0;
+    // The newest commit per group: an older one of the same group says less.
+    let mut commits: BTreeMap<u64, CommitRecord> = BTreeMap::new();
+    let mut commits_taken = 0;
+    let mut next = Some(first);
+    while let Some(item) = next.take() {
+        match item {
+            Outgoing::Frame(frame) => bytes.extend_from_slice(&frame),
+            Outgoing::Commit(record) => {
+                commits.insert(record.group, record);
+                commits_taken += 1;
+            }
         }
-        let next = queue.items.pop_front().expect("front exists");
-        batch.extend_from_slice(&next);
-        frames += 1;
+        messages += 1;
+        let fits = match queue.items.front() {
+            Some(Outgoing::Frame(frame)) => bytes.len() + frame.len() <= BATCH_BYTES_MAX,
+            Some(Outgoing::Commit(record)) => {
+                commits.len() < COMMITS_PER_BATCH_MAX || commits.contains_key(&record.group)
+            }
+            None => false,
+        };
+        if fits {
+            next = queue.items.pop_front();
+        }
     }
-    (batch, frames)
+    let mut commit_batches = 0;
+    if !commits.is_empty() {
+        let records: Vec<CommitRecord> = commits.into_values().collect();
+        bytes.extend_from_slice(&batch_message(cluster, &records).encode());
+        commit_batches = 1;
+    }
+    Write {
+        bytes,
+        messages,
+        commits_batched: commits_taken,
+        commit_batches,
+    }
 }
 
 struct Shared {
     config: BusConfig,
-    outgoing: BTreeMap<u8, RefCell<Queue<Vec<u8>>>>,
+    outgoing: BTreeMap<u8, RefCell<Queue<Outgoing>>>,
     incoming: RefCell<Queue<(u8, Message)>>,
     stats: RefCell<BusStats>,
     stopped: Cell<bool>,
@@ -183,7 +232,10 @@ impl Bus {
     /// Queues `message` for `peer`; a full queue or an unknown peer drops it (counted).
     pub fn send(&self, peer: u8, message: &Message) {
         let queued = match self.shared.outgoing.get(&peer) {
-            Some(queue) => queue.borrow_mut().push(message.encode()),
+            Some(queue) => queue.borrow_mut().push(match record_of(message) {
+                Some(record) => Outgoing::Commit(record),
+                None => Outgoing::Frame(message.encode()),
+            }),
             None => false,
         };
         if !queued {
@@ -303,10 +355,14 @@ async fn send_loop(shared: Rc<Shared>, peer: u8, address: SocketAddr) {
                 while let Some(first) = pop(queue, &shared.stopped).await {
                     // Every frame already queued for this peer (the heartbeats and commits of
                     // many groups in one tick) goes out in the same write.
-                    let (batch, frames) = take_batch(queue, first);
-                    match within_deadline(&shared, stream.write_all(batch)).await {
+                    let write = take_write(queue, first, shared.config.cluster);
+                    match within_deadline(&shared, stream.write_all(write.bytes)).await {
                         Some((Ok(_), _)) => {
-                            shared.stats.borrow_mut().sent += frames;
+                            let mut stats = shared.stats.borrow_mut();
+                            stats.sent += write.messages;
+                            stats.commits_batched += write.commits_batched;
+                            stats.commit_batches += write.commit_batches;
+                            drop(stats);
                             // A connection that carries frames resets the backoff.
                             delay = RECONNECT_DELAY_MIN;
                         }
@@ -372,12 +428,25 @@ async fn receive_loop(shared: &Shared, mut stream: TcpStream) {
                     return;
                 }
             };
-        let queued = shared.incoming.borrow_mut().push((peer, message));
-        let mut stats = shared.stats.borrow_mut();
-        if queued {
-            stats.received += 1;
+        let messages = if message.header.command == Command::CommitBatch {
+            match unbatch(&message) {
+                Some(commits) => commits,
+                None => {
+                    shared.stats.borrow_mut().rejected += 1;
+                    return;
+                }
+            }
         } else {
-            stats.dropped += 1;
+            vec![message]
+        };
+        for message in messages {
+            let queued = shared.incoming.borrow_mut().push((peer, message));
+            let mut stats = shared.stats.borrow_mut();
+            if queued {
+                stats.received += 1;
+            } else {
+                stats.dropped += 1;
+            }
         }
     }
 }
@@ -433,6 +502,61 @@ mod tests {
             // An unknown peer or a full queue drops, and says so.
             a.send(5, &message(0, b"nobody"));
             assert_eq!(a.stats().dropped, 1);
+        });
+    }
+
+    fn commit(group: u64, commit: u64) -> Message {
+        crate::commit_batch::CommitRecord {
+            group,
+            op: commit + 1,
+            commit,
+            context: u128::from(commit) * 31,
+            view: 2,
+            replica: 0,
+        }
+        .message(9)
+    }
+
+    #[test]
+    fn commits_queued_for_a_peer_leave_as_one_batch_of_the_newest_per_group() {
+        let (a_address, b_address) = (free_address(), free_address());
+        let ((), _) = galgo_storage::file_disk::block_on(async move {
+            let a = Bus::start(config(0, vec![(1, b_address)]), a_address).unwrap();
+            // B is not up yet: everything queues, then leaves in one write.
+            for round in 1..=2u64 {
+                for group in 0..100u64 {
+                    a.send(1, &commit(group, 10 * round));
+                }
+                a.send(1, &message(7, &round.to_le_bytes()));
+            }
+            monoio::time::sleep(Duration::from_millis(50)).await;
+            let b = Bus::start(config(1, vec![(0, a_address)]), b_address).unwrap();
+            let mut commits = BTreeMap::new();
+            let mut others = Vec::new();
+            while others.len() < 2 || commits.len() < 100 {
+                let (from, received) = b.recv().await;
+                assert_eq!(from, 0);
+                if received.header.command == Command::Commit {
+                    // The very message a sent, rebuilt from its record.
+                    let group = received.header.group;
+                    assert!(received == commit(group, 10) || received == commit(group, 20));
+                    commits.insert(group, received.header.commit);
+                } else {
+                    others.push(received.body.to_vec());
+                }
+            }
+            assert_eq!(others, vec![1u64.to_le_bytes(), 2u64.to_le_bytes()]);
+            assert!(commits.values().all(|commit| *commit == 20));
+            let stats = a.stats();
+            assert_eq!(stats.commits_batched, 200);
+            assert_eq!(stats.sent, 202);
+            assert!(
+                stats.commit_batches >= 1 && stats.commit_batches <= 2,
+                "{stats:?}"
+            );
+            // Fewer messages arrived than were sent: the older commit of each group was
+            // dropped in its batch.
+            assert_eq!(b.stats().received, 102);
         });
     }
 

@@ -11,6 +11,7 @@ pub mod checkpoint_store;
 pub mod client_port;
 pub mod client_protocol;
 pub mod codec;
+pub mod commit_batch;
 pub mod config;
 pub mod frame;
 pub mod group_files;
