@@ -127,10 +127,11 @@ impl Config {
     }
 }
 
-/// The fewest journal entries a replica keeps below its commit point. A view change reads
-/// up to `2 * pipeline_max + 1` entries below the head (DVC) and `VIEW_HEADERS_MAX` (StartView),
-/// and a new primary's pipeline starts at most `pipeline_max` below its head: all of that
-/// must be in memory (a compacted op has no header, so it would read as a nack).
+/// The fewest journal entries a replica keeps below its commit point. Safety does not need
+/// them (a DVC leaves out entries below the base, which lie at or below the commit it reports,
+/// and a journal opened from a checkpoint has its base at its commit); they let a view change
+/// (`2 * pipeline_max + 1` DVC entries, `VIEW_HEADERS_MAX` StartView headers) and peers a few
+/// ops behind work from memory instead of disk.
 pub const JOURNAL_KEEP_OPS_MIN: u64 = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
