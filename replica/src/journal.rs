@@ -538,6 +538,20 @@ pub(crate) mod tests {
         .unwrap()
     }
 
+    /// The log file holding `op` and where its prepare (the record's payload) starts in it.
+    async fn prepare_position(journal: &SegmentJournal<'_, MemoryDisk>, op: u64) -> (String, u64) {
+        let position = journal.log().entry(op).await.unwrap().position;
+        let segment = journal
+            .log()
+            .segments()
+            .iter()
+            .rev()
+            .find(|s| s.base_op <= op)
+            .unwrap()
+            .base_op;
+        (format!("g7/{segment:020}.log"), position + 64)
+    }
+
     #[test]
     fn prepares_written_in_order_come_back_clean_after_a_crash() {
         let disk = MemoryDisk::new(1);
@@ -687,18 +701,10 @@ pub(crate) mod tests {
             for message in &messages {
                 journal.write_prepare(message.clone()).await.unwrap();
             }
-            let position = journal.log().entry(6).await.unwrap().position;
-            let base = journal
-                .log()
-                .segments()
-                .iter()
-                .rev()
-                .find(|s| s.base_op <= 6)
-                .unwrap()
-                .base_op;
+            let (file, position) = prepare_position(&journal, 6).await;
             drop(journal);
             // A byte inside op 6's prepare, under its record header.
-            disk.corrupt(&format!("g7/{base:020}.log"), position + 64 + 100);
+            disk.corrupt(&file, position + 100);
             let (journal, recovered) = open(&disk, &durable).await;
             // The head op is damaged under a valid index entry: faulty, never cut.
             assert_eq!(recovered.journal.head(), 6);
@@ -741,15 +747,7 @@ pub(crate) mod tests {
                 journal.write_prepare(message.clone()).await.unwrap();
             }
             let at_20 = Some((20, messages[19].header.checksum));
-            let position = journal.log().entry(7).await.unwrap().position;
-            let segment = journal
-                .log()
-                .segments()
-                .iter()
-                .rev()
-                .find(|s| s.base_op <= 7)
-                .unwrap()
-                .base_op;
+            let (file, position) = prepare_position(&journal, 7).await;
             drop(journal);
             let (_, recovered) = open_at(&disk, at_20).await;
             assert_eq!(recovered.journal.base(), 20);
@@ -761,7 +759,7 @@ pub(crate) mod tests {
             assert!((1..=30).all(|op| recovered.journal.entry(op).present()));
             // A damaged prepare header below the checkpoint's op: a whole open finds it, an
             // open from the checkpoint does not read it.
-            disk.corrupt(&format!("g7/{segment:020}.log"), position + 64 + 100);
+            disk.corrupt(&file, position + 100);
             let (_, recovered) = open_at(&disk, Some((20, 1))).await;
             assert!(recovered.journal.entry(7).faulty);
             let (_, recovered) = open_at(&disk, at_20).await;
@@ -782,18 +780,10 @@ pub(crate) mod tests {
             let headers: Vec<Header> = messages.iter().map(|m| m.header).collect();
             assert_eq!(journal.read_headers(3, 8).await, headers[2..8].to_vec());
             assert_eq!(journal.read_headers(10, 10).await, headers[9..10].to_vec());
-            let position = journal.log().entry(5).await.unwrap().position;
-            let base = journal
-                .log()
-                .segments()
-                .iter()
-                .rev()
-                .find(|s| s.base_op <= 5)
-                .unwrap()
-                .base_op;
+            let (file, position) = prepare_position(&journal, 5).await;
             drop(journal);
             // A byte of op 5's prepare header.
-            disk.corrupt(&format!("g7/{base:020}.log"), position + 64 + 10);
+            disk.corrupt(&file, position + 10);
             let (journal, _) = open(&disk, &durable).await;
             assert_eq!(journal.read_headers(3, 8).await, headers[5..8].to_vec());
             assert_eq!(journal.read_headers(3, 5).await, Vec::<Header>::new());

@@ -174,6 +174,16 @@ impl Disk {
     }
 
     pub fn submit_read(&mut self, now: u64, io: u64, op: u64) {
+        self.push_read(now, io, op, None);
+    }
+
+    /// A read of the header slots of `op_min..=op_max`; `complete_header_reads` returns it.
+    pub fn submit_read_headers(&mut self, now: u64, io: u64, op_min: u64, op_max: u64) {
+        assert!(op_min <= op_max);
+        self.push_read(now, io, op_max, Some(op_min));
+    }
+
+    fn push_read(&mut self, now: u64, io: u64, op: u64, header_ops_from: Option<u64>) {
         let ready_at = now
             + self.latency(
                 self.options.read_latency_min,
@@ -183,23 +193,7 @@ impl Disk {
             io,
             op,
             ready_at,
-            header_ops_from: None,
-        });
-    }
-
-    /// A read of the header slots of `op_min..=op_max`; `complete_header_reads` returns it.
-    pub fn submit_read_headers(&mut self, now: u64, io: u64, op_min: u64, op_max: u64) {
-        assert!(op_min <= op_max);
-        let ready_at = now
-            + self.latency(
-                self.options.read_latency_min,
-                self.options.read_latency_mean,
-            );
-        self.reads.push(PendingRead {
-            io,
-            op: op_max,
-            ready_at,
-            header_ops_from: Some(op_min),
+            header_ops_from,
         });
     }
 
