@@ -12,6 +12,9 @@ use galgo_storage::{Disk, StorageError};
 /// Committed ops between two checkpoints of a group: at most this many are applied again
 /// when it opens (each a read of its whole record).
 pub const CHECKPOINT_INTERVAL_OPS: u64 = 256;
+/// Bytes of committed prepares between two checkpoints of a group, at most: with large ops
+/// (1 MB batches) this, not the op count, bounds what an open reads again.
+pub const CHECKPOINT_INTERVAL_BYTES: u64 = 64 * 1024 * 1024;
 
 pub struct CheckpointStore {
     dir: String,

@@ -110,9 +110,13 @@ struct Checkpointing<D: Disk + 'static> {
     disk: &'static D,
     store: Rc<RefCell<Option<CheckpointStore>>>,
     interval: u64,
+    /// Bytes of committed prepares after which a save is due whatever their count.
+    interval_bytes: u64,
     /// The commit at which the next save starts (moved on at each start, so a failing disk
     /// is tried once per interval, not on every tick).
     next_due: std::cell::Cell<u64>,
+    /// Bytes of the prepares committed since the last save started.
+    bytes_since: std::cell::Cell<u64>,
 }
 
 impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
@@ -175,25 +179,43 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
         host
     }
 
-    /// Saves a checkpoint into `store` each time the group's commit moved `interval` ops past
-    /// the last one (on a tick, the save in its own task).
-    pub fn keep_checkpoints(&self, disk: &'static D, store: CheckpointStore, interval: u64) {
-        assert!(interval > 0);
+    /// Saves a checkpoint into `store` each time the group's commit moved `interval` ops, or
+    /// `interval_bytes` of prepares, past the last one (on a tick, the save in its own task).
+    /// An open reads every op above the checkpoint whole, so the bytes bound what a restart
+    /// reads when ops are large.
+    pub fn keep_checkpoints(
+        &self,
+        disk: &'static D,
+        store: CheckpointStore,
+        interval: u64,
+        interval_bytes: u64,
+    ) {
+        assert!(interval > 0 && interval_bytes > 0);
         let next_due = store.op() + interval;
         *self.checkpointing.borrow_mut() = Some(Checkpointing {
             disk,
             store: Rc::new(RefCell::new(Some(store))),
             interval,
+            interval_bytes,
             next_due: std::cell::Cell::new(next_due),
+            bytes_since: std::cell::Cell::new(0),
         });
     }
 
-    fn save_checkpoint_if_due(&self, replica: &Replica<S>) {
+    /// `committed_bytes`: the sizes of the prepares committed since the last call.
+    fn save_checkpoint_if_due(&self, replica: &Replica<S>, committed_bytes: u64) {
         let checkpointing = self.checkpointing.borrow();
         let Some(checkpointing) = checkpointing.as_ref() else {
             return;
         };
-        if replica.commit_min() < checkpointing.next_due.get() {
+        let bytes_since = checkpointing
+            .bytes_since
+            .get()
+            .saturating_add(committed_bytes);
+        checkpointing.bytes_since.set(bytes_since);
+        if replica.commit_min() < checkpointing.next_due.get()
+            && bytes_since < checkpointing.interval_bytes
+        {
             return;
         }
         let Some(mut store) = checkpointing.store.borrow_mut().take() else {
@@ -206,6 +228,7 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
         checkpointing
             .next_due
             .set(checkpoint.op + checkpointing.interval);
+        checkpointing.bytes_since.set(0);
         let (slot, disk, group) = (
             checkpointing.store.clone(),
             checkpointing.disk,
@@ -284,8 +307,12 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
                     // The simulator's checker reads the journal's cuts and the committed
                     // headers; a node does not, and must not let them pile up.
                     let _ = self.journal.take_cuts();
-                    let _ = replica.take_committed();
-                    self.save_checkpoint_if_due(&replica);
+                    let committed_bytes = replica
+                        .take_committed()
+                        .iter()
+                        .map(|header| u64::from(header.size))
+                        .sum();
+                    self.save_checkpoint_if_due(&replica, committed_bytes);
                     replica.on_tick(realtime)
                 }
                 Event::Message(message) => replica.on_message(message),

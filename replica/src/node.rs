@@ -25,7 +25,9 @@ use galgo_consensus::{
 use galgo_storage::{Disk, FileDisk, LogConfig, StorageError};
 
 use crate::bus::{Bus, BusConfig};
-use crate::checkpoint_store::{CheckpointStore, CHECKPOINT_INTERVAL_OPS};
+use crate::checkpoint_store::{
+    CheckpointStore, CHECKPOINT_INTERVAL_BYTES, CHECKPOINT_INTERVAL_OPS,
+};
 use crate::client_port::{self, ClientTable, RequestHandler};
 use crate::client_protocol::{
     GroupStatus, GroupStatusQuery, MetadataAnswer, MetadataQuery, PartitionRoute, PollQuery,
@@ -1102,6 +1104,11 @@ async fn open_group<S: StateMachine + 'static>(
         Some(sink),
         Ticks::Delivered,
     );
-    host.keep_checkpoints(disk, checkpoints, CHECKPOINT_INTERVAL_OPS);
+    host.keep_checkpoints(
+        disk,
+        checkpoints,
+        CHECKPOINT_INTERVAL_OPS,
+        CHECKPOINT_INTERVAL_BYTES,
+    );
     Ok(host)
 }
