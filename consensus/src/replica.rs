@@ -308,11 +308,11 @@ pub struct Replica<S: StateMachine> {
     peer_ack_tick: [u64; REPLICAS_MAX as usize],
     /// Ticks since open (a count, not a clock).
     ticks: u64,
-    /// Ops whose prepare was requested since the last repair timeout.
-    repair_requested: BTreeSet<u64>,
-    /// Ops requested in the repair round before the last timeout (`repair_requested` then):
-    /// asked again of any replica, not only the primary.
-    repair_retry: BTreeSet<u64>,
+    /// Ops whose prepare was requested since the last repair timeout, and of whom.
+    repair_requested: BTreeMap<u64, u8>,
+    /// `repair_requested` as the last repair timeout found it: who did not answer (see
+    /// `repair_target`).
+    repair_retry: BTreeMap<u64, u8>,
 
     actions: Vec<Action>,
     /// Headers of ops committed (applied) since the host last drained them.
@@ -421,8 +421,8 @@ impl<S: StateMachine> Replica<S> {
                 timeouts.view_change_status,
             ),
             repair_timeout: Timeout::new("repair", timeouts.repair),
-            repair_requested: BTreeSet::new(),
-            repair_retry: BTreeSet::new(),
+            repair_requested: BTreeMap::new(),
+            repair_retry: BTreeMap::new(),
             leadership_return_timeout: Timeout::new(
                 "leadership return",
                 timeouts.leadership_return,
@@ -2264,18 +2264,18 @@ impl<S: StateMachine> Replica<S> {
         let floor = self.journal.chain_floor(0);
         if floor > self.journal.base().max(1) && floor <= head + 1 {
             let broken = floor - 1;
-            let retry = self.repair_retry.contains(&broken);
+            let unanswered = self.repair_retry.get(&broken).copied();
             if let Some(next) = self.journal.header(floor).copied() {
-                if let Some(target) = self.repair_target(retry, trusted_primary) {
+                if let Some(target) = self.repair_target(unanswered, trusted_primary) {
                     self.send_request_prepare(target, broken, next.parent);
                     if self.repair_requested.len() < REPAIR_REQUESTED_MAX {
-                        self.repair_requested.insert(broken);
+                        self.repair_requested.insert(broken, target);
                     }
                     budget = budget.saturating_sub(1);
                 }
             }
             let low = broken.saturating_sub(HEADERS_PER_MESSAGE_MAX - 1).max(1);
-            if let Some(target) = self.repair_target(retry, trusted_primary) {
+            if let Some(target) = self.repair_target(unanswered, trusted_primary) {
                 self.send_request_headers(target, low, broken);
                 budget = budget.saturating_sub(1);
             }
@@ -2292,7 +2292,7 @@ impl<S: StateMachine> Replica<S> {
     /// at the next repair timeout, keeping up to `REPAIR_REQUESTED_MAX` requests out (catch-up
     /// runs at the speed of round trips, not of the timer).
     fn repair_onwards(&mut self, op: u64) {
-        if !self.repair_requested.remove(&op) || self.status != Status::Normal {
+        if self.repair_requested.remove(&op).is_none() || self.status != Status::Normal {
             return;
         }
         let trusted_primary = (!self.is_primary()).then_some(self.primary_index(self.view));
@@ -2300,8 +2300,8 @@ impl<S: StateMachine> Replica<S> {
         // until it is filled, so the window bounds what catch-up holds in memory.
         let from = self
             .repair_requested
-            .first()
-            .copied()
+            .first_key_value()
+            .map(|(first, _)| *first)
             .unwrap_or(op + 1)
             .min(op + 1);
         let to = self
@@ -2322,7 +2322,7 @@ impl<S: StateMachine> Replica<S> {
     ) {
         let mut op = from;
         while op <= to && budget > 0 && self.repair_requested.len() < REPAIR_REQUESTED_MAX {
-            if self.repair_requested.contains(&op) {
+            if self.repair_requested.contains_key(&op) {
                 op += 1;
                 continue;
             }
@@ -2341,13 +2341,13 @@ impl<S: StateMachine> Replica<S> {
                         let target = match self.repair_sources.get(&op) {
                             Some(holders) => self.pick_from(*holders),
                             None => {
-                                let retry = self.repair_retry.contains(&op);
-                                self.repair_target(retry, trusted_primary)
+                                let unanswered = self.repair_retry.get(&op).copied();
+                                self.repair_target(unanswered, trusted_primary)
                             }
                         };
                         if let Some(target) = target {
                             self.send_request_prepare(target, op, checksum);
-                            self.repair_requested.insert(op);
+                            self.repair_requested.insert(op, target);
                             budget -= 1;
                         }
                     }
@@ -2357,14 +2357,23 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
-    /// Where to ask for `op`'s prepare or headers: the primary of our view when we trust one
-    /// (it holds every op), else any other replica. A request the last round did not get
-    /// answered goes to any replica: the primary no longer repairs its own copy of a
-    /// compacted op, so if that copy is damaged only another replica can serve it.
-    fn repair_target(&mut self, retry: bool, trusted_primary: Option<u8>) -> Option<u8> {
+    /// Where to ask for an op's prepare or headers: the primary of our view when we trust one
+    /// (it holds every op), else any other replica; never the replica that left the same
+    /// request unanswered last round (`unanswered`), when there is another. So a request the
+    /// primary did not answer goes to a backup (the primary no longer repairs its own copy of
+    /// a compacted op: if that copy is damaged only another replica can serve it), and one a
+    /// dead primary did not answer goes to the new primary, not to the dead one again.
+    fn repair_target(&mut self, unanswered: Option<u8>, trusted_primary: Option<u8>) -> Option<u8> {
         match trusted_primary {
-            Some(primary) if !retry => Some(primary),
-            _ => self.random_other(),
+            Some(primary) if unanswered != Some(primary) => Some(primary),
+            _ => {
+                let candidates: Vec<u8> =
+                    self.others().filter(|r| Some(*r) != unanswered).collect();
+                if candidates.is_empty() {
+                    return self.random_other();
+                }
+                Some(candidates[self.prng.below(candidates.len() as u64) as usize])
+            }
         }
     }
 
