@@ -333,11 +333,22 @@ pub fn checkpoint_restores<S: StateMachine>(
         && machine.restore(&checkpoint.machine)
 }
 
-/// Whether the recovered journal holds `checkpoint`'s op with its checksum, so that
-/// `open_from` starts from it. When it does not, the host opens with no checkpoint and a
-/// machine `checkpoint_restores` did not touch.
-pub fn checkpoint_held(recovered: &RecoveredJournal, checkpoint: &Checkpoint) -> bool {
-    recovered.journal.header(checkpoint.op).map(|h| h.checksum) == Some(checkpoint.op_checksum)
+/// The checkpoint `open_from` may start from: `checkpoint` if the recovered journal holds its
+/// op with its checksum. Otherwise none, and `machine` (which `checkpoint_restores` filled)
+/// is replaced by `fresh()`, so the log is applied from op 1 on an untouched machine.
+pub fn checkpoint_held<S: StateMachine>(
+    checkpoint: Option<Checkpoint>,
+    recovered: &RecoveredJournal,
+    machine: &mut S,
+    fresh: impl FnOnce() -> S,
+) -> Option<Checkpoint> {
+    let checkpoint = checkpoint?;
+    let held = recovered.journal.header(checkpoint.op).map(|h| h.checksum);
+    if held == Some(checkpoint.op_checksum) {
+        return Some(checkpoint);
+    }
+    *machine = fresh();
+    None
 }
 
 impl<S: StateMachine> Replica<S> {

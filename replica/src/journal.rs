@@ -112,11 +112,13 @@ impl<'d, D: Disk> SegmentJournal<'d, D> {
             Some((op, checksum)) if op < op_end && !faulty.contains(&op) => {
                 let held = read_header(&log, op)
                     .await
-                    .is_some_and(|header| header.checksum == checksum);
-                let below_faulty = faulty.iter().filter(|f| **f <= op).min().map(|f| f - 1);
-                match below_faulty.unwrap_or(op) {
-                    base_op if held && base_op >= 1 => read_header(&log, base_op).await,
-                    _ => None,
+                    .filter(|header| header.checksum == checksum);
+                match faulty.iter().filter(|f| **f <= op).min() {
+                    None => held,
+                    Some(lowest) if held.is_some() && *lowest > 1 => {
+                        read_header(&log, lowest - 1).await
+                    }
+                    Some(_) => None,
                 }
             }
             _ => None,

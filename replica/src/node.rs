@@ -1061,16 +1061,7 @@ async fn open_group<S: StateMachine + 'static>(
     )
     .await
     .map_err(|e| NodeError::Storage(format!("group {group}: log"), e))?;
-    let checkpoint = match checkpoint {
-        Some(c) if checkpoint_held(&recovered, &c) => Some(c),
-        Some(_) => {
-            // The log does not hold the checkpoint's op as it was: apply it from op 1, on a
-            // machine the checkpoint did not restore.
-            machine = new_machine();
-            None
-        }
-        None => None,
-    };
+    let checkpoint = checkpoint_held(checkpoint, &recovered, &mut machine, &new_machine);
     let config = GroupConfig {
         cluster,
         group,

@@ -204,14 +204,10 @@ impl Simulator {
         };
         // The log must hold the checkpoint's op as it was; else the log is applied from op 1 on
         // a machine the checkpoint did not restore.
-        let checkpoint = match checkpoint {
-            Some(c) if checkpoint_held(&recovered, &c) => Some(c),
-            Some(_) => {
-                machine = TestStateMachine::new(self.options.workload);
-                None
-            }
-            None => None,
-        };
+        let workload = self.options.workload;
+        let checkpoint = checkpoint_held(checkpoint, &recovered, &mut machine, || {
+            TestStateMachine::new(workload)
+        });
         // What recovery found intact is durable here, whether or not its write completed
         // before the crash (an in-flight write may land).
         for op in recovered.journal.base().max(1)..=recovered.journal.head() {
