@@ -379,6 +379,10 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
                     if let Some(host) = host.upgrade() {
                         host.deliver(Event::Completed(io, completion));
                     }
+                    // The completion is on its way: while the log is idle (a lockstep
+                    // producer's round trip), write zeros ahead of its tail so the next
+                    // appends overwrite blocks instead of growing the file.
+                    journal.log().prepare_ahead().await;
                 });
             }
             Action::ReadPrepare { io, op } => {

@@ -143,6 +143,9 @@ impl SegmentStore {
                 Ok(WriteOutcome::Abandoned) => false,
                 Err(error) => panic!("a prepare write failed: {error}"),
             };
+            // As a node does after each write: zeros ahead of the tail while the log is idle
+            // (a crash then leaves them past the last record for recovery to cut).
+            journal.log().prepare_ahead().await;
             Outcome::Write {
                 op,
                 checksum,

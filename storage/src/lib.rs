@@ -17,6 +17,7 @@ pub mod log;
 #[cfg(test)]
 mod log_tests;
 pub mod memory_disk;
+pub mod prepare_ahead;
 pub mod recovery;
 pub mod segment;
 pub mod snapshot;

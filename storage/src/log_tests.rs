@@ -868,3 +868,142 @@ fn a_two_part_payload_is_the_record_of_its_parts_joined() {
         });
     }
 }
+
+/// A log on 1 MiB segments with ops 1..=`ops` appended, for the zeros-ahead tests.
+async fn log_with_ops(disk: &MemoryDisk, ops: u64) -> PartitionLog<'_, MemoryDisk> {
+    let config = LogConfig {
+        segment_size: 1 << 20,
+        ..config()
+    };
+    let (log, _) = PartitionLog::open(disk, config, 1, 0).await.unwrap();
+    append_range(&log, 1..ops + 1).await;
+    log
+}
+
+#[test]
+fn zeros_ahead_are_overwritten_by_appends_and_cut_at_reopen() {
+    use crate::prepare_ahead::{AHEAD_MAX, AHEAD_MIN};
+    let disk = aligned_disk(41);
+    block_on(async {
+        let log = log_with_ops(&disk, 10).await;
+        let name = log_name(DIR, 1);
+        let records_end = disk.durable_len(&name).unwrap();
+        let zeros = log.prepare_ahead().await;
+        assert!((AHEAD_MIN - 512..=AHEAD_MAX).contains(&zeros), "{zeros}");
+        let active = log.state.borrow().active().log;
+        let file = log.disk.size(active).await.unwrap();
+        assert!(
+            file >= records_end + AHEAD_MIN - 512,
+            "{file} {records_end}"
+        );
+        // Up to the window: a second call writes nothing more.
+        assert_eq!(log.prepare_ahead().await, 0);
+        // Appends land on the zeros, read back, and a full scan accepts what follows them.
+        append_range(&log, 11..21).await;
+        for op in 1..21 {
+            assert_eq!(log.read(op).await.unwrap().payload, payload(op));
+        }
+        assert_eq!(log.verify().await.unwrap(), 20);
+        assert!(
+            log.prepare_ahead().await > 0,
+            "the window moved with the tail"
+        );
+        drop(log);
+        disk.crash();
+        let (log, report) = open_big(&disk).await;
+        assert!(report.faulty.is_empty(), "{report:?}");
+        assert_eq!(report.torn_bytes, 0, "zeros are not a torn record");
+        assert_eq!(log.op_end(), 21);
+        let segment_end = log.state.borrow().active().log_size;
+        assert_eq!(disk.durable_len(&name).unwrap(), segment_end, "cut");
+        for op in 1..21 {
+            assert_eq!(log.read(op).await.unwrap().payload, payload(op));
+        }
+    });
+}
+
+async fn open_big(
+    disk: &MemoryDisk,
+) -> (
+    PartitionLog<'_, MemoryDisk>,
+    crate::recovery::RecoveryReport,
+) {
+    let config = LogConfig {
+        segment_size: 1 << 20,
+        ..config()
+    };
+    PartitionLog::open(disk, config, 1, 0).await.unwrap()
+}
+
+#[test]
+fn zeros_ahead_wait_for_an_idle_log_and_flush_what_queued_meanwhile() {
+    let disk = aligned_disk(42);
+    block_on(async {
+        let log = log_with_ops(&disk, 4).await;
+        // An append queued and not yet flushed: the log is not idle, nothing is written.
+        let queued = log.submit(meta(5), payload(5)).unwrap();
+        assert_eq!(log.prepare_ahead().await, 0);
+        log.commit_queued().await;
+        queued.durable().await.unwrap();
+        // An append that arrives while zeros are in flight waits for them, and the zeros'
+        // writer flushes it (its own `commit_queued` finds the log taken and returns).
+        let (zeros, ()) = crate::futures::join(log.prepare_ahead(), async {
+            log.append(meta(6), payload(6)).await.unwrap();
+        })
+        .await;
+        assert!(zeros > 0);
+        assert_eq!(log.op_end(), 7);
+        assert_eq!(log.read(6).await.unwrap().payload, payload(6));
+        assert_eq!(log.verify().await.unwrap(), 6);
+    });
+}
+
+#[test]
+fn zeros_ahead_never_pass_the_segment_size() {
+    let disk = aligned_disk(43);
+    block_on(async {
+        let (log, _) = open(&disk).await;
+        append_range(&log, 1..101).await;
+        assert!(log.segments().len() > 3);
+        log.prepare_ahead().await;
+        append_range(&log, 101..105).await;
+        log.prepare_ahead().await;
+        let files: Vec<_> = log.state.borrow().segments.iter().map(|s| s.log).collect();
+        for file in files {
+            let size = log.disk.size(file).await.unwrap();
+            assert!(size <= 4096, "a 4 KiB segment's log is {size} bytes");
+        }
+        drop(log);
+        disk.crash();
+        let (log, report) = open(&disk).await;
+        assert!(
+            report.faulty.is_empty() && report.torn_bytes == 0,
+            "{report:?}"
+        );
+        assert_eq!(log.op_end(), 105);
+    });
+}
+
+/// The check that tells zeros from a torn record still fires on anything that is not zeros.
+#[test]
+fn bytes_other_than_zeros_past_the_last_record_are_reported_torn() {
+    let disk = aligned_disk(44);
+    block_on(async {
+        let log = log_with_ops(&disk, 10).await;
+        log.prepare_ahead().await;
+        let file = log.state.borrow().active().log;
+        let end = log.disk.size(file).await.unwrap();
+        // A stray byte far into the zeros, made durable.
+        log.disk
+            .write_at(file, end - 100, Bytes::from_static(&[7]))
+            .await
+            .unwrap();
+        log.disk.sync(file).await.unwrap();
+        drop(log);
+        disk.crash();
+        let (log, report) = open_big(&disk).await;
+        assert!(report.torn_bytes > 0, "{report:?}");
+        assert!(report.faulty.is_empty());
+        assert_eq!(log.op_end(), 11, "the cut takes nothing acknowledged");
+    });
+}

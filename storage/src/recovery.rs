@@ -354,15 +354,22 @@ pub async fn open_segment<D: Disk>(
     })
 }
 
-/// Whether `[end, file_size)` of `log` is the zero padding an aligned group write leaves after
-/// its last record (less than one direct-I/O block, all zeros), not a torn record.
+/// Whether `[end, file_size)` of `log` is zeros a writer of this log leaves past its last
+/// record, not a torn record: the padding of an aligned group write (under one direct-I/O
+/// block) or zeros written ahead (`prepare_ahead`, at most its window past the block).
 pub async fn is_zero_padding<D: Disk>(disk: &D, log: FileId, end: u64, file_size: u64) -> bool {
     assert!(file_size > end);
-    if file_size > align_up(end, DIRECT_BLOCK) {
+    if file_size > align_up(end, DIRECT_BLOCK) + crate::prepare_ahead::AHEAD_MAX {
         return false;
     }
-    match disk.read_at(log, end, (file_size - end) as usize).await {
-        Ok(bytes) => bytes.iter().all(|b| *b == 0),
-        Err(_) => false,
+    let mut at = end;
+    // Bounded: the span is at most a block plus the window, read a chunk at a time.
+    while at < file_size {
+        let length = (file_size - at).min(crate::prepare_ahead::CHUNK_MAX);
+        match disk.read_at(log, at, length as usize).await {
+            Ok(bytes) if bytes.iter().all(|b| *b == 0) => at += length,
+            _ => return false,
+        }
     }
+    true
 }

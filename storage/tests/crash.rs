@@ -1,5 +1,7 @@
 //! Crash test: `galgo-storage-crashload` appends under load and prints each op once durable; it
-//! is SIGKILLed at a random moment, 60 times (every other round on the epoll fallback). After each kill the log is reopened and must hold
+//! is SIGKILLed at a random moment, 60 times (every other round on the epoll fallback; half the
+//! rounds write zeros ahead of the tail while idle, as a node does). After each kill the log is
+//! reopened and must hold
 //! every printed op, exactly the expected bytes for every op it holds (nothing invented, no
 //! gap), an index that agrees with a full scan of the files, and no faulty entry.
 
@@ -39,6 +41,9 @@ fn sigkill_at_random_moments_never_loses_a_durable_op() {
         let mut command = Command::new(env!("CARGO_BIN_EXE_galgo-storage-crashload"));
         if round % 2 == 1 {
             command.arg("--epoll");
+        }
+        if round % 4 >= 2 {
+            command.arg("--prepare-ahead");
         }
         let mut child = command
             .arg("--dir")

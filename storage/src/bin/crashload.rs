@@ -30,6 +30,10 @@ struct Cli {
     /// Stop after this many ops (default: run until killed).
     #[arg(long)]
     ops: Option<u64>,
+    /// After each durable op, write zeros ahead of the tail while the log is idle, as a node
+    /// does (`PartitionLog::prepare_ahead`), so kills also land among zeros.
+    #[arg(long)]
+    prepare_ahead: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -88,6 +92,9 @@ async fn run(disk: &'static FileDisk, cli: &Cli) -> Result<(), galgo_storage::St
         appending.durable().await?;
         // Only printed once durable: the crash test holds the log to it.
         writeln!(stdout, "{done}").and_then(|_| stdout.flush()).ok();
+        if cli.prepare_ahead {
+            log.prepare_ahead().await;
+        }
     }
     log.stop_committer();
     committer.await;
