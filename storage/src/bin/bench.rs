@@ -34,6 +34,15 @@ struct Cli {
     /// Reads by offset to time after each append run.
     #[arg(long, default_value_t = 20_000)]
     reads: u64,
+    /// Microseconds each producer waits after an append is durable before its next, like a
+    /// lockstep client's round trip (0: none). Throughput then counts the waits too: compare
+    /// append latencies.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    think_us: u64,
+    /// During each wait, write zeros ahead of the log's tail, as a node does between prepares
+    /// (`PartitionLog::prepare_ahead`).
+    #[arg(long)]
+    prepare_ahead: bool,
 }
 
 const MIB: u64 = 1 << 20;
@@ -202,6 +211,10 @@ async fn append_run(
         let log = log.clone();
         monoio::spawn(async move { log.run_committer().await })
     };
+    let (think, prepare_ahead) = (
+        std::time::Duration::from_micros(cli.think_us),
+        cli.prepare_ahead,
+    );
     let mut tasks = Vec::new();
     for _ in 0..producers {
         let (log, next_op, batch) = (log.clone(), next_op.clone(), batch.clone());
@@ -222,9 +235,17 @@ async fn append_run(
                 };
                 let sent = Instant::now();
                 log.submit(meta, batch.clone())?.durable().await?;
+                let durable = Instant::now();
                 latency
-                    .record(sent.elapsed().as_micros() as u64)
+                    .record((durable - sent).as_micros() as u64)
                     .expect("in range");
+                if prepare_ahead {
+                    log.prepare_ahead().await;
+                }
+                let left = think.saturating_sub(durable.elapsed());
+                if !left.is_zero() {
+                    monoio::time::sleep(left).await;
+                }
             }
         }));
     }
