@@ -179,7 +179,10 @@ pub fn reply_status(frame: &[u8]) -> u32 {
 pub fn reply(request: &Request, status: u32, body: &[u8]) -> Vec<u8> {
     assert!(status == 0 || body.is_empty(), "an error reply has no body");
     let size = u32::try_from(HEADER_SIZE + body.len()).expect("replies are bounded");
-    let mut frame = vec![0u8; HEADER_SIZE + body.len()];
+    // The header is built apart and the body appended: zeroing a 1 MB poll reply first was
+    // 2.6 % of the gateway's samples under a consumer.
+    let mut frame = Vec::with_capacity(HEADER_SIZE + body.len());
+    frame.resize(HEADER_SIZE, 0);
     frame[48..52].copy_from_slice(&size.to_le_bytes());
     frame[60] = COMMAND_REPLY;
     frame[128..144].copy_from_slice(&request.request_checksum.to_le_bytes());
@@ -188,7 +191,7 @@ pub fn reply(request: &Request, status: u32, body: &[u8]) -> Vec<u8> {
     // The client decides from this byte whether a result section comes first.
     frame[208] = request.operation;
     frame[216..220].copy_from_slice(&status.to_le_bytes());
-    frame[HEADER_SIZE..].copy_from_slice(body);
+    frame.extend_from_slice(body);
     assert_eq!(u32_at(&frame, 48) as usize, frame.len());
     frame
 }

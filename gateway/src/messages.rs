@@ -266,7 +266,9 @@ pub fn poll_reply(
     count: u32,
     batches: &[galgo_replica::client_protocol::PolledBatch],
 ) -> (Vec<u8>, u32, Option<u64>) {
-    let mut out = Vec::new();
+    // Sized once: the batches are copied into it, and only once.
+    let capacity = 16 + batches.iter().map(|b| b.bytes.len()).sum::<usize>();
+    let mut out = Vec::with_capacity(capacity);
     out.extend_from_slice(&partition.to_le_bytes());
     out.extend_from_slice(&end.saturating_sub(1).to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
@@ -277,7 +279,8 @@ pub fn poll_reply(
             break;
         }
         let from = start.max(batch.base_offset);
-        let Some((bytes, kept)) = iggy_batch::stamp_slice(
+        let Some(kept) = iggy_batch::stamp_slice_into(
+            &mut out,
             &batch.bytes,
             u64::from(partition),
             batch.base_offset,
@@ -287,7 +290,6 @@ pub fn poll_reply(
         ) else {
             continue; // Not an Iggy batch (a routing-client append), or outside the range.
         };
-        out.extend_from_slice(&bytes);
         served += kept;
         let batch_end = batch.base_offset + u64::from(batch.count);
         last = Some(batch_end.min(from + u64::from(kept)) - 1);
