@@ -279,15 +279,14 @@ pub fn poll_reply(
             break;
         }
         let from = start.max(batch.base_offset);
-        let Some(kept) = iggy_batch::stamp_slice_into(
-            &mut out,
-            &batch.bytes,
-            u64::from(partition),
-            batch.base_offset,
-            batch.timestamp,
+        let stamp = iggy_batch::SliceStamp {
+            partition_id: u64::from(partition),
+            base_offset: batch.base_offset,
+            base_timestamp: batch.timestamp,
             from,
-            count - served,
-        ) else {
+            max: count - served,
+        };
+        let Some(kept) = iggy_batch::stamp_slice(&mut out, &batch.bytes, stamp) else {
             continue; // Not an Iggy batch (a routing-client append), or outside the range.
         };
         served += kept;

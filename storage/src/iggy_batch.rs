@@ -203,45 +203,34 @@ fn check(bytes: &[u8], frames: Frames) -> Result<BatchInfo, BatchError> {
     })
 }
 
-/// A stored batch stamped for a reader: partition id, base offset and base timestamp set,
-/// only the messages whose offsets (base offset + offset delta) lie in `from..from + max`
-/// kept, message count, length and batch checksum recomputed. The original deltas stay, so
-/// message checksums stay valid. `None` if no message is in the range or the bytes are not a
-/// valid batch (every batch a gateway stores was checked whole on arrival, and the log checks
-/// its record's checksum on every read, so only the layout and the batch checksum are checked
-/// here, before and after; other writers' bytes need not be batches).
-pub fn stamp_slice(
-    bytes: &[u8],
-    partition_id: u64,
-    base_offset: u64,
-    base_timestamp: u64,
-    from: u64,
-    max: u32,
-) -> Option<(Vec<u8>, u32)> {
-    let mut out = Vec::new();
-    let kept = stamp_slice_into(
-        &mut out,
-        bytes,
+/// Where a stored batch is served: the partition and the base offset and timestamp it is
+/// stamped with, and the offsets `from..from + max` a reader asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SliceStamp {
+    pub partition_id: u64,
+    pub base_offset: u64,
+    pub base_timestamp: u64,
+    pub from: u64,
+    pub max: u32,
+}
+
+/// A stored batch stamped for a reader, appended to `out` (a reply being built, so the batch
+/// is copied once): partition id, base offset and base timestamp set, only the messages whose
+/// offsets (base offset + offset delta) lie in `from..from + max` kept, message count, length
+/// and batch checksum recomputed. The original deltas stay, so message checksums stay valid.
+/// Returns the messages kept; `None`, with `out` as it was, if no message is in the range or
+/// the bytes are not a valid batch (every batch a gateway stores was checked whole on
+/// arrival, and the log checks its record's checksum on every read, so only the layout and
+/// the batch checksum are checked here, before and after; other writers' bytes need not be
+/// batches).
+pub fn stamp_slice(out: &mut Vec<u8>, bytes: &[u8], stamp: SliceStamp) -> Option<u32> {
+    let SliceStamp {
         partition_id,
         base_offset,
         base_timestamp,
         from,
         max,
-    )?;
-    Some((out, kept))
-}
-
-/// `stamp_slice` appended to `out` (a reply being built), so the batch is copied once; `out`
-/// is left as it was when the result is `None`.
-pub fn stamp_slice_into(
-    out: &mut Vec<u8>,
-    bytes: &[u8],
-    partition_id: u64,
-    base_offset: u64,
-    base_timestamp: u64,
-    from: u64,
-    max: u32,
-) -> Option<u32> {
+    } = stamp;
     if max == 0 || validate_layout(bytes).is_err() {
         return None;
     }
@@ -312,6 +301,32 @@ fn stamp_frames(
 mod tests {
     use super::*;
 
+    /// `stamp_slice` into a reply of its own, stamped with (partition, base offset, base
+    /// timestamp) for the offsets `from..from + max`.
+    fn stamped(
+        bytes: &[u8],
+        base: (u64, u64, u64),
+        (from, max): (u64, u32),
+    ) -> Option<(Vec<u8>, u32)> {
+        let mut out = Vec::new();
+        let kept = stamp_slice(&mut out, bytes, slice_stamp(base, from, max))?;
+        Some((out, kept))
+    }
+
+    fn slice_stamp(
+        (partition_id, base_offset, base_timestamp): (u64, u64, u64),
+        from: u64,
+        max: u32,
+    ) -> SliceStamp {
+        SliceStamp {
+            partition_id,
+            base_offset,
+            base_timestamp,
+            from,
+            max,
+        }
+    }
+
     #[test]
     fn built_batches_validate_and_damage_is_named() {
         let payloads = [b"first".as_slice(), b"second".as_slice(), b"".as_slice()];
@@ -357,7 +372,7 @@ mod tests {
         let checksum = checksum64(&[&repeated[second + 8..end]]);
         repeated[second..second + 8].copy_from_slice(&checksum.to_le_bytes());
         assert_eq!(validate(&repeated), Err(BatchError::BadOffsetDelta(1)));
-        assert!(stamp_slice(&repeated, 0, 0, 0, 0, 10).is_none());
+        assert!(stamped(&repeated, (0, 0, 0), (0, 10)).is_none());
         assert!(matches!(
             validate(&batch[..batch.len() - 1]),
             Err(BatchError::LengthMismatch { .. })
@@ -401,7 +416,7 @@ mod tests {
             })
         );
         // Stamped by the server with base timestamp 1.7e15 µs.
-        let (stamped, _) = stamp_slice(&batch, 0, 0, 1_700_000_000_000_000, 0, 10).unwrap();
+        let (stamped, _) = stamped(&batch, (0, 0, 1_700_000_000_000_000), (0, 10)).unwrap();
         assert_eq!(u64_at(&stamped, 40), 0x7352_938a_bc7b_28a2);
         assert_eq!(
             u64_at(&stamped, 24),
@@ -424,7 +439,7 @@ mod tests {
             })
             .collect();
         let batch = build(0, 0, 0, &messages);
-        let (whole, count) = stamp_slice(&batch, 4, 10, 99, 0, 100).unwrap();
+        let (whole, count) = stamped(&batch, (4, 10, 99), (0, 100)).unwrap();
         assert_eq!(count, 3);
         assert_eq!(
             validate(&whole),
@@ -437,28 +452,23 @@ mod tests {
         );
         assert_eq!(u64_at(&whole, 0), 4);
         // Offsets 11 and 12 only, then 11 only.
-        let (tail, count) = stamp_slice(&batch, 4, 10, 99, 11, 100).unwrap();
+        let (tail, count) = stamped(&batch, (4, 10, 99), (11, 100)).unwrap();
         assert_eq!(count, 2);
         assert_eq!(tail.len(), batch.len() - FRAME_HEADER_SIZE - 1);
         assert_eq!(validate(&tail).unwrap().message_count, 2);
-        let (middle, count) = stamp_slice(&batch, 4, 10, 99, 11, 1).unwrap();
+        let (middle, count) = stamped(&batch, (4, 10, 99), (11, 1)).unwrap();
         assert_eq!(count, 1);
         assert_eq!(&middle[BATCH_HEADER_SIZE + FRAME_HEADER_SIZE..], b"bb");
-        assert!(stamp_slice(&batch, 4, 10, 99, 13, 5).is_none());
-        assert!(stamp_slice(&batch[..300], 4, 10, 99, 0, 5).is_none());
+        assert!(stamped(&batch, (4, 10, 99), (13, 5)).is_none());
+        assert!(stamped(&batch[..300], (4, 10, 99), (0, 5)).is_none());
         // Appended to a reply: the same bytes after what was there; nothing on a miss.
         let mut reply = vec![1, 2, 3];
-        assert_eq!(
-            stamp_slice_into(&mut reply, &batch, 4, 10, 99, 11, 100),
-            Some(2)
-        );
+        let stamp = |from, max| slice_stamp((4, 10, 99), from, max);
+        assert_eq!(stamp_slice(&mut reply, &batch, stamp(11, 100)), Some(2));
         assert_eq!((&reply[..3], &reply[3..]), (&[1u8, 2, 3][..], &tail[..]));
         let before = reply.clone();
-        assert_eq!(stamp_slice_into(&mut reply, &batch, 4, 10, 99, 13, 5), None);
-        assert_eq!(
-            stamp_slice_into(&mut reply, &batch[..300], 4, 10, 99, 0, 5),
-            None
-        );
+        assert_eq!(stamp_slice(&mut reply, &batch, stamp(13, 5)), None);
+        assert_eq!(stamp_slice(&mut reply, &batch[..300], stamp(0, 5)), None);
         assert_eq!(reply, before);
     }
 }

@@ -871,11 +871,7 @@ fn a_two_part_payload_is_the_record_of_its_parts_joined() {
 
 /// A log on 1 MiB segments with ops 1..=`ops` appended, for the zeros-ahead tests.
 async fn log_with_ops(disk: &MemoryDisk, ops: u64) -> PartitionLog<'_, MemoryDisk> {
-    let config = LogConfig {
-        segment_size: 1 << 20,
-        ..config()
-    };
-    let (log, _) = PartitionLog::open(disk, config, 1, 0).await.unwrap();
+    let (log, _) = open_big(disk).await;
     append_range(&log, 1..ops + 1).await;
     log
 }
