@@ -266,7 +266,7 @@ pub fn poll_reply(
     count: u32,
     batches: &[galgo_replica::client_protocol::PolledBatch],
 ) -> (Vec<u8>, u32, Option<u64>) {
-    // Sized once: the batches are copied into it, and only once.
+    // Sized once: each batch is copied into it once (the reply frame copies it again).
     let capacity = 16 + batches.iter().map(|b| b.bytes.len()).sum::<usize>();
     let mut out = Vec::with_capacity(capacity);
     out.extend_from_slice(&partition.to_le_bytes());

@@ -376,13 +376,18 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
                         // decides what survived.
                         Err(error) => panic!("prepare write failed: {error}"),
                     };
-                    if let Some(host) = host.upgrade() {
-                        host.deliver(Event::Completed(io, completion));
-                    }
+                    let Some(host) = host.upgrade() else {
+                        return; // The group stopped: no zeros for its files.
+                    };
+                    host.deliver(Event::Completed(io, completion));
+                    drop(host);
                     // The completion is on its way: while the log is idle (a lockstep
                     // producer's round trip), write zeros ahead of its tail so the next
-                    // appends overwrite blocks instead of growing the file.
-                    journal.log().prepare_ahead().await;
+                    // appends overwrite blocks instead of growing the file. Only on io_uring:
+                    // on the epoll fallback every file write blocks the shard's thread.
+                    if monoio::utils::detect_uring() {
+                        journal.log().prepare_ahead().await;
+                    }
                 });
             }
             Action::ReadPrepare { io, op } => {

@@ -82,9 +82,10 @@ pub fn run_seed(options: Options, bugs: Bugs) -> (Result<(), Failure>, RunStats,
         "packets={} lost={} replayed={} stale acks={} flipped={} partitions={} | torn={} corrupt={} misdirected/lost={}",
         net.sent, net.lost, net.replayed, net.stale_acks_replayed, net.flipped, net.partitions, torn, corrupted, misdirected
     );
-    if let Some((records_damaged, memory_torn)) = simulator.segment_fault_stats() {
+    if let Some((records_damaged, memory_torn, zeros)) = simulator.segment_fault_stats() {
         faults.push_str(&format!(
-            " | segments: records damaged={records_damaged} torn on crash={memory_torn}"
+            " | segments: records damaged={records_damaged} torn on crash={memory_torn} zeros ahead={} KiB",
+            zeros / 1024
         ));
     }
     if let Some((stores, stale)) = simulator.broker_store_stats() {

@@ -34,6 +34,8 @@ enum Outcome {
     },
     Read(Option<Box<Message>>),
     Headers(Vec<galgo_consensus::Header>),
+    /// Work the host does on its own (zeros ahead of the log's tail): nothing to report.
+    Background,
 }
 
 struct PendingIo {
@@ -50,6 +52,8 @@ pub struct SegmentStore {
     journal: Option<Rc<Journal>>,
     ios: Vec<PendingIo>,
     pub faults_injected: u64,
+    /// Bytes of zeros written ahead of the log's tail (`prepare_ahead`).
+    pub zeros_ahead: Rc<std::cell::Cell<u64>>,
 }
 
 impl Drop for SegmentStore {
@@ -96,6 +100,7 @@ impl SegmentStore {
             disk,
             journal: None,
             ios: Vec::new(),
+            zeros_ahead: Rc::new(std::cell::Cell::new(0)),
             faults_injected: 0,
         }
     }
@@ -137,15 +142,15 @@ impl SegmentStore {
     pub fn submit_write(&mut self, io: u64, ready_at: u64, message: Message) {
         let journal = self.journal();
         let (op, checksum) = (message.header.op, message.header.checksum);
+        let ended = Rc::new(std::cell::Cell::new(false));
+        let write_ended = ended.clone();
         let future = async move {
             let written = match journal.write_prepare(message).await {
                 Ok(WriteOutcome::Written) => true,
                 Ok(WriteOutcome::Abandoned) => false,
                 Err(error) => panic!("a prepare write failed: {error}"),
             };
-            // As a node does after each write: zeros ahead of the tail while the log is idle
-            // (a crash then leaves them past the last record for recovery to cut).
-            journal.log().prepare_ahead().await;
+            write_ended.set(true);
             Outcome::Write {
                 op,
                 checksum,
@@ -153,6 +158,27 @@ impl SegmentStore {
             }
         };
         self.push(io, ready_at, Box::pin(future));
+        // As a node does once a write's completion is on its way: zeros ahead of the tail
+        // while the log is idle, as work of its own that reports nothing (a crash then leaves
+        // them past the last record for recovery to cut, and the next write may find the log
+        // taken by them).
+        let journal = self.journal();
+        let zeros_ahead = self.zeros_ahead.clone();
+        let zeros = async move {
+            // Polled again on every step until the write has ended.
+            std::future::poll_fn(|_| {
+                if ended.get() {
+                    std::task::Poll::Ready(())
+                } else {
+                    std::task::Poll::Pending
+                }
+            })
+            .await;
+            let written = journal.log().prepare_ahead().await;
+            zeros_ahead.set(zeros_ahead.get() + written);
+            Outcome::Background
+        };
+        self.push(io, ready_at, Box::pin(zeros));
     }
 
     pub fn submit_read(&mut self, io: u64, ready_at: u64, op: u64) {
@@ -204,6 +230,9 @@ impl SegmentStore {
             }
             let pending = self.ios.remove(index);
             let outcome = pending.outcome.expect("checked");
+            if let Outcome::Background = outcome {
+                continue;
+            }
             completed.push(match outcome {
                 Outcome::Write {
                     op,
@@ -228,6 +257,7 @@ impl SegmentStore {
                     completion: Completion::Headers(headers),
                     durable: None,
                 },
+                Outcome::Background => unreachable!("skipped above"),
             });
         }
         completed

@@ -757,11 +757,14 @@ impl Simulator {
     }
 
     /// In segment-journal mode: records damaged by faults, and writes torn by crashes.
-    pub fn segment_fault_stats(&self) -> Option<(u64, u64)> {
+    /// Records damaged by injected faults, records torn on crash, and bytes of zeros written
+    /// ahead of the logs' tails, over every replica's segment journal.
+    pub fn segment_fault_stats(&self) -> Option<(u64, u64, u64)> {
         let segments = self.segments.as_ref()?;
         let damaged = segments.iter().map(|s| s.faults_injected).sum();
         let torn = segments.iter().map(|s| s.stats().torn).sum();
-        Some((damaged, torn))
+        let zeros = segments.iter().map(|s| s.zeros_ahead.get()).sum();
+        Some((damaged, torn, zeros))
     }
 
     pub fn disk_stats(&self) -> Vec<crate::disk::DiskStats> {

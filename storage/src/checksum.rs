@@ -25,7 +25,9 @@ pub fn checksum64(parts: &[&[u8]]) -> u64 {
     }
     let total: usize = parts.iter().map(|part| part.len()).sum();
     if total <= JOINED_MAX {
-        return JOINED.with(|joined| {
+        // `try_with`: while the thread's locals are being destroyed, the streaming hasher
+        // below does the work instead.
+        let joined = JOINED.try_with(|joined| {
             let mut joined = joined.borrow_mut();
             joined.clear();
             for part in parts {
@@ -34,6 +36,9 @@ pub fn checksum64(parts: &[&[u8]]) -> u64 {
             assert_eq!(joined.len(), total);
             XxHash3_64::oneshot(&joined)
         });
+        if let Ok(checksum) = joined {
+            return checksum;
+        }
     }
     let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
     for part in parts {

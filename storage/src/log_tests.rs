@@ -2,6 +2,8 @@
 //! commit, and recovery from torn tails, damaged records and index entries, full disks and
 //! failed syncs.
 
+use std::future::Future;
+
 use bytes::Bytes;
 
 use crate::file_disk::block_on;
@@ -1001,5 +1003,24 @@ fn bytes_other_than_zeros_past_the_last_record_are_reported_torn() {
         assert!(report.torn_bytes > 0, "{report:?}");
         assert!(report.faulty.is_empty());
         assert_eq!(log.op_end(), 11, "the cut takes nothing acknowledged");
+    });
+}
+
+/// A zeros write dropped in flight could still land after later records: the log is poisoned.
+#[test]
+fn zeros_ahead_dropped_in_flight_poison_the_log() {
+    let disk = aligned_disk(45);
+    block_on(async {
+        let log = log_with_ops(&disk, 4).await;
+        {
+            let mut zeros = std::pin::pin!(log.prepare_ahead());
+            let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+            // The memory disk's write yields once: the zeros are in flight.
+            assert!(zeros.as_mut().poll(&mut context).is_pending());
+        }
+        assert!(matches!(
+            log.submit(meta(5), payload(5)),
+            Err(StorageError::Poisoned)
+        ));
     });
 }

@@ -10,12 +10,15 @@
 //! a saturated log never is. Hence the rules:
 //!
 //! * `prepare_ahead` runs only when nothing is queued, flushing or exclusive, and takes the
-//!   log for itself (`flushing`) while a chunk is in flight, so a group write never overlaps
-//!   zeros being written. An append queued meanwhile waits at most one chunk; the zeros'
-//!   writer then flushes it (as `commit_queued` would have).
+//!   log for itself (`flushing`) while its one chunk is in flight, so a group write never
+//!   overlaps zeros being written. An append (or a truncation or repair, which get `Busy`)
+//!   that comes meanwhile waits at most that one chunk; the zeros' writer then flushes what
+//!   was queued (as `commit_queued` would have).
 //! * It stays a bounded window ahead of the tail: four times the last record, at least
-//!   `AHEAD_MIN` and at most `AHEAD_MAX`, never past the segment's size, in chunks of at most
-//!   `CHUNK_MAX`, and stops as soon as an append is queued.
+//!   `AHEAD_MIN` and at most `AHEAD_MAX`, never past the segment's size, and not at all when
+//!   the next record of that size would not fit the segment (it would roll). One call writes
+//!   one chunk of at most `CHUNK_MAX`: a lockstep producer calls it once per record, which
+//!   keeps the window filled; the log is never held longer than one chunk's write.
 //! * The file's size is the truth of how far zeros reach (no state to go stale across
 //!   truncations, repairs, failures or a new segment). The zeros are never synced here: the
 //!   next log fdatasync carries their size, once per chunk instead of once per group.
@@ -23,9 +26,12 @@
 //!   tells them from a torn record), and a crash can only leave zeros or records there. A
 //!   write error (the disk full) ends the attempt and damages nothing: appends go on
 //!   growing the file as before.
+//! * A call must run to its end: dropped while its write is in flight, that write could still
+//!   land after later records, so the drop poisons the log (as a dropped flush does).
 
 use crate::aligned::{align_down, align_up};
 use crate::disk::Disk;
+use crate::format::RECORD_HEADER_SIZE;
 use crate::log::PartitionLog;
 
 /// The window ahead of the tail, at least (for small records) and at most (per log).
@@ -36,24 +42,40 @@ pub const CHUNK_MAX: u64 = 1 << 20;
 /// The window in records: the next few appends find their blocks written.
 const AHEAD_RECORDS: u64 = 4;
 
-/// Clears `flushing` if the attempt ends (or is dropped) without handing it to a flush.
+/// Clears `flushing` if the attempt ends without handing it to a flush; poisons the log if it
+/// was dropped with a write in flight.
 struct Holding<'a, 'd, D: Disk> {
     log: &'a PartitionLog<'d, D>,
+    writing: bool,
     handed_over: bool,
 }
 
 impl<D: Disk> Drop for Holding<'_, '_, D> {
     fn drop(&mut self) {
-        if !self.handed_over {
-            self.log.state.borrow_mut().flushing = false;
+        if self.handed_over {
+            return;
+        }
+        let wakers = {
+            let mut state = self.log.state.borrow_mut();
+            state.flushing = false;
+            if self.writing {
+                // The write may still complete, after records written at its offsets.
+                state.poisoned = true;
+            }
+            [state.flush_waker.take(), state.committer_waker.take()]
+        };
+        // A committer that found the log taken waits to be woken.
+        for waker in wakers.into_iter().flatten() {
+            waker.wake();
         }
     }
 }
 
 impl<'d, D: Disk> PartitionLog<'d, D> {
-    /// Writes zeros past the active log's last record, up to the window (see the module
-    /// comment), while the log stays idle. Returns the bytes of zeros written. Appends queued
-    /// meanwhile are flushed before it returns. It never fails: zeros are only a speed-up.
+    /// Writes one chunk of zeros past the active log's last record, towards the window (see
+    /// the module comment), if the log is idle. Returns the bytes of zeros written. Appends
+    /// queued meanwhile are flushed before it returns. It never fails (zeros are only a
+    /// speed-up) and must not be cancelled.
     pub async fn prepare_ahead(&self) -> u64 {
         let (file, alignment, window_end) = {
             let mut state = self.state.borrow_mut();
@@ -62,10 +84,14 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
             }
             let active = state.active();
             let last_length = active.last.map_or(0, |last| u64::from(last.length));
+            let written_end = state.written_end;
+            if written_end + RECORD_HEADER_SIZE + last_length > self.config.segment_size {
+                return 0; // The next record of that size rolls to a new segment.
+            }
             let alignment = self.disk.write_alignment().max(1);
             let ahead = (AHEAD_RECORDS * last_length).clamp(AHEAD_MIN, AHEAD_MAX);
             let window_end = align_down(
-                (align_up(state.written_end, alignment) + ahead).min(self.config.segment_size),
+                (align_up(written_end, alignment) + ahead).min(self.config.segment_size),
                 alignment,
             );
             let file = active.log;
@@ -74,41 +100,28 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
         };
         let mut holding = Holding {
             log: self,
+            writing: false,
             handed_over: false,
         };
         let mut written = 0u64;
-        // Bounded: each turn writes a chunk of at most CHUNK_MAX towards a window of at most
-        // AHEAD_MAX.
-        for _ in 0..AHEAD_MAX.div_ceil(CHUNK_MAX) + 1 {
-            if !self.state.borrow().pending.is_empty() {
-                break;
-            }
-            let size = match self.disk.size(file).await {
-                Ok(size) => size,
-                // Zeros are only a speed-up: an error ends the attempt, and appends go on
-                // growing the file themselves (a failed write wrote zeros or nothing).
-                Err(_) => break,
-            };
+        // Zeros are only a speed-up: an error ends the attempt, and appends go on growing the
+        // file themselves (a failed write wrote zeros or nothing).
+        if let Ok(size) = self.disk.size(file).await {
             let start = align_up(size.max(self.state.borrow().written_end), alignment);
-            if start >= window_end {
-                break;
+            if start < window_end && self.state.borrow().pending.is_empty() {
+                let length = (window_end - start).min(CHUNK_MAX);
+                assert!(length > 0 && length.is_multiple_of(alignment));
+                let mut buffer = self.buffers.take(length as usize);
+                buffer.as_mut_slice().fill(0);
+                holding.writing = true;
+                let result = self.disk.write_at(file, start, buffer.freeze()).await;
+                holding.writing = false;
+                if result.is_ok() {
+                    written = length;
+                }
             }
-            let length = (window_end - start).min(CHUNK_MAX);
-            assert!(length > 0 && length.is_multiple_of(alignment));
-            let mut buffer = self.buffers.take(length as usize);
-            buffer.as_mut_slice().fill(0);
-            if self
-                .disk
-                .write_at(file, start, buffer.freeze())
-                .await
-                .is_err()
-            {
-                break;
-            }
-            written += length;
         }
-        let queued = !self.state.borrow().pending.is_empty();
-        if queued {
+        if !self.state.borrow().pending.is_empty() {
             // Appends arrived while the log was held: flush them, as `commit_queued` would.
             holding.handed_over = true;
             drop(holding);
