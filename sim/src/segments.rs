@@ -230,10 +230,8 @@ impl SegmentStore {
             }
             let pending = self.ios.remove(index);
             let outcome = pending.outcome.expect("checked");
-            if let Outcome::Background = outcome {
-                continue;
-            }
             completed.push(match outcome {
+                Outcome::Background => continue, // Nothing to report.
                 Outcome::Write {
                     op,
                     checksum,
@@ -257,7 +255,6 @@ impl SegmentStore {
                     completion: Completion::Headers(headers),
                     durable: None,
                 },
-                Outcome::Background => unreachable!("skipped above"),
             });
         }
         completed
