@@ -13,15 +13,19 @@ pub enum Bug {
     TruncateAtFirstCorrupt,
     /// Count PrepareOks from an older view, matched by op alone.
     CountOldViewPrepareOks,
+    /// At every open from a checkpoint installed from a peer, cut the log to start after its
+    /// op, even when the log already does or holds acknowledged ops above it.
+    CutLogAtEveryInstalledOpen,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 5] = [
+    pub const ALL: [Bug; 6] = [
         Bug::AckBeforeDurable,
         Bug::TruncateWithoutNackQuorum,
         Bug::CommitWithoutQuorum,
         Bug::TruncateAtFirstCorrupt,
         Bug::CountOldViewPrepareOks,
+        Bug::CutLogAtEveryInstalledOpen,
     ];
 
     pub fn name(self) -> &'static str {
@@ -31,6 +35,7 @@ impl Bug {
             Bug::CommitWithoutQuorum => "commit-without-quorum",
             Bug::TruncateAtFirstCorrupt => "truncate-at-first-corrupt",
             Bug::CountOldViewPrepareOks => "count-old-view-prepare-oks",
+            Bug::CutLogAtEveryInstalledOpen => "cut-log-at-every-installed-open",
         }
     }
 
@@ -46,6 +51,9 @@ impl Bug {
             }
             Bug::CountOldViewPrepareOks => {
                 "count PrepareOks from an older view (matched by op alone)"
+            }
+            Bug::CutLogAtEveryInstalledOpen => {
+                "cut the log at every open from a peer's checkpoint (acknowledged ops above it go)"
             }
         }
     }

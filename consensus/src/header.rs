@@ -56,6 +56,15 @@ pub enum Command {
     /// Many groups' `Commit` heartbeats to one peer in one frame: the replica bus packs and
     /// unpacks it (`replica/src/commit_batch.rs`); the core never sees one.
     CommitBatch = 14,
+    /// A peer asked for ops below this replica's log start (`op`); `commit` is its
+    /// `commit_min`, which it can send as a checkpoint (state transfer).
+    LogStart = 15,
+    /// Asks for a chunk of the peer's checkpoint: `op` the checkpoint's op (0: its newest),
+    /// `commit` the byte offset.
+    RequestCheckpoint = 16,
+    /// A chunk of an encoded checkpoint: `op` its op, `parent` that op's checksum, `commit`
+    /// the chunk's byte offset, `context` the encoding's whole size.
+    Checkpoint = 17,
 }
 
 impl Command {
@@ -76,6 +85,9 @@ impl Command {
             12 => Command::RequestPrepare,
             13 => Command::Eviction,
             14 => Command::CommitBatch,
+            15 => Command::LogStart,
+            16 => Command::RequestCheckpoint,
+            17 => Command::Checkpoint,
             _ => return None,
         })
     }

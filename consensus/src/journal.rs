@@ -199,6 +199,21 @@ impl Journal {
         assert_eq!(self.entries[0].header.map(|h| h.op), Some(op));
     }
 
+    /// Forgets every entry below `op` as `compact` does, for ops this replica lost (a damaged
+    /// record) that no peer holds any more (all dropped them below their checkpoints): they
+    /// are committed and applied, and nobody can repair them. `op`'s header must be known;
+    /// its entry becomes the base, clean, though the record behind it may be unreadable (a
+    /// peer's read of it then fails its checksum and is not answered).
+    pub fn give_up_to(&mut self, op: u64) {
+        assert!(op >= self.base && op <= self.head());
+        assert!(self.header(op).is_some(), "the new base {op} has no header");
+        self.entries.drain(..(op - self.base) as usize);
+        self.base = op;
+        self.entries[0].state = SlotState::Clean;
+        self.entries[0].faulty = false;
+        assert_eq!(self.entries[0].header.map(|h| h.op), Some(op));
+    }
+
     /// True when the header at `op` is linked to the one at `op + 1` (or `op` is the head).
     pub fn chained_to_next(&self, op: u64) -> bool {
         if op >= self.head() {

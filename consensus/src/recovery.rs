@@ -100,6 +100,9 @@ pub fn decide(
 pub struct RecoveryBugs {
     /// Treat the first faulty slot as the end of the log (no PAR).
     pub truncate_at_first_corrupt: bool,
+    /// A segment journal cuts its log at every open from a checkpoint installed from a peer
+    /// (`Bug::CutLogAtEveryInstalledOpen`).
+    pub cut_log_at_every_installed_open: bool,
 }
 
 /// What recovery hands the replica.
@@ -363,6 +366,7 @@ mod tests {
             &slots,
             RecoveryBugs {
                 truncate_at_first_corrupt: true,
+                ..RecoveryBugs::default()
             },
         )
         .journal;

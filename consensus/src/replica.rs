@@ -25,6 +25,10 @@ use crate::sessions::{Classification, ClientSessions};
 use crate::timeout::Timeout;
 use crate::view_change::{choose_log, ChoiceParams, Dvc, DvcEntry, LogChoice, DVC_ENTRIES_MAX};
 
+#[path = "state_transfer.rs"]
+mod state_transfer;
+pub use state_transfer::CHECKPOINT_CHUNK_MAX;
+
 /// The deterministic application the log drives.
 pub trait StateMachine {
     /// Executes one committed operation and returns the reply body.
@@ -55,6 +59,13 @@ pub trait StateMachine {
     fn restore(&mut self, snapshot: &[u8]) -> bool {
         let _ = snapshot;
         false
+    }
+
+    /// Where the log's offsets go on after the last applied op: a log cut to start after a
+    /// checkpoint (state transfer) starts there. A partition: its next message offset; a
+    /// log without messages: 0.
+    fn log_offset_end(&self) -> u64 {
+        0
     }
 }
 
@@ -175,6 +186,13 @@ pub enum Action {
     PersistState {
         io: IoId,
         state: DurableState,
+    },
+    /// A checkpoint a peer sent (state transfer), for an op above `commit_min`: save it
+    /// durably as the newest checkpoint, cut the log if it does not hold that op intact with
+    /// its checksum (the log then starts after it), and open the replica again from disk.
+    /// The replica does nothing more (`installing`); completions still due are dropped.
+    InstallCheckpoint {
+        checkpoint: Checkpoint,
     },
 }
 
@@ -317,6 +335,14 @@ pub struct Replica<S: StateMachine> {
     actions: Vec<Action>,
     /// Headers of ops committed (applied) since the host last drained them.
     committed: Vec<Header>,
+
+    /// The lowest op the host's log holds (see `state_transfer`).
+    log_start: u64,
+    /// A checkpoint being received, and the one being served to a peer.
+    transfer: Option<state_transfer::Transfer>,
+    served: Option<state_transfer::Served>,
+    /// A received checkpoint is being installed: the replica is done.
+    installing: bool,
 }
 
 /// Whether `checkpoint` restores: its sessions decode for `clients_max` and `machine` takes
@@ -443,6 +469,10 @@ impl<S: StateMachine> Replica<S> {
             ticks: 0,
             actions: Vec::new(),
             committed: Vec::new(),
+            log_start: 1,
+            transfer: None,
+            served: None,
+            installing: false,
             config,
         };
         if let Some(checkpoint) = checkpoint {
@@ -528,10 +558,12 @@ impl<S: StateMachine> Replica<S> {
             return None;
         }
         let machine = self.state_machine.snapshot()?;
-        let op_checksum = self.journal.header(self.commit_min)?.checksum;
+        let op_header = *self.journal.header(self.commit_min)?;
         Some(Checkpoint {
             op: self.commit_min,
-            op_checksum,
+            op_checksum: op_header.checksum,
+            op_header,
+            installed: false,
             sessions: self.sessions.encode(),
             machine,
         })
@@ -599,6 +631,9 @@ impl<S: StateMachine> Replica<S> {
     // ----- inputs -----
 
     pub fn on_tick(&mut self, realtime: u64) -> Vec<Action> {
+        if self.installing {
+            return Vec::new();
+        }
         self.realtime = realtime;
         self.ticks += 1;
         for timeout in [
@@ -644,6 +679,7 @@ impl<S: StateMachine> Replica<S> {
             self.repair_timeout.start();
             // Whatever is still missing is requested again.
             self.repair_retry = std::mem::take(&mut self.repair_requested);
+            self.check_transfer_progress();
             self.repair();
         }
         std::mem::take(&mut self.actions)
@@ -662,6 +698,9 @@ impl<S: StateMachine> Replica<S> {
     }
 
     pub fn on_message(&mut self, message: Message) -> Vec<Action> {
+        if self.installing {
+            return Vec::new();
+        }
         let header = &message.header;
         if header.cluster != self.config.cluster || header.group != self.config.group {
             return Vec::new();
@@ -681,6 +720,9 @@ impl<S: StateMachine> Replica<S> {
             Command::RequestHeaders => self.on_request_headers(&message.header),
             Command::Headers => self.on_headers(message),
             Command::RequestPrepare => self.on_request_prepare(&message.header),
+            Command::LogStart => self.on_log_start(&message.header),
+            Command::RequestCheckpoint => self.on_request_checkpoint(&message.header),
+            Command::Checkpoint => self.on_checkpoint_chunk(message),
             Command::Reply | Command::Eviction | Command::CommitBatch | Command::Reserved => {}
         }
         std::mem::take(&mut self.actions)
@@ -688,6 +730,9 @@ impl<S: StateMachine> Replica<S> {
 
     pub fn on_io_complete(&mut self, io: IoId, completion: Completion) -> Vec<Action> {
         let pending = self.ios.remove(&io).expect("completion for an unknown io");
+        if self.installing {
+            return Vec::new();
+        }
         match (pending, completion) {
             (PendingIo::WritePrepare { op, checksum }, Completion::Written) => {
                 self.on_prepare_written(op, checksum)
@@ -2424,6 +2469,10 @@ impl<S: StateMachine> Replica<S> {
         {
             return;
         }
+        if header.op < self.log_start {
+            self.send_log_start(header.replica);
+            return;
+        }
         let read = ServeRead::Prepare {
             op: header.op,
             to: header.replica,
@@ -2484,6 +2533,15 @@ impl<S: StateMachine> Replica<S> {
         let op_max = header.op.min(self.journal.head());
         let op_min = header.commit.max(1);
         if op_min > op_max || op_max - op_min >= HEADERS_PER_MESSAGE_MAX {
+            return;
+        }
+        // Below the log start only the base's header is held (in memory).
+        let held_from = self.log_start.min(self.journal.base()).max(1);
+        if op_min < held_from {
+            self.send_log_start(header.replica);
+        }
+        let op_min = op_min.max(held_from);
+        if op_min > op_max {
             return;
         }
         // Only headers hash-chained from our head, so we never spread stale ones.

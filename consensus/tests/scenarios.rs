@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, VecDeque};
 
 use galgo_consensus::header::operation;
 use galgo_consensus::journal::SlotState;
-use galgo_consensus::recovery::{recover_journal, RecoveredJournal, RecoveryBugs, SlotRead};
+use galgo_consensus::recovery::{
+    recover_journal, recover_journal_from, RecoveredJournal, RecoveryBugs, SlotRead,
+};
 use galgo_consensus::{
     Action, Bugs, Checkpoint, Command, Completion, Config, DurableState, Header, Journal, Message,
     Peer, Replica, StateMachine, Status, Timeouts, JOURNAL_KEEP_OPS_MIN,
@@ -67,6 +69,18 @@ struct MemoryDisk {
     headers: BTreeMap<u64, Header>,
     corrupt_prepares: Vec<u64>,
     durable: Option<DurableState>,
+    /// The lowest op held (0 or 1: the whole log); below it everything was dropped.
+    log_start: u64,
+}
+
+impl MemoryDisk {
+    /// Drops every op below `op` (retention, or a log cut for an installed checkpoint).
+    fn drop_below(&mut self, op: u64) {
+        self.prepares.retain(|o, _| *o >= op);
+        self.headers.retain(|o, _| *o >= op);
+        self.corrupt_prepares.retain(|o| *o >= op);
+        self.log_start = self.log_start.max(op);
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -101,6 +115,8 @@ struct Cluster {
     return_leadership: bool,
     /// The checkpoint each replica opens from at its next start.
     checkpoints: Vec<Option<Checkpoint>>,
+    /// Checkpoints installed from a peer (state transfer).
+    installs: u64,
 }
 
 impl Cluster {
@@ -116,6 +132,7 @@ impl Cluster {
             bugs,
             return_leadership: false,
             checkpoints: vec![None; replica_count as usize],
+            installs: 0,
         };
         for replica in 0..replica_count {
             cluster.start(replica);
@@ -153,7 +170,13 @@ impl Cluster {
             .max()
             .copied()
             .unwrap_or(0);
-        let slots: Vec<(SlotRead, SlotRead)> = (1..=head)
+        // A log cut below a checkpoint starts at that checkpoint's op.
+        let checkpoint_base = self.checkpoints[replica as usize]
+            .as_ref()
+            .filter(|c| disk.log_start > 1 && c.op + 1 >= disk.log_start)
+            .map(|c| c.op_header);
+        let first_op = checkpoint_base.map_or(1, |base| base.op + 1);
+        let slots: Vec<(SlotRead, SlotRead)> = (first_op..=head)
             .map(|op| {
                 let header = disk
                     .headers
@@ -169,7 +192,9 @@ impl Cluster {
                 (header, prepare)
             })
             .collect();
-        let recovered: RecoveredJournal = if head == 0 {
+        let recovered: RecoveredJournal = if let Some(base) = checkpoint_base {
+            recover_journal_from(base, OPS_MAX, &durable, &slots, RecoveryBugs::default())
+        } else if head == 0 {
             RecoveredJournal {
                 journal: Journal::new(Header::root(CLUSTER, GROUP), OPS_MAX),
                 header_fixes: Vec::new(),
@@ -191,6 +216,7 @@ impl Cluster {
             u64::from(replica) + 1,
             self.checkpoints[replica as usize].as_ref(),
         );
+        opened.set_log_start(disk.log_start.max(1));
         let actions = opened.on_tick(0);
         self.replicas[replica as usize] = Some(opened);
         self.execute(replica, actions);
@@ -256,6 +282,21 @@ impl Cluster {
                 Action::PersistState { io, state } => {
                     disk.durable = Some(state);
                     (io, Completion::Written)
+                }
+                Action::InstallCheckpoint { checkpoint } => {
+                    // As a host does: the checkpoint saved, the log cut below it, the replica
+                    // opened again from its disk.
+                    let op = checkpoint.op;
+                    if disk.prepares.get(&op).map(|m| m.header.checksum)
+                        != Some(checkpoint.op_checksum)
+                    {
+                        disk.drop_below(op + 1);
+                    }
+                    self.checkpoints[replica as usize] = Some(checkpoint);
+                    self.installs += 1;
+                    self.crash(replica);
+                    self.start(replica);
+                    return;
                 }
             };
             let more = self.replicas[replica as usize]
@@ -923,4 +964,135 @@ fn a_replica_that_lost_its_disk_catches_up_from_the_others_compacted_logs() {
         })
         .count();
     assert!(from_disk > 0, "no headers of compacted ops were served");
+}
+
+/// Commits requests `first..first + count` carrying `size` bytes each.
+fn commit_large_requests(cluster: &mut Cluster, session: u64, first: u32, count: u32, size: usize) {
+    for number in first..first + count {
+        let mut body = format!("request {number} ").into_bytes();
+        body.resize(size, number as u8);
+        let request = request(session, number, &body);
+        for _ in 0..50 {
+            cluster.send_request(&request);
+            if cluster.reply_to(&request).is_some() {
+                break;
+            }
+            cluster.run(10);
+        }
+        assert!(cluster.reply_to(&request).is_some(), "request {number}");
+    }
+}
+
+/// Replicas 0 and 1 keep a checkpoint of their commit and drop their logs below their
+/// journals' bases (retention): nobody can repair those ops any more.
+fn drop_prefixes_of_replicas_0_and_1(cluster: &mut Cluster) {
+    for replica in [0u8, 1] {
+        let running = cluster.replica(replica);
+        let checkpoint = running.checkpoint().expect("a checkpoint");
+        let base = running.journal().base();
+        assert!(base > 1, "replica {replica} compacted its journal");
+        cluster.checkpoints[replica as usize] = Some(checkpoint);
+        cluster.disks[replica as usize].drop_below(base + 1);
+        cluster.replicas[replica as usize]
+            .as_mut()
+            .expect("running")
+            .set_log_start(base + 1);
+    }
+}
+
+#[test]
+fn a_replica_behind_every_peers_log_start_catches_up_by_state_transfer_in_chunks() {
+    let mut cluster = Cluster::new(3, Bugs::none());
+    cluster.run(5);
+    let session = cluster.register();
+    commit_requests(&mut cluster, session, 1, 5);
+    cluster.crash(2);
+    cluster.disks[2] = MemoryDisk::default();
+    // 3 × 64 requests of 12 KiB: a state of over 2 MiB, sent in 1 MiB chunks.
+    let total = 3 * JOURNAL_KEEP_OPS_MIN as u32;
+    commit_large_requests(&mut cluster, session, 6, total - 5, 12 * 1024);
+    cluster.run(20);
+    drop_prefixes_of_replicas_0_and_1(&mut cluster);
+    let sent_before = cluster.sent.len();
+    cluster.start(2);
+    cluster.run(400);
+    assert_eq!(cluster.installs, 1, "one checkpoint installed");
+    let chunks = cluster.sent[sent_before..]
+        .iter()
+        .filter(|e| e.to == Peer::Replica(2) && e.message.header.command == Command::Checkpoint)
+        .count();
+    assert!(chunks >= 3, "the state came in {chunks} chunks");
+    // Whatever it lacks below the checkpoint's op no peer holds: given up, not asked for
+    // forever (its journal's base moved past it).
+    assert!(cluster.replica(2).journal().base() > 0);
+    assert_eq!(applied(&cluster, 2).len(), total as usize);
+    assert_eq!(applied(&cluster, 2), applied(&cluster, 0));
+    // It goes on with the group: new requests reach all three.
+    commit_requests(&mut cluster, session, total + 1, 3);
+    cluster.run(50);
+    assert_eq!(applied(&cluster, 2), applied(&cluster, 0));
+    assert_eq!(applied(&cluster, 2).len(), total as usize + 3);
+}
+
+/// Replica 2, asked to start a transfer from replica 0 (a `LogStart` far above its commit),
+/// then handed `chunk` as replica 0's answer.
+fn offer_checkpoint_chunk(cluster: &mut Cluster, chunk: Message) {
+    let view = cluster.replica(2).view();
+    let mut log_start = Header::new(Command::LogStart, CLUSTER, GROUP);
+    log_start.replica = 0;
+    log_start.view = view;
+    log_start.op = 1000;
+    log_start.commit = 999;
+    cluster.deliver(Envelope {
+        from: Peer::Replica(0),
+        to: Peer::Replica(2),
+        message: Message::new(log_start, Vec::new()),
+    });
+    cluster.deliver(Envelope {
+        from: Peer::Replica(0),
+        to: Peer::Replica(2),
+        message: chunk,
+    });
+}
+
+#[test]
+fn a_checkpoint_chunk_that_does_not_match_its_encoding_is_never_installed() {
+    let mut cluster = started(3);
+    let session = cluster.register();
+    commit_requests(&mut cluster, session, 1, 3);
+    cluster.run(20);
+    let mut checkpoint = cluster.replica(0).checkpoint().expect("a checkpoint");
+    // A state far ahead of replica 2, so that it would take it.
+    checkpoint.op += 100;
+    checkpoint.op_header.op = checkpoint.op;
+    checkpoint.op_header.set_checksums(&[]);
+    checkpoint.op_checksum = checkpoint.op_header.checksum;
+    let encoded = checkpoint.encode().unwrap();
+    let view = cluster.replica(2).view();
+    let chunk = |op_checksum: u128, body: Vec<u8>| {
+        let mut header = Header::new(Command::Checkpoint, CLUSTER, GROUP);
+        header.replica = 0;
+        header.view = view;
+        header.op = checkpoint.op;
+        header.parent = op_checksum;
+        header.context = encoded.len() as u128;
+        Message::new(header, body)
+    };
+    // The op's checksum the sender named is not the encoding's.
+    let misnamed = chunk(checkpoint.op_checksum ^ 1, encoded.clone());
+    // A flipped byte inside the encoding (the message's own checksum is sound).
+    let mut flipped = encoded.clone();
+    flipped[encoded.len() / 2] ^= 0x40;
+    let damaged = chunk(checkpoint.op_checksum, flipped);
+    for bad in [misnamed, damaged] {
+        offer_checkpoint_chunk(&mut cluster, bad);
+        assert_eq!(cluster.installs, 0);
+        assert!(!cluster.replica(2).installing());
+        cluster.run(5); // A repair round: the stalled transfer is dropped.
+        cluster.run(Timeouts::default().repair);
+    }
+    // The same chunk, sound: installed (so the two above were refused for their faults).
+    let sound = chunk(checkpoint.op_checksum, encoded.clone());
+    offer_checkpoint_chunk(&mut cluster, sound);
+    assert_eq!(cluster.installs, 1);
 }

@@ -28,9 +28,11 @@ use crate::frame::{read_frame, FrameRead};
 use monoio::io::{AsyncReadRentExt, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 
-const HELLO_MAGIC: u32 = 0x6761_6c62; // "galb"
-                                      // 3: `CommitBatch` frames (a node of version 2 would close the connection on one).
-const HELLO_VERSION: u16 = 3;
+/// "galb".
+const HELLO_MAGIC: u32 = 0x6761_6c62;
+/// 3: `CommitBatch` frames (a node of version 2 would close the connection on one).
+/// 4: `LogStart`, `RequestCheckpoint` and `Checkpoint` (state transfer).
+const HELLO_VERSION: u16 = 4;
 const HELLO_SIZE: usize = 32;
 const RECONNECT_DELAY_MIN: Duration = Duration::from_millis(10);
 const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(1);

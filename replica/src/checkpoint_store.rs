@@ -1,8 +1,12 @@
 //! A group's checkpoints on disk: the consensus core's `Checkpoint`, encoded, in the storage
 //! crate's pair of snapshot files in the group's checkpoint directory, written in turn so a
-//! crash during a write leaves the previous one. A checkpoint only saves work when the group
-//! opens (the log keeps every op), so a missing or damaged one costs time, never data: the
-//! group then applies its log from an older checkpoint or from op 1.
+//! crash during a write leaves the previous one. While the log keeps every op a checkpoint
+//! only saves work when the group opens, so a missing or damaged one costs time, never data:
+//! the group then applies its log from an older checkpoint or from op 1. A group whose log
+//! starts later (it installed a checkpoint from a peer: state transfer) needs the newest
+//! checkpoint at or above its log's start; the previous file stays intact until a newer one
+//! is, so one damaged file still leaves the other (if both are lost, the group does not open
+//! and says why).
 
 use galgo_consensus::Checkpoint;
 use galgo_storage::disk::parent;
@@ -74,9 +78,14 @@ mod tests {
     use galgo_storage::MemoryDisk;
 
     fn checkpoint(op: u64) -> Checkpoint {
+        let mut op_header = galgo_consensus::Header::new(galgo_consensus::Command::Prepare, 1, 5);
+        op_header.op = op;
+        op_header.set_checksums(&[]);
         Checkpoint {
             op,
-            op_checksum: u128::from(op) * 7,
+            op_checksum: op_header.checksum,
+            op_header,
+            installed: op.is_multiple_of(20),
             sessions: vec![op as u8; 3],
             machine: vec![1, 2, op as u8],
         }

@@ -10,7 +10,9 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use galgo_consensus::{Action, Completion, IoId, Message, Peer, Replica, StateMachine, Status};
+use galgo_consensus::{
+    Action, Checkpoint, Completion, IoId, Message, Peer, Replica, StateMachine, Status,
+};
 use galgo_storage::{Disk, StorageError};
 
 use crate::bus::Bus;
@@ -20,6 +22,8 @@ use crate::read_ahead::{ReadAhead, ReadAheadBudget};
 use crate::view_state::ViewStateStore;
 
 pub const TICK: Duration = Duration::from_millis(10);
+/// How long an installed checkpoint's save waits for a save in flight, in ticks (30 s).
+const INSTALL_WAIT_TICKS_MAX: u32 = 3_000;
 /// Events waiting for the group's task, at most; a message that finds the inbox full is
 /// dropped (VSR retransmits), an I/O completion never is (it is counted in the bound).
 pub const INBOX_MAX: usize = 65_536;
@@ -103,6 +107,9 @@ pub struct GroupHost<S: StateMachine, D: Disk + 'static> {
     checkpointing: RefCell<Option<Checkpointing<D>>>,
     /// A partition's read-ahead for its consumers (none: polls read every record themselves).
     read_ahead: RefCell<Option<Rc<ReadAhead>>>,
+    /// The core installed a checkpoint from a peer and it is saved: whoever hosts the group
+    /// must stop it and open it again from its files (`reopen_wanted`).
+    reopen_wanted: std::cell::Cell<bool>,
 }
 
 /// A group's checkpoints: the store (taken by the one save in flight) and when the next is due.
@@ -149,6 +156,7 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
             replies_dropped: std::cell::Cell::new(0),
             checkpointing: RefCell::new(None),
             read_ahead: RefCell::new(None),
+            reopen_wanted: std::cell::Cell::new(false),
         });
         if ticks == Ticks::Own {
             let ticker = Rc::downgrade(&host);
@@ -244,6 +252,63 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
                 );
             }
             *slot.borrow_mut() = Some(store);
+        });
+    }
+
+    /// True once a checkpoint sent by a peer (state transfer) is saved, or its save failed:
+    /// the core does nothing more, and the group must be stopped and opened again from its
+    /// files (its open cuts the log to start after the checkpoint's op; after a failed save
+    /// it opens as it was, and asks again).
+    pub fn reopen_wanted(&self) -> bool {
+        self.reopen_wanted.get()
+    }
+
+    /// Saves `checkpoint` (state transfer) as the group's newest, then asks to be opened
+    /// again (`reopen_wanted`). Waits for a save in flight to end first.
+    fn install_checkpoint(self: &Rc<Self>, checkpoint: Checkpoint) {
+        let group = self.replica.borrow().group();
+        let saving = self
+            .checkpointing
+            .borrow()
+            .as_ref()
+            .map(|c| (c.store.clone(), c.disk));
+        let host = Rc::downgrade(self);
+        monoio::spawn(async move {
+            let op = checkpoint.op;
+            let saved = match saving {
+                None => Err("this group keeps no checkpoints".to_string()),
+                Some((slot, disk)) => {
+                    let mut store = None;
+                    for _ in 0..INSTALL_WAIT_TICKS_MAX {
+                        store = slot.borrow_mut().take();
+                        if store.is_some() {
+                            break;
+                        }
+                        monoio::time::sleep(TICK).await;
+                    }
+                    match store {
+                        None => Err("a checkpoint save in flight did not end".to_string()),
+                        Some(mut store) => {
+                            let saved = store.save(disk, &checkpoint).await;
+                            *slot.borrow_mut() = Some(store);
+                            saved.map_err(|error| error.to_string())
+                        }
+                    }
+                }
+            };
+            match saved {
+                Ok(()) => eprintln!(
+                    "galgo: group {group}: installed a checkpoint of op {op} from a peer; \
+                     reopening the group"
+                ),
+                Err(error) => eprintln!(
+                    "galgo: group {group}: the checkpoint of op {op} from a peer was not \
+                     saved ({error}); reopening the group as it was"
+                ),
+            }
+            if let Some(host) = host.upgrade() {
+                host.reopen_wanted.set(true);
+            }
         });
     }
 
@@ -411,6 +476,7 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
             Action::WriteHeader { .. } => {
                 unreachable!("a segment journal runs without a header zone")
             }
+            Action::InstallCheckpoint { checkpoint } => self.install_checkpoint(checkpoint),
             Action::PersistState { io, state } => {
                 let (host, store) = (Rc::downgrade(self), self.view_state.clone());
                 monoio::spawn(async move {

@@ -57,6 +57,17 @@ struct Held {
     turn: oneshot::Sender<WriteOutcome>,
 }
 
+/// The checkpoint a journal opens from (one `checkpoint_restores` accepted).
+#[derive(Clone, Copy, Debug)]
+pub struct CheckpointStart {
+    /// The prepare header of the checkpoint's op.
+    pub header: Header,
+    /// The log offset after that op (where a log cut to start after it starts).
+    pub next_offset: u64,
+    /// Sent by a peer (`Checkpoint::installed`): the log must hold its op, or start after it.
+    pub installed: bool,
+}
+
 /// What one attempt at a write decided.
 enum Step {
     Done(WriteOutcome),
@@ -79,6 +90,9 @@ pub struct SegmentJournal<'d, D: Disk> {
     /// Ops after which the log was cut since the last `take_cuts`.
     cuts: RefCell<Vec<u64>>,
     root_checksum: u128,
+    /// The prepare header of the op just below the log's first op, when the log starts
+    /// after a checkpoint of that op: the first append chains to it.
+    below_start: Option<Header>,
 }
 
 impl<'d, D: Disk> SegmentJournal<'d, D> {
@@ -86,13 +100,22 @@ impl<'d, D: Disk> SegmentJournal<'d, D> {
     /// view state. Ops the rebuilt journal does not keep (a view change had replaced them
     /// before the crash) are cut from the log.
     ///
-    /// `checkpoint` is the op and prepare checksum of a checkpoint the replica will open from
+    /// `checkpoint` is the prepare header of the op of a checkpoint the replica will open from
     /// (one `checkpoint_restores` accepted). The journal then starts at that op (its header
     /// read back with that checksum), or just below the lowest op under it the log reports
     /// faulty, so that the core still repairs it: the ops below are not read at all. Ops from
     /// there up to the checkpoint's are known by their prepare header alone, read and checked
     /// by its own checksum (the rest of those records is verified by the reads that need it:
     /// a repair, a poll). Every op above it is read and verified whole.
+    ///
+    /// A log must start after, or hold intact, the op of a checkpoint installed from a peer
+    /// (state transfer), and so must a log that starts above op 1. Where it does not (the
+    /// install, or a crash, came before the cut), it is cut now: every segment goes and it
+    /// starts empty after that op (`PartitionLog::reset_to`). It holds the op when its record
+    /// reads back with the checkpoint's checksum, or is damaged with records above it (those
+    /// may be acknowledged: they are kept, and the damaged op is known by the checkpoint's
+    /// header). A log that starts above op 1 needs a checkpoint at or above the op before its
+    /// start: without one it does not open (`Unrecoverable`).
     #[allow(clippy::too_many_arguments)]
     pub async fn open(
         disk: &'d D,
@@ -102,18 +125,76 @@ impl<'d, D: Disk> SegmentJournal<'d, D> {
         ops_max: u64,
         messages_of: MessagesOf,
         recovery_bugs: RecoveryBugs,
-        checkpoint: Option<(u64, u128)>,
+        checkpoint: Option<CheckpointStart>,
     ) -> Result<(SegmentJournal<'d, D>, RecoveredJournal), StorageError> {
+        let dir = config.dir.clone();
         let (log, report) = PartitionLog::open(disk, config, 1, 0).await?;
         let mut faulty: Vec<u64> = report.faulty.iter().map(|f| f.op).collect();
+        let mut cut_after = None;
+        if let Some(start) = checkpoint.filter(|c| c.installed || log.first_op() > 1) {
+            let op = start.header.op;
+            let (log_start, op_end) = (log.first_op(), log.op_end());
+            let holds = op + 1 == log_start
+                || op >= log_start
+                    && op < op_end
+                    && match read_header(&log, op).await {
+                        Some(read) => read.checksum == start.header.checksum,
+                        // Damaged: what is above it may be acknowledged, so it stays.
+                        None => op + 1 < op_end,
+                    };
+            let holds =
+                holds && !(start.installed && recovery_bugs.cut_log_at_every_installed_open);
+            if !holds {
+                log.reset_to(op + 1, start.next_offset).await?;
+                faulty.clear();
+                if op_end > op + 1 {
+                    cut_after = Some(op); // A suffix not of the canonical log went too.
+                }
+            }
+        }
         let op_end = log.op_end();
-        let checkpoint_op = checkpoint.map_or(0, |(op, _)| op);
+        let log_start = log.first_op();
+        // A checkpoint from a peer stands for its op as a cut log's does: the ops below it
+        // may be gone from every peer, so the log is never applied from op 1 instead.
+        let covered = log_start > 1 || checkpoint.is_some_and(|c| c.installed);
+        let checkpoint = checkpoint.map(|c| c.header);
+        let checkpoint = checkpoint.as_ref();
+        let checkpoint_op = checkpoint.map_or(0, |header| header.op);
+        if let Some(header) = checkpoint.filter(|h| covered && h.op >= log_start.max(2)) {
+            // Its record read back damaged (it stayed for the records above it): repair it
+            // like any faulty op, if a peer still holds it.
+            if header.op < op_end
+                && !faulty.contains(&header.op)
+                && read_header(&log, header.op).await.is_none()
+            {
+                log.mark_faulty(header.op).await?;
+                faulty.push(header.op);
+            }
+        }
         let base = match checkpoint {
-            Some((op, checksum)) if op < op_end && !faulty.contains(&op) => {
-                let held = read_header(&log, op)
+            Some(header) if covered && header.op + 1 >= log_start && header.op < op_end => {
+                // A cut log: the checkpoint's header stands for its op whatever the record.
+                let held = Some(*header);
+                match faulty.iter().filter(|f| **f <= header.op).min() {
+                    Some(lowest) if *lowest > log_start => {
+                        read_header(&log, lowest - 1).await.or(held)
+                    }
+                    _ => held,
+                }
+            }
+            Some(header) if log_start > 1 && header.op + 1 == log_start => Some(*header),
+            _ if log_start > 1 => {
+                return Err(StorageError::Unrecoverable(format!(
+                    "the log in {dir:?} starts at op {log_start}, and no checkpoint holds the \
+                     ops before it ({})",
+                    checkpoint.map_or("none opens".to_string(), |h| format!("one of op {}", h.op)),
+                )));
+            }
+            Some(header) if header.op < op_end && !faulty.contains(&header.op) => {
+                let held = read_header(&log, header.op)
                     .await
-                    .filter(|header| header.checksum == checksum);
-                match faulty.iter().filter(|f| **f <= op).min() {
+                    .filter(|read| read.checksum == header.checksum);
+                match faulty.iter().filter(|f| **f <= header.op).min() {
                     None => held,
                     Some(lowest) if held.is_some() && *lowest > 1 => {
                         read_header(&log, lowest - 1).await
@@ -146,10 +227,26 @@ impl<'d, D: Disk> SegmentJournal<'d, D> {
             };
             slots.push(read);
         }
-        let recovered = match base {
+        let mut recovered = match base {
             Some(base) => recover_journal_from(base, ops_max, durable, &slots, recovery_bugs),
             None => recover_journal(root, ops_max, durable, &slots, recovery_bugs),
         };
+        if let Some(header) = checkpoint.filter(|_| covered) {
+            // In a cut log the checkpoint's op may be damaged below the base chosen to repair
+            // an op under it: its header is the checkpoint's (a committed op).
+            let journal = &mut recovered.journal;
+            if header.op > journal.base() && header.op <= journal.head() {
+                if journal.header(header.op).is_none() {
+                    journal.set_header(*header);
+                }
+                if journal.header(header.op).map(|h| h.checksum) != Some(header.checksum) {
+                    return Err(StorageError::Unrecoverable(format!(
+                        "the log in {dir:?} holds another op {} than its checkpoint's",
+                        header.op
+                    )));
+                }
+            }
+        }
         assert!(recovered.header_fixes.is_empty(), "no header zone to fix");
         assert!(recovered.journal.base() <= checkpoint_op);
         let journal = SegmentJournal {
@@ -161,7 +258,11 @@ impl<'d, D: Disk> SegmentJournal<'d, D> {
             writing: RefCell::new(BTreeMap::new()),
             cuts: RefCell::new(Vec::new()),
             root_checksum: root.checksum,
+            below_start: checkpoint
+                .copied()
+                .filter(|header| header.op + 1 == log_start && log_start > 1),
         };
+        journal.cuts.borrow_mut().extend(cut_after);
         let head = recovered.journal.head();
         if journal.log.op_end() > head + 1 {
             journal.cut_after(head).await?;
@@ -288,6 +389,11 @@ impl<'d, D: Disk> SegmentJournal<'d, D> {
     async fn checksum_at(&self, op: u64) -> Result<Option<u128>, StorageError> {
         if op == 0 {
             return Ok(Some(self.root_checksum));
+        }
+        if let Some(below) = self.below_start.filter(|b| b.op == op) {
+            if op + 1 == self.log.first_op() {
+                return Ok(Some(below.checksum));
+            }
         }
         let op_end = self.log.op_end();
         {
@@ -721,10 +827,10 @@ pub(crate) mod tests {
         });
     }
 
-    async fn open_at<'d>(
+    async fn try_open_at<'d>(
         disk: &'d MemoryDisk,
-        checkpoint: Option<(u64, u128)>,
-    ) -> (SegmentJournal<'d, MemoryDisk>, RecoveredJournal) {
+        checkpoint: Option<CheckpointStart>,
+    ) -> Result<(SegmentJournal<'d, MemoryDisk>, RecoveredJournal), StorageError> {
         SegmentJournal::open(
             disk,
             config(),
@@ -736,19 +842,34 @@ pub(crate) mod tests {
             checkpoint,
         )
         .await
-        .unwrap()
+    }
+
+    async fn open_at<'d>(
+        disk: &'d MemoryDisk,
+        checkpoint: Option<CheckpointStart>,
+    ) -> (SegmentJournal<'d, MemoryDisk>, RecoveredJournal) {
+        try_open_at(disk, checkpoint).await.unwrap()
+    }
+
+    fn start_at(message: &Message, installed: bool) -> Option<CheckpointStart> {
+        Some(CheckpointStart {
+            header: message.header,
+            next_offset: 0,
+            installed,
+        })
     }
 
     #[test]
     fn a_journal_opened_from_a_checkpoint_starts_at_its_op_and_reads_nothing_below() {
         let disk = MemoryDisk::new(10);
         let messages = chain(30, 0, 0);
+        let other_log = chain(30, 0, 1);
         block_on(async {
             let (journal, _) = open_at(&disk, None).await;
             for message in &messages {
                 journal.write_prepare(message.clone()).await.unwrap();
             }
-            let at_20 = Some((20, messages[19].header.checksum));
+            let at_20 = start_at(&messages[19], false);
             let (file, position) = prepare_position(&journal, 7).await;
             drop(journal);
             let (_, recovered) = open_at(&disk, at_20).await;
@@ -756,16 +877,103 @@ pub(crate) mod tests {
             assert_eq!(recovered.journal.head(), 30);
             assert!((20..=30).all(|op| recovered.journal.entry(op).present()));
             // Another log's checkpoint: the whole log is read.
-            let (_, recovered) = open_at(&disk, Some((20, 1))).await;
+            let (_, recovered) = open_at(&disk, start_at(&other_log[19], false)).await;
             assert_eq!(recovered.journal.base(), 0);
             assert!((1..=30).all(|op| recovered.journal.entry(op).present()));
             // A damaged prepare header below the checkpoint's op: a whole open finds it, an
             // open from the checkpoint does not read it.
             disk.corrupt(&file, position + 100);
-            let (_, recovered) = open_at(&disk, Some((20, 1))).await;
+            let (_, recovered) = open_at(&disk, start_at(&other_log[19], false)).await;
             assert!(recovered.journal.entry(7).faulty);
             let (_, recovered) = open_at(&disk, at_20).await;
             assert_eq!(recovered.journal.base(), 20);
+        });
+    }
+
+    #[test]
+    fn a_log_behind_an_installed_checkpoint_starts_after_it_once_and_for_good() {
+        let disk = MemoryDisk::new(12);
+        let messages = chain(30, 0, 0);
+        block_on(async {
+            let (journal, _) = open_at(&disk, None).await;
+            for message in &messages[..10] {
+                journal.write_prepare(message.clone()).await.unwrap();
+            }
+            drop(journal);
+            // A peer's checkpoint of op 20: the log (ops 1..=10) is cut to start at op 21.
+            let installed = start_at(&messages[19], true);
+            let (journal, recovered) = open_at(&disk, installed).await;
+            assert_eq!((journal.log().first_op(), journal.log().op_end()), (21, 21));
+            assert_eq!(
+                (recovered.journal.base(), recovered.journal.head()),
+                (20, 20)
+            );
+            // The first append chains to the checkpoint's op, which the log does not hold.
+            assert_eq!(
+                journal.write_prepare(messages[20].clone()).await.unwrap(),
+                WriteOutcome::Written
+            );
+            drop(journal);
+            // Opened again: nothing is cut any more, op 21 is there.
+            let (journal, recovered) = open_at(&disk, installed).await;
+            assert_eq!((journal.log().first_op(), journal.log().op_end()), (21, 22));
+            assert!(recovered.journal.entry(21).present());
+            drop(journal);
+            // Without the checkpoint a log that starts at op 21 does not open.
+            assert!(matches!(
+                try_open_at(&disk, None).await,
+                Err(StorageError::Unrecoverable(_))
+            ));
+        });
+    }
+
+    #[test]
+    fn an_installed_checkpoint_keeps_a_log_that_holds_its_op_or_ops_above_a_damaged_one() {
+        let disk = MemoryDisk::new(13);
+        let messages = chain(30, 0, 0);
+        let other_log = chain(30, 0, 1);
+        block_on(async {
+            let (journal, _) = open_at(&disk, None).await;
+            for message in &messages {
+                journal.write_prepare(message.clone()).await.unwrap();
+            }
+            let (file, position) = prepare_position(&journal, 20).await;
+            drop(journal);
+            // The log holds op 20 intact: kept whole, the journal starts at 20.
+            let (journal, recovered) = open_at(&disk, start_at(&messages[19], true)).await;
+            assert_eq!((journal.log().first_op(), journal.log().op_end()), (1, 31));
+            assert_eq!(
+                (recovered.journal.base(), recovered.journal.head()),
+                (20, 30)
+            );
+            drop(journal);
+            // Op 20 damaged, ops above it (perhaps acknowledged) held: kept, and op 20 is
+            // known by the checkpoint's header.
+            disk.corrupt(&file, position + 100);
+            let (journal, recovered) = open_at(&disk, start_at(&messages[19], true)).await;
+            assert_eq!((journal.log().first_op(), journal.log().op_end()), (1, 31));
+            assert_eq!(recovered.journal.base(), 19);
+            assert!(recovered.journal.entry(20).faulty);
+            assert_eq!(
+                recovered.journal.header(20).map(|h| h.checksum),
+                Some(messages[19].header.checksum)
+            );
+            assert!((21..=30).all(|op| recovered.journal.entry(op).present()));
+            drop(journal);
+        });
+        // An intact op 20 of another log (a stale one): everything goes, and the log starts
+        // after the checkpoint's op.
+        let disk = MemoryDisk::new(14);
+        block_on(async {
+            let (journal, _) = open_at(&disk, None).await;
+            for message in &messages {
+                journal.write_prepare(message.clone()).await.unwrap();
+            }
+            drop(journal);
+            let (journal, recovered) = open_at(&disk, start_at(&other_log[19], true)).await;
+            assert_eq!((journal.log().first_op(), journal.log().op_end()), (21, 21));
+            assert_eq!(recovered.journal.base(), 20);
+            assert_eq!(journal.take_cuts(), vec![20]);
         });
     }
 

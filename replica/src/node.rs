@@ -41,7 +41,7 @@ use crate::group_files::{
     checkpoint_dir, group_of_file, log_dir, remove_group_files, superblock_name, DeletedGroups,
 };
 use crate::group_host::{realtime_now, Event, GroupHost, ReplySink, Ticks, TICK};
-use crate::journal::{MessagesOf, SegmentJournal};
+use crate::journal::{CheckpointStart, MessagesOf, SegmentJournal};
 use crate::local_port::LocalPorts;
 use crate::metadata::machine::MetadataMachine;
 use crate::metadata::{Ident, Limits, Metadata, Placement};
@@ -70,6 +70,9 @@ const BIND_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a stopped group's disk work may take before its files are left open (and, if it
 /// was deleted, on disk until the node restarts), in ticks.
 const RETIRE_TICKS_MAX: u32 = 3_000;
+/// The exit status of a node that stops so that its metadata group opens from a checkpoint
+/// it installed from a peer (its supervisor restarts it).
+pub const EXIT_REOPEN: i32 = 75;
 /// Messages queued per peer on the bus, and received but not yet routed.
 const BUS_QUEUE_MAX: usize = 65_536;
 
@@ -301,6 +304,7 @@ impl Node {
                 };
                 // One timer per shard ticks every group it runs.
                 node.tick_groups();
+                node.reopen_installed_groups();
                 node.sync_partitions();
             }
         });
@@ -621,9 +625,10 @@ impl Node {
         self.sweep_deleted_groups(deleted);
         for (group, placement) in wanted {
             if self.partitions.borrow().contains_key(&group)
+                || self.retiring.borrow().contains(&group)
                 || !self.starting.borrow_mut().insert(group)
             {
-                continue;
+                continue; // A group being retired opens again once it is closed.
             }
             let node = Rc::downgrade(self);
             let (disk, cluster, bus, sink) = (
@@ -672,8 +677,8 @@ impl Node {
         self.placements_seen.set(Some(version));
     }
 
-    /// Stops a group no longer placed here, closes its files once its disk work is done, and
-    /// removes them when the metadata deleted the group.
+    /// Stops a group no longer placed here (or one to open again), closes its files once its
+    /// disk work is done, and removes them when the metadata deleted the group.
     fn retire(self: &Rc<Self>, group: u64, host: PartitionHost, deleted: bool) {
         host.stop();
         self.retiring.borrow_mut().insert(group);
@@ -683,14 +688,13 @@ impl Node {
             let mut ticks = 0;
             while Rc::strong_count(&host) > 1 || !host.io_idle() {
                 if ticks == RETIRE_TICKS_MAX {
+                    // It stays `retiring`: nothing opens or sweeps its files meanwhile.
                     eprintln!(
                         "galgo: partition group {group} stopped, but its disk work did not end \
-                         within {:?}: its files stay until the node restarts",
+                         within {:?}: its files stay, and it stays stopped, until the node \
+                         restarts",
                         TICK * RETIRE_TICKS_MAX
                     );
-                    if let Some(node) = node.upgrade() {
-                        node.retiring.borrow_mut().remove(&group);
-                    }
                     return;
                 }
                 monoio::time::sleep(TICK).await;
@@ -707,8 +711,39 @@ impl Node {
             }
             if let Some(node) = node.upgrade() {
                 node.retiring.borrow_mut().remove(&group);
+                // A group still placed here (one reopened after a state transfer) opens now.
+                node.placements_seen.set(None);
             }
         });
+    }
+
+    /// Stops every partition group that installed a checkpoint from a peer (state transfer)
+    /// so that it opens again from its files (`sync_partitions` reopens it once it is
+    /// closed). The metadata group cannot be reopened in place: the node exits, so that its
+    /// supervisor restarts it and the group opens from the checkpoint.
+    fn reopen_installed_groups(self: &Rc<Self>) {
+        if self.metadata.as_ref().is_some_and(|m| m.reopen_wanted()) {
+            eprintln!(
+                "galgo: the metadata group installed a checkpoint from a peer; the node exits \
+                 so that it opens from it when restarted"
+            );
+            std::process::exit(EXIT_REOPEN);
+        }
+        let reopening: Vec<(u64, PartitionHost)> = {
+            let mut partitions = self.partitions.borrow_mut();
+            let wanted: Vec<u64> = partitions
+                .iter()
+                .filter(|(_, host)| host.reopen_wanted())
+                .map(|(group, _)| *group)
+                .collect();
+            wanted
+                .into_iter()
+                .filter_map(|group| partitions.remove(&group).map(|host| (group, host)))
+                .collect()
+        };
+        for (group, host) in reopening {
+            self.retire(group, host, false);
+        }
     }
 
     /// Removes the files this shard's deleted groups left in the data directory (a group
@@ -1057,7 +1092,11 @@ async fn open_group<S: StateMachine + 'static>(
         OPS_MAX,
         messages_of,
         RecoveryBugs::default(),
-        checkpoint.as_ref().map(|c| (c.op, c.op_checksum)),
+        checkpoint.as_ref().map(|c| CheckpointStart {
+            header: c.op_header,
+            next_offset: machine.log_offset_end(),
+            installed: c.installed,
+        }),
     )
     .await
     .map_err(|e| NodeError::Storage(format!("group {group}: log"), e))?;
@@ -1078,7 +1117,7 @@ async fn open_group<S: StateMachine + 'static>(
         timeouts: Timeouts::default(),
         bugs: Bugs::none(),
     };
-    let replica = Replica::open_from(
+    let mut replica = Replica::open_from(
         config,
         machine,
         durable,
@@ -1086,6 +1125,7 @@ async fn open_group<S: StateMachine + 'static>(
         seed(me, group),
         checkpoint.as_ref(),
     );
+    replica.set_log_start(journal.log().first_op());
     let host = GroupHost::start(
         replica,
         journal,

@@ -125,6 +125,9 @@ impl<'d> Host<'d> {
                     (io, completion)
                 }
                 Action::WriteHeader { .. } => panic!("no header zone: redundant_headers is off"),
+                Action::InstallCheckpoint { .. } => {
+                    panic!("a group of one has no peer to send a checkpoint")
+                }
                 Action::ReadPrepare { io, op } => {
                     (io, Completion::Read(self.journal.read_prepare(op).await))
                 }

@@ -74,8 +74,8 @@ impl Checker {
                 let canonical = &self.canonical[op as usize];
                 if canonical.checksum != header.checksum {
                     return Err(Failure::Correctness(format!(
-                        "replica {replica} committed op {op} as {:032x} but the canonical chain has {:032x}",
-                        header.checksum, canonical.checksum
+                        "replica {replica} committed op {op} as {:032x} (view {}) but the canonical chain has {:032x} (view {})",
+                        header.checksum, header.view, canonical.checksum, canonical.view
                     )));
                 }
             } else if op == self.canonical.len() as u64 {

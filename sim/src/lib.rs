@@ -28,12 +28,14 @@ pub fn describe(options: &Options) -> String {
     let n = &options.network;
     let s = &options.storage;
     format!(
-        "journal={} keep={} workload={} return_leadership={} checkpoint={} replicas={} offset={} clients={} clients_max={} pipeline={} requests={} body_max={} | net delay={}+exp({}) loss={:.3} replay={:.3}/old {:.3}/stale acks {:.2} straggle={:.3} misroute={:.3} cap={} clog={:.4}/{} flip={:.4} partition={:?}/{} p={:.4} | disk w={}+exp({}) read_fault={:.3} write_fault={:.3} misdirect={:.3} lost={:.3} tear={:.2} | crash={:.5} restart={:.4} pause={:.5}",
+        "journal={} keep={} workload={} return_leadership={} checkpoint={} prefix_cut={} segment={} replicas={} offset={} clients={} clients_max={} pipeline={} requests={} body_max={} | net delay={}+exp({}) loss={:.3} replay={:.3}/old {:.3}/stale acks {:.2} straggle={:.3} misroute={:.3} cap={} clog={:.4}/{} flip={:.4} partition={:?}/{} p={:.4} | disk w={}+exp({}) read_fault={:.3} write_fault={:.3} misdirect={:.3} lost={:.3} tear={:.2} | crash={:.5} restart={:.4} pause={:.5}",
         if options.segment_journal { "segments" } else { "slots" },
         options.journal_keep_ops,
         options.workload.name(),
         options.return_leadership,
         options.checkpoint_interval,
+        options.prefix_cut_probability,
+        options.segment_size,
         options.replica_count,
         options.placement_offset,
         options.clients,

@@ -86,8 +86,8 @@ fn main() -> ExitCode {
                 ticks += stats.ticks;
                 if !cli.quiet {
                     println!(
-                        "seed {seed}: ok ticks={} acks={} commit={} views={} crashes={} restarts={} (from a checkpoint {}, checkpoints saved {}) pauses={} liveness_ticks={} journal base {} (compacted reads: headers {}, prepares {}) | {faults}",
-                        stats.ticks, stats.acks, stats.commit_max, stats.view_max, stats.crashes, stats.restarts, stats.checkpoint_opens, stats.checkpoints, stats.pauses, stats.liveness_ticks, stats.journal_base_max, stats.compacted_header_reads, stats.compacted_prepare_reads
+                        "seed {seed}: ok ticks={} acks={} commit={} views={} crashes={} restarts={} (from a checkpoint {}, checkpoints saved {}) pauses={} liveness_ticks={} journal base {} (compacted reads: headers {}, prepares {}) prefix cuts={} transfers={} | {faults}",
+                        stats.ticks, stats.acks, stats.commit_max, stats.view_max, stats.crashes, stats.restarts, stats.checkpoint_opens, stats.checkpoints, stats.pauses, stats.liveness_ticks, stats.journal_base_max, stats.compacted_header_reads, stats.compacted_prepare_reads, stats.prefix_cuts, stats.transfers
                     );
                 }
                 continue;

@@ -84,6 +84,13 @@ pub struct Options {
     /// Journal entries each replica keeps below its commit point (`Config::journal_keep_ops`):
     /// small values make runs compact their journals and serve repairs from disk.
     pub journal_keep_ops: u64,
+    /// Per tick, the chance that a running replica drops the whole segments of its log at
+    /// or below both its checkpoint and its journal's base (fault-free retention), so that a
+    /// replica that falls behind catches up by state transfer (segment journals with
+    /// checkpoints only; 0: never).
+    pub prefix_cut_probability: f64,
+    /// Segment size of the segment journals: small ones seal often, so prefixes can go.
+    pub segment_size: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,6 +185,8 @@ impl Options {
             workload: Workload::Test,
             checkpoint_interval: 0,
             journal_keep_ops: u64::MAX,
+            prefix_cut_probability: 0.0,
+            segment_size: 64 * 1024,
         };
         // Drawn last, so adding it left every earlier draw of a seed as it was.
         options.network.replay_old = percent(&mut prng, 5);
@@ -202,6 +211,12 @@ impl Options {
             &mut prng,
             &[u64::MAX, JOURNAL_KEEP_OPS_MIN, JOURNAL_KEEP_OPS_MIN, 96],
         );
+        let prefix_cut = *pick(&mut prng, &[0.0, 0.002, 0.01, 0.05]);
+        let segment_size = *pick(&mut prng, &[64 * 1024, 8 * 1024]);
+        if options.segment_journal && options.checkpoint_interval > 0 {
+            options.prefix_cut_probability = prefix_cut;
+            options.segment_size = segment_size;
+        }
         options
     }
 }

@@ -16,12 +16,11 @@ use galgo_consensus::durable::DurableState;
 use galgo_consensus::prng::Prng;
 use galgo_consensus::recovery::{RecoveredJournal, RecoveryBugs};
 use galgo_consensus::{Completion, Header, Message};
-use galgo_replica::journal::{no_messages, SegmentJournal, WriteOutcome};
+use galgo_replica::journal::{no_messages, CheckpointStart, SegmentJournal, WriteOutcome};
 use galgo_storage::{LogConfig, MemoryDisk};
 
 /// Polls of every live future per tick, at most (each round moves every future one step).
 const POLL_ROUNDS_MAX: usize = 10_000;
-const SEGMENT_SIZE: u64 = 64 * 1024;
 
 type Journal = SegmentJournal<'static, MemoryDisk>;
 
@@ -54,6 +53,9 @@ pub struct SegmentStore {
     pub faults_injected: u64,
     /// Bytes of zeros written ahead of the log's tail (`prepare_ahead`).
     pub zeros_ahead: Rc<std::cell::Cell<u64>>,
+    segment_size: u64,
+    /// The log's first op as last seen: the disk keeps it while the replica is down.
+    first_op: u64,
 }
 
 impl Drop for SegmentStore {
@@ -93,7 +95,7 @@ fn run_to_end<T>(future: impl Future<Output = T>) -> T {
 }
 
 impl SegmentStore {
-    pub fn new(seed: u64, crash_tear: f64) -> SegmentStore {
+    pub fn new(seed: u64, crash_tear: f64, segment_size: u64) -> SegmentStore {
         let disk: &'static MemoryDisk = Box::leak(Box::new(MemoryDisk::new(seed)));
         disk.faults.borrow_mut().crash_tear = crash_tear;
         SegmentStore {
@@ -102,6 +104,8 @@ impl SegmentStore {
             ios: Vec::new(),
             zeros_ahead: Rc::new(std::cell::Cell::new(0)),
             faults_injected: 0,
+            segment_size,
+            first_op: 1,
         }
     }
 
@@ -113,11 +117,11 @@ impl SegmentStore {
         root: Header,
         ops_max: u64,
         recovery_bugs: RecoveryBugs,
-        checkpoint: Option<(u64, u128)>,
+        checkpoint: Option<CheckpointStart>,
     ) -> RecoveredJournal {
         assert!(self.journal.is_none() && self.ios.is_empty());
         let config = LogConfig {
-            segment_size: SEGMENT_SIZE,
+            segment_size: self.segment_size,
             ..LogConfig::new("journal")
         };
         let (journal, recovered) = run_to_end(SegmentJournal::open(
@@ -131,6 +135,7 @@ impl SegmentStore {
             checkpoint,
         ))
         .unwrap_or_else(|error| panic!("the segment journal does not open: {error}"));
+        self.first_op = journal.log().first_op();
         self.journal = Some(Rc::new(journal));
         recovered
     }
@@ -260,6 +265,35 @@ impl SegmentStore {
         completed
     }
 
+    /// The first op the log holds (1 until a prefix is cut), also while the replica is down.
+    pub fn first_op(&self) -> u64 {
+        self.first_op
+    }
+
+    /// Fault-free retention: deletes the oldest sealed segments whose every op is at or below
+    /// `keep_op` (the replica keeps a checkpoint of it, and it is at or below its journal's
+    /// base). Skipped while the log is busy. Returns the log's first op afterwards.
+    pub fn cut_prefix(&mut self, keep_op: u64) -> u64 {
+        let Some(journal) = self.journal.clone() else {
+            return 1;
+        };
+        let log = journal.log();
+        let segments_max = log.segments().len();
+        for _ in 0..segments_max {
+            let oldest = log.segments()[0];
+            if !oldest.sealed || oldest.op_end > keep_op + 1 {
+                break;
+            }
+            match run_to_end(log.delete_oldest_segment()) {
+                Ok(Some(deleted)) => assert_eq!(deleted.base_op, oldest.base_op),
+                Ok(None) | Err(galgo_storage::StorageError::Busy) => break,
+                Err(error) => panic!("deleting a segment failed: {error}"),
+            }
+        }
+        self.first_op = log.first_op();
+        self.first_op
+    }
+
     /// The process is gone: futures stop mid-flight, unsynced writes are lost or torn.
     pub fn crash(&mut self) {
         self.ios.clear();
@@ -273,11 +307,11 @@ impl SegmentStore {
             return;
         };
         let log = journal.log();
-        let op_end = log.op_end();
-        if op_end <= 1 {
+        let (first_op, op_end) = (log.first_op(), log.op_end());
+        if op_end <= first_op {
             return;
         }
-        let op = 1 + prng.below(op_end - 1);
+        let op = first_op + prng.below(op_end - first_op);
         if !allowed(op) {
             return;
         }

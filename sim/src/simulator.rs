@@ -11,7 +11,7 @@ use galgo_consensus::quorums::Quorums;
 use galgo_consensus::recovery::{recover_journal, RecoveryBugs, SlotRead};
 use galgo_consensus::{
     checkpoint_held, checkpoint_restores, Action, Bug, Bugs, Checkpoint, Command, Completion,
-    Config, Header, IoId, Message, Peer, Replica, Status, Timeouts,
+    Config, Header, IoId, Message, Peer, Replica, StateMachine, Status, Timeouts,
 };
 
 use crate::broker_checker::BrokerChecker;
@@ -22,6 +22,7 @@ use crate::network::{Network, Node};
 use crate::options::Options;
 use crate::segments::SegmentStore;
 use crate::state_machine::TestStateMachine;
+use galgo_replica::journal::CheckpointStart;
 
 const CLUSTER: u128 = 0x6a1_6a1;
 const GROUP: u64 = 1;
@@ -47,6 +48,10 @@ pub struct RunStats {
     pub journal_base_max: u64,
     pub compacted_header_reads: u64,
     pub compacted_prepare_reads: u64,
+    /// Log prefixes dropped (fault-free retention), and checkpoints installed from a peer
+    /// (state transfer).
+    pub prefix_cuts: u64,
+    pub transfers: u64,
 }
 
 pub struct Simulator {
@@ -107,7 +112,13 @@ impl Simulator {
             .collect();
         let segments = options.segment_journal.then(|| {
             (0..n)
-                .map(|_| SegmentStore::new(prng.next_u64(), options.storage.crash_tear))
+                .map(|_| {
+                    SegmentStore::new(
+                        prng.next_u64(),
+                        options.storage.crash_tear,
+                        options.segment_size,
+                    )
+                })
                 .collect()
         });
         let mut simulator = Simulator {
@@ -175,6 +186,7 @@ impl Simulator {
 
         let recovery_bugs = RecoveryBugs {
             truncate_at_first_corrupt: self.bugs.has(Bug::TruncateAtFirstCorrupt),
+            cut_log_at_every_installed_open: self.bugs.has(Bug::CutLogAtEveryInstalledOpen),
         };
         let root = Header::root(CLUSTER, GROUP);
         // A checkpoint that does not decode (a flipped byte) or restore is as good as none.
@@ -183,6 +195,7 @@ impl Simulator {
             .as_ref()
             .and_then(|(_, bytes)| Checkpoint::decode(bytes).ok())
             .filter(|c| checkpoint_restores(c, self.options.clients_max, &mut machine));
+
         let recovered = match self.segments.as_mut() {
             Some(segments) => {
                 let recovered = segments[replica as usize].open(
@@ -190,7 +203,11 @@ impl Simulator {
                     root,
                     OPS_MAX,
                     recovery_bugs,
-                    checkpoint.as_ref().map(|c| (c.op, c.op_checksum)),
+                    checkpoint.as_ref().map(|c| CheckpointStart {
+                        header: c.op_header,
+                        next_offset: machine.log_offset_end(),
+                        installed: c.installed,
+                    }),
                 );
                 for after_op in segments[replica as usize].take_cuts() {
                     self.checker.on_prepares_cut(replica, after_op);
@@ -219,7 +236,7 @@ impl Simulator {
         }
         self.incarnation += 1;
         let seed = self.options.seed ^ self.incarnation.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        let opened = Replica::open_from(
+        let mut opened = Replica::open_from(
             self.config(replica),
             machine,
             durable,
@@ -227,9 +244,13 @@ impl Simulator {
             seed,
             checkpoint.as_ref(),
         );
+        if let Some(segments) = self.segments.as_ref() {
+            opened.set_log_start(segments[replica as usize].first_op());
+        }
         if opened.commit_min() > 0 {
             self.stats.checkpoint_opens += 1;
         }
+
         opened
     }
 
@@ -299,6 +320,18 @@ impl Simulator {
         for action in actions {
             self.count_compacted_read(replica, &action);
             match action {
+                Action::InstallCheckpoint { checkpoint } => {
+                    // As a host does: the checkpoint durable first, then the replica opens
+                    // again from its disk (here a crash and a restart: what was in flight is
+                    // lost, which a restart must survive anyway). Its open cuts the log.
+                    assert!(self.segments.is_some(), "only segment logs drop prefixes");
+                    let bytes = checkpoint.encode().expect("a small state");
+                    self.checkpoints[replica as usize] = Some((checkpoint.op, bytes));
+                    self.stats.transfers += 1;
+                    self.crash(replica);
+                    self.restart(replica);
+                    return; // The old replica's other actions went with it.
+                }
                 Action::Send { to, message } => {
                     let to = match to {
                         Peer::Replica(r) => Node::Replica(r),
@@ -538,14 +571,7 @@ impl Simulator {
                         crash_p
                     };
                     if self.prng.chance(crash) {
-                        self.replicas[index] = None;
-                        self.paused[index] = false;
-                        self.disks[index].crash();
-                        if let Some(segments) = self.segments.as_mut() {
-                            segments[index].crash();
-                        }
-                        self.prepare_writes.retain(|(r, _), _| *r as usize != index);
-                        self.stats.crashes += 1;
+                        self.crash(r);
                     } else if self.paused[index] {
                         if self.prng.chance(unpause_p) {
                             self.paused[index] = false;
@@ -556,12 +582,23 @@ impl Simulator {
                     }
                     // Damage to durable records, where the atlas allows it.
                     let damage_p = self.options.storage.write_fault / 10.0;
+                    let log_cut = self
+                        .segments
+                        .as_ref()
+                        .is_some_and(|segments| segments[index].first_op() > 1);
                     if let Some((_, bytes)) = self.checkpoints[index].as_mut() {
-                        // A checkpoint is a cache of work: damage only costs a longer open.
-                        if self.prng.chance(damage_p) {
+                        // A checkpoint is a cache of work while the log holds every op:
+                        // damage only costs a longer open. A replica whose log starts later
+                        // needs it (a node keeps it in two files; one survives).
+                        if !log_cut && self.prng.chance(damage_p) {
                             let at = self.prng.below(bytes.len() as u64) as usize;
                             bytes[at] ^= 1 << self.prng.below(8);
                         }
+                    }
+                    if self.replicas[index].is_some()
+                        && self.prng.chance(self.options.prefix_cut_probability)
+                    {
+                        self.cut_prefix(r);
                     }
                     if let Some(segments) = self.segments.as_mut() {
                         if self.replicas[index].is_some() && self.prng.chance(damage_p) {
@@ -577,6 +614,47 @@ impl Simulator {
                     }
                 }
             }
+        }
+    }
+
+    /// The replica's process is gone: unsynced writes are lost or torn.
+    fn crash(&mut self, replica: u8) {
+        let index = replica as usize;
+        self.replicas[index] = None;
+        self.paused[index] = false;
+        self.disks[index].crash();
+        if let Some(segments) = self.segments.as_mut() {
+            segments[index].crash();
+        }
+        self.prepare_writes.retain(|(r, _), _| *r as usize != index);
+        self.stats.crashes += 1;
+    }
+
+    /// Fault-free retention on one replica: its log drops the whole segments at or below
+    /// both its saved checkpoint (one that restores) and its journal's base.
+    fn cut_prefix(&mut self, replica: u8) {
+        let index = replica as usize;
+        let Some(running) = self.replicas[index].as_ref() else {
+            return;
+        };
+        let mut machine = TestStateMachine::new(self.options.workload);
+        let checkpoint_op = self.checkpoints[index]
+            .as_ref()
+            .and_then(|(_, bytes)| Checkpoint::decode(bytes).ok())
+            .filter(|c| checkpoint_restores(c, self.options.clients_max, &mut machine))
+            .map_or(0, |c| c.op);
+        let keep_op = checkpoint_op.min(running.journal().base());
+        let Some(segments) = self.segments.as_mut() else {
+            return;
+        };
+        let before = segments[index].first_op();
+        let first_op = segments[index].cut_prefix(keep_op);
+        if first_op > before {
+            self.stats.prefix_cuts += 1;
+            self.replicas[index]
+                .as_mut()
+                .expect("running")
+                .set_log_start(first_op);
         }
     }
 

@@ -366,6 +366,37 @@ fn truncation_removes_the_suffix_across_segments() {
 }
 
 #[test]
+fn a_reset_log_starts_empty_at_its_new_first_op_also_after_reopen() {
+    let disk = aligned_disk(30);
+    block_on(async {
+        let (log, _) = open(&disk).await;
+        append_range(&log, 1..60).await;
+        assert!(log.segments().len() > 1);
+        // Op 80 is where a checkpoint of op 79 leaves the log: ops 60..80 were never here.
+        log.reset_to(80, meta(80).offset_first).await.unwrap();
+        assert_eq!((log.first_op(), log.op_end()), (80, 80));
+        assert_eq!(log.offset_end(), Some(meta(80).offset_first));
+        assert!(matches!(
+            log.read(59).await,
+            Err(StorageError::NotFound(59))
+        ));
+        append_range(&log, 80..90).await;
+        drop(log);
+        let (log, report) = open(&disk).await;
+        assert_eq!(report, Default::default());
+        assert_eq!((log.first_op(), log.op_end()), (80, 90));
+        assert_eq!(log.read(85).await.unwrap().meta, meta(85));
+        let names = disk.list(DIR).await.unwrap();
+        assert!(names
+            .iter()
+            .all(|name| !name.starts_with("00000000000000000001")));
+        // A reset at the op the active segment already starts at replaces that segment too.
+        log.reset_to(80, meta(80).offset_first).await.unwrap();
+        assert_eq!((log.first_op(), log.op_end()), (80, 80));
+    });
+}
+
+#[test]
 fn retention_deletes_whole_sealed_segments_oldest_first() {
     let disk = aligned_disk(11);
     block_on(async {

@@ -5,6 +5,12 @@
 //! `truncate_to`), then later segments are removed, newest first, then that segment's index and
 //! log are cut, then the mark is cleared. A crash anywhere in between leaves the mark, and
 //! recovery finishes the cut before anything else: discarded ops never come back.
+//!
+//! `reset_to`: emptying a log that must start at a later op (its replica installed a
+//! checkpoint of the op before it): every segment is removed, newest first, then an empty one
+//! is created at the new first op. A crash part way leaves a shorter prefix of the old log
+//! (recovery opens it as it is) or no segment at all; the caller's recovery compares the log
+//! with its checkpoint and resets again.
 
 use bytes::Bytes;
 
@@ -68,6 +74,58 @@ impl<D: Disk> PartitionLog<'_, D> {
         state.tail = None;
         state.faulty.retain(|f, _| *f < op_end);
         (state.next_op, state.next_offset, state.timestamp_min) = state.durable_next();
+        Ok(())
+    }
+
+    /// Removes every segment and starts the log again, empty, at `first_op` and
+    /// `first_offset`. The log must be idle (`Busy` otherwise). An error part way poisons the
+    /// log: reopen it (and reset again).
+    pub async fn reset_to(&self, first_op: u64, first_offset: u64) -> Result<(), StorageError> {
+        assert!(first_op >= 1);
+        let _exclusive = self.exclusive()?;
+        let result = self.remove_all_then_create(first_op, first_offset).await;
+        let mut state = self.state.borrow_mut();
+        if let Err(error) = result {
+            state.poisoned = true;
+            return Err(error);
+        }
+        assert_eq!(state.segments.len(), 1);
+        let segment = &state.segments[0];
+        assert!(segment.base_op == first_op && segment.is_empty());
+        state.written_end = segment.log_size;
+        state.tail = None;
+        state.faulty.clear();
+        (state.next_op, state.next_offset, state.timestamp_min) = state.durable_next();
+        assert_eq!(state.next_op, first_op);
+        Ok(())
+    }
+
+    /// Removes every segment's files, newest first, then creates the new segment. The
+    /// state keeps the old segments (their files closed) until the new one exists, so a log
+    /// poisoned part way still has segments to answer with errors.
+    async fn remove_all_then_create(
+        &self,
+        first_op: u64,
+        first_offset: u64,
+    ) -> Result<(), StorageError> {
+        let old: Vec<(u64, crate::disk::FileId, crate::disk::FileId)> = {
+            let state = self.state.borrow();
+            state
+                .segments
+                .iter()
+                .rev()
+                .map(|s| (s.base_op, s.log, s.idx))
+                .collect()
+        };
+        for (base, log, idx) in old {
+            self.disk.close(idx).await;
+            self.disk.close(log).await;
+            remove_segment_files(self.disk, &self.config.dir, base).await?;
+        }
+        let segment =
+            crate::segment::Segment::create(self.disk, &self.config.dir, first_op, first_offset)
+                .await?;
+        self.state.borrow_mut().segments = vec![segment];
         Ok(())
     }
 

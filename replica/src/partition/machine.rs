@@ -125,6 +125,10 @@ impl StateMachine for PartitionMachine {
         self.projected = self.committed.clone();
     }
 
+    fn log_offset_end(&self) -> u64 {
+        self.committed.next_offset
+    }
+
     fn snapshot(&self) -> Option<Vec<u8>> {
         self.committed.encode_snapshot().ok()
     }
