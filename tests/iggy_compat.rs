@@ -913,3 +913,173 @@ async fn consume_as_group(client: &IggyClient, stream: &Identifier, topic: &Iden
         .unwrap()
         .is_none());
 }
+
+/// The `.log` files of the partition log with the most segments under `data_dir` (the one
+/// partition this test writes to).
+fn partition_segment_files(data_dir: &Path) -> usize {
+    let mut most = 0;
+    for entry in std::fs::read_dir(data_dir).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !name.starts_with("group-") {
+            continue;
+        }
+        let logs = std::fs::read_dir(entry.path())
+            .unwrap()
+            .flatten()
+            .filter(|f| f.file_name().to_string_lossy().ends_with(".log"))
+            .count();
+        most = most.max(logs);
+    }
+    most
+}
+
+#[test]
+fn delete_segments_drops_the_oldest_segments_and_polls_start_after_them() {
+    let root = std::env::temp_dir().join(format!("galgo-iggy-segments-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let gateway = free_address();
+    let data = root.join("data");
+    let segment_size = Path::new("1048576");
+    let _dev = start_dev(
+        &data,
+        gateway,
+        &root.join("dev.log"),
+        &[("GALGO_STORAGE_SEGMENT_SIZE", segment_size)],
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        wait_listening(gateway).await;
+        let client = client(gateway).await;
+        login(&client).await;
+        client.create_stream("retained").await.unwrap();
+        let stream = Identifier::named("retained").unwrap();
+        let options = TopicCreateOptions {
+            partitions_count: Some(1),
+            ..TopicCreateOptions::default()
+        };
+        client.create_topic(&stream, "t", &options).await.unwrap();
+        let topic = Identifier::named("t").unwrap();
+        // 600 batches of 16 messages of 1000 bytes: about nine 1 MiB segments, and enough
+        // ops for a checkpoint and a compacted journal (segments go only below both).
+        const BATCHES: u64 = 600;
+        const PER_BATCH: u64 = 16;
+        for batch in 0..BATCHES {
+            let mut messages: Vec<IggyMessage> = (0..PER_BATCH)
+                .map(|i| {
+                    let mut payload = format!("{} ", batch * PER_BATCH + i).into_bytes();
+                    payload.resize(1000, b'x');
+                    IggyMessage::builder()
+                        .payload(payload.into())
+                        .build()
+                        .unwrap()
+                })
+                .collect();
+            client
+                .send_messages(
+                    &stream,
+                    &topic,
+                    &Partitioning::partition_id(0),
+                    &mut messages,
+                )
+                .await
+                .unwrap();
+        }
+        let total = BATCHES * PER_BATCH;
+        let before = partition_segment_files(&data);
+        assert!(before >= 8, "{before} segments");
+        let consumer = Consumer::new(Identifier::numeric(1).unwrap());
+        let first_offset = || async {
+            let polled = client
+                .poll_messages(
+                    &stream,
+                    &topic,
+                    Some(0),
+                    &consumer,
+                    &PollingStrategy::offset(0),
+                    1,
+                    false,
+                )
+                .await
+                .unwrap();
+            polled.messages[0].header.offset
+        };
+        assert_eq!(first_offset().await, 0);
+
+        client.delete_segments(&stream, &topic, 0, 3).await.unwrap();
+        let cut = first_offset().await;
+        assert!(cut > 0 && cut % PER_BATCH == 0, "polls start at {cut}");
+        // The files go once the checkpoint and the journal allow (a tick or two here).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while partition_segment_files(&data) != before - 3 {
+            assert!(
+                Instant::now() < deadline,
+                "{} segment files, not {}",
+                partition_segment_files(&data),
+                before - 3
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Every message from the cut on is still there, in order; by timestamp too.
+        let mut offset = cut;
+        while offset < total {
+            let polled = client
+                .poll_messages(
+                    &stream,
+                    &topic,
+                    Some(0),
+                    &consumer,
+                    &PollingStrategy::offset(offset),
+                    1000,
+                    false,
+                )
+                .await
+                .unwrap();
+            for message in &polled.messages {
+                assert_eq!(message.header.offset, offset);
+                let text = String::from_utf8_lossy(&message.payload);
+                assert!(text.starts_with(&format!("{offset} ")), "{offset}");
+                offset += 1;
+            }
+        }
+        let by_time = client
+            .poll_messages(
+                &stream,
+                &topic,
+                Some(0),
+                &consumer,
+                &PollingStrategy::timestamp(0.into()),
+                1,
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(by_time.messages[0].header.offset, cut);
+        // Asking for more than there are: every sealed segment the replicas applied goes,
+        // never the active one.
+        client
+            .delete_segments(&stream, &topic, 0, 1000)
+            .await
+            .unwrap();
+        let later = first_offset().await;
+        assert!(later > cut && later < total, "polls start at {later}");
+        let last = client
+            .poll_messages(
+                &stream,
+                &topic,
+                Some(0),
+                &consumer,
+                &PollingStrategy::last(),
+                1,
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(last.messages[0].header.offset, total - 1);
+        // A partition that does not exist.
+        assert!(client.delete_segments(&stream, &topic, 5, 1).await.is_err());
+    });
+}

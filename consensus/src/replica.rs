@@ -67,6 +67,12 @@ pub trait StateMachine {
     fn log_offset_end(&self) -> u64 {
         0
     }
+
+    /// The first log offset the applied state keeps (retention moved it): whole segments of
+    /// the log below it may be deleted. 0: everything is kept.
+    fn log_offset_start(&self) -> u64 {
+        0
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -601,8 +607,30 @@ impl<S: StateMachine> Replica<S> {
     pub fn journal(&self) -> &Journal {
         &self.journal
     }
+
+    /// On a normal primary: the lowest `commit_min` among all replicas, each as its latest
+    /// PrepareOk of this view reported it (0 for one that has not acknowledged in this
+    /// view). Ops at or below it are applied everywhere, so no replica needs them from a
+    /// peer's log to catch up (unless it loses its disk). `None` on any other replica.
+    pub fn replicas_commit_min(&self) -> Option<u64> {
+        if self.status != Status::Normal || !self.is_primary() {
+            return None;
+        }
+        let peers = self
+            .others()
+            .map(|r| self.peer_commit[usize::from(r)])
+            .min()
+            .unwrap_or(u64::MAX);
+        Some(peers.min(self.commit_min))
+    }
     pub fn state_machine(&self) -> &S {
         &self.state_machine
+    }
+
+    /// For a host wiring its own views into the machine (they must never change what `apply`
+    /// does: that is the replicated state).
+    pub fn state_machine_mut(&mut self) -> &mut S {
+        &mut self.state_machine
     }
     pub fn sessions(&self) -> &ClientSessions {
         &self.sessions

@@ -29,6 +29,8 @@ pub const OPERATION_CREATE_PERSONAL_ACCESS_TOKEN: u8 = 146;
 pub const OPERATION_DELETE_PERSONAL_ACCESS_TOKEN: u8 = 147;
 pub const OPERATION_JOIN_CONSUMER_GROUP: u8 = 148;
 pub const OPERATION_LEAVE_CONSUMER_GROUP: u8 = 149;
+/// Not result-framed (see `result_framed`): its reply is empty.
+pub const OPERATION_DELETE_SEGMENTS: u8 = 138;
 pub const OPERATION_SEND_MESSAGES: u8 = 160;
 /// Offsets are stored through the partition's quorum whatever ack level (0 or 1) is asked.
 pub const OPERATION_STORE_CONSUMER_OFFSET: u8 = 161;
@@ -36,7 +38,7 @@ pub const OPERATION_DELETE_CONSUMER_OFFSET: u8 = 162;
 
 /// Replies to these operations carry a result section before their payload.
 pub fn result_framed(operation: u8) -> bool {
-    matches!(operation, 64..=68 | 128..=149 | 161 | 162) && operation != 138
+    matches!(operation, 64..=68 | 128..=149 | 161 | 162) && operation != OPERATION_DELETE_SEGMENTS
 }
 
 /// Command codes (bytes 196..200 of a non-replicated request; implied by the operation
@@ -90,6 +92,7 @@ pub fn command_name(operation: u8, code: u32) -> &'static str {
         OPERATION_DELETE_PERSONAL_ACCESS_TOKEN => "delete_personal_access_token",
         OPERATION_JOIN_CONSUMER_GROUP => "join_consumer_group",
         OPERATION_LEAVE_CONSUMER_GROUP => "leave_consumer_group",
+        OPERATION_DELETE_SEGMENTS => "delete_segments",
         OPERATION_SEND_MESSAGES => "send_messages",
         OPERATION_STORE_CONSUMER_OFFSET => "store_consumer_offset",
         OPERATION_DELETE_CONSUMER_OFFSET => "delete_consumer_offset",

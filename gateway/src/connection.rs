@@ -25,8 +25,8 @@ use crate::codes::*;
 use crate::credentials::{now_us, password_matches};
 use crate::frame::{eviction, reply, Request};
 use crate::messages::{
-    choose_partition, parse_offset_request, parse_poll, parse_send, poll_reply, ConsumerTarget,
-    OffsetRequestKind, PollRequest, Strategy, CONSUMER_KIND_SINGLE,
+    choose_partition, parse_delete_segments, parse_offset_request, parse_poll, parse_send,
+    poll_reply, ConsumerTarget, OffsetRequestKind, PollRequest, Strategy, CONSUMER_KIND_SINGLE,
 };
 use crate::replies;
 use crate::server::Shared;
@@ -163,6 +163,7 @@ impl Connection {
                 self.write_user(request, user_id, &username)
             }
             OPERATION_SEND_MESSAGES => self.send(request, user_id, &username),
+            OPERATION_DELETE_SEGMENTS => self.delete_segments(request, user_id, &username),
             OPERATION_STORE_CONSUMER_OFFSET => self.store_offset(request, user_id, &username),
             OPERATION_DELETE_CONSUMER_OFFSET => self.delete_offset(request, user_id, &username),
             _ => Err(WireError::new(
@@ -944,6 +945,41 @@ impl Connection {
             other => Err(WireError::new(
                 ERROR_GENERIC,
                 format!("the partition answered {other:?}"),
+            )),
+        }
+    }
+
+    /// DeleteSegments: the partition's primary turns it into the cut its oldest sealed
+    /// segments allow (a replicated op; each replica then deletes those segments). Needs the
+    /// right to manage the topic.
+    fn delete_segments(
+        &mut self,
+        request: &Request,
+        user_id: u32,
+        username: &str,
+    ) -> Result<Vec<u8>, WireError> {
+        let parsed = parse_delete_segments(&request.body)?;
+        let metadata = self.data_metadata(&parsed.stream, &parsed.topic)?;
+        let user = logged_in_user(&metadata, user_id, username)?;
+        let target = topic_target(&metadata, &parsed.stream, &parsed.topic)?;
+        require(user.allows(Action::ManageTopic {
+            stream: target.stream,
+            topic: target.topic,
+        }))?;
+        let route = self.route(&target, parsed.partition)?;
+        let op = PartitionOp::DeleteSegments {
+            count: parsed.count,
+        }
+        .encode(&[]);
+        match self.call_partition(&route, op)? {
+            PartitionReply::Done => Ok(Vec::new()),
+            PartitionReply::Refused { reason } => Err(WireError::new(
+                ERROR_GENERIC,
+                format!("deleting segments: {reason}"),
+            )),
+            other => Err(WireError::new(
+                ERROR_GENERIC,
+                format!("deleting segments: the partition answered {other:?}"),
             )),
         }
     }

@@ -257,6 +257,29 @@ pub fn parse_offset_request(
     Ok(OffsetRequest { target, offset })
 }
 
+/// DeleteSegments: the topic, the partition (from 0) and how many of its oldest segments go.
+pub struct DeleteSegments {
+    pub stream: Ident,
+    pub topic: Ident,
+    pub partition: u32,
+    pub count: u32,
+}
+
+pub fn parse_delete_segments(body: &[u8]) -> Result<DeleteSegments, WireError> {
+    let mut r = WireReader::new(body);
+    let stream = r.identifier("stream")?;
+    let topic = r.identifier("topic")?;
+    let partition = r.u32("partition id")?;
+    let count = r.u32("segments count")?;
+    r.finish("delete segments")?;
+    Ok(DeleteSegments {
+        stream,
+        topic,
+        partition,
+        count,
+    })
+}
+
 /// The poll reply: the 16-byte prefix (partition, the newest offset, the message count), then
 /// the stamped batches cut to `start..start + count`.
 pub fn poll_reply(

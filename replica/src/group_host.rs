@@ -110,6 +110,11 @@ pub struct GroupHost<S: StateMachine, D: Disk + 'static> {
     /// The core installed a checkpoint from a peer and it is saved: whoever hosts the group
     /// must stop it and open it again from its files (`reopen_wanted`).
     reopen_wanted: std::cell::Cell<bool>,
+    /// `Replica::replicas_commit_min` after the last event (read by a `RetentionView` while
+    /// the replica is borrowed).
+    applied_everywhere: Rc<std::cell::Cell<Option<u64>>>,
+    /// A pass deleting segments below the partition's first offset is under way.
+    pruning: std::cell::Cell<bool>,
 }
 
 /// A group's checkpoints: the store (taken by the one save in flight) and when the next is due.
@@ -157,6 +162,8 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
             checkpointing: RefCell::new(None),
             read_ahead: RefCell::new(None),
             reopen_wanted: std::cell::Cell::new(false),
+            applied_everywhere: Rc::new(std::cell::Cell::new(None)),
+            pruning: std::cell::Cell::new(false),
         });
         if ticks == Ticks::Own {
             let ticker = Rc::downgrade(&host);
@@ -312,6 +319,64 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
         });
     }
 
+    /// The lowest op every replica has applied, as this primary last knew it (`None` on a
+    /// backup), for a `RetentionView`.
+    pub fn applied_everywhere(&self) -> Rc<std::cell::Cell<Option<u64>>> {
+        self.applied_everywhere.clone()
+    }
+
+    /// Deletes, in a task of its own, the whole segments below the machine's first offset
+    /// that the newest saved checkpoint and the journal's base allow
+    /// (`retention::prunable_segments`), then moves the replica's log start. A pass that
+    /// finds the log busy stops; the next tick tries again.
+    fn prune_segments_if_cut(self: &Rc<Self>, replica: &Replica<S>) {
+        let first_offset = replica.state_machine().log_offset_start();
+        if first_offset == 0 || self.pruning.get() || self.inbox.borrow().closed {
+            return;
+        }
+        let checkpoint_op = self
+            .checkpointing
+            .borrow()
+            .as_ref()
+            .and_then(|c| c.store.borrow().as_ref().map(|store| store.op()));
+        let Some(checkpoint_op) = checkpoint_op else {
+            return; // No checkpoints kept, or a save in flight: the ops must stay.
+        };
+        let keep_op = checkpoint_op.min(replica.journal().base());
+        let segments = self.journal.log().segments();
+        if crate::retention::prunable_segments(&segments, first_offset, keep_op) == 0 {
+            return;
+        }
+        self.pruning.set(true);
+        let (host, journal) = (Rc::downgrade(self), self.journal.clone());
+        let group = replica.group();
+        monoio::spawn(async move {
+            let mut deleted = 0;
+            for _ in 0..crate::retention::PRUNE_SEGMENTS_MAX {
+                let segments = journal.log().segments();
+                if crate::retention::prunable_segments(&segments, first_offset, keep_op) == 0 {
+                    break;
+                }
+                match journal.log().delete_oldest_segment().await {
+                    Ok(Some(_)) => deleted += 1,
+                    Ok(None) | Err(StorageError::Busy) => break,
+                    Err(error) => {
+                        eprintln!("galgo: group {group}: deleting a retained segment: {error}");
+                        break;
+                    }
+                }
+            }
+            let first_op = journal.log().first_op();
+            drop(journal);
+            if let Some(host) = host.upgrade() {
+                if deleted > 0 {
+                    host.replica.borrow_mut().set_log_start(first_op);
+                }
+                host.pruning.set(false);
+            }
+        });
+    }
+
     /// Stops the group: its task ends and handles no more events (those queued are dropped),
     /// so the core starts no new disk work. What is in flight finishes (see `io_idle`).
     pub fn stop(&self) {
@@ -378,6 +443,7 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
                         .map(|header| u64::from(header.size))
                         .sum();
                     self.save_checkpoint_if_due(&replica, committed_bytes);
+                    self.prune_segments_if_cut(&replica);
                     replica.on_tick(realtime)
                 }
                 Event::Message(message) => replica.on_message(message),
@@ -387,6 +453,7 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
             if (replica.view(), replica.status()) != before {
                 self.log_view_change(&replica, before);
             }
+            self.applied_everywhere.set(replica.replicas_commit_min());
             actions
         };
         for action in actions {

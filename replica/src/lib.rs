@@ -22,5 +22,6 @@ pub mod metadata;
 pub mod node;
 pub mod partition;
 pub mod read_ahead;
+pub mod retention;
 pub mod routing;
 pub mod view_state;

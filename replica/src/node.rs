@@ -46,9 +46,11 @@ use crate::local_port::LocalPorts;
 use crate::metadata::machine::MetadataMachine;
 use crate::metadata::{Ident, Limits, Metadata, Placement};
 use crate::partition::machine::PartitionMachine;
+use crate::partition::machine::RetentionView;
 use crate::partition::ops::{PartitionOp, APPEND_HEAD_SIZE};
 use crate::partition::PartitionState;
 use crate::read_ahead::{ReadAhead, ReadAheadBudget};
+use crate::retention::segments_cut;
 use crate::view_state::ViewStateStore;
 
 /// The metadata group's id.
@@ -661,6 +663,23 @@ impl Node {
                 match opened {
                     Ok(host) => {
                         host.read_ahead_with(node.read_ahead_budget.clone());
+                        let (journal, applied) =
+                            (Rc::downgrade(host.journal()), host.applied_everywhere());
+                        let view: RetentionView = Rc::new(move |count, first_offset| {
+                            let journal = journal
+                                .upgrade()
+                                .ok_or_else(|| "the partition is stopping".to_string())?;
+                            segments_cut(
+                                &journal.log().segments(),
+                                count,
+                                first_offset,
+                                applied.get(),
+                            )
+                        });
+                        host.replica
+                            .borrow_mut()
+                            .state_machine_mut()
+                            .set_retention_view(view);
                         node.partitions.borrow_mut().insert(group, host);
                         // Look at the placements again next tick: they may have moved on
                         // while this group opened (a group no longer placed here stops).
@@ -919,7 +938,11 @@ async fn read_committed(host: &PartitionHost, query: PollQuery) -> Polled {
     let journal = host.journal().clone();
     // Where the batches start: an offset and the op holding it, or nothing to serve.
     let (start, found) = match query.start {
-        PollStart::Offset(offset) => (offset, journal.log().find_offset(offset).await),
+        PollStart::Offset(offset) => {
+            // Below the first offset kept: from there (retention deleted the rest).
+            let offset = offset.max(first);
+            (offset, journal.log().find_offset(offset).await)
+        }
         PollStart::Last(count) => {
             let offset = end.saturating_sub(u64::from(count)).max(first);
             (offset, journal.log().find_offset(offset).await)
@@ -929,10 +952,16 @@ async fn read_committed(host: &PartitionHost, query: PollQuery) -> Polled {
             (offset, journal.log().find_offset(offset).await)
         }
         // Prepare timestamps (the time index's) are nanoseconds; batches carry microseconds.
-        PollStart::Timestamp(us) => (
-            first,
-            journal.log().find_timestamp(us.saturating_mul(1000)).await,
-        ),
+        PollStart::Timestamp(us) => {
+            let by_time = journal.log().find_timestamp(us.saturating_mul(1000)).await;
+            // Never before the first offset kept (its segment may not be deleted yet).
+            let at_first = journal.log().find_offset(first).await;
+            let found = match (by_time, at_first) {
+                (Ok(Some(by_time)), Ok(Some(at_first))) => Ok(Some(by_time.max(at_first))),
+                (by_time, _) => by_time,
+            };
+            (first, found)
+        }
     };
     let mut polled = Polled {
         end,
@@ -984,6 +1013,9 @@ async fn read_committed(host: &PartitionHost, query: PollQuery) -> Polled {
         };
         if base_offset >= end {
             break;
+        }
+        if base_offset + u64::from(count) <= first {
+            continue; // Cut by retention, its segment not deleted yet.
         }
         if let PollStart::Timestamp(us) = query.start {
             if timestamp < us {

@@ -65,6 +65,9 @@ pub struct Record {
 pub struct SegmentInfo {
     pub base_op: u64,
     pub op_end: u64,
+    /// The offsets of its messages: `offset_first..offset_end`.
+    pub offset_first: u64,
+    pub offset_end: u64,
     pub size: u64,
     /// The batch timestamp of its last record (0 when empty).
     pub timestamp_last: u64,
@@ -847,6 +850,8 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
             .map(|(i, s)| SegmentInfo {
                 base_op: s.base_op,
                 op_end: s.op_end,
+                offset_first: s.offset_first,
+                offset_end: s.offset_end(),
                 size: s.log_size + s.index_position(s.op_end),
                 timestamp_last: s.last.map_or(0, |l| l.meta.timestamp),
                 sealed: i + 1 < count,

@@ -465,6 +465,8 @@ fn retention_by_age_and_size_never_takes_the_active_segment() {
     let info = |base_op, timestamp_last, sealed| SegmentInfo {
         base_op,
         op_end: base_op + 10,
+        offset_first: base_op * 2,
+        offset_end: base_op * 2 + 20,
         size: 100,
         timestamp_last,
         sealed,

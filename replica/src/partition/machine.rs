@@ -5,6 +5,8 @@
 //! would refuse, becomes an `Answer` op carrying the reply, so every replica answers alike.
 //! `apply` applies committed ops to the committed state and returns the encoded reply.
 
+use std::rc::Rc;
+
 use bytes::{Bytes, BytesMut};
 use galgo_consensus::{Message, StateMachine};
 
@@ -17,14 +19,29 @@ pub struct PartitionMachine {
     committed: PartitionState,
     /// The primary's view: `committed` with every op it prepared since the last reset.
     projected: PartitionState,
+    /// Where a DeleteSegments of the oldest `count` segments cuts (see `RetentionView`);
+    /// without one, DeleteSegments is refused.
+    retention_view: Option<RetentionView>,
 }
+
+/// The host's answer to "where would deleting the oldest `count` sealed segments, not
+/// counting those wholly below `first_offset` (already cut), cut?", read on the primary at
+/// prepare time (the cut it decides is then replicated as an op): `Ok(Some(offset))` the
+/// first offset kept, `Ok(None)` nothing to delete, `Err` why not now.
+pub type RetentionView = Rc<dyn Fn(u32, u64) -> Result<Option<u64>, String>>;
 
 impl PartitionMachine {
     pub fn new(state: PartitionState) -> PartitionMachine {
         PartitionMachine {
             projected: state.clone(),
             committed: state,
+            retention_view: None,
         }
+    }
+
+    /// Lets this primary decide DeleteSegments from its host's segments.
+    pub fn set_retention_view(&mut self, view: RetentionView) {
+        self.retention_view = Some(view);
     }
 
     pub fn state(&self) -> &PartitionState {
@@ -113,6 +130,24 @@ impl StateMachine for PartitionMachine {
             PartitionOp::RetentionCut { .. } | PartitionOp::Answer { .. } => answer(
                 PartitionReply::refused("retention cuts and answers are decided by the primary"),
             ),
+            PartitionOp::DeleteSegments { count } => {
+                let decided = match self.retention_view.as_ref() {
+                    None => Err("this partition cannot delete segments".to_string()),
+                    Some(view) => view(count, self.projected.first_offset),
+                };
+                match decided {
+                    Ok(Some(first_offset)) if first_offset > self.projected.first_offset => {
+                        let cut = PartitionOp::RetentionCut { first_offset };
+                        match self.projected.apply(&cut, op) {
+                            Ok(()) => return cut.encode(&[]).into(),
+                            Err(error) => answer(PartitionReply::refused(format!("{error:?}"))),
+                        }
+                    }
+                    // Already cut there (or nothing sealed to delete).
+                    Ok(_) => answer(PartitionReply::Done),
+                    Err(reason) => answer(PartitionReply::refused(reason)),
+                }
+            }
             other => match self.projected.apply(&other, op) {
                 Ok(()) => return body,
                 Err(error) => answer(PartitionReply::refused(format!("{error:?}"))),
@@ -127,6 +162,10 @@ impl StateMachine for PartitionMachine {
 
     fn log_offset_end(&self) -> u64 {
         self.committed.next_offset
+    }
+
+    fn log_offset_start(&self) -> u64 {
+        self.committed.first_offset
     }
 
     fn snapshot(&self) -> Option<Vec<u8>> {
@@ -191,6 +230,73 @@ mod tests {
 
     fn reply(bytes: &[u8]) -> PartitionReply {
         PartitionReply::decode(bytes).unwrap()
+    }
+
+    #[test]
+    fn delete_segments_becomes_the_cut_the_host_allows_or_an_answer() {
+        let delete = |count| Bytes::from(PartitionOp::DeleteSegments { count }.encode(&[]));
+        let mut primary = PartitionMachine::new(PartitionState::new(16, 16));
+        primary.reset_projection();
+        for op in 1..=3u64 {
+            let prepared = primary.prepare(op, op * 1_000, 16, Bytes::from(append(5, None)));
+            primary.apply(op, op * 1_000, 16, &prepared);
+        }
+        // Without a view of the host's segments: refused.
+        let prepared = primary.prepare(4, 4_000, 16, delete(1));
+        assert!(matches!(
+            reply(&primary.apply(4, 4_000, 16, &prepared)),
+            PartitionReply::Refused { .. }
+        ));
+        let asked = Rc::new(std::cell::Cell::new((0u32, 0u64)));
+        let seen = asked.clone();
+        primary.set_retention_view(Rc::new(move |count, first_offset| {
+            seen.set((count, first_offset));
+            match count {
+                1 => Ok(Some(10)),
+                2 => Ok(None),
+                _ => Err("not now".to_string()),
+            }
+        }));
+        let prepared = primary.prepare(5, 5_000, 16, delete(1));
+        assert_eq!(asked.get(), (1, 0));
+        assert_eq!(
+            PartitionOp::decode(&prepared).unwrap().0,
+            PartitionOp::RetentionCut { first_offset: 10 }
+        );
+        assert_eq!(
+            reply(&primary.apply(5, 5_000, 16, &prepared)),
+            PartitionReply::Done
+        );
+        assert_eq!(primary.state().first_offset, 10);
+        assert_eq!(primary.log_offset_start(), 10);
+        // The same cut again (or nothing to delete): done, nothing prepared to change.
+        for (op, count) in [(6u64, 1u32), (7, 2)] {
+            let prepared = primary.prepare(op, op * 1_000, 16, delete(count));
+            assert!(matches!(
+                PartitionOp::decode(&prepared).unwrap().0,
+                PartitionOp::Answer { .. }
+            ));
+            assert_eq!(
+                reply(&primary.apply(op, 0, 16, &prepared)),
+                PartitionReply::Done
+            );
+        }
+        assert_eq!(
+            asked.get(),
+            (2, 10),
+            "the view is told the first offset kept"
+        );
+        let prepared = primary.prepare(8, 8_000, 16, delete(3));
+        assert!(matches!(
+            reply(&primary.apply(8, 8_000, 16, &prepared)),
+            PartitionReply::Refused { .. }
+        ));
+        // A DeleteSegments committed as it is (only a primary bug could) changes nothing.
+        assert!(matches!(
+            reply(&primary.apply(9, 9_000, 16, &delete(1))),
+            PartitionReply::Refused { .. }
+        ));
+        assert_eq!(primary.state().first_offset, 10);
     }
 
     #[test]

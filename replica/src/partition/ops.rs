@@ -51,6 +51,12 @@ pub enum PartitionOp {
     Answer {
         reply: Vec<u8>,
     },
+    /// A client's request to delete the `count` oldest sealed segments (Iggy's
+    /// DeleteSegments). Never applied: the primary turns it into the `RetentionCut` its
+    /// segments allow, or an `Answer`.
+    DeleteSegments {
+        count: u32,
+    },
 }
 
 /// Longest encoded reply an `Answer` carries.
@@ -136,6 +142,11 @@ impl PartitionOp {
                 w.u8(5);
                 w.long_bytes(reply);
             }
+            PartitionOp::DeleteSegments { count } => {
+                assert!(batch.is_empty());
+                w.u8(6);
+                w.u32(*count);
+            }
         }
         w.bytes
     }
@@ -194,6 +205,13 @@ impl PartitionOp {
             5 => {
                 let op = PartitionOp::Answer {
                     reply: r.long_bytes("answer", ANSWER_LEN_MAX)?,
+                };
+                r.finish()?;
+                Ok((op, &[]))
+            }
+            6 => {
+                let op = PartitionOp::DeleteSegments {
+                    count: r.u32("segments count")?,
                 };
                 r.finish()?;
                 Ok((op, &[]))
@@ -259,6 +277,7 @@ mod tests {
                 &[][..],
             ),
             (PartitionOp::RetentionCut { first_offset: 4 }, &[][..]),
+            (PartitionOp::DeleteSegments { count: 3 }, &[][..]),
             (
                 PartitionOp::Answer {
                     reply: b"an encoded reply".to_vec(),
