@@ -684,6 +684,127 @@ fn a_node_that_lost_its_disk_repairs_everything_without_stopping_the_cluster() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
+/// The segment files (`.log`) of partition group `group` on node `id`.
+fn segment_files(cluster: &Cluster, id: u8, group: u64) -> usize {
+    std::fs::read_dir(cluster.data_dir(id).join(format!("group-{group}")))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_node_that_lost_its_disk_after_segments_were_deleted_catches_up_by_state_transfer() {
+    let root = std::env::temp_dir().join(format!("galgo-transfer-{}", std::process::id()));
+    let mut cluster = Cluster::started(&root);
+    let mut client = RoutingClient::new(u128::from(CLUSTER), 0x57A7, cluster.clients.clone());
+    let route = create_topic(&mut client, "logs", "app", 1, 3)[0].clone();
+    // 800 messages of 30 KB: six 4 MiB segments, a checkpoint and compacted journals.
+    let mut acked = Vec::new();
+    let payload_of = |sequence: u64| {
+        let mut payload = format!("line {sequence} ").into_bytes();
+        payload.resize(30_000, b'.');
+        payload
+    };
+    for sequence in 0..800 {
+        let payload = payload_of(sequence);
+        acked.push((produce(&mut client, &route, sequence, &payload), payload));
+    }
+    let before: Vec<usize> = (0..3)
+        .map(|id| segment_files(&cluster, id, route.group))
+        .collect();
+    assert!(before.iter().all(|files| *files >= 5), "{before:?}");
+    let delete = PartitionOp::DeleteSegments { count: 3 }.encode(&[]);
+    let reply = client.call_route(&route, delete).expect("an answer");
+    assert_eq!(
+        PartitionReply::decode(&reply.body).unwrap(),
+        PartitionReply::Done
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (0..3).any(|id| segment_files(&cluster, id, route.group) + 3 > before[id as usize]) {
+        assert!(Instant::now() < deadline, "the segments were not deleted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A backup loses its disk: no peer holds the ops before their first segment any more.
+    let primary = route
+        .members
+        .iter()
+        .copied()
+        .find(|node| {
+            client
+                .group_status(*node, route.group)
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.primary && s.normal)
+        })
+        .expect("a primary");
+    let wiped = *route.members.iter().find(|m| **m != primary).unwrap();
+    cluster.kill(wiped);
+    std::fs::remove_dir_all(cluster.data_dir(wiped)).unwrap();
+    cluster.start(wiped);
+    let restarted = Instant::now();
+    for sequence in 800..850 {
+        let payload = payload_of(sequence);
+        acked.push((produce(&mut client, &route, sequence, &payload), payload));
+    }
+    let target = primary_commit(&mut client, &route);
+    let caught_up = loop {
+        let status = client.group_status(wiped, route.group).ok().flatten();
+        if status.is_some_and(|s| s.durable_through >= target && s.normal) {
+            break restarted.elapsed();
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(60),
+            "node {wiped} never caught up: {status:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = std::fs::read_to_string(root.join(format!("node-{wiped}.log"))).unwrap();
+    assert!(
+        log.contains("installed a checkpoint"),
+        "node {wiped} caught up without a state transfer"
+    );
+    eprintln!(
+        "node {wiped} lost its disk: caught up to op {target} by state transfer in {caught_up:?}"
+    );
+    // It takes part in what follows.
+    for sequence in 850..870 {
+        let payload = payload_of(sequence);
+        acked.push((produce(&mut client, &route, sequence, &payload), payload));
+    }
+    let target = primary_commit(&mut client, &route);
+    while client
+        .group_status(wiped, route.group)
+        .ok()
+        .flatten()
+        .is_none_or(|s| s.durable_through < target)
+    {
+        assert!(restarted.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for id in 0..3 {
+        cluster.kill(id);
+    }
+    // Every node holds a suffix of the acknowledged messages, in order, to the last one: the
+    // others from the first segment they kept, the wiped one from after the checkpoint it
+    // installed (the messages before are not copied yet: docs/replica.md, step 3).
+    for id in 0..3u8 {
+        let messages = read_partition(&cluster.data_dir(id), route.group);
+        let first = messages.first().expect("messages").0 as usize;
+        assert!(first > 0, "node {id} still holds offset 0");
+        assert_eq!(&messages[..], &acked[first..], "node {id}");
+        if id == wiped {
+            assert!(first >= 800, "node {id} holds messages from {first}");
+        } else {
+            assert!(first < 800, "node {id} holds messages from {first}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
 /// Three `galgo replica` processes under `root`, with the root user.
 fn three_nodes_with_root(root: &Path) -> Cluster {
     let cluster = Cluster::started(root);
