@@ -785,6 +785,24 @@ fn a_node_that_lost_its_disk_after_segments_were_deleted_catches_up_by_state_tra
         assert!(restarted.elapsed() < Duration::from_secs(60));
         std::thread::sleep(Duration::from_millis(20));
     }
+    // A poll that reaches the wiped node first for messages it does not hold is declined
+    // there and served by another: the route below lists it first and its view's primary
+    // second.
+    let view = client.last_view(route.group).expect("a view");
+    let declining = PartitionRoute {
+        members: vec![wiped, primary],
+        placement_offset: ((2 - view % 2) % 2) as u8,
+        ..route.clone()
+    };
+    let query = PollQuery {
+        start: PollStart::Offset(0),
+        batches_max: 1,
+        bytes_max: 1 << 20,
+    };
+    let Polled { batches, .. } = client.poll(&declining, query).expect("a poll answer");
+    let cut = batches.first().expect("a batch").base_offset;
+    assert!(cut > 0 && cut < 800, "served from the cut, {cut}");
+    assert_eq!(&batches[0].bytes[..], &acked[cut as usize].1[..]);
     for id in 0..3 {
         cluster.kill(id);
     }

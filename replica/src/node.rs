@@ -406,7 +406,9 @@ impl Node {
         let (cluster, clients) = (self.cluster, self.clients.clone());
         monoio::spawn(async move {
             let reply = match (host, query) {
-                (Some(host), Ok(query)) => Some(read_committed(&host, query).await),
+                // `None` also for offsets this replica's log does not hold (it installed a
+                // checkpoint past them): the client asks another replica.
+                (Some(host), Ok(query)) => read_committed(&host, query).await,
                 _ => None,
             };
             let mut header = Header::new(Command::Reply, cluster, group);
@@ -920,7 +922,9 @@ async fn bind_with_patience<T>(
 }
 
 /// The committed batches from `query.offset`, within its bounds, and the committed end.
-async fn read_committed(host: &PartitionHost, query: PollQuery) -> Polled {
+/// `None` when the batches asked for are kept by the partition but not by this replica's log
+/// (it installed a checkpoint from a peer past them, docs/replica.md: state transfer).
+async fn read_committed(host: &PartitionHost, query: PollQuery) -> Option<Polled> {
     let (end, first, commit_min, stored) = {
         let replica = host.replica.borrow();
         let state = replica.state_machine().state();
@@ -970,10 +974,18 @@ async fn read_committed(host: &PartitionHost, query: PollQuery) -> Polled {
         batches: Vec::new(),
     };
     if start >= end {
-        return polled;
+        return Some(polled);
+    }
+    let held_from = journal
+        .log()
+        .segments()
+        .first()
+        .map_or(0, |s| s.offset_first);
+    if start < held_from {
+        return None;
     }
     let Ok(Some(mut op)) = found else {
-        return polled;
+        return Some(polled);
     };
     let mut timestamp_start = None;
     let read_ahead = host.read_ahead();
@@ -1048,7 +1060,7 @@ async fn read_committed(host: &PartitionHost, query: PollQuery) -> Polled {
     if let Some(start) = timestamp_start {
         polled.start = start;
     }
-    polled
+    Some(polled)
 }
 
 /// The prepare of committed `op`: the one read ahead if the partition holds it, else read now.
