@@ -934,7 +934,7 @@ fn partition_segment_files(data_dir: &Path) -> usize {
 }
 
 #[test]
-fn delete_segments_drops_the_oldest_segments_and_polls_start_after_them() {
+fn delete_segments_drops_the_oldest_segments_and_purge_every_message() {
     let root = std::env::temp_dir().join(format!("galgo-iggy-segments-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();
@@ -1008,10 +1008,32 @@ fn delete_segments_drops_the_oldest_segments_and_polls_start_after_them() {
             polled.messages[0].header.offset
         };
         assert_eq!(first_offset().await, 0);
+        // A consumer whose stored offset the cut passes.
+        let behind = Consumer::new(Identifier::numeric(2).unwrap());
+        client
+            .store_consumer_offset(&behind, &stream, &topic, Some(0), 5)
+            .await
+            .unwrap();
 
         client.delete_segments(&stream, &topic, 0, 3).await.unwrap();
         let cut = first_offset().await;
         assert!(cut > 0 && cut % PER_BATCH == 0, "polls start at {cut}");
+        let next = client
+            .poll_messages(
+                &stream,
+                &topic,
+                Some(0),
+                &behind,
+                &PollingStrategy::next(),
+                1,
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            next.messages[0].header.offset, cut,
+            "next goes on from the cut"
+        );
         // The files go once the checkpoint and the journal allow (a tick or two here).
         let deadline = Instant::now() + Duration::from_secs(20);
         while partition_segment_files(&data) != before - 3 {
@@ -1081,5 +1103,43 @@ fn delete_segments_drops_the_oldest_segments_and_polls_start_after_them() {
         assert_eq!(last.messages[0].header.offset, total - 1);
         // A partition that does not exist.
         assert!(client.delete_segments(&stream, &topic, 5, 1).await.is_err());
+
+        // PurgeTopic: no message is kept; offsets go on after the last one.
+        client.purge_topic(&stream, &topic).await.unwrap();
+        let poll_from = |strategy: PollingStrategy| {
+            let (client, stream, topic, consumer) = (&client, &stream, &topic, &consumer);
+            async move {
+                client
+                    .poll_messages(stream, topic, Some(0), consumer, &strategy, 10, false)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert!(poll_from(PollingStrategy::offset(0))
+            .await
+            .messages
+            .is_empty());
+        assert!(poll_from(PollingStrategy::first())
+            .await
+            .messages
+            .is_empty());
+        let mut after = vec![IggyMessage::from_str("after the purge").unwrap()];
+        client
+            .send_messages(&stream, &topic, &Partitioning::partition_id(0), &mut after)
+            .await
+            .unwrap();
+        let polled = poll_from(PollingStrategy::offset(0)).await;
+        assert_eq!(polled.messages.len(), 1);
+        assert_eq!(polled.messages[0].header.offset, total);
+        // PurgeStream: every topic of the stream.
+        client.purge_stream(&stream).await.unwrap();
+        assert!(poll_from(PollingStrategy::first())
+            .await
+            .messages
+            .is_empty());
+        assert!(client
+            .purge_topic(&stream, &Identifier::named("none").unwrap())
+            .await
+            .is_err());
     });
 }

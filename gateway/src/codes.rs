@@ -31,6 +31,8 @@ pub const OPERATION_JOIN_CONSUMER_GROUP: u8 = 148;
 pub const OPERATION_LEAVE_CONSUMER_GROUP: u8 = 149;
 /// Not result-framed (see `result_framed`): its reply is empty.
 pub const OPERATION_DELETE_SEGMENTS: u8 = 138;
+pub const OPERATION_PURGE_STREAM: u8 = 131;
+pub const OPERATION_PURGE_TOPIC: u8 = 135;
 pub const OPERATION_SEND_MESSAGES: u8 = 160;
 /// Offsets are stored through the partition's quorum whatever ack level (0 or 1) is asked.
 pub const OPERATION_STORE_CONSUMER_OFFSET: u8 = 161;
@@ -93,6 +95,8 @@ pub fn command_name(operation: u8, code: u32) -> &'static str {
         OPERATION_JOIN_CONSUMER_GROUP => "join_consumer_group",
         OPERATION_LEAVE_CONSUMER_GROUP => "leave_consumer_group",
         OPERATION_DELETE_SEGMENTS => "delete_segments",
+        OPERATION_PURGE_STREAM => "purge_stream",
+        OPERATION_PURGE_TOPIC => "purge_topic",
         OPERATION_SEND_MESSAGES => "send_messages",
         OPERATION_STORE_CONSUMER_OFFSET => "store_consumer_offset",
         OPERATION_DELETE_CONSUMER_OFFSET => "delete_consumer_offset",

@@ -164,6 +164,9 @@ impl Connection {
             }
             OPERATION_SEND_MESSAGES => self.send(request, user_id, &username),
             OPERATION_DELETE_SEGMENTS => self.delete_segments(request, user_id, &username),
+            OPERATION_PURGE_STREAM | OPERATION_PURGE_TOPIC => {
+                self.purge(request, user_id, &username)
+            }
             OPERATION_STORE_CONSUMER_OFFSET => self.store_offset(request, user_id, &username),
             OPERATION_DELETE_CONSUMER_OFFSET => self.delete_offset(request, user_id, &username),
             _ => Err(WireError::new(
@@ -982,6 +985,59 @@ impl Connection {
                 format!("deleting segments: the partition answered {other:?}"),
             )),
         }
+    }
+
+    /// PurgeStream and PurgeTopic (result-framed): every partition of the topic, or of
+    /// every topic of the stream, cut at its end (`PartitionOp::Purge`): no message is kept,
+    /// offsets go on from there. Needs the right to manage the stream or the topic. A
+    /// partition that fails stops the purge there (those before it are purged).
+    fn purge(
+        &mut self,
+        request: &Request,
+        user_id: u32,
+        username: &str,
+    ) -> Result<Vec<u8>, WireError> {
+        let mut r = WireReader::new(&request.body);
+        let stream = r.identifier("stream")?;
+        let topic = if request.operation == OPERATION_PURGE_TOPIC {
+            Some(r.identifier("topic")?)
+        } else {
+            None
+        };
+        r.finish("purge")?;
+        let metadata = self.metadata()?;
+        let user = logged_in_user(&metadata, user_id, username)?;
+        let found = stream_of(&metadata, &stream)?;
+        let topics: Vec<Ident> = match &topic {
+            Some(topic) => {
+                let target = topic_target(&metadata, &stream, topic)?;
+                require(user.allows(Action::ManageTopic {
+                    stream: target.stream,
+                    topic: target.topic,
+                }))?;
+                vec![Ident::Id(target.topic)]
+            }
+            None => {
+                require(user.allows(Action::ManageStream { stream: found.id }))?;
+                found.topics.keys().map(|id| Ident::Id(*id)).collect()
+            }
+        };
+        for topic in topics {
+            let target = topic_target(&metadata, &stream, &topic)?;
+            for partition in 0..target.partitions {
+                let route = self.route(&target, partition)?;
+                match self.call_partition(&route, PartitionOp::Purge.encode(&[]))? {
+                    PartitionReply::Done => {}
+                    other => {
+                        return Err(WireError::new(
+                            ERROR_GENERIC,
+                            format!("purging partition {partition} of topic {topic}: {other:?}"),
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(result_ok(&[]))
     }
 
     /// A partition op through its group; its reply.

@@ -952,7 +952,9 @@ async fn read_committed(host: &PartitionHost, query: PollQuery) -> Option<Polled
             (offset, journal.log().find_offset(offset).await)
         }
         PollStart::Next(_) => {
-            let offset = stored.map_or(first, |stored| stored.saturating_add(1));
+            let offset = stored
+                .map_or(first, |stored| stored.saturating_add(1))
+                .max(first);
             (offset, journal.log().find_offset(offset).await)
         }
         // Prepare timestamps (the time index's) are nanoseconds; batches carry microseconds.

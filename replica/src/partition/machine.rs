@@ -130,6 +130,18 @@ impl StateMachine for PartitionMachine {
             PartitionOp::RetentionCut { .. } | PartitionOp::Answer { .. } => answer(
                 PartitionReply::refused("retention cuts and answers are decided by the primary"),
             ),
+            PartitionOp::Purge => {
+                let first_offset = self.projected.next_offset;
+                if first_offset == self.projected.first_offset {
+                    answer(PartitionReply::Done) // Nothing kept to remove.
+                } else {
+                    let cut = PartitionOp::RetentionCut { first_offset };
+                    self.projected
+                        .apply(&cut, op)
+                        .expect("a cut at the end is in range");
+                    return cut.encode(&[]).into();
+                }
+            }
             PartitionOp::DeleteSegments { count } => {
                 let decided = match self.retention_view.as_ref() {
                     None => Err("this partition cannot delete segments".to_string()),
@@ -233,7 +245,7 @@ mod tests {
     }
 
     #[test]
-    fn delete_segments_becomes_the_cut_the_host_allows_or_an_answer() {
+    fn delete_segments_and_purge_become_the_cut_the_primary_decides_or_an_answer() {
         let delete = |count| Bytes::from(PartitionOp::DeleteSegments { count }.encode(&[]));
         let mut primary = PartitionMachine::new(PartitionState::new(16, 16));
         primary.reset_projection();
@@ -291,12 +303,39 @@ mod tests {
             reply(&primary.apply(8, 8_000, 16, &prepared)),
             PartitionReply::Refused { .. }
         ));
+        // A purge cuts at the end: nothing is kept, offsets go on from there.
+        let purge = Bytes::from(PartitionOp::Purge.encode(&[]));
+        let prepared = primary.prepare(10, 10_000, 16, purge.clone());
+        assert_eq!(
+            PartitionOp::decode(&prepared).unwrap().0,
+            PartitionOp::RetentionCut { first_offset: 15 }
+        );
+        assert_eq!(
+            reply(&primary.apply(10, 0, 16, &prepared)),
+            PartitionReply::Done
+        );
+        assert_eq!(primary.state().first_offset, 15);
+        let prepared = primary.prepare(11, 11_000, 16, purge);
+        assert!(matches!(
+            PartitionOp::decode(&prepared).unwrap().0,
+            PartitionOp::Answer { .. }
+        ));
+        primary.apply(11, 0, 16, &prepared);
+        let prepared = primary.prepare(12, 12_000, 16, Bytes::from(append(1, None)));
+        assert!(matches!(
+            PartitionOp::decode(&prepared).unwrap().0,
+            PartitionOp::Append {
+                base_offset: 15,
+                ..
+            }
+        ));
+        primary.apply(12, 0, 16, &prepared);
         // A DeleteSegments committed as it is (only a primary bug could) changes nothing.
         assert!(matches!(
-            reply(&primary.apply(9, 9_000, 16, &delete(1))),
+            reply(&primary.apply(13, 13_000, 16, &delete(1))),
             PartitionReply::Refused { .. }
         ));
-        assert_eq!(primary.state().first_offset, 10);
+        assert_eq!(primary.state().first_offset, 15);
     }
 
     #[test]

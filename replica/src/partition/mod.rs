@@ -19,7 +19,7 @@ pub use producers::{ProducerCheck, ProducerTable};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PartitionError {
-    /// A request the primary decides (DeleteSegments) committed as it was.
+    /// A request the primary decides (DeleteSegments, Purge) committed as it was.
     Undecided,
     /// An append's stamps do not continue the log (a primary bug or a corrupt prepare).
     Discontinuous {
@@ -245,7 +245,9 @@ impl PartitionState {
             // Decided on the primary; changes nothing.
             PartitionOp::Answer { .. } => Ok(()),
             // Turned into a cut or an answer by the primary; only a primary bug commits it.
-            PartitionOp::DeleteSegments { .. } => Err(PartitionError::Undecided),
+            PartitionOp::DeleteSegments { .. } | PartitionOp::Purge => {
+                Err(PartitionError::Undecided)
+            }
         }
     }
 }

@@ -57,6 +57,10 @@ pub enum PartitionOp {
     DeleteSegments {
         count: u32,
     },
+    /// A client's request to remove every message (Iggy's PurgeTopic and PurgeStream).
+    /// Never applied: the primary turns it into the `RetentionCut` at the partition's end
+    /// (offsets go on from there), or an answer.
+    Purge,
 }
 
 /// Longest encoded reply an `Answer` carries.
@@ -147,6 +151,10 @@ impl PartitionOp {
                 w.u8(6);
                 w.u32(*count);
             }
+            PartitionOp::Purge => {
+                assert!(batch.is_empty());
+                w.u8(7);
+            }
         }
         w.bytes
     }
@@ -216,6 +224,10 @@ impl PartitionOp {
                 r.finish()?;
                 Ok((op, &[]))
             }
+            7 => {
+                r.finish()?;
+                Ok((PartitionOp::Purge, &[]))
+            }
             tag => Err(DecodeError::UnknownTag {
                 field: "partition operation kind",
                 tag,
@@ -278,6 +290,7 @@ mod tests {
             ),
             (PartitionOp::RetentionCut { first_offset: 4 }, &[][..]),
             (PartitionOp::DeleteSegments { count: 3 }, &[][..]),
+            (PartitionOp::Purge, &[][..]),
             (
                 PartitionOp::Answer {
                     reply: b"an encoded reply".to_vec(),
