@@ -346,7 +346,10 @@ pub struct Replica<S: StateMachine> {
     log_start: u64,
     /// A checkpoint being received, and the one being served to a peer.
     transfer: Option<state_transfer::Transfer>,
-    served: Option<state_transfer::Served>,
+    /// Per peer: the encoding its transfer is served from.
+    served: BTreeMap<u8, state_transfer::Served>,
+    /// Each peer's log start as its latest `LogStart` reported it (0: none yet).
+    peer_log_start: [u64; REPLICAS_MAX as usize],
     /// A received checkpoint is being installed: the replica is done.
     installing: bool,
 }
@@ -477,7 +480,8 @@ impl<S: StateMachine> Replica<S> {
             committed: Vec::new(),
             log_start: 1,
             transfer: None,
-            served: None,
+            served: BTreeMap::new(),
+            peer_log_start: [0; REPLICAS_MAX as usize],
             installing: false,
             config,
         };

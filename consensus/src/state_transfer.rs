@@ -14,11 +14,15 @@
 //!   (`Action::InstallCheckpoint`) and stops acting: the host saves the checkpoint durably,
 //!   cuts the log where it does not hold the checkpoint's op, and opens the replica again
 //!   from its disk, which starts it at that op.
-//! * A transfer that makes no progress for a whole repair round is dropped; the next
-//!   `LogStart` starts another one (from any peer).
-//! * Ops below `commit_min` that this replica lost and that every peer that answered has
-//!   dropped (`LogStart` at or below `commit_min + 1`) are given up (`Journal::give_up_to`),
-//!   so the journal can still compact past them.
+//! * A peer keeps one encoding per receiver (two receivers do not restart each other), and
+//!   drops it once it went unused for a repair round (a lost last chunk can still be asked
+//!   for again).
+//! * A transfer with no chunk for a repair round asks for its next chunk again; after
+//!   `TRANSFER_STALLS_MAX` such rounds it is dropped, and the next `LogStart` starts another
+//!   one (from any peer).
+//! * Ops below `commit_min` that this replica lost and that every other replica has dropped
+//!   (each reported a log start above them) are given up (`Journal::give_up_to`), so the
+//!   journal can still compact past them.
 
 use bytes::Bytes;
 
@@ -30,6 +34,8 @@ use crate::sessions::ClientSessions;
 
 /// The largest checkpoint chunk one message carries.
 pub const CHECKPOINT_CHUNK_MAX: usize = BODY_SIZE_MAX;
+/// Repair rounds without a chunk before a transfer is dropped (each asks again).
+const TRANSFER_STALLS_MAX: u8 = 3;
 
 /// A checkpoint being received from one peer.
 #[derive(Debug)]
@@ -43,14 +49,18 @@ pub(super) struct Transfer {
     bytes: Vec<u8>,
     /// A chunk arrived since the last repair timeout.
     progressed: bool,
+    /// Repair rounds in a row without a chunk.
+    stalls: u8,
 }
 
-/// The encoding a peer serves chunks from, built once per transfer.
+/// The encoding a peer serves one receiver's chunks from, built once per transfer.
 #[derive(Debug)]
 pub(super) struct Served {
     op: u64,
     op_checksum: u128,
     bytes: Bytes,
+    /// A chunk was asked for since the last repair timeout.
+    used: bool,
 }
 
 impl<S: StateMachine> Replica<S> {
@@ -92,10 +102,16 @@ impl<S: StateMachine> Replica<S> {
         }
         let peer_start = header.op;
         let peer_commit = header.commit;
+        self.peer_log_start[usize::from(header.replica)] = peer_start;
         if self.commit_min + 1 >= peer_start {
-            // We do not need what the peer dropped to go on; whatever below it we still
-            // lack (a damaged record) it can no longer give.
-            self.give_up_below(peer_start.min(self.commit_min + 1));
+            // We do not need what the peer dropped to go on. Whatever below it we still lack
+            // (a damaged record) is given up once no other replica holds it either.
+            let others_start = self
+                .others()
+                .map(|r| self.peer_log_start[usize::from(r)])
+                .min()
+                .unwrap_or(0);
+            self.give_up_below(others_start.min(self.commit_min + 1));
             return;
         }
         if peer_commit <= self.commit_min || self.transfer.is_some() {
@@ -108,6 +124,7 @@ impl<S: StateMachine> Replica<S> {
             size: 0,
             bytes: Vec::new(),
             progressed: true,
+            stalls: 0,
         });
         self.send_request_checkpoint(header.replica, 0, 0);
     }
@@ -119,44 +136,49 @@ impl<S: StateMachine> Replica<S> {
         self.send_replica(to, Message::new(header, Vec::new()));
     }
 
-    /// Serves one chunk of our checkpoint: from the encoding of this transfer, or of our
-    /// state now when a transfer starts (offset 0).
+    /// Serves one chunk of our checkpoint: from the encoding of this receiver's transfer, or
+    /// of our state now when it starts one (offset 0).
     pub(super) fn on_request_checkpoint(&mut self, header: &crate::header::Header) {
-        if header.replica == self.config.replica {
+        let to = header.replica;
+        if to == self.config.replica {
             return;
         }
         let offset = header.commit;
         if offset == 0 {
-            self.served = None;
+            self.served.remove(&to);
             let Some(checkpoint) = self.checkpoint() else {
                 return;
             };
             let Ok(bytes) = checkpoint.encode() else {
                 return; // Larger than any checkpoint may be: nothing to offer.
             };
-            self.served = Some(Served {
-                op: checkpoint.op,
-                op_checksum: checkpoint.op_checksum,
-                bytes: Bytes::from(bytes),
-            });
+            self.served.insert(
+                to,
+                Served {
+                    op: checkpoint.op,
+                    op_checksum: checkpoint.op_checksum,
+                    bytes: Bytes::from(bytes),
+                    used: true,
+                },
+            );
         }
-        let Some(served) = self.served.as_ref() else {
+        let Some(served) = self.served.get_mut(&to) else {
             return;
         };
         if (header.op != 0 && header.op != served.op) || offset >= served.bytes.len() as u64 {
             return; // Another encoding than the one served now: the receiver starts again.
         }
-        let end = (offset as usize + CHECKPOINT_CHUNK_MAX).min(served.bytes.len());
+        served.used = true;
+        let size = served.bytes.len();
+        let end = (offset as usize + CHECKPOINT_CHUNK_MAX).min(size);
         let chunk = served.bytes.slice(offset as usize..end);
+        let (op, op_checksum) = (served.op, served.op_checksum);
         let mut reply = self.header(Command::Checkpoint);
-        reply.op = served.op;
-        reply.parent = served.op_checksum;
+        reply.op = op;
+        reply.parent = op_checksum;
         reply.commit = offset;
-        reply.context = served.bytes.len() as u128;
-        if end == served.bytes.len() {
-            self.served = None;
-        }
-        self.send_replica(header.replica, Message::new(reply, chunk));
+        reply.context = size as u128;
+        self.send_replica(to, Message::new(reply, chunk));
     }
 
     pub(super) fn on_checkpoint_chunk(&mut self, message: Message) {
@@ -206,21 +228,39 @@ impl<S: StateMachine> Replica<S> {
         {
             return;
         }
+        // The machine must take it (the open would drop it otherwise, and ask again). A
+        // restore that fails leaves the state as it was; one that succeeds is moot, since
+        // the replica is done and opens again from disk.
+        if !self.state_machine.restore(&checkpoint.machine) {
+            return;
+        }
         assert!(checkpoint.op > self.commit_min);
         checkpoint.installed = true;
         self.installing = true;
         self.actions.push(Action::InstallCheckpoint { checkpoint });
     }
 
-    /// At each repair timeout: a transfer with no chunk since the last one is dropped.
+    /// At each repair timeout: a transfer with no chunk since the last one asks for its next
+    /// chunk again, and is dropped after `TRANSFER_STALLS_MAX` such rounds; encodings served
+    /// to a peer that asked for nothing since the last one are dropped.
     pub(super) fn check_transfer_progress(&mut self) {
-        if let Some(transfer) = self.transfer.as_mut() {
-            if transfer.progressed {
-                transfer.progressed = false;
-            } else {
-                self.transfer = None;
-            }
+        self.served
+            .retain(|_, served| std::mem::take(&mut served.used));
+        let Some(transfer) = self.transfer.as_mut() else {
+            return;
+        };
+        if transfer.progressed {
+            transfer.progressed = false;
+            transfer.stalls = 0;
+            return;
         }
+        transfer.stalls += 1;
+        if transfer.stalls > TRANSFER_STALLS_MAX {
+            self.transfer = None;
+            return;
+        }
+        let (from, op, offset) = (transfer.from, transfer.op, transfer.bytes.len() as u64);
+        self.send_request_checkpoint(from, op, offset);
     }
 
     /// Moves the journal's base up to `op - 1` over ops below our commit that we do not hold

@@ -24,6 +24,8 @@ pub struct CheckpointStore {
     dir: String,
     /// The newest intact checkpoint file (the next write goes to the other one).
     current: Option<SnapshotRef>,
+    /// The op of the checkpoint in the other file, if this store wrote it (0: not known).
+    previous_op: u64,
 }
 
 impl CheckpointStore {
@@ -44,7 +46,14 @@ impl CheckpointStore {
                 _ => (Some(reference), None),
             },
         };
-        Ok((CheckpointStore { dir, current }, checkpoint))
+        Ok((
+            CheckpointStore {
+                dir,
+                current,
+                previous_op: 0,
+            },
+            checkpoint,
+        ))
     }
 
     /// The op of the newest checkpoint saved (0: none).
@@ -52,20 +61,54 @@ impl CheckpointStore {
         self.current.map_or(0, |current| current.op)
     }
 
+    /// The op both files' checkpoints cover: either one alone can open the group from it (0
+    /// until this store wrote both). A log may drop its ops at or below it.
+    pub fn op_both_cover(&self) -> u64 {
+        self.previous_op.min(self.op())
+    }
+
     /// Makes `checkpoint` durable as the newest one; the previous one stays intact until it
-    /// is. An error leaves the previous one the newest.
+    /// is. An error leaves the previous one the newest. One not newer than the newest is
+    /// refused (`Invalid`).
     pub async fn save<D: Disk>(
         &mut self,
         disk: &D,
         checkpoint: &Checkpoint,
     ) -> Result<(), StorageError> {
-        assert!(checkpoint.op > self.op(), "checkpoints move forward");
+        if checkpoint.op <= self.op() {
+            return Err(StorageError::Invalid(format!(
+                "a checkpoint of op {} is not newer than the saved one of op {}",
+                checkpoint.op,
+                self.op()
+            )));
+        }
         let bytes = checkpoint
             .encode()
             .map_err(|error| StorageError::Invalid(format!("checkpoint: {error}")))?;
         let reference =
             write_snapshot(disk, &self.dir, self.current, checkpoint.op, &bytes).await?;
         assert_eq!(reference.op, checkpoint.op);
+        self.previous_op = self.op();
+        self.current = Some(reference);
+        Ok(())
+    }
+
+    /// `save`, then the same checkpoint into the other file too: for one installed from a
+    /// peer, after which the log starts past every older checkpoint, so that either file
+    /// still opens the group if the other is damaged.
+    pub async fn save_in_both<D: Disk>(
+        &mut self,
+        disk: &D,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StorageError> {
+        self.save(disk, checkpoint).await?;
+        let bytes = checkpoint
+            .encode()
+            .map_err(|error| StorageError::Invalid(format!("checkpoint: {error}")))?;
+        let reference =
+            write_snapshot(disk, &self.dir, self.current, checkpoint.op, &bytes).await?;
+        assert_eq!(reference.op, checkpoint.op);
+        self.previous_op = checkpoint.op;
         self.current = Some(reference);
         Ok(())
     }
@@ -118,6 +161,31 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(found, Some(checkpoint(30)));
+        });
+    }
+
+    #[test]
+    fn an_installed_checkpoint_is_in_both_files_and_older_ones_are_refused() {
+        let disk = MemoryDisk::new(32);
+        block_on(async {
+            let (mut store, _) = CheckpointStore::open(&disk, "checkpoint-6".into())
+                .await
+                .unwrap();
+            store.save(&disk, &checkpoint(10)).await.unwrap();
+            assert_eq!(store.op_both_cover(), 0, "the other file is not known");
+            store.save(&disk, &checkpoint(15)).await.unwrap();
+            assert_eq!(store.op_both_cover(), 10);
+            assert!(store.save(&disk, &checkpoint(15)).await.is_err());
+            assert!(store.save(&disk, &checkpoint(12)).await.is_err());
+            store.save_in_both(&disk, &checkpoint(40)).await.unwrap();
+            assert_eq!((store.op(), store.op_both_cover()), (40, 40));
+            // Either file damaged: the other still holds it.
+            let newer = store.current.unwrap().file;
+            disk.corrupt(&format!("checkpoint-6/snapshot.{newer}"), 70);
+            let (_, found) = CheckpointStore::open(&disk, "checkpoint-6".into())
+                .await
+                .unwrap();
+            assert_eq!(found, Some(checkpoint(40)));
         });
     }
 }

@@ -115,6 +115,8 @@ pub struct GroupHost<S: StateMachine, D: Disk + 'static> {
     applied_everywhere: Rc<std::cell::Cell<Option<u64>>>,
     /// A pass deleting segments below the partition's first offset is under way.
     pruning: std::cell::Cell<bool>,
+    /// An installed checkpoint's save is under way (disk work: see `io_idle`).
+    installing: Rc<std::cell::Cell<bool>>,
 }
 
 /// A group's checkpoints: the store (taken by the one save in flight) and when the next is due.
@@ -164,6 +166,7 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
             reopen_wanted: std::cell::Cell::new(false),
             applied_everywhere: Rc::new(std::cell::Cell::new(None)),
             pruning: std::cell::Cell::new(false),
+            installing: Rc::new(std::cell::Cell::new(false)),
         });
         if ticks == Ticks::Own {
             let ticker = Rc::downgrade(&host);
@@ -280,6 +283,8 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
             .as_ref()
             .map(|c| (c.store.clone(), c.disk));
         let host = Rc::downgrade(self);
+        let installing = self.installing.clone();
+        installing.set(true);
         monoio::spawn(async move {
             let op = checkpoint.op;
             let saved = match saving {
@@ -296,7 +301,7 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
                     match store {
                         None => Err("a checkpoint save in flight did not end".to_string()),
                         Some(mut store) => {
-                            let saved = store.save(disk, &checkpoint).await;
+                            let saved = store.save_in_both(disk, &checkpoint).await;
                             *slot.borrow_mut() = Some(store);
                             saved.map_err(|error| error.to_string())
                         }
@@ -313,6 +318,7 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
                      saved ({error}); reopening the group as it was"
                 ),
             }
+            installing.set(false);
             if let Some(host) = host.upgrade() {
                 host.reopen_wanted.set(true);
             }
@@ -326,7 +332,7 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
     }
 
     /// Deletes, in a task of its own, the whole segments below the machine's first offset
-    /// that the newest saved checkpoint and the journal's base allow
+    /// that both saved checkpoint files and the journal's base allow
     /// (`retention::prunable_segments`), then moves the replica's log start. A pass that
     /// finds the log busy stops; the next tick tries again.
     fn prune_segments_if_cut(self: &Rc<Self>, replica: &Replica<S>) {
@@ -334,11 +340,12 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
         if first_offset == 0 || self.pruning.get() || self.inbox.borrow().closed {
             return;
         }
+        // Both checkpoint files must cover what goes, so a damaged one leaves the other.
         let checkpoint_op = self
             .checkpointing
             .borrow()
             .as_ref()
-            .and_then(|c| c.store.borrow().as_ref().map(|store| store.op()));
+            .and_then(|c| c.store.borrow().as_ref().map(|store| store.op_both_cover()));
         let Some(checkpoint_op) = checkpoint_op else {
             return; // No checkpoints kept, or a save in flight: the ops must stay.
         };
@@ -395,6 +402,7 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
         Rc::strong_count(&self.journal) == 1
             && self.view_state.borrow().is_some()
             && !checkpoint_saving
+            && !self.installing.get()
     }
 
     /// Closes the group's log and superblock files, for a stopped group whose disk work is

@@ -134,6 +134,14 @@ impl<'d, D: Disk> SegmentJournal<'d, D> {
         if let Some(start) = checkpoint.filter(|c| c.installed || log.first_op() > 1) {
             let op = start.header.op;
             let (log_start, op_end) = (log.first_op(), log.op_end());
+            if op + 1 < log_start {
+                // An older checkpoint than the log's start (the newest file was lost): the
+                // ops between are gone. Never cut the log back to it.
+                return Err(StorageError::Unrecoverable(format!(
+                    "the log in {dir:?} starts at op {log_start}, after the checkpoint of op \
+                     {op}: the ops between are gone"
+                )));
+            }
             let holds = op + 1 == log_start
                 || op >= log_start
                     && op < op_end
@@ -919,11 +927,20 @@ pub(crate) mod tests {
             assert_eq!((journal.log().first_op(), journal.log().op_end()), (21, 22));
             assert!(recovered.journal.entry(21).present());
             drop(journal);
-            // Without the checkpoint a log that starts at op 21 does not open.
+            // Without the checkpoint a log that starts at op 21 does not open, nor with an
+            // older one (its newest file lost): the log is never cut back to it.
             assert!(matches!(
                 try_open_at(&disk, None).await,
                 Err(StorageError::Unrecoverable(_))
             ));
+            for installed in [false, true] {
+                assert!(matches!(
+                    try_open_at(&disk, start_at(&messages[9], installed)).await,
+                    Err(StorageError::Unrecoverable(_))
+                ));
+            }
+            let (journal, _) = open_at(&disk, installed).await;
+            assert_eq!((journal.log().first_op(), journal.log().op_end()), (21, 22));
         });
     }
 

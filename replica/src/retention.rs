@@ -3,12 +3,13 @@
 //! * **Deciding** (`segments_cut`, on the primary at prepare time): deleting the `count`
 //!   oldest sealed segments keeps the log from the first offset of the segment after them.
 //!   Only segments whose every op all replicas have applied count (`replicas_commit_min`), so
-//!   no replica that is merely behind ever needs a deleted op from a peer; the cut is
+//!   no replica that is merely behind ever needs an op a DeleteSegments deleted from a peer
+//!   (a purge, `PartitionOp::Purge`, cuts at the end whatever was applied); the cut is
 //!   replicated as `RetentionCut { first_offset }` and moves the partition's first offset on
 //!   every replica alike (polls start there).
 //! * **Deleting** (`prunable_segments`, on every replica, on its ticks): whole sealed segments
 //!   wholly below the applied first offset go, oldest first, but only those at or below both
-//!   the newest saved checkpoint and the journal's base, so an open never needs them; the
+//!   saved checkpoint files and the journal's base, so an open never needs them; the
 //!   replica's log start then moves (`Replica::set_log_start`).
 
 use galgo_storage::SegmentInfo;
@@ -54,8 +55,8 @@ pub fn segments_cut(
 }
 
 /// How many of the oldest segments of `segments` may be deleted now: sealed, with every
-/// message below `first_offset`, and every op at or below `keep_op` (the newest saved
-/// checkpoint's op and the journal's base, whichever is lower).
+/// message below `first_offset`, and every op at or below `keep_op` (the op both checkpoint
+/// files cover and the journal's base, whichever is lower).
 pub fn prunable_segments(segments: &[SegmentInfo], first_offset: u64, keep_op: u64) -> usize {
     segments
         .iter()
