@@ -992,24 +992,26 @@ fn delete_segments_drops_the_oldest_segments_and_purge_every_message() {
         let before = partition_segment_files(&data);
         assert!(before >= 8, "{before} segments");
         let consumer = Consumer::new(Identifier::numeric(1).unwrap());
+        let behind = Consumer::new(Identifier::numeric(2).unwrap());
+        // Partition 0 polled by `consumer` with `strategy`, `count` messages at most.
+        let poll = |consumer: &Consumer, strategy: PollingStrategy, count: u32| {
+            let (client, stream, topic, consumer) = (&client, &stream, &topic, consumer.clone());
+            async move {
+                client
+                    .poll_messages(stream, topic, Some(0), &consumer, &strategy, count, false)
+                    .await
+                    .unwrap()
+            }
+        };
         let first_offset = || async {
-            let polled = client
-                .poll_messages(
-                    &stream,
-                    &topic,
-                    Some(0),
-                    &consumer,
-                    &PollingStrategy::offset(0),
-                    1,
-                    false,
-                )
+            poll(&consumer, PollingStrategy::offset(0), 1)
                 .await
-                .unwrap();
-            polled.messages[0].header.offset
+                .messages[0]
+                .header
+                .offset
         };
         assert_eq!(first_offset().await, 0);
         // A consumer whose stored offset the cut passes.
-        let behind = Consumer::new(Identifier::numeric(2).unwrap());
         client
             .store_consumer_offset(&behind, &stream, &topic, Some(0), 5)
             .await
@@ -1018,18 +1020,7 @@ fn delete_segments_drops_the_oldest_segments_and_purge_every_message() {
         client.delete_segments(&stream, &topic, 0, 3).await.unwrap();
         let cut = first_offset().await;
         assert!(cut > 0 && cut % PER_BATCH == 0, "polls start at {cut}");
-        let next = client
-            .poll_messages(
-                &stream,
-                &topic,
-                Some(0),
-                &behind,
-                &PollingStrategy::next(),
-                1,
-                false,
-            )
-            .await
-            .unwrap();
+        let next = poll(&behind, PollingStrategy::next(), 1).await;
         assert_eq!(
             next.messages[0].header.offset, cut,
             "next goes on from the cut"
@@ -1048,18 +1039,7 @@ fn delete_segments_drops_the_oldest_segments_and_purge_every_message() {
         // Every message from the cut on is still there, in order; by timestamp too.
         let mut offset = cut;
         while offset < total {
-            let polled = client
-                .poll_messages(
-                    &stream,
-                    &topic,
-                    Some(0),
-                    &consumer,
-                    &PollingStrategy::offset(offset),
-                    1000,
-                    false,
-                )
-                .await
-                .unwrap();
+            let polled = poll(&consumer, PollingStrategy::offset(offset), 1000).await;
             for message in &polled.messages {
                 assert_eq!(message.header.offset, offset);
                 let text = String::from_utf8_lossy(&message.payload);
@@ -1067,18 +1047,7 @@ fn delete_segments_drops_the_oldest_segments_and_purge_every_message() {
                 offset += 1;
             }
         }
-        let by_time = client
-            .poll_messages(
-                &stream,
-                &topic,
-                Some(0),
-                &consumer,
-                &PollingStrategy::timestamp(0.into()),
-                1,
-                false,
-            )
-            .await
-            .unwrap();
+        let by_time = poll(&consumer, PollingStrategy::timestamp(0.into()), 1).await;
         assert_eq!(by_time.messages[0].header.offset, cut);
         // Asking for more than there are: every sealed segment the replicas applied goes,
         // never the active one.
@@ -1088,55 +1057,28 @@ fn delete_segments_drops_the_oldest_segments_and_purge_every_message() {
             .unwrap();
         let later = first_offset().await;
         assert!(later > cut && later < total, "polls start at {later}");
-        let last = client
-            .poll_messages(
-                &stream,
-                &topic,
-                Some(0),
-                &consumer,
-                &PollingStrategy::last(),
-                1,
-                false,
-            )
-            .await
-            .unwrap();
+        let last = poll(&consumer, PollingStrategy::last(), 1).await;
         assert_eq!(last.messages[0].header.offset, total - 1);
         // A partition that does not exist.
         assert!(client.delete_segments(&stream, &topic, 5, 1).await.is_err());
 
         // PurgeTopic: no message is kept; offsets go on after the last one.
         client.purge_topic(&stream, &topic).await.unwrap();
-        let poll_from = |strategy: PollingStrategy| {
-            let (client, stream, topic, consumer) = (&client, &stream, &topic, &consumer);
-            async move {
-                client
-                    .poll_messages(stream, topic, Some(0), consumer, &strategy, 10, false)
-                    .await
-                    .unwrap()
-            }
-        };
-        assert!(poll_from(PollingStrategy::offset(0))
-            .await
-            .messages
-            .is_empty());
-        assert!(poll_from(PollingStrategy::first())
-            .await
-            .messages
-            .is_empty());
+        for strategy in [PollingStrategy::offset(0), PollingStrategy::first()] {
+            assert!(poll(&consumer, strategy, 10).await.messages.is_empty());
+        }
         let mut after = vec![IggyMessage::from_str("after the purge").unwrap()];
         client
             .send_messages(&stream, &topic, &Partitioning::partition_id(0), &mut after)
             .await
             .unwrap();
-        let polled = poll_from(PollingStrategy::offset(0)).await;
+        let polled = poll(&consumer, PollingStrategy::offset(0), 10).await;
         assert_eq!(polled.messages.len(), 1);
         assert_eq!(polled.messages[0].header.offset, total);
         // PurgeStream: every topic of the stream.
         client.purge_stream(&stream).await.unwrap();
-        assert!(poll_from(PollingStrategy::first())
-            .await
-            .messages
-            .is_empty());
+        let polled = poll(&consumer, PollingStrategy::first(), 10).await;
+        assert!(polled.messages.is_empty());
         assert!(client
             .purge_topic(&stream, &Identifier::named("none").unwrap())
             .await

@@ -873,10 +873,7 @@ pub(crate) mod tests {
         let messages = chain(30, 0, 0);
         let other_log = chain(30, 0, 1);
         block_on(async {
-            let (journal, _) = open_at(&disk, None).await;
-            for message in &messages {
-                journal.write_prepare(message.clone()).await.unwrap();
-            }
+            let journal = written(&disk, &messages).await;
             let at_20 = start_at(&messages[19], false);
             let (file, position) = prepare_position(&journal, 7).await;
             drop(journal);
@@ -903,11 +900,7 @@ pub(crate) mod tests {
         let disk = MemoryDisk::new(12);
         let messages = chain(30, 0, 0);
         block_on(async {
-            let (journal, _) = open_at(&disk, None).await;
-            for message in &messages[..10] {
-                journal.write_prepare(message.clone()).await.unwrap();
-            }
-            drop(journal);
+            drop(written(&disk, &messages[..10]).await);
             // A peer's checkpoint of op 20: the log (ops 1..=10) is cut to start at op 21.
             let installed = start_at(&messages[19], true);
             let (journal, recovered) = open_at(&disk, installed).await;
@@ -944,16 +937,25 @@ pub(crate) mod tests {
         });
     }
 
+    /// Opens the journal on `disk` and writes `messages` in order.
+    async fn written<'d>(
+        disk: &'d MemoryDisk,
+        messages: &[Message],
+    ) -> SegmentJournal<'d, MemoryDisk> {
+        let (journal, _) = open_at(disk, None).await;
+        for message in messages {
+            journal.write_prepare(message.clone()).await.unwrap();
+        }
+        journal
+    }
+
     #[test]
     fn an_installed_checkpoint_keeps_a_log_that_holds_its_op_or_ops_above_a_damaged_one() {
         let disk = MemoryDisk::new(13);
         let messages = chain(30, 0, 0);
         let other_log = chain(30, 0, 1);
         block_on(async {
-            let (journal, _) = open_at(&disk, None).await;
-            for message in &messages {
-                journal.write_prepare(message.clone()).await.unwrap();
-            }
+            let journal = written(&disk, &messages).await;
             let (file, position) = prepare_position(&journal, 20).await;
             drop(journal);
             // The log holds op 20 intact: kept whole, the journal starts at 20.
@@ -982,11 +984,7 @@ pub(crate) mod tests {
         // after the checkpoint's op.
         let disk = MemoryDisk::new(14);
         block_on(async {
-            let (journal, _) = open_at(&disk, None).await;
-            for message in &messages {
-                journal.write_prepare(message.clone()).await.unwrap();
-            }
-            drop(journal);
+            drop(written(&disk, &messages).await);
             let (journal, recovered) = open_at(&disk, start_at(&other_log[19], true)).await;
             assert_eq!((journal.log().first_op(), journal.log().op_end()), (21, 21));
             assert_eq!(recovered.journal.base(), 20);
