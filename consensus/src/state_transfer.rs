@@ -264,7 +264,8 @@ impl<S: StateMachine> Replica<S> {
     }
 
     /// Moves the journal's base up to `op - 1` over ops below our commit that we do not hold
-    /// and that no peer that answered can give any more.
+    /// and that no other replica holds any more (the caller passes the lowest log start they
+    /// reported).
     fn give_up_below(&mut self, op: u64) {
         let base = self.journal.base();
         if op <= base + 1 {

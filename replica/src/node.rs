@@ -978,12 +978,7 @@ async fn read_committed(host: &PartitionHost, query: PollQuery) -> Option<Polled
     if start >= end {
         return Some(polled);
     }
-    let held_from = journal
-        .log()
-        .segments()
-        .first()
-        .map_or(0, |s| s.offset_first);
-    if start < held_from {
+    if start < journal.log().first_offset() {
         return None;
     }
     let Ok(Some(mut op)) = found else {

@@ -511,6 +511,11 @@ impl<'d, D: Disk> PartitionLog<'d, D> {
         self.state.borrow().segments[0].base_op
     }
 
+    /// The first message offset the log holds (its oldest segment's).
+    pub fn first_offset(&self) -> u64 {
+        self.state.borrow().segments[0].offset_first
+    }
+
     pub fn op_end(&self) -> u64 {
         self.state.borrow().durable_next().0
     }

@@ -376,6 +376,7 @@ fn a_reset_log_starts_empty_at_its_new_first_op_also_after_reopen() {
         log.reset_to(80, meta(80).offset_first).await.unwrap();
         assert_eq!((log.first_op(), log.op_end()), (80, 80));
         assert_eq!(log.offset_end(), Some(meta(80).offset_first));
+        assert_eq!(log.first_offset(), meta(80).offset_first);
         assert!(matches!(
             log.read(59).await,
             Err(StorageError::NotFound(59))
