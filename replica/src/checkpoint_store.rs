@@ -75,22 +75,8 @@ impl CheckpointStore {
         disk: &D,
         checkpoint: &Checkpoint,
     ) -> Result<(), StorageError> {
-        if checkpoint.op <= self.op() {
-            return Err(StorageError::Invalid(format!(
-                "a checkpoint of op {} is not newer than the saved one of op {}",
-                checkpoint.op,
-                self.op()
-            )));
-        }
-        let bytes = checkpoint
-            .encode()
-            .map_err(|error| StorageError::Invalid(format!("checkpoint: {error}")))?;
-        let reference =
-            write_snapshot(disk, &self.dir, self.current, checkpoint.op, &bytes).await?;
-        assert_eq!(reference.op, checkpoint.op);
-        self.previous_op = self.op();
-        self.current = Some(reference);
-        Ok(())
+        let bytes = self.encode_newer(checkpoint)?;
+        self.write(disk, checkpoint.op, &bytes).await
     }
 
     /// `save`, then the same checkpoint into the other file too: for one installed from a
@@ -101,14 +87,34 @@ impl CheckpointStore {
         disk: &D,
         checkpoint: &Checkpoint,
     ) -> Result<(), StorageError> {
-        self.save(disk, checkpoint).await?;
-        let bytes = checkpoint
+        let bytes = self.encode_newer(checkpoint)?;
+        self.write(disk, checkpoint.op, &bytes).await?;
+        self.write(disk, checkpoint.op, &bytes).await
+    }
+
+    fn encode_newer(&self, checkpoint: &Checkpoint) -> Result<Vec<u8>, StorageError> {
+        if checkpoint.op <= self.op() {
+            return Err(StorageError::Invalid(format!(
+                "a checkpoint of op {} is not newer than the saved one of op {}",
+                checkpoint.op,
+                self.op()
+            )));
+        }
+        checkpoint
             .encode()
-            .map_err(|error| StorageError::Invalid(format!("checkpoint: {error}")))?;
-        let reference =
-            write_snapshot(disk, &self.dir, self.current, checkpoint.op, &bytes).await?;
-        assert_eq!(reference.op, checkpoint.op);
-        self.previous_op = checkpoint.op;
+            .map_err(|error| StorageError::Invalid(format!("checkpoint: {error}")))
+    }
+
+    /// Writes `bytes` (a checkpoint of `op`) over the older file, which becomes the newest.
+    async fn write<D: Disk>(
+        &mut self,
+        disk: &D,
+        op: u64,
+        bytes: &[u8],
+    ) -> Result<(), StorageError> {
+        let reference = write_snapshot(disk, &self.dir, self.current, op, bytes).await?;
+        assert_eq!(reference.op, op);
+        self.previous_op = self.op();
         self.current = Some(reference);
         Ok(())
     }

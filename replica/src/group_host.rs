@@ -349,6 +349,9 @@ impl<S: StateMachine + 'static, D: Disk + 'static> GroupHost<S, D> {
         let Some(checkpoint_op) = checkpoint_op else {
             return; // No checkpoints kept, or a save in flight: the ops must stay.
         };
+        if self.journal.log().first_offset() >= first_offset {
+            return; // Nothing held below the cut (checked without listing the segments).
+        }
         let keep_op = checkpoint_op.min(replica.journal().base());
         let segments = self.journal.log().segments();
         if crate::retention::prunable_segments(&segments, first_offset, keep_op) == 0 {

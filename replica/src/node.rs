@@ -46,11 +46,10 @@ use crate::local_port::LocalPorts;
 use crate::metadata::machine::MetadataMachine;
 use crate::metadata::{Ident, Limits, Metadata, Placement};
 use crate::partition::machine::PartitionMachine;
-use crate::partition::machine::RetentionView;
 use crate::partition::ops::{PartitionOp, APPEND_HEAD_SIZE};
 use crate::partition::PartitionState;
 use crate::read_ahead::{ReadAhead, ReadAheadBudget};
-use crate::retention::segments_cut;
+use crate::retention::retention_view;
 use crate::view_state::ViewStateStore;
 
 /// The metadata group's id.
@@ -665,19 +664,7 @@ impl Node {
                 match opened {
                     Ok(host) => {
                         host.read_ahead_with(node.read_ahead_budget.clone());
-                        let (journal, applied) =
-                            (Rc::downgrade(host.journal()), host.applied_everywhere());
-                        let view: RetentionView = Rc::new(move |count, first_offset| {
-                            let journal = journal
-                                .upgrade()
-                                .ok_or_else(|| "the partition is stopping".to_string())?;
-                            segments_cut(
-                                &journal.log().segments(),
-                                count,
-                                first_offset,
-                                applied.get(),
-                            )
-                        });
+                        let view = retention_view(host.journal(), host.applied_everywhere());
                         host.replica
                             .borrow_mut()
                             .state_machine_mut()
@@ -750,18 +737,11 @@ impl Node {
             );
             std::process::exit(EXIT_REOPEN);
         }
-        let reopening: Vec<(u64, PartitionHost)> = {
-            let mut partitions = self.partitions.borrow_mut();
-            let wanted: Vec<u64> = partitions
-                .iter()
-                .filter(|(_, host)| host.reopen_wanted())
-                .map(|(group, _)| *group)
-                .collect();
-            wanted
-                .into_iter()
-                .filter_map(|group| partitions.remove(&group).map(|host| (group, host)))
-                .collect()
-        };
+        let reopening: Vec<(u64, PartitionHost)> = self
+            .partitions
+            .borrow_mut()
+            .extract_if(.., |_, host| host.reopen_wanted())
+            .collect();
         for (group, host) in reopening {
             self.retire(group, host, false);
         }

@@ -12,7 +12,13 @@
 //!   saved checkpoint files and the journal's base, so an open never needs them; the
 //!   replica's log start then moves (`Replica::set_log_start`).
 
-use galgo_storage::SegmentInfo;
+use std::cell::Cell;
+use std::rc::Rc;
+
+use galgo_storage::{Disk, SegmentInfo};
+
+use crate::journal::SegmentJournal;
+use crate::partition::machine::RetentionView;
 
 /// Segments deleted by one pruning pass, at most (the rest wait for the next tick).
 pub const PRUNE_SEGMENTS_MAX: usize = 16;
@@ -52,6 +58,27 @@ pub fn segments_cut(
     }
     // The active segment is never counted, so the one after the last deleted exists.
     Ok(Some(live[allowed].offset_first))
+}
+
+/// The view a partition's primary decides DeleteSegments from: `segments_cut` over its log's
+/// segments and `applied_everywhere` (`GroupHost::applied_everywhere`). It holds the journal
+/// weakly, so a stopped group's files can close.
+pub fn retention_view<D: Disk + 'static>(
+    journal: &Rc<SegmentJournal<'static, D>>,
+    applied_everywhere: Rc<Cell<Option<u64>>>,
+) -> RetentionView {
+    let journal = Rc::downgrade(journal);
+    Rc::new(move |count, first_offset| {
+        let journal = journal
+            .upgrade()
+            .ok_or_else(|| "the partition is stopping".to_string())?;
+        segments_cut(
+            &journal.log().segments(),
+            count,
+            first_offset,
+            applied_everywhere.get(),
+        )
+    })
 }
 
 /// How many of the oldest segments of `segments` may be deleted now: sealed, with every
